@@ -1,0 +1,1 @@
+"""Coach Cache core: the ADR-049 program cache, with no Streamlit in it."""

@@ -1,0 +1,56 @@
+"""Destructive cache actions, each recorded in `admin_actions` (who, when, what, how many)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, insert, select
+
+from core import cache_store
+from core.cache_key import check_user_id
+from core.schema import admin_actions, utcnow
+
+actions = admin_actions.c
+
+
+def _record(engine: Engine, *, actor: str, action: str, target: str | None, removal: cache_store.Removal) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            insert(admin_actions).values(
+                created_at=utcnow(), actor=actor, action=action, target=target,
+                rows_affected=removal.deleted, bytes_reclaimed=removal.bytes_reclaimed,
+            )
+        )
+
+
+def delete_expired_entries(engine: Engine, *, actor: str) -> cache_store.Removal:
+    removal = cache_store.delete_expired(engine)
+    _record(engine, actor=actor, action="cleanup", target="expired program entries", removal=removal)
+    return removal
+
+
+def invalidate_user(engine: Engine, *, actor: str, user_id: str) -> cache_store.Removal:
+    check_user_id(user_id)
+    removal = cache_store.delete_user_entries(engine, user_id)
+    _record(engine, actor=actor, action="invalidate_user", target=user_id, removal=removal)
+    return removal
+
+
+@dataclass(frozen=True)
+class AdminAction:
+    created_at: datetime
+    actor: str
+    action: str
+    target: str | None
+    rows_affected: int
+    bytes_reclaimed: int
+
+
+def recent_actions(engine: Engine, limit: int = 50) -> list[AdminAction]:
+    query = select(
+        actions.created_at, actions.actor, actions.action, actions.target, actions.rows_affected,
+        actions.bytes_reclaimed,
+    ).order_by(actions.created_at.desc()).limit(limit)
+    with engine.connect() as connection:
+        return [AdminAction(**row._mapping) for row in connection.execute(query)]

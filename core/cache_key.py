@@ -1,0 +1,48 @@
+"""ADR-049 step 1: the cache key, `program:u{user_id}:paid{true|false}:d{digest}`.
+
+The ADR base64-encodes the signature, which would put the user's answers, readable, into
+the key; this digests it instead (SHA-256, unpadded base64url, 43 characters)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+
+from core.models import ContractError, FieldError, OnboardingResponses
+from core.schema import CACHE_KEY_PREFIX
+
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+
+
+def check_user_id(user_id: Any) -> str:
+    # ':' separates the key's parts, so it (and anything else odd) is refused, not escaped.
+    if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
+        raise ContractError(
+            "user id",
+            [FieldError("user_id", "must be 1-128 characters of letters, digits, '.', '_', '@' or '-'")],
+        )
+    return user_id
+
+
+def signature(profile: OnboardingResponses, has_paid_access: bool) -> bytes:
+    """Sorted keys at every depth, compact, UTF-8, over the normalized answers."""
+    document = {"hasPaidAccess": has_paid_access, "onboarding_responses": profile.normalized()}
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(profile: OnboardingResponses, has_paid_access: bool) -> str:
+    raw = hashlib.sha256(signature(profile, has_paid_access)).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def cache_key(user_id: str, profile: OnboardingResponses, has_paid_access: bool) -> str:
+    check_user_id(user_id)
+    paid = "true" if has_paid_access else "false"
+    return f"{CACHE_KEY_PREFIX}u{user_id}:paid{paid}:d{digest(profile, has_paid_access)}"
+
+
+def digest_of_key(key: str) -> str:
+    return key.rsplit(":d", 1)[1]

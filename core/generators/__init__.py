@@ -1,0 +1,21 @@
+"""Program generators: the OpenAI chat client when a key is configured, else the offline coach."""
+
+from core.generators.base import Generation, GenerationError, ProgramGenerator
+from core.generators.offline import OfflineGenerator
+from core.generators.openai_chat import OpenAIChatGenerator
+from core.settings import Settings
+
+
+def make_generator(settings: Settings) -> ProgramGenerator:
+    if settings.openai_api_key is None or not settings.uses_openai:
+        return OfflineGenerator()
+    return OpenAIChatGenerator(
+        api_key=settings.openai_api_key.get_secret_value(),
+        model=settings.openai_model,
+        base_url=settings.openai_base_url,
+        timeout_seconds=settings.llm_timeout_seconds,
+        max_retries=settings.llm_max_retries,
+    )
+
+
+__all__ = ["Generation", "GenerationError", "ProgramGenerator", "OfflineGenerator", "OpenAIChatGenerator", "make_generator"]

@@ -1,0 +1,172 @@
+"""`training_programs` (every program handed out, from the LLM or the cache) and
+`generation_events` (one row per request, for monitoring)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from core.schema import generation_events, training_programs, utcnow
+
+programs = training_programs.c
+Outcome = Literal["hit", "miss", "bypass", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    user_id: str
+    cache_key: str
+    outcome: Outcome
+    latency_ms: float
+    miss_reason: str | None = None
+    llm_latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cache_read_error: bool = False
+    cache_write_error: bool = False
+    history_error: bool = False
+    error: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """A program handed out, ready to be saved; kept by the caller if the save fails so
+    that it can be saved again."""
+
+    user_id: str
+    program: dict[str, Any]
+    onboarding_responses: dict[str, Any]
+    has_paid_access: bool
+    source: Literal["llm", "cache"]
+    cache_key: str
+    latency_ms: float
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+def insert_event(connection: Connection, event: GenerationEvent) -> None:
+    connection.execute(insert(generation_events).values(**asdict(event)))
+
+
+def insert_program(connection: Connection, record: HistoryRecord) -> int:
+    return connection.execute(
+        insert(training_programs).values(**asdict(record)).returning(programs.id)
+    ).scalar_one()
+
+
+def save_program(engine: Engine, record: HistoryRecord) -> int:
+    """Save again a program whose first save failed."""
+    with engine.begin() as connection:
+        return insert_program(connection, record)
+
+
+@dataclass(frozen=True)
+class ProgramRow:
+    id: int
+    user_id: str
+    created_at: datetime
+    source: str
+    has_paid_access: bool
+    latency_ms: float
+    model: str | None
+    cache_key: str
+    program: dict[str, Any] | None = None
+    onboarding_responses: dict[str, Any] | None = None
+
+
+def get_program(engine: Engine, program_id: int) -> ProgramRow | None:
+    with engine.connect() as connection:
+        row = connection.execute(select(*_list_columns(), programs.program, programs.onboarding_responses).where(
+            programs.id == program_id
+        )).first()
+    return ProgramRow(**row._mapping) if row else None
+
+
+def latest_profile(engine: Engine, user_id: str) -> tuple[dict[str, Any], bool] | None:
+    """The answers and access of the user's newest program: the baseline a new request
+    is compared with, and what the form pre-fills."""
+    with engine.connect() as connection:
+        return latest_profile_on(connection, user_id)
+
+
+def latest_profile_on(connection: Connection, user_id: str) -> tuple[dict[str, Any], bool] | None:
+    row = connection.execute(
+        select(programs.onboarding_responses, programs.has_paid_access)
+        .where(programs.user_id == user_id)
+        .order_by(programs.created_at.desc(), programs.id.desc())
+        .limit(1)
+    ).first()
+    return (row.onboarding_responses, row.has_paid_access) if row else None
+
+
+def _list_columns() -> list[Any]:
+    return [
+        programs.id,
+        programs.user_id,
+        programs.created_at,
+        programs.source,
+        programs.has_paid_access,
+        programs.latency_ms,
+        programs.model,
+        programs.cache_key,
+    ]
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    user_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    source: Literal["llm", "cache"] | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    rows: list[ProgramRow]
+    # Keyset cursor: (created_at, id) of the last row, None on the last page.
+    next_cursor: tuple[datetime, int] | None
+
+
+def _filtered(query: Any, flt: HistoryFilter) -> Any:
+    if flt.user_id:
+        query = query.where(programs.user_id == flt.user_id)
+    if flt.since:
+        query = query.where(programs.created_at >= flt.since)
+    if flt.until:
+        query = query.where(programs.created_at < flt.until)
+    if flt.source:
+        query = query.where(programs.source == flt.source)
+    return query
+
+
+def list_programs(
+    engine: Engine, flt: HistoryFilter, *, after: tuple[datetime, int] | None = None, page_size: int = 50
+) -> HistoryPage:
+    """Newest first, paginated by keyset so page 1,000 costs what page 1 does."""
+    query = _filtered(select(*_list_columns()), flt)
+    if after is not None:
+        created_at, row_id = after
+        query = query.where(
+            (programs.created_at < created_at) | ((programs.created_at == created_at) & (programs.id < row_id))
+        )
+    query = query.order_by(programs.created_at.desc(), programs.id.desc()).limit(page_size + 1)
+    with engine.connect() as connection:
+        rows = [ProgramRow(**r._mapping) for r in connection.execute(query)]
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return HistoryPage(rows, (rows[-1].created_at, rows[-1].id) if more else None)
+
+
+def iter_programs(engine: Engine, flt: HistoryFilter, *, chunk: int = 5_000) -> Any:
+    """Every filtered row, streamed for CSV export without holding the table in memory."""
+    query = _filtered(select(*_list_columns()), flt).order_by(programs.created_at.desc(), programs.id.desc())
+    with engine.connect() as connection:
+        result = connection.execution_options(yield_per=chunk).execute(query)
+        for row in result:
+            yield ProgramRow(**row._mapping)

@@ -1,0 +1,132 @@
+"""The tables, as SQLAlchemy Core objects. Their names and columns are a contract: other
+tools read them. Alembic revisions in `core/migrations` create them; this module only
+describes them for queries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    false,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+CACHE_KEY_PREFIX = "program:"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both databases.
+
+    SQLite has no time zone type: values are stored as naive UTC text (which sorts and
+    compares correctly) and come back tagged as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+# JSONB on PostgreSQL (indexable, compact, validated by the server), JSON text elsewhere.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+ai_coach_cache = Table(
+    "ai_coach_cache",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("cache_key", String(512), nullable=False, unique=True),
+    Column("user_id", String(128), nullable=False),
+    Column("data", JsonDocument, nullable=False),
+    Column("onboarding_hash", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("size_bytes", Integer, nullable=False, server_default="0"),
+    Index("ix_ai_coach_cache_expires_at", "expires_at"),
+    Index("ix_ai_coach_cache_user_id_created_at", "user_id", "created_at"),
+)
+
+training_programs = Table(
+    "training_programs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", String(128), nullable=False),
+    Column("program", JsonDocument, nullable=False),
+    Column("onboarding_responses", JsonDocument, nullable=False),
+    Column("has_paid_access", Boolean, nullable=False),
+    Column("source", String(8), nullable=False),
+    Column("cache_key", String(512), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("model", String(200), nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Index("ix_training_programs_created_at", "created_at", "id"),
+    Index("ix_training_programs_user_id_created_at", "user_id", "created_at", "id"),
+)
+
+generation_events = Table(
+    "generation_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("cache_key", String(512), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("miss_reason", String(32), nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("llm_latency_ms", Float, nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("cache_read_error", Boolean, nullable=False, server_default=false()),
+    Column("cache_write_error", Boolean, nullable=False, server_default=false()),
+    Column("history_error", Boolean, nullable=False, server_default=false()),
+    Column("error", Text, nullable=True),
+    Index("ix_generation_events_created_at", "created_at"),
+    Index("ix_generation_events_cache_key_created_at", "cache_key", "created_at"),
+)
+
+admin_actions = Table(
+    "admin_actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("actor", String(320), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(512), nullable=True),
+    Column("rows_affected", Integer, nullable=False),
+    Column("bytes_reclaimed", BigInteger, nullable=False, server_default="0"),
+    Index("ix_admin_actions_created_at", "created_at"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+

@@ -1,0 +1,308 @@
+"""The generation service: ADR-049 steps 1-4 in one flow.
+
+key -> lookup -> hit: save history | miss: single-flight -> generate -> validate -> upsert
+-> save history; every request leaves one event. Cache errors never fail a request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from time import perf_counter
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from core import cache_store, history
+from core.cache_key import cache_key, check_user_id, digest_of_key
+from core.generators import GenerationError, ProgramGenerator
+from core.history import GenerationEvent, HistoryRecord
+from core.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding, parse_program
+from core.schema import utcnow
+from core.settings import Settings
+from core.single_flight import SingleFlightTimeout, generation_lock
+
+log = logging.getLogger(__name__)
+
+MissReason = Literal[
+    "first_generation",
+    "expired",
+    "profile_changed",
+    "access_changed",
+    "forced_refresh",
+    "cache_unavailable",
+    "invalid_entry",
+]
+
+
+class GenerationFailed(RuntimeError):
+    """No program could be produced; nothing was cached or saved."""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    program: dict[str, Any]
+    cache_hit: bool
+    cache_key: str
+    latency_ms: float
+    training_program_id: int | None
+    expires_at: datetime | None = None
+    miss_reason: MissReason | None = None
+    changed_fields: tuple[str, ...] = ()
+    model: str | None = None
+    warnings: tuple[str, ...] = ()
+    # Set when the program was produced but saving it to history failed: `unsaved` can be
+    # saved again with `history.save_program`.
+    history_error: str | None = None
+    unsaved: HistoryRecord | None = None
+
+
+def describe_db_error(exc: DBAPIError) -> str:
+    """The database's own first line (e.g. 'permission denied for table x'), without the
+    statement or its parameters."""
+    first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+    return f"{type(exc.orig).__name__}: {first_line[:200]}"
+
+
+@dataclass
+class _Request:
+    user_id: str
+    profile: OnboardingResponses
+    has_paid_access: bool
+    key: str
+    force_refresh: bool
+    started: float = field(default_factory=perf_counter)
+    requested_at: datetime = field(default_factory=utcnow)
+    warnings: list[str] = field(default_factory=list)
+    cache_read_error: bool = False
+
+    def elapsed_ms(self) -> float:
+        return (perf_counter() - self.started) * 1000
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    entry: cache_store.CacheEntry | None = None
+    program: TrainingProgram | None = None
+    failed: bool = False
+
+
+@dataclass
+class ProgramService:
+    engine: Engine
+    generator: ProgramGenerator
+    ttl: timedelta = timedelta(hours=24)
+    lock_wait_seconds: float = 120.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, engine: Engine, generator: ProgramGenerator) -> ProgramService:
+        return cls(
+            engine=engine,
+            generator=generator,
+            ttl=timedelta(hours=settings.cache_ttl_hours),
+            lock_wait_seconds=settings.lock_wait_seconds,
+        )
+
+    def generate(
+        self,
+        *,
+        user_id: str,
+        onboarding_responses: Any,
+        has_paid_access: bool,
+        force_refresh: bool = False,
+    ) -> GenerationResult:
+        """Raises ContractError for invalid input (nothing written), GenerationFailed or
+        SingleFlightTimeout when no program could be had (nothing cached or saved)."""
+        check_user_id(user_id)
+        profile = parse_onboarding(onboarding_responses)
+        request = _Request(
+            user_id, profile, has_paid_access, cache_key(user_id, profile, has_paid_access), force_refresh
+        )
+        first = _Lookup() if force_refresh else self._lookup(request)
+        if first.program is not None and first.entry is not None:
+            return self._serve_hit(request, first.entry)
+        reason, changed = self._miss_reason(request, first)
+        try:
+            with self._single_flight(request):
+                # Whoever held the lock before us may have just filled the entry; a forced
+                # refresh only accepts one written after it was asked for.
+                second = self._lookup(request)
+                if second.entry is not None and second.program is not None and (
+                    not force_refresh or second.entry.created_at >= request.requested_at
+                ):
+                    return self._serve_hit(request, second.entry)
+                return self._generate_and_store(request, reason, changed)
+        except SingleFlightTimeout as exc:
+            self._record_failure(request, reason, str(exc))
+            raise
+
+    def _lookup(self, request: _Request) -> _Lookup:
+        try:
+            with self.engine.connect() as connection:
+                entry = cache_store.read_entry(connection, request.key)
+        except DBAPIError as exc:
+            log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
+            request.cache_read_error = True
+            request.warnings.append("The cache could not be read; the program was generated instead.")
+            return _Lookup(failed=True)
+        if entry is None or not entry.is_valid(utcnow()):
+            return _Lookup(entry)
+        try:
+            return _Lookup(entry, parse_program(entry.data, request.profile))
+        except ContractError as exc:
+            log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
+            return _Lookup(entry)
+
+    def _miss_reason(self, request: _Request, lookup: _Lookup) -> tuple[MissReason, tuple[str, ...]]:
+        if request.force_refresh:
+            return "forced_refresh", ()
+        if lookup.failed:
+            return "cache_unavailable", ()
+        if lookup.entry is not None:
+            return ("invalid_entry" if lookup.entry.is_valid(utcnow()) else "expired"), ()
+        try:
+            baseline = history.latest_profile(self.engine, request.user_id)
+        except DBAPIError as exc:
+            log.warning("Could not read the user's last profile: %s", describe_db_error(exc))
+            return "first_generation", ()
+        if baseline is None:
+            return "first_generation", ()
+        before, had_paid_access = baseline
+        now = request.profile.normalized()
+        changed = tuple(sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)))
+        if changed:
+            access = ("has_paid_access",) if had_paid_access != request.has_paid_access else ()
+            return "profile_changed", changed + access
+        if had_paid_access != request.has_paid_access:
+            return "access_changed", ("has_paid_access",)
+        # Same answers as last time but no entry: it expired and was cleaned up, or was invalidated.
+        return "expired", ()
+
+    @contextmanager
+    def _single_flight(self, request: _Request) -> Iterator[None]:
+        stack = ExitStack()
+        try:
+            stack.enter_context(generation_lock(self.engine, request.key, timeout_seconds=self.lock_wait_seconds))
+        except DBAPIError as exc:
+            # Fail open: without the lock two requests may both call the LLM; both still succeed.
+            log.warning("Single-flight lock unavailable for %s: %s", request.key, describe_db_error(exc))
+        with stack:
+            yield
+
+    def _serve_hit(self, request: _Request, entry: cache_store.CacheEntry) -> GenerationResult:
+        log.info("Cache hit %s", request.key)
+        latency_ms = request.elapsed_ms()
+        record = HistoryRecord(
+            user_id=request.user_id,
+            program=entry.data,
+            onboarding_responses=request.profile.normalized(),
+            has_paid_access=request.has_paid_access,
+            source="cache",
+            cache_key=request.key,
+            latency_ms=latency_ms,
+        )
+        event = GenerationEvent(
+            user_id=request.user_id, cache_key=request.key, outcome="hit", latency_ms=latency_ms,
+            cache_read_error=request.cache_read_error,
+        )
+        return self._save(request, record, event, cache_hit=True, expires_at=entry.expires_at)
+
+    def _generate_and_store(
+        self, request: _Request, reason: MissReason, changed: tuple[str, ...]
+    ) -> GenerationResult:
+        log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
+        llm_started = perf_counter()
+        try:
+            generation = self.generator.generate(request.profile, request.has_paid_access)
+            program = parse_program(generation.program, request.profile).model_dump(mode="json")
+        except (GenerationError, ContractError) as exc:
+            what = "the generated program is invalid" if isinstance(exc, ContractError) else "generation failed"
+            message = f"{what}: {exc}. Nothing was cached or saved."
+            self._record_failure(request, reason, message)
+            raise GenerationFailed(message) from None
+        llm_latency_ms = (perf_counter() - llm_started) * 1000
+
+        now = utcnow()
+        expires_at: datetime | None = now + self.ttl
+        write_error = False
+        try:
+            with self.engine.begin() as connection:
+                cache_store.upsert_entry(
+                    connection, key=request.key, user_id=request.user_id,
+                    onboarding_hash=digest_of_key(request.key), program=program, now=now, ttl=self.ttl,
+                )
+        except DBAPIError as exc:
+            log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
+            request.warnings.append("The program could not be cached; the next request will generate again.")
+            write_error, expires_at = True, None
+
+        latency_ms = request.elapsed_ms()
+        record = HistoryRecord(
+            user_id=request.user_id,
+            program=program,
+            onboarding_responses=request.profile.normalized(),
+            has_paid_access=request.has_paid_access,
+            source="llm",
+            cache_key=request.key,
+            latency_ms=latency_ms,
+            model=generation.model,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+        )
+        event = GenerationEvent(
+            user_id=request.user_id,
+            cache_key=request.key,
+            outcome="bypass" if request.force_refresh else "miss",
+            miss_reason=reason,
+            latency_ms=latency_ms,
+            llm_latency_ms=llm_latency_ms,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            cache_read_error=request.cache_read_error,
+            cache_write_error=write_error,
+        )
+        return self._save(
+            request, record, event, cache_hit=False, expires_at=expires_at,
+            miss_reason=reason, changed_fields=changed, model=generation.model,
+        )
+
+    def _save(
+        self, request: _Request, record: HistoryRecord, event: GenerationEvent, **outcome: Any
+    ) -> GenerationResult:
+        result = GenerationResult(
+            program=record.program,
+            cache_key=request.key,
+            latency_ms=record.latency_ms,
+            training_program_id=None,
+            warnings=tuple(request.warnings),
+            **outcome,
+        )
+        try:
+            with self.engine.begin() as connection:
+                program_id = history.insert_program(connection, record)
+                history.insert_event(connection, event)
+        except DBAPIError as exc:
+            message = f"The program could not be saved to history ({describe_db_error(exc)})."
+            log.error("History save failed for %s: %s", request.key, message)
+            self._record_event(replace(event, history_error=True, error=message))
+            return replace(result, history_error=message, unsaved=record)
+        return replace(result, training_program_id=program_id)
+
+    def _record_failure(self, request: _Request, reason: MissReason, message: str) -> None:
+        self._record_event(
+            GenerationEvent(
+                user_id=request.user_id, cache_key=request.key, outcome="error", miss_reason=reason,
+                latency_ms=request.elapsed_ms(), cache_read_error=request.cache_read_error, error=message,
+            )
+        )
+
+    def _record_event(self, event: GenerationEvent) -> None:
+        # Monitoring must never turn a served request into a failed one.
+        try:
+            with self.engine.begin() as connection:
+                history.insert_event(connection, event)
+        except DBAPIError as exc:
+            log.warning("Could not record the generation event: %s", describe_db_error(exc))

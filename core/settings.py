@@ -1,0 +1,69 @@
+"""Configuration from environment variables (and a `.env` file if present)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from typing_extensions import Annotated
+
+DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    cache_ttl_hours: float = Field(default=24.0, gt=0)
+    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0)
+    # USD per million tokens, for the "cost saved" estimate only.
+    price_input_per_million: float = Field(default=0.15, ge=0)
+    price_output_per_million: float = Field(default=0.60, ge=0)
+    # How long a request waits for a concurrent identical generation; None derives it
+    # from the LLM's own worst case so a waiter never gives up on a call still in flight.
+    single_flight_wait_seconds: float | None = Field(default=None, gt=0)
+    # Sign-in is optional; when on, only these e-mails may run destructive admin actions.
+    admin_emails: Annotated[list[str], NoDecode] = []
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg3(cls, url: str) -> str:
+        # Plain postgres URLs would pick psycopg2, which is not installed.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @field_validator("admin_emails", mode="before")
+    @classmethod
+    def _split_emails(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [e.strip().lower() for e in value.split(",") if e.strip()]
+        return value
+
+    @property
+    def uses_openai(self) -> bool:
+        return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
+
+    @property
+    def lock_wait_seconds(self) -> float:
+        if self.single_flight_wait_seconds is not None:
+            return self.single_flight_wait_seconds
+        return self.llm_timeout_seconds * (self.llm_max_retries + 1) + 30
+
+    def describe_database(self) -> str:
+        """Where the data lives, for the UI: a file or a host, never a password."""
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite":
+            return f"SQLite file {url.database or ':memory:'}"
+        port = f":{url.port}" if url.port else ""
+        return f"PostgreSQL {url.host or 'local socket'}{port}/{url.database}"
+
+    def describe_generator(self) -> str:
+        if not self.uses_openai:
+            return "Offline rule-based generator"
+        return f"OpenAI {self.openai_model} at {self.openai_base_url or 'api.openai.com'}"
