@@ -18,8 +18,12 @@ def _record(engine: Engine, *, actor: str, action: str, target: str | None, remo
     with engine.begin() as connection:
         connection.execute(
             insert(admin_actions).values(
-                created_at=utcnow(), actor=actor, action=action, target=target,
-                rows_affected=removal.deleted, bytes_reclaimed=removal.bytes_reclaimed,
+                created_at=utcnow(),
+                actor=actor,
+                action=action,
+                target=target,
+                rows_affected=removal.deleted,
+                bytes_reclaimed=removal.bytes_reclaimed,
             )
         )
 
@@ -48,9 +52,17 @@ class AdminAction:
 
 
 def recent_actions(engine: Engine, limit: int = 50) -> list[AdminAction]:
-    query = select(
-        actions.created_at, actions.actor, actions.action, actions.target, actions.rows_affected,
-        actions.bytes_reclaimed,
-    ).order_by(actions.created_at.desc()).limit(limit)
+    query = (
+        select(
+            actions.created_at,
+            actions.actor,
+            actions.action,
+            actions.target,
+            actions.rows_affected,
+            actions.bytes_reclaimed,
+        )
+        .order_by(actions.created_at.desc())
+        .limit(limit)
+    )
     with engine.connect() as connection:
         return [AdminAction(**row._mapping) for row in connection.execute(query)]

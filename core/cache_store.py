@@ -83,9 +83,13 @@ def delete_expired(engine: Engine, *, now: datetime | None = None, batch_size: i
         batch = select(cache.id).where(*expired).limit(batch_size).scalar_subquery()
         with engine.begin() as connection:
             # Expiry is checked again on the row deleted: an entry refreshed meanwhile stays.
-            sizes = connection.execute(
-                delete(ai_coach_cache).where(cache.id.in_(batch), *expired).returning(cache.size_bytes)
-            ).scalars().all()
+            sizes = (
+                connection.execute(
+                    delete(ai_coach_cache).where(cache.id.in_(batch), *expired).returning(cache.size_bytes)
+                )
+                .scalars()
+                .all()
+            )
         deleted += len(sizes)
         reclaimed += sum(sizes)
         if len(sizes) < batch_size:
@@ -94,11 +98,13 @@ def delete_expired(engine: Engine, *, now: datetime | None = None, batch_size: i
 
 def delete_user_entries(engine: Engine, user_id: str) -> Removal:
     with engine.begin() as connection:
-        sizes = connection.execute(
-            delete(ai_coach_cache)
-            .where(_is_program_entry(), cache.user_id == user_id)
-            .returning(cache.size_bytes)
-        ).scalars().all()
+        sizes = (
+            connection.execute(
+                delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id).returning(cache.size_bytes)
+            )
+            .scalars()
+            .all()
+        )
     return Removal(len(sizes), sum(sizes))
 
 
@@ -126,7 +132,11 @@ def list_entries(engine: Engine, *, user_id: str | None = None, limit: int = 200
     )
     query = (
         select(
-            cache.cache_key, cache.user_id, cache.created_at, cache.expires_at, cache.size_bytes,
+            cache.cache_key,
+            cache.user_id,
+            cache.created_at,
+            cache.expires_at,
+            cache.size_bytes,
             hits.label("hit_count"),
         )
         .where(_is_program_entry())

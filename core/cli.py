@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations")
     generate = commands.add_parser("generate", help="generate a program, through the cache")
     generate.add_argument("--user-id", required=True)
-    generate.add_argument("--profile", required=True, type=Path, help="onboarding responses, a JSON file ('-' for stdin)")
+    generate.add_argument(
+        "--profile", required=True, type=Path, help="onboarding responses, a JSON file ('-' for stdin)"
+    )
     generate.add_argument("--paid", action="store_true", help="the user has paid access")
     generate.add_argument("--force-refresh", action="store_true", help="bypass the cache and regenerate")
     commands.add_parser("cleanup", help="delete expired program entries")
@@ -64,8 +66,10 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     service = ProgramService.from_settings(settings, engine=engine, generator=make_generator(settings))
     try:
         result = service.generate(
-            user_id=args.user_id, onboarding_responses=responses,
-            has_paid_access=args.paid, force_refresh=args.force_refresh,
+            user_id=args.user_id,
+            onboarding_responses=responses,
+            has_paid_access=args.paid,
+            force_refresh=args.force_refresh,
         )
     except ContractError as exc:
         return _fail(2, str(exc))

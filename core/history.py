@@ -55,9 +55,7 @@ def insert_event(connection: Connection, event: GenerationEvent) -> None:
 
 
 def insert_program(connection: Connection, record: HistoryRecord) -> int:
-    return connection.execute(
-        insert(training_programs).values(**asdict(record)).returning(programs.id)
-    ).scalar_one()
+    return connection.execute(insert(training_programs).values(**asdict(record)).returning(programs.id)).scalar_one()
 
 
 def save_program(engine: Engine, record: HistoryRecord) -> int:
@@ -82,9 +80,9 @@ class ProgramRow:
 
 def get_program(engine: Engine, program_id: int) -> ProgramRow | None:
     with engine.connect() as connection:
-        row = connection.execute(select(*_list_columns(), programs.program, programs.onboarding_responses).where(
-            programs.id == program_id
-        )).first()
+        row = connection.execute(
+            select(*_list_columns(), programs.program, programs.onboarding_responses).where(programs.id == program_id)
+        ).first()
     return ProgramRow(**row._mapping) if row else None
 
 

@@ -169,9 +169,7 @@ def parse_program(data: Any, profile: OnboardingResponses) -> TrainingProgram:
         )
     numbers = [w.week for w in program.weeks]
     if numbers != list(range(1, program.duration_weeks + 1)):
-        errors.append(
-            FieldError("weeks", f"must be numbered 1..{program.duration_weeks} in order, got {numbers}")
-        )
+        errors.append(FieldError("weeks", f"must be numbered 1..{program.duration_weeks} in order, got {numbers}"))
     for i, week in enumerate(program.weeks):
         if len(week.sessions) != program.days_per_week:
             errors.append(

@@ -105,42 +105,50 @@ def summary(engine: Engine, since: datetime | None = None) -> Summary:
 def requests_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
     """Requests per time bucket and outcome, with LLM tokens spent."""
     bucket = time_bucket(engine, events.created_at, granularity).label("bucket")
-    query = _since(
-        select(
-            bucket,
-            events.outcome,
-            func.count().label("requests"),
-            func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
-            func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
-        ),
-        events.created_at,
-        since,
-    ).group_by(bucket, events.outcome).order_by(bucket)
+    query = (
+        _since(
+            select(
+                bucket,
+                events.outcome,
+                func.count().label("requests"),
+                func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
+                func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
+            ),
+            events.created_at,
+            since,
+        )
+        .group_by(bucket, events.outcome)
+        .order_by(bucket)
+    )
     return _rows(engine, query)
 
 
 def errors_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
     bucket = time_bucket(engine, events.created_at, granularity).label("bucket")
     failed = events.cache_read_error | events.cache_write_error | events.history_error | (events.outcome == "error")
-    query = _since(
-        select(
-            bucket,
-            _count_if(events.cache_read_error).label("cache_read_errors"),
-            _count_if(events.cache_write_error).label("cache_write_errors"),
-            _count_if(events.history_error).label("history_errors"),
-            _count_if(events.outcome == "error").label("generation_errors"),
-        ).where(failed),
-        events.created_at,
-        since,
-    ).group_by(bucket).order_by(bucket)
+    query = (
+        _since(
+            select(
+                bucket,
+                _count_if(events.cache_read_error).label("cache_read_errors"),
+                _count_if(events.cache_write_error).label("cache_write_errors"),
+                _count_if(events.history_error).label("history_errors"),
+                _count_if(events.outcome == "error").label("generation_errors"),
+            ).where(failed),
+            events.created_at,
+            since,
+        )
+        .group_by(bucket)
+        .order_by(bucket)
+    )
     return _rows(engine, query)
 
 
 def latency_histogram(engine: Engine, since: datetime | None) -> list[dict[str, Any]]:
     """Request counts by latency bin (upper edge in ms; None for the open last bin) and outcome."""
-    upper = case(
-        *[(events.latency_ms < edge, edge) for edge in LATENCY_BINS_MS], else_=literal_column("NULL")
-    ).label("upper_ms")
+    upper = case(*[(events.latency_ms < edge, edge) for edge in LATENCY_BINS_MS], else_=literal_column("NULL")).label(
+        "upper_ms"
+    )
     query = _since(
         select(upper, events.outcome, func.count().label("requests")).where(events.outcome != "error"),
         events.created_at,
@@ -181,11 +189,15 @@ def entries_written_over_time(engine: Engine, since: datetime | None, granularit
     """Entries still in the cache by when they were written, with their bytes."""
     cache = ai_coach_cache.c
     bucket = time_bucket(engine, cache.created_at, granularity).label("bucket")
-    query = _since(
-        select(bucket, func.count().label("entries"), func.sum(cache.size_bytes).label("bytes")),
-        cache.created_at,
-        since,
-    ).group_by(bucket).order_by(bucket)
+    query = (
+        _since(
+            select(bucket, func.count().label("entries"), func.sum(cache.size_bytes).label("bytes")),
+            cache.created_at,
+            since,
+        )
+        .group_by(bucket)
+        .order_by(bucket)
+    )
     return _rows(engine, query)
 
 
@@ -200,9 +212,7 @@ class TtlOutcome:
         return (self.requests - self.llm_calls) / self.requests if self.requests else None
 
 
-def replay_ttls(
-    engine: Engine, ttl_hours: Sequence[float], since: datetime | None = None
-) -> list[TtlOutcome]:
+def replay_ttls(engine: Engine, ttl_hours: Sequence[float], since: datetime | None = None) -> list[TtlOutcome]:
     """Replay the recorded requests (key, time) against each TTL: a request is a hit when
     the key's last generation is younger than the TTL; forced refreshes always generate.
     Requests before `since` are not seen, so the window starts with a cold cache."""
@@ -225,7 +235,7 @@ def replay_ttls(
                 if outcome == "bypass" or last is None or at >= last + ttl:
                     calls[i] += 1
                     generated_at[i] = at
-    return [TtlOutcome(h, requests, c) for h, c in zip(ttl_hours, calls)]
+    return [TtlOutcome(h, requests, c) for h, c in zip(ttl_hours, calls, strict=True)]
 
 
 def window_start(window: str, now: datetime | None = None) -> datetime | None:

@@ -5,6 +5,7 @@ describes them for queries."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -129,4 +130,3 @@ admin_actions = Table(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-

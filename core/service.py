@@ -130,8 +130,10 @@ class ProgramService:
                 # Whoever held the lock before us may have just filled the entry; a forced
                 # refresh only accepts one written after it was asked for.
                 second = self._lookup(request)
-                if second.entry is not None and second.program is not None and (
-                    not force_refresh or second.entry.created_at >= request.requested_at
+                if (
+                    second.entry is not None
+                    and second.program is not None
+                    and (not force_refresh or second.entry.created_at >= request.requested_at)
                 ):
                     return self._serve_hit(request, second.entry)
                 return self._generate_and_store(request, reason, changed)
@@ -205,14 +207,15 @@ class ProgramService:
             latency_ms=latency_ms,
         )
         event = GenerationEvent(
-            user_id=request.user_id, cache_key=request.key, outcome="hit", latency_ms=latency_ms,
+            user_id=request.user_id,
+            cache_key=request.key,
+            outcome="hit",
+            latency_ms=latency_ms,
             cache_read_error=request.cache_read_error,
         )
         return self._save(request, record, event, cache_hit=True, expires_at=entry.expires_at)
 
-    def _generate_and_store(
-        self, request: _Request, reason: MissReason, changed: tuple[str, ...]
-    ) -> GenerationResult:
+    def _generate_and_store(self, request: _Request, reason: MissReason, changed: tuple[str, ...]) -> GenerationResult:
         log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
         llm_started = perf_counter()
         try:
@@ -231,8 +234,13 @@ class ProgramService:
         try:
             with self.engine.begin() as connection:
                 cache_store.upsert_entry(
-                    connection, key=request.key, user_id=request.user_id,
-                    onboarding_hash=digest_of_key(request.key), program=program, now=now, ttl=self.ttl,
+                    connection,
+                    key=request.key,
+                    user_id=request.user_id,
+                    onboarding_hash=digest_of_key(request.key),
+                    program=program,
+                    now=now,
+                    ttl=self.ttl,
                 )
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
@@ -265,8 +273,14 @@ class ProgramService:
             cache_write_error=write_error,
         )
         return self._save(
-            request, record, event, cache_hit=False, expires_at=expires_at,
-            miss_reason=reason, changed_fields=changed, model=generation.model,
+            request,
+            record,
+            event,
+            cache_hit=False,
+            expires_at=expires_at,
+            miss_reason=reason,
+            changed_fields=changed,
+            model=generation.model,
         )
 
     def _save(
@@ -294,8 +308,13 @@ class ProgramService:
     def _record_failure(self, request: _Request, reason: MissReason, message: str) -> None:
         self._record_event(
             GenerationEvent(
-                user_id=request.user_id, cache_key=request.key, outcome="error", miss_reason=reason,
-                latency_ms=request.elapsed_ms(), cache_read_error=request.cache_read_error, error=message,
+                user_id=request.user_id,
+                cache_key=request.key,
+                outcome="error",
+                miss_reason=reason,
+                latency_ms=request.elapsed_ms(),
+                cache_read_error=request.cache_read_error,
+                error=message,
             )
         )
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
-from typing_extensions import Annotated
 
 DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
 

@@ -17,9 +17,7 @@ from core.db import is_postgres
 
 class SingleFlightTimeout(TimeoutError):
     def __init__(self, waited_seconds: float) -> None:
-        super().__init__(
-            f"an identical generation has been running for over {waited_seconds:.0f} s; try again shortly"
-        )
+        super().__init__(f"an identical generation has been running for over {waited_seconds:.0f} s; try again shortly")
 
 
 def advisory_lock_id(key: str) -> int:

@@ -18,4 +18,11 @@ def make_generator(settings: Settings) -> ProgramGenerator:
     )
 
 
-__all__ = ["Generation", "GenerationError", "ProgramGenerator", "OfflineGenerator", "OpenAIChatGenerator", "make_generator"]
+__all__ = [
+    "Generation",
+    "GenerationError",
+    "OfflineGenerator",
+    "OpenAIChatGenerator",
+    "ProgramGenerator",
+    "make_generator",
+]

@@ -146,9 +146,9 @@ def injured_parts(injuries: str | None) -> set[str]:
 def choose(pattern: str, equipment: set[str], avoid: set[str], used: set[str]) -> Move:
     """The first option the client can do safely, preferring one not yet in the session."""
     options = LIBRARY[pattern]
-    usable = [
-        m for m in options if (not m.needs or m.needs & equipment) and not (m.stresses & avoid)
-    ] or options[-1:]  # the last option of every pattern needs nothing and stresses nothing
+    usable = [m for m in options if (not m.needs or m.needs & equipment) and not (m.stresses & avoid)] or options[
+        -1:
+    ]  # the last option of every pattern needs nothing and stresses nothing
     return next((m for m in usable if m.name not in used), usable[0])
 
 
@@ -180,7 +180,7 @@ def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[s
                 "theme": _theme(week, weeks),
                 "sessions": [
                     _session(profile, week, weeks, day, focus, patterns[:exercises_per_session], equipment, avoid)
-                    for day, (focus, patterns) in zip(TRAINING_DAYS[profile.days_per_week], templates)
+                    for day, (focus, patterns) in zip(TRAINING_DAYS[profile.days_per_week], templates, strict=True)
                 ],
             }
             for week in range(1, weeks + 1)
@@ -221,13 +221,23 @@ def _session(
         if pattern == "conditioning":
             minutes = 10 + min(week, 4) * 2
             exercises.append(
-                {"name": move.name, "sets": 1, "reps": f"{minutes} min", "rest_seconds": 0,
-                 "notes": "Conversational pace; you should be able to speak in short sentences."}
+                {
+                    "name": move.name,
+                    "sets": 1,
+                    "reps": f"{minutes} min",
+                    "rest_seconds": 0,
+                    "notes": "Conversational pace; you should be able to speak in short sentences.",
+                }
             )
         else:
             exercises.append(
-                {"name": move.name, "sets": sets, "reps": reps, "rest_seconds": rest,
-                 "notes": _exercise_note(week, weeks, pattern)}
+                {
+                    "name": move.name,
+                    "sets": sets,
+                    "reps": reps,
+                    "rest_seconds": rest,
+                    "notes": _exercise_note(week, weeks, pattern),
+                }
             )
     return {"day": day, "focus": focus, "duration_minutes": profile.session_minutes, "exercises": exercises}
 

@@ -49,9 +49,7 @@ def upgrade() -> None:
         sa.CheckConstraint("source IN ('llm', 'cache')", name="ck_training_programs_source"),
     )
     op.create_index("ix_training_programs_created_at", "training_programs", ["created_at", "id"])
-    op.create_index(
-        "ix_training_programs_user_id_created_at", "training_programs", ["user_id", "created_at", "id"]
-    )
+    op.create_index("ix_training_programs_user_id_created_at", "training_programs", ["user_id", "created_at", "id"])
 
     op.create_table(
         "generation_events",
@@ -69,14 +67,10 @@ def upgrade() -> None:
         sa.Column("cache_write_error", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("history_error", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("error", sa.Text, nullable=True),
-        sa.CheckConstraint(
-            "outcome IN ('hit', 'miss', 'bypass', 'error')", name="ck_generation_events_outcome"
-        ),
+        sa.CheckConstraint("outcome IN ('hit', 'miss', 'bypass', 'error')", name="ck_generation_events_outcome"),
     )
     op.create_index("ix_generation_events_created_at", "generation_events", ["created_at"])
-    op.create_index(
-        "ix_generation_events_cache_key_created_at", "generation_events", ["cache_key", "created_at"]
-    )
+    op.create_index("ix_generation_events_cache_key_created_at", "generation_events", ["cache_key", "created_at"])
 
     op.create_table(
         "admin_actions",

@@ -1,0 +1,161 @@
+"""`python -m core` as cron and operators run it: a real process, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert, select
+
+from core.db import make_engine
+from core.schema import admin_actions, ai_coach_cache, utcnow
+from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.helpers import PROFILE, table_counts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    environment.update(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], input=stdin, capture_output=True, env=environment, cwd=ROOT, timeout=60
+    )
+
+
+def output(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def profile_file(tmp_path: Path) -> Path:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(PROFILE))
+    return path
+
+
+def test_migrate_is_idempotent(database_url: str) -> None:
+    assert output(run(database_url, "migrate"))["revision"] == output(run(database_url, "migrate"))["revision"]
+
+
+def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
+    first = output(run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid"))
+    second = output(run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid"))
+    for key in ("cache_hit", "cache_key", "training_program_id", "latency_ms", "miss_reason", "program"):
+        assert key in first
+    assert (first["cache_hit"], first["miss_reason"]) == (False, "first_generation")
+    assert (second["cache_hit"], second["miss_reason"]) == (True, None)
+    assert second["training_program_id"] == first["training_program_id"] + 1
+    assert second["program"] == first["program"] and first["cache_key"].startswith("program:uu1:paidtrue:d")
+    forced = output(
+        run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid", "--force-refresh")
+    )
+    assert (forced["cache_hit"], forced["miss_reason"]) == (False, "forced_refresh")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        (
+            ["--user-id", "u1", "--profile", "-"],
+            json.dumps({**PROFILE, "days_per_week": "5"}).encode(),
+            "days_per_week",
+        ),
+        (["--user-id", "u1", "--profile", "-"], json.dumps({**PROFILE, "color": 1}).encode(), "color"),
+        (["--user-id", "u:1", "--profile", "-"], json.dumps(PROFILE).encode(), "user_id"),
+        (["--user-id", "u1", "--profile", "-"], b'{"goal": "strength", \xff}', "not valid UTF-8 JSON"),
+        (["--user-id", "u1", "--profile", "/nonexistent/p.json"], None, "cannot read"),
+    ],
+)
+def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
+    database_url: str, args: list[str], stdin: bytes | None, says: str
+) -> None:
+    output(run(database_url, "migrate"))
+    done = run(database_url, "generate", *args, stdin=stdin)
+    assert done.returncode == 2
+    assert done.stdout == b""
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and says in lines[0]
+    engine = make_engine(database_url)
+    assert table_counts(engine) == (0, 0, 0)
+    engine.dispose()
+
+
+def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(
+    database_url: str, profile_file: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(mode="status", status=500))
+    done = run(
+        database_url,
+        "generate",
+        "--user-id",
+        "u1",
+        "--profile",
+        str(profile_file),
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        LLM_MAX_RETRIES="0",
+    )
+    assert done.returncode == 1
+    assert "HTTP 500" in done.stderr.decode() and "Nothing was cached or saved" in done.stderr.decode()
+    assert "sk-test" not in done.stderr.decode()
+    engine = make_engine(database_url)
+    assert table_counts(engine)[:2] == (0, 0)
+    engine.dispose()
+
+
+def seed(engine: Engine, key: str, *, expired: bool) -> None:
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(ai_coach_cache).values(
+                cache_key=key,
+                user_id="u",
+                data={},
+                onboarding_hash="h",
+                created_at=now,
+                updated_at=now,
+                expires_at=now + (timedelta(hours=-1) if expired else timedelta(hours=1)),
+                size_bytes=100,
+            )
+        )
+
+
+def test_cleanup_deletes_only_expired_program_entries(engine: Engine, database_url: str) -> None:
+    for i in range(7):
+        seed(engine, f"program:uu{i}:paidfalse:dexpired", expired=True)
+    seed(engine, "program:uvalid:paidfalse:dvalid", expired=False)
+    seed(engine, "recommendation:u1:expired", expired=True)  # another AI-coach feature's entry
+
+    assert output(run(database_url, "cleanup"))["deleted"] == 7
+
+    with engine.connect() as connection:
+        left = set(connection.execute(select(ai_coach_cache.c.cache_key)).scalars())
+        action = connection.execute(select(admin_actions)).one()
+    assert left == {"program:uvalid:paidfalse:dvalid", "recommendation:u1:expired"}
+    assert (action.actor, action.action, action.rows_affected, action.bytes_reclaimed) == ("cli", "cleanup", 7, 700)
+    assert output(run(database_url, "cleanup"))["deleted"] == 0
+
+
+def test_cleanup_works_in_batches(engine: Engine) -> None:
+    from core.cache_store import delete_expired
+
+    for i in range(10):
+        seed(engine, f"program:uu{i}:paidfalse:dx", expired=True)
+    removal = delete_expired(engine, batch_size=3)
+    assert (removal.deleted, removal.bytes_reclaimed) == (10, 1000)
+
+
+def test_stats(database_url: str, profile_file: Path) -> None:
+    run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
+    run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
+    stats = output(run(database_url, "stats"))
+    assert stats["entries"] == {"valid": 1, "expired": 0}
+    assert stats["hit_rate"] == 0.5 and stats["storage_bytes"] > 0

@@ -1,0 +1,309 @@
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from core import history
+from core.generators import GenerationError
+from core.models import ContractError, OnboardingResponses
+from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
+from core.service import GenerationFailed, ProgramService
+from core.single_flight import SingleFlightTimeout
+from tests.conftest import Faults
+from tests.helpers import PROFILE, CountingGenerator, count_rows, table_counts
+
+
+def generate(service: ProgramService, profile: dict[str, Any] = PROFILE, **kwargs: Any) -> Any:
+    kwargs.setdefault("user_id", "coach-client-1")
+    kwargs.setdefault("has_paid_access", False)
+    return service.generate(onboarding_responses=profile, **kwargs)
+
+
+def events(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(generation_events).order_by(generation_events.c.id))
+        return [dict(r._mapping) for r in rows]
+
+
+def programs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(training_programs).order_by(training_programs.c.id))
+        return [dict(r._mapping) for r in rows]
+
+
+def set_entry(engine: Engine, key: str, **values: Any) -> None:
+    with engine.begin() as connection:
+        connection.execute(update(ai_coach_cache).where(ai_coach_cache.c.cache_key == key).values(**values))
+
+
+def test_miss_then_hit_and_both_saved_to_history(service: ProgramService, generator: CountingGenerator) -> None:
+    first = generate(service)
+    second = generate(service)
+
+    assert (first.cache_hit, second.cache_hit) == (False, True)
+    assert generator.calls == 1
+    assert second.program == first.program
+    assert second.cache_key == first.cache_key
+    rows = programs(service.engine)
+    assert [(r["id"], r["source"]) for r in rows] == [
+        (first.training_program_id, "llm"),
+        (second.training_program_id, "cache"),
+    ]
+    assert rows[1]["program"] == rows[0]["program"]
+    assert rows[0]["model"] == "offline-rules-v1" and rows[1]["model"] is None
+    assert [e["outcome"] for e in events(service.engine)] == ["miss", "hit"]
+
+
+def test_entry_expires_after_the_ttl(service: ProgramService) -> None:
+    before = utcnow()
+    result = generate(service)
+    assert before + service.ttl <= result.expires_at <= utcnow() + service.ttl
+    with service.engine.connect() as connection:
+        stored = connection.execute(select(ai_coach_cache.c.expires_at, ai_coach_cache.c.data)).one()
+    assert stored.expires_at == result.expires_at
+    assert stored.data == result.program
+
+
+def test_history_keeps_the_normalized_answers_and_access(service: ProgramService) -> None:
+    messy = {**PROFILE, "equipment": ["dumbbells", "bodyweight", "dumbbells"], "injuries": "  sore   wrist "}
+    generate(service, messy, has_paid_access=True)
+    row = programs(service.engine)[0]
+    assert row["onboarding_responses"]["equipment"] == ["bodyweight", "dumbbells"]
+    assert row["onboarding_responses"]["injuries"] == "sore wrist"
+    assert row["has_paid_access"] is True
+
+
+def test_equivalent_answers_hit_the_same_entry(service: ProgramService, generator: CountingGenerator) -> None:
+    generate(service, {**PROFILE, "notes": "mornings  please"})
+    again = generate(service, {**PROFILE, "equipment": ["bodyweight", "dumbbells"], "notes": " mornings please "})
+    assert again.cache_hit and generator.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("user_id", "profile", "field"),
+    [
+        ("u1", {**PROFILE, "days_per_week": "5"}, "days_per_week"),
+        ("u1", {**PROFILE, "days_per_week": 8}, "days_per_week"),
+        ("u1", {**PROFILE, "favourite_colour": "blue"}, "favourite_colour"),
+        ("u1", {**PROFILE, "age": None}, "age"),
+        ("u1", {k: v for k, v in PROFILE.items() if k != "goal"}, "goal"),
+        ("u1", {**PROFILE, "equipment": ["spaceship"]}, "equipment.0"),
+        ("u:1", PROFILE, "user_id"),
+        ("", PROFILE, "user_id"),
+    ],
+)
+def test_invalid_input_names_the_field_and_writes_nothing(
+    service: ProgramService, generator: CountingGenerator, user_id: str, profile: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ContractError) as error:
+        generate(service, profile, user_id=user_id)
+    assert field in [e.field for e in error.value.errors]
+    assert str(error.value).count(field) >= 1
+    assert table_counts(service.engine) == (0, 0, 0)
+    assert generator.calls == 0
+
+
+def test_miss_reasons(service: ProgramService) -> None:
+    first = generate(service)
+    assert first.miss_reason == "first_generation"
+
+    set_entry(service.engine, first.cache_key, expires_at=utcnow() - timedelta(seconds=1))
+    expired = generate(service)
+    assert (expired.cache_hit, expired.miss_reason) == (False, "expired")
+
+    changed = generate(service, {**PROFILE, "days_per_week": 4, "age": 35})
+    assert changed.miss_reason == "profile_changed"
+    assert changed.changed_fields == ("age", "days_per_week")
+
+    access = generate(service, {**PROFILE, "days_per_week": 4, "age": 35}, has_paid_access=True)
+    assert (access.miss_reason, access.changed_fields) == ("access_changed", ("has_paid_access",))
+
+    forced = generate(service, {**PROFILE, "days_per_week": 4, "age": 35}, has_paid_access=True, force_refresh=True)
+    assert (forced.cache_hit, forced.miss_reason) == (False, "forced_refresh")
+    assert [e["miss_reason"] for e in events(service.engine)] == [
+        "first_generation",
+        "expired",
+        "profile_changed",
+        "access_changed",
+        "forced_refresh",
+    ]
+
+
+def test_force_refresh_regenerates_and_replaces_the_entry(
+    service: ProgramService, generator: CountingGenerator
+) -> None:
+    first = generate(service)
+    refreshed = generate(service, force_refresh=True)
+    assert generator.calls == 2
+    assert refreshed.expires_at > first.expires_at
+    assert count_rows(service.engine, ai_coach_cache) == 1
+    assert [e["outcome"] for e in events(service.engine)] == ["miss", "bypass"]
+    assert generate(service).cache_hit
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        {"surprise_field": 1},
+        {"weeks": []},
+        "a string",
+        "days_per_week_mismatch",
+    ],
+)
+def test_an_entry_that_no_longer_validates_is_a_miss_and_is_overwritten(
+    service: ProgramService, generator: CountingGenerator, corruption: Any
+) -> None:
+    first = generate(service)
+    if corruption == "days_per_week_mismatch":
+        bad: Any = {**first.program, "days_per_week": 5}
+    elif isinstance(corruption, dict):
+        bad = {**first.program, **corruption}
+    else:
+        bad = corruption
+    set_entry(service.engine, first.cache_key, data=bad)
+
+    again = generate(service)
+    assert (again.cache_hit, again.miss_reason) == (False, "invalid_entry")
+    assert again.program == first.program
+    assert generator.calls == 2
+    with service.engine.connect() as connection:
+        assert connection.execute(select(ai_coach_cache.c.data)).scalar_one() == first.program
+
+
+class BrokenGenerator:
+    name = "broken"
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Any:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        from core.generators import Generation
+
+        return Generation(program=self.answer, model="broken")
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (GenerationError("the LLM server answered HTTP 500"), "HTTP 500"),
+        ({"title": "half a program"}, "is required"),
+    ],
+)
+def test_failed_generation_caches_and_saves_nothing(engine: Engine, answer: Any, says: str) -> None:
+    service = ProgramService(engine=engine, generator=BrokenGenerator(answer))
+    with pytest.raises(GenerationFailed) as error:
+        generate(service)
+    assert says in str(error.value) and "Nothing was cached or saved" in str(error.value)
+    assert count_rows(engine, ai_coach_cache) == 0
+    assert count_rows(engine, training_programs) == 0
+    assert [e["outcome"] for e in events(engine)] == ["error"]
+
+
+def test_cache_read_error_is_a_warning_and_generation_proceeds(
+    faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = ProgramService(engine=faults.engine, generator=CountingGenerator())
+    generate(service)
+    faults.deny("ai_coach_cache", "SELECT")
+
+    with caplog.at_level(logging.WARNING, logger="core.service"):
+        result = generate(service)
+
+    assert (result.cache_hit, result.miss_reason) == (False, "cache_unavailable")
+    assert result.training_program_id is not None
+    assert any("Cache read failed" in r.message for r in caplog.records)
+    assert events(faults.engine)[-1]["cache_read_error"] is True
+
+
+def test_cache_write_error_still_returns_and_saves_the_program(
+    faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = ProgramService(engine=faults.engine, generator=CountingGenerator())
+    faults.deny("ai_coach_cache", "INSERT", "UPDATE")
+
+    with caplog.at_level(logging.WARNING, logger="core.service"):
+        result = generate(service)
+
+    assert result.cache_hit is False and result.training_program_id is not None
+    assert result.expires_at is None and result.warnings
+    assert any("Cache write failed" in r.message for r in caplog.records)
+    assert count_rows(faults.engine, ai_coach_cache) == 0
+    assert programs(faults.engine)[0]["source"] == "llm"
+    assert events(faults.engine)[-1]["cache_write_error"] is True
+
+
+def test_history_save_error_is_reported_with_the_program_and_can_be_saved_again(faults: Faults) -> None:
+    service = ProgramService(engine=faults.engine, generator=CountingGenerator())
+    faults.deny("training_programs", "INSERT")
+
+    result = generate(service)
+
+    assert result.program["weeks"] and result.training_program_id is None
+    assert result.history_error and "could not be saved" in result.history_error
+    assert result.unsaved is not None
+    assert count_rows(faults.engine, training_programs) == 0
+    assert events(faults.engine)[-1]["history_error"] is True
+
+    faults.allow("training_programs", "INSERT")
+    saved_id = history.save_program(faults.engine, result.unsaved)
+    assert programs(faults.engine)[0]["id"] == saved_id
+    assert programs(faults.engine)[0]["program"] == result.program
+
+
+def test_concurrent_identical_requests_make_one_llm_call(engine: Engine) -> None:
+    generator = CountingGenerator(delay_seconds=0.5)
+    service = ProgramService(engine=engine, generator=generator, lock_wait_seconds=30)
+    results: list[Any] = []
+    barrier = threading.Barrier(12)
+
+    def request() -> None:
+        barrier.wait()
+        results.append(generate(service))
+
+    threads = [threading.Thread(target=request) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert generator.calls == 1
+    assert len(results) == 12
+    assert sorted(r.cache_hit for r in results) == [False] + [True] * 11
+    assert all(r.program == results[0].program for r in results)
+    assert count_rows(engine, training_programs) == 12
+
+
+def test_a_waiter_gives_up_after_a_bounded_time(engine: Engine) -> None:
+    generator = CountingGenerator(delay_seconds=2.0)
+    service = ProgramService(engine=engine, generator=generator, lock_wait_seconds=0.3)
+    first = threading.Thread(target=generate, args=(service,))
+    first.start()
+    while generator.calls == 0:
+        threading.Event().wait(0.01)
+    with pytest.raises(SingleFlightTimeout, match="try again"):
+        generate(service)
+    first.join()
+    assert generator.calls == 1
+    assert [e["outcome"] for e in events(engine)] == ["error", "miss"]
+
+
+def test_the_lock_is_released_after_a_failed_generation(engine: Engine) -> None:
+    broken = ProgramService(engine=engine, generator=BrokenGenerator(GenerationError("down")), lock_wait_seconds=1)
+    with pytest.raises(GenerationFailed):
+        generate(broken)
+    working = ProgramService(engine=engine, generator=CountingGenerator(), lock_wait_seconds=1)
+    assert generate(working).cache_hit is False
+
+
+def test_different_users_do_not_share_entries(service: ProgramService, generator: CountingGenerator) -> None:
+    a = generate(service, user_id="alice")
+    b = generate(service, user_id="bob")
+    assert a.cache_key != b.cache_key and not b.cache_hit
+    assert generator.calls == 2
