@@ -1,0 +1,129 @@
+"""Cache admin: what the cache holds, cleanup of expired entries and per-user invalidation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import admin, cache_store
+from core.models import ContractError
+from pages.common import format_bytes, get_engine
+
+
+def counts() -> None:
+    summary = cache_store.count_entries(get_engine())
+    cols = st.columns(4)
+    cols[0].metric("Valid entries", f"{summary['valid_entries']:,}", border=True)
+    cols[1].metric("Valid storage", format_bytes(summary["valid_bytes"]), border=True)
+    cols[2].metric("Expired entries", f"{summary['expired_entries']:,}", border=True)
+    cols[3].metric("Expired storage", format_bytes(summary["expired_bytes"]), border=True)
+
+
+def short_key(key: str) -> str:
+    return key if len(key) <= 48 else f"{key[:38]}…{key[-8:]}"
+
+
+def entries() -> None:
+    st.subheader("Entries", anchor=False)
+    user = st.text_input("Filter by user", placeholder="All users", key="admin_user").strip()
+    rows = cache_store.list_entries(get_engine(), user_id=user or None)
+    if not rows:
+        st.info("The cache holds no program entries" + (f" for {user}." if user else "."))
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Key": [short_key(r.cache_key) for r in rows],
+                "User": [r.user_id for r in rows],
+                "Created (UTC)": [r.created_at.strftime("%Y-%m-%d %H:%M") for r in rows],
+                "Expires (UTC)": [r.expires_at.strftime("%Y-%m-%d %H:%M") for r in rows],
+                "Size": [format_bytes(r.size_bytes) for r in rows],
+                "Hits": [r.hit_count for r in rows],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.caption(f"Newest {len(rows)} entries.")
+
+
+def cleanup() -> None:
+    st.subheader("Delete expired entries", anchor=False)
+    st.caption("Deletes only expired program entries, in short batches, exactly as `python -m core cleanup` does.")
+    if st.button("Delete expired entries", type="primary", icon=":material/delete_sweep:"):
+        st.session_state.confirm_cleanup = True
+    if st.session_state.get("confirm_cleanup"):
+        expired = cache_store.count_entries(get_engine())["expired_entries"]
+        st.warning(f"Delete {expired:,} expired entries? Valid entries are kept.")
+        yes, no = st.columns([1, 5])
+        if yes.button("Yes, delete", type="primary", key="cleanup_yes"):
+            removal = admin.delete_expired_entries(get_engine(), actor=actor())
+            st.session_state.confirm_cleanup = False
+            st.session_state.admin_notice = (
+                f"Deleted {removal.deleted:,} expired entries, reclaimed {format_bytes(removal.bytes_reclaimed)}."
+            )
+            st.rerun()
+        if no.button("Cancel", key="cleanup_no"):
+            st.session_state.confirm_cleanup = False
+            st.rerun()
+
+
+def invalidate() -> None:
+    st.subheader("Invalidate a user's entries", anchor=False)
+    user = st.text_input("User ID to invalidate", key="invalidate_user").strip()
+    if st.button("Invalidate", disabled=not user, icon=":material/person_remove:"):
+        st.session_state.confirm_invalidate = user
+    pending = st.session_state.get("confirm_invalidate")
+    if pending:
+        st.warning(f"Delete every cached program of {pending}? Their next request will call the LLM.")
+        yes, no = st.columns([1, 5])
+        if yes.button("Yes, invalidate", type="primary", key="invalidate_yes"):
+            try:
+                removal = admin.invalidate_user(get_engine(), actor=actor(), user_id=pending)
+                st.session_state.admin_notice = f"Invalidated {removal.deleted:,} entries of {pending}."
+            except ContractError as exc:
+                st.session_state.admin_notice = str(exc)
+            st.session_state.confirm_invalidate = None
+            st.rerun()
+        if no.button("Cancel", key="invalidate_no"):
+            st.session_state.confirm_invalidate = None
+            st.rerun()
+
+
+def actor() -> str:
+    return "dashboard"
+
+
+def recent() -> None:
+    st.subheader("Recent admin actions", anchor=False)
+    actions = admin.recent_actions(get_engine())
+    if not actions:
+        st.caption("No cleanup or invalidation has run yet.")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "When (UTC)": [a.created_at.strftime("%Y-%m-%d %H:%M:%S") for a in actions],
+                "Who": [a.actor for a in actions],
+                "Action": [a.action.replace("_", " ") for a in actions],
+                "Target": [a.target or "" for a in actions],
+                "Rows": [a.rows_affected for a in actions],
+                "Reclaimed": [format_bytes(a.bytes_reclaimed) for a in actions],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+
+
+st.title("Cache admin")
+if notice := st.session_state.pop("admin_notice", None):
+    st.success(notice, icon=":material/check_circle:")
+counts()
+left, right = st.columns(2)
+with left:
+    cleanup()
+with right:
+    invalidate()
+entries()
+recent()

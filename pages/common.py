@@ -1,0 +1,100 @@
+"""What the pages share: the resources created once per app process, and the program view."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+
+from core.db import make_engine, migrate
+from core.generators import make_generator
+from core.service import ProgramService
+from core.settings import Settings
+
+
+@st.cache_resource
+def get_settings() -> Settings:
+    return Settings()
+
+
+@st.cache_resource
+def get_engine() -> Engine:
+    engine = make_engine(get_settings().database_url)
+    migrate(engine)
+    return engine
+
+
+@st.cache_resource
+def get_service() -> ProgramService:
+    settings = get_settings()
+    return ProgramService.from_settings(settings, engine=get_engine(), generator=make_generator(settings))
+
+
+def format_bytes(size: float | None) -> str:
+    if size is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def format_duration(ms: float) -> str:
+    if ms < 1000:
+        return f"{ms:,.1f} ms"
+    return str(timedelta(seconds=round(ms / 1000))) if ms >= 60_000 else f"{ms / 1000:.1f} s"
+
+
+def render_program(program: dict[str, Any], *, key: str) -> None:
+    """A program as a coach reads it: what it is, each week's sessions, the safety notes."""
+    st.subheader(escape_markdown(program["title"]), anchor=False)
+    st.markdown(escape_markdown(program["summary"]))
+    goal = program["goal"].replace("_", " ").capitalize()
+    st.markdown(
+        f":material/flag: {goal} · :material/signal_cellular_alt: {program['experience_level'].capitalize()} · "
+        f":material/calendar_month: {program['duration_weeks']} weeks · "
+        f":material/event_repeat: {program['days_per_week']} days a week"
+    )
+    tabs = st.tabs([f"Week {w['week']}" for w in program["weeks"]])
+    for tab, week in zip(tabs, program["weeks"], strict=True):
+        with tab:
+            st.caption(escape_markdown(week["theme"]))
+            for session in week["sessions"]:
+                focus = escape_markdown(session["focus"])
+                st.markdown(f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min")
+                st.dataframe(
+                    pd.DataFrame(session["exercises"]).rename(
+                        columns={
+                            "name": "Exercise",
+                            "sets": "Sets",
+                            "reps": "Reps",
+                            "rest_seconds": "Rest (s)",
+                            "notes": "Notes",
+                        }
+                    ),
+                    hide_index=True,
+                    width="stretch",
+                )
+    if program["safety_notes"]:
+        st.markdown("**Safety notes**")
+        for note in program["safety_notes"]:
+            st.markdown(f"- {escape_markdown(note)}")
+    st.download_button(
+        "Download JSON",
+        json.dumps(program, indent=2, ensure_ascii=False),
+        file_name="training_program.json",
+        mime="application/json",
+        key=f"download-{key}",
+        icon=":material/download:",
+    )
+
+
+def escape_markdown(text: str) -> str:
+    """Text from users or the LLM is shown as text, never as markup."""
+    special = "\\`*_{}[]()#+-.!|<>$~"
+    return "".join(f"\\{c}" if c in special else c for c in text)

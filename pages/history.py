@@ -1,0 +1,111 @@
+"""Program history: every program handed out, newest first, filtered and paginated in SQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from datetime import UTC, date, datetime, time, timedelta
+from typing import IO
+
+import pandas as pd
+import streamlit as st
+
+from core import history
+from core.history import HistoryFilter, ProgramRow
+from pages.common import format_duration, get_engine, render_program
+
+PAGE_SIZE = 50
+CSV_COLUMNS = ["id", "created_at", "user_id", "source", "has_paid_access", "latency_ms", "model", "cache_key"]
+
+
+def read_filter() -> HistoryFilter:
+    cols = st.columns([2, 2, 1])
+    user_id = cols[0].text_input("User", placeholder="All users", key="history_user").strip()
+    today = datetime.now(UTC).date()
+    span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
+    source = cols[2].selectbox("Source", ["All", "cache", "llm"], key="history_source")
+    days: tuple[date, ...] = span if isinstance(span, tuple) else (span,) if span else ()
+    since = datetime.combine(days[0], time.min, UTC) if days else None
+    # While only the first day of a range is picked, the range is open-ended.
+    until = datetime.combine(days[1] + timedelta(days=1), time.min, UTC) if len(days) == 2 else None
+    return HistoryFilter(user_id=user_id or None, since=since, until=until, source=None if source == "All" else source)
+
+
+def export_csv(flt: HistoryFilter) -> IO[bytes]:
+    """Streamed to a temporary file so a large export never sits in memory whole."""
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - Streamlit reads and closes it
+    text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for row in history.iter_programs(get_engine(), flt):
+        writer.writerow([getattr(row, c) for c in CSV_COLUMNS])
+    text.flush()
+    text.detach()
+    spool.seek(0)
+    return spool
+
+
+def table(rows: list[ProgramRow]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "ID": [r.id for r in rows],
+            "Created (UTC)": [r.created_at.strftime("%Y-%m-%d %H:%M:%S") for r in rows],
+            "User": [r.user_id for r in rows],
+            "Source": [r.source for r in rows],
+            "Paid": [r.has_paid_access for r in rows],
+            "Latency": [format_duration(r.latency_ms) for r in rows],
+            "Model": [r.model or "–" for r in rows],
+        }
+    )
+
+
+st.title("Program history")
+st.caption("Every program handed out to a coach, from the LLM or the cache, newest first.")
+flt = read_filter()
+if st.session_state.get("history_filter") != flt:
+    st.session_state.history_filter = flt
+    st.session_state.history_cursors = [None]  # cursor of each page visited, for "Previous"
+
+cursors = st.session_state.history_cursors
+page = history.list_programs(get_engine(), flt, after=cursors[-1], page_size=PAGE_SIZE)
+
+if not page.rows:
+    st.info("No programs match these filters yet. Generate one on the **Generate program** page.")
+    st.stop()
+
+selection = st.dataframe(
+    table(page.rows),
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key=f"history_table_{len(cursors)}",
+)
+nav = st.columns([1, 1, 4, 2])
+if nav[0].button("Previous", disabled=len(cursors) == 1, icon=":material/chevron_left:"):
+    cursors.pop()
+    st.rerun()
+if nav[1].button("Next", disabled=page.next_cursor is None, icon=":material/chevron_right:"):
+    cursors.append(page.next_cursor)
+    st.rerun()
+nav[2].caption(f"Page {len(cursors)} · {PAGE_SIZE} per page")
+nav[3].download_button(
+    "Export CSV",
+    lambda: export_csv(flt),
+    file_name="training_programs.csv",
+    mime="text/csv",
+    icon=":material/download:",
+    on_click="ignore",
+)
+
+chosen = selection.selection.rows if selection else []
+if chosen:
+    row = page.rows[chosen[0]]
+    full = history.get_program(get_engine(), row.id)
+    if full and full.program:
+        st.divider()
+        st.caption(f"Program #{row.id} for {row.user_id}, {row.source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
+        render_program(full.program, key=f"history-{row.id}")
+else:
+    st.caption("Select a row to see the full program.")
