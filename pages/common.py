@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -94,7 +95,14 @@ def render_program(program: dict[str, Any], *, key: str) -> None:
     )
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:])")
+LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
+ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)
+
+
 def escape_markdown(text: str) -> str:
-    """Text from users or the LLM is shown as text, never as markup."""
-    special = "\\`*_{}[]()#+-.!|<>$~"
-    return "".join(f"\\{c}" if c in special else c for c in text)
+    """Text from users or the LLM is shown as text, never as markup (links, images, HTML,
+    Streamlit directives such as :red[...])."""
+    text = MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = LIST_MARKER.sub(r"\1\\\2", text)
+    return ORDERED_MARKER.sub(r"\1\\.", text)

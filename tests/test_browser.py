@@ -1,0 +1,192 @@
+"""End to end in a real browser: `streamlit run` on a free port against a throwaway
+PostgreSQL and a local OpenAI-compatible server, driven by Playwright in Debian's Chromium.
+Screenshots of each page land in test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from sqlalchemy import update
+
+from core.db import make_engine
+from core.schema import ai_coach_cache, utcnow
+from tests.fake_openai import FakeOpenAI
+from tests.helpers import count_rows
+from tests.pg_server import PostgresServer, free_port
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+API_KEY = "sk-e2e-secret-value-7f3a"
+
+
+@pytest.fixture(scope="module")
+def database(pg: PostgresServer) -> Iterator[str]:
+    name = f"e2e_{uuid.uuid4().hex[:8]}"
+    pg.admin(f"CREATE DATABASE {name} TEMPLATE coach_template")
+    yield pg.url(name)
+    pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def server(database: str, fake_openai_server: FakeOpenAI) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STREAMLIT_"))}
+    env.update(
+        DATABASE_URL=database,
+        OPENAI_API_KEY=API_KEY,
+        OPENAI_BASE_URL=fake_openai_server.base_url,
+        OPENAI_MODEL="gpt-e2e",
+        LLM_MAX_RETRIES="0",
+    )
+    log = open(ARTIFACTS.parent / ".streamlit-e2e.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("streamlit did not start; see .streamlit-e2e.log")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: run ./scripts/test, which installs it")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def settle(page: Page) -> None:
+    """Wait for the script run the last action started to finish."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+
+
+def shot(page: Page, name: str) -> None:
+    page.wait_for_timeout(700)  # charts and grids draw just after the run ends
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def grid_cells(page: Page, text: str) -> Locator:
+    # st.dataframe draws on a canvas; its accessible grid holds the cell text, visually hidden.
+    return page.locator("[role='gridcell']", has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+def generate(page: Page) -> None:
+    page.get_by_role("button", name="Generate program").click()
+    settle(page)
+
+
+def go_to(page: Page, title: str) -> None:
+    page.get_by_role("link", name=title).click()
+    settle(page)
+    expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
+
+
+def test_a_coach_and_an_operator_through_every_page(
+    server: str, browser: Browser, fake_openai_server: FakeOpenAI, database: str
+) -> None:
+    fake_openai_server.reset()
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar).to_contain_text("PostgreSQL 127.0.0.1")
+    expect(sidebar).to_contain_text("OpenAI gpt-e2e at http://127.0.0.1")
+
+    user = page.get_by_role("textbox", name="User ID")
+    user.fill("e2e-client")
+    user.press("Enter")
+    settle(page)
+
+    generate(page)
+    expect(page.get_by_text("Cache miss")).to_be_visible()
+    expect(page.get_by_text("first program for this user")).to_be_visible()
+    assert fake_openai_server.calls == 1
+    shot(page, "1-generate-miss")
+
+    generate(page)
+    expect(page.get_by_text("Cache hit")).to_be_visible()
+    assert fake_openai_server.calls == 1
+    shot(page, "2-generate-hit")
+
+    days = page.get_by_role("spinbutton", name="Days per week")
+    days.fill("5")
+    days.press("Tab")
+    generate(page)
+    expect(page.get_by_text("Cache miss")).to_be_visible()
+    expect(page.get_by_text("the profile changed (Days per week)")).to_be_visible()
+    assert fake_openai_server.calls == 2
+    assert API_KEY not in page.content()
+
+    go_to(page, "Program history")
+    expect(grid_cells(page, "e2e-client")).to_have_count(3)
+    expect(grid_cells(page, "cache")).to_have_count(1)
+    expect(grid_cells(page, "llm")).to_have_count(2)
+    shot(page, "3-history")
+
+    go_to(page, "Cache monitoring")
+    hit_rate = page.get_by_test_id("stMetric").filter(has_text="Hit rate")
+    expect(hit_rate).to_contain_text("33.3%")
+    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    shot(page, "4-monitoring")
+
+    engine = make_engine(database)
+    with engine.begin() as connection:
+        connection.execute(
+            update(ai_coach_cache)
+            .where(ai_coach_cache.c.cache_key.like("%:paidfalse:%"))
+            .values(expires_at=utcnow() - timedelta(minutes=5))
+        )
+    expired_before = count_rows(engine, ai_coach_cache)
+    go_to(page, "Cache admin")
+    page.get_by_role("button", name="Delete expired entries").click()
+    settle(page)
+    expect(page.get_by_text("expired entries? Valid entries are kept.")).to_be_visible()
+    page.get_by_role("button", name="Yes, delete").click()
+    settle(page)
+    expect(page.get_by_text("Deleted 2 expired entries")).to_be_visible()
+    assert (expired_before, count_rows(engine, ai_coach_cache)) == (2, 0)
+    shot(page, "5-admin")
+    engine.dispose()
+    assert API_KEY not in page.content()
