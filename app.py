@@ -2,27 +2,40 @@
 
 import streamlit as st
 
-from pages.common import escape_markdown, get_engine, get_settings
+from pages.common import auth_enabled, current_actor, escape_markdown, get_engine, get_settings
 
 st.set_page_config(page_title="Coach Cache", page_icon=":material/fitness_center:", layout="wide")
 
-settings = get_settings()
+
+def sidebar() -> None:
+    settings = get_settings()
+    with st.sidebar:
+        st.markdown("### Coach Cache")
+        st.caption("ADR-049 training program cache")
+        st.markdown(f":material/storage: **Database**  \n{escape_markdown(settings.describe_database())}")
+        st.markdown(f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}")
+        st.markdown(f":material/schedule: **Cache TTL**  \n{settings.cache_ttl_hours:g} h")
+        if auth_enabled():
+            st.markdown(f":material/person: **Signed in**  \n{escape_markdown(current_actor())}")
+            st.button("Sign out", on_click=st.logout, icon=":material/logout:")
+
+
 get_engine()  # created once per process; applies migrations on start
 
-pages = st.navigation(
-    [
-        st.Page("pages/generate.py", title="Generate program", icon=":material/fitness_center:", default=True),
-        st.Page("pages/history.py", title="Program history", icon=":material/history:"),
-        st.Page("pages/monitoring.py", title="Cache monitoring", icon=":material/monitoring:"),
-        st.Page("pages/admin.py", title="Cache admin", icon=":material/database:"),
-    ]
-)
+signed_out = auth_enabled() and not st.user.is_logged_in
+if signed_out:
+    # The only page there is until sign-in: every URL lands here.
+    pages = st.navigation([st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:")], position="hidden")
+else:
+    pages = st.navigation(
+        [
+            st.Page("pages/generate.py", title="Generate program", icon=":material/fitness_center:", default=True),
+            st.Page("pages/history.py", title="Program history", icon=":material/history:"),
+            st.Page("pages/monitoring.py", title="Cache monitoring", icon=":material/monitoring:"),
+            st.Page("pages/admin.py", title="Cache admin", icon=":material/database:"),
+        ]
+    )
 
-with st.sidebar:
-    st.markdown("### Coach Cache")
-    st.caption("ADR-049 training program cache")
-    st.markdown(f":material/storage: **Database**  \n{escape_markdown(settings.describe_database())}")
-    st.markdown(f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}")
-    st.markdown(f":material/schedule: **Cache TTL**  \n{settings.cache_ttl_hours:g} h")
-
+if not signed_out:
+    sidebar()
 pages.run()

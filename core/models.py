@@ -7,6 +7,7 @@ may be absent but never null; unknown fields are refused."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,8 +47,13 @@ def _integral_float_to_int(value: Any) -> Any:
     return value
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _collapse_whitespace(value: str) -> str | None:
-    collapsed = " ".join(value.split())
+    # Control characters count as whitespace: they carry no meaning in free text, and
+    # PostgreSQL's JSONB cannot store NUL at all.
+    collapsed = " ".join(CONTROL_CHARACTERS.sub(" ", value).split())
     return collapsed or None
 
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import admin, cache_store
 from core.models import ContractError
-from pages.common import format_bytes, get_engine
+from pages.common import current_actor, format_bytes, get_engine, may_administer
 
 
 def counts() -> None:
@@ -47,17 +47,17 @@ def entries() -> None:
     st.caption(f"Newest {len(rows)} entries.")
 
 
-def cleanup() -> None:
+def cleanup(allowed: bool) -> None:
     st.subheader("Delete expired entries", anchor=False)
     st.caption("Deletes only expired program entries, in short batches, exactly as `python -m core cleanup` does.")
-    if st.button("Delete expired entries", type="primary", icon=":material/delete_sweep:"):
+    if st.button("Delete expired entries", type="primary", icon=":material/delete_sweep:", disabled=not allowed):
         st.session_state.confirm_cleanup = True
-    if st.session_state.get("confirm_cleanup"):
+    if allowed and st.session_state.get("confirm_cleanup"):
         expired = cache_store.count_entries(get_engine())["expired_entries"]
         st.warning(f"Delete {expired:,} expired entries? Valid entries are kept.")
         yes, no = st.columns([1, 5])
         if yes.button("Yes, delete", type="primary", key="cleanup_yes"):
-            removal = admin.delete_expired_entries(get_engine(), actor=actor())
+            removal = admin.delete_expired_entries(get_engine(), actor=current_actor())
             st.session_state.confirm_cleanup = False
             st.session_state.admin_notice = (
                 f"Deleted {removal.deleted:,} expired entries, reclaimed {format_bytes(removal.bytes_reclaimed)}."
@@ -68,18 +68,18 @@ def cleanup() -> None:
             st.rerun()
 
 
-def invalidate() -> None:
+def invalidate(allowed: bool) -> None:
     st.subheader("Invalidate a user's entries", anchor=False)
     user = st.text_input("User ID to invalidate", key="invalidate_user").strip()
-    if st.button("Invalidate", disabled=not user, icon=":material/person_remove:"):
+    if st.button("Invalidate", disabled=not (user and allowed), icon=":material/person_remove:"):
         st.session_state.confirm_invalidate = user
-    pending = st.session_state.get("confirm_invalidate")
+    pending = st.session_state.get("confirm_invalidate") if allowed else None
     if pending:
         st.warning(f"Delete every cached program of {pending}? Their next request will call the LLM.")
         yes, no = st.columns([1, 5])
         if yes.button("Yes, invalidate", type="primary", key="invalidate_yes"):
             try:
-                removal = admin.invalidate_user(get_engine(), actor=actor(), user_id=pending)
+                removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=pending)
                 st.session_state.admin_notice = f"Invalidated {removal.deleted:,} entries of {pending}."
             except ContractError as exc:
                 st.session_state.admin_notice = str(exc)
@@ -88,10 +88,6 @@ def invalidate() -> None:
         if no.button("Cancel", key="invalidate_no"):
             st.session_state.confirm_invalidate = None
             st.rerun()
-
-
-def actor() -> str:
-    return "dashboard"
 
 
 def recent() -> None:
@@ -117,13 +113,19 @@ def recent() -> None:
 
 
 st.title("Cache admin")
+allowed = may_administer()
+if not allowed:
+    st.warning(
+        "You can look but not change: cleanup and invalidation are limited to the admin e-mails (ADMIN_EMAILS).",
+        icon=":material/lock:",
+    )
 if notice := st.session_state.pop("admin_notice", None):
     st.success(notice, icon=":material/check_circle:")
 counts()
 left, right = st.columns(2)
 with left:
-    cleanup()
+    cleanup(allowed)
 with right:
-    invalidate()
+    invalidate(allowed)
 entries()
 recent()

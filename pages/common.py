@@ -35,6 +35,29 @@ def get_service() -> ProgramService:
     return ProgramService.from_settings(settings, engine=get_engine(), generator=make_generator(settings))
 
 
+def auth_enabled() -> bool:
+    """Sign-in is on when `.streamlit/secrets.toml` has an [auth] section (Streamlit's OIDC)."""
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:  # no secrets file at all
+        return False
+
+
+def current_actor() -> str:
+    """Who an admin action is recorded as: the signed-in e-mail, or the dashboard itself
+    when sign-in is off (the app is then reachable from localhost only)."""
+    if auth_enabled() and st.user.is_logged_in:
+        return str(st.user.get("email") or "unknown")
+    return "dashboard"
+
+
+def may_administer() -> bool:
+    if not auth_enabled():
+        return True
+    email = str(st.user.get("email") or "").lower()
+    return bool(st.user.is_logged_in and email and email in get_settings().admin_emails)
+
+
 def format_bytes(size: float | None) -> str:
     if size is None:
         return "–"

@@ -82,8 +82,10 @@ class Faults:
     """Real faults in the real database: privileges revoked from the application's role
     on PostgreSQL, an authorizer denying the statement on SQLite."""
 
-    def __init__(self, engine: Engine, admin: PostgresServer | None, role: str | None, database: str | None) -> None:
-        self.engine = engine
+    def __init__(
+        self, engine: Engine, url: str, admin: PostgresServer | None, role: str | None, database: str | None
+    ) -> None:
+        self.engine, self.url = engine, url
         self._pg, self._role, self._database = admin, role, database
         self._denied: set[tuple[str, str]] = set()
         if admin is None:
@@ -113,13 +115,11 @@ class Faults:
         self.engine.dispose()
 
 
-@pytest.fixture
-def faults(request: pytest.FixtureRequest, database_url: str) -> Iterator[Faults]:
-    """An engine whose privileges a test can take away, on both databases."""
+def _faults(request: pytest.FixtureRequest, database_url: str) -> Iterator[Faults]:
     if database_url.startswith("sqlite"):
         engine = make_engine(database_url)
         migrate(engine)
-        yield Faults(engine, None, None, None)
+        yield Faults(engine, database_url, None, None, None)
         engine.dispose()
         return
     pg: PostgresServer = request.getfixturevalue("pg")
@@ -131,8 +131,21 @@ def faults(request: pytest.FixtureRequest, database_url: str) -> Iterator[Faults
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
         database,
     )
-    engine = make_engine(pg.url(database, user=role))
-    yield Faults(engine, pg, role, database)
+    url = pg.url(database, user=role)
+    engine = make_engine(url)
+    yield Faults(engine, url, pg, role, database)
     engine.dispose()
     pg.admin(f"DROP OWNED BY {role} CASCADE", database)
     pg.admin(f"DROP ROLE {role}")
+
+
+@pytest.fixture
+def faults(request: pytest.FixtureRequest, database_url: str) -> Iterator[Faults]:
+    """An engine whose privileges a test can take away, on both databases."""
+    yield from _faults(request, database_url)
+
+
+@pytest.fixture
+def pg_faults(request: pytest.FixtureRequest, pg_url: str) -> Iterator[Faults]:
+    """The same on PostgreSQL only, for code that builds its own engine from `faults.url`."""
+    yield from _faults(request, pg_url)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import threading
-
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
@@ -25,29 +23,3 @@ def test_programs_are_jsonb_on_postgresql(pg_url: str) -> None:
     columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("ai_coach_cache")}
     engine.dispose()
     assert type(columns["data"]).__name__ == "JSONB"
-
-
-def test_instances_starting_together_do_not_race_on_migrations(pg: object, pg_url: str) -> None:
-    from tests.pg_server import PostgresServer
-
-    assert isinstance(pg, PostgresServer)
-    pg.admin("CREATE DATABASE fresh_race")
-    url = pg.url("fresh_race")
-    errors: list[BaseException] = []
-
-    def start_instance() -> None:
-        engine = make_engine(url)
-        try:
-            migrate(engine)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            engine.dispose()
-
-    threads = [threading.Thread(target=start_instance) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    pg.admin("DROP DATABASE fresh_race WITH (FORCE)")
-    assert errors == []

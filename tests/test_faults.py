@@ -1,0 +1,161 @@
+"""Real faults in real components: a restarting PostgreSQL, a database that is gone,
+cleanup racing hits, a history table that refuses writes (seen from the page)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy import Engine, insert, select
+from streamlit.testing.v1 import AppTest
+
+from core.cache_store import delete_expired
+from core.db import make_engine
+from core.schema import ai_coach_cache, training_programs, utcnow
+from core.service import ProgramService
+from core.settings import Settings
+from tests.conftest import Faults
+from tests.helpers import PROFILE, CountingGenerator, count_rows
+from tests.pg_server import PostgresServer, free_port
+from tests.test_pages import APP, fill, submit
+
+
+def test_postgres_restarting_under_the_app_costs_no_request(pg: PostgresServer, pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    service = ProgramService(engine=engine, generator=CountingGenerator())
+    service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+
+    pg.restart()  # every pooled connection is now dead
+    pg.wait_ready()
+
+    again = service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    assert again.cache_hit and again.training_program_id is not None and not again.warnings
+    engine.dispose()
+
+
+def test_a_database_that_is_gone_still_yields_the_program_and_leaks_no_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"postgresql+psycopg://coach:hunter2-secret@127.0.0.1:{free_port()}/coach"
+    engine = make_engine(url)
+    service = ProgramService(engine=engine, generator=CountingGenerator(), lock_wait_seconds=2)
+    with caplog.at_level(logging.DEBUG):
+        result = service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+
+    assert result.program["weeks"] and result.miss_reason == "cache_unavailable"
+    assert result.history_error and result.unsaved is not None
+    assert "hunter2" not in result.history_error
+    assert "hunter2" not in caplog.text and "hunter2" not in repr(result)
+    assert "hunter2" not in Settings(database_url=url).describe_database()
+    assert Settings(database_url=url).describe_database() == f"PostgreSQL 127.0.0.1:{engine.url.port}/coach"
+    engine.dispose()
+
+
+def seed_expired(engine: Engine, count: int) -> None:
+    now = utcnow()
+    rows = [
+        {
+            "cache_key": f"program:uold{i}:paidfalse:dexpired",
+            "user_id": f"old{i}",
+            "data": {"title": "old"},
+            "onboarding_hash": "x",
+            "expires_at": now - timedelta(hours=1),
+            "created_at": now - timedelta(days=2),
+            "updated_at": now - timedelta(days=2),
+            "size_bytes": 20,
+        }
+        for i in range(count)
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(ai_coach_cache), rows)
+
+
+def test_cleanup_while_hits_are_served_fails_no_request_and_keeps_valid_entries(engine: Engine) -> None:
+    service = ProgramService(engine=engine, generator=CountingGenerator())
+    valid = service.generate(user_id="busy-user", onboarding_responses=PROFILE, has_paid_access=False)
+    seed_expired(engine, 20_000)
+    errors: list[BaseException] = []
+    hits = 0
+    cleaning = threading.Event()
+
+    def serve_hits() -> None:
+        nonlocal hits
+        cleaning.wait()
+        while cleaning.is_set():
+            try:
+                result = service.generate(user_id="busy-user", onboarding_responses=PROFILE, has_paid_access=False)
+                assert result.cache_hit and result.training_program_id is not None
+                hits += 1
+            except BaseException as exc:  # collected: any failure fails the test below
+                errors.append(exc)
+                return
+
+    reader = threading.Thread(target=serve_hits)
+    reader.start()
+    cleaning.set()
+    removal = delete_expired(engine, batch_size=500)
+    cleaning.clear()
+    reader.join()
+
+    assert errors == []
+    assert hits > 0 and removal.deleted == 20_000
+    with engine.connect() as connection:
+        assert connection.execute(select(ai_coach_cache.c.cache_key)).scalars().all() == [valid.cache_key]
+
+
+@pytest.fixture
+def restricted_app(pg_faults: Faults, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
+    monkeypatch.setenv("DATABASE_URL", pg_faults.url)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    st.cache_resource.clear()
+    yield AppTest.from_file(APP, default_timeout=60).run()
+    st.cache_resource.clear()
+
+
+def test_a_failed_history_save_keeps_the_program_on_screen_and_can_be_retried(
+    restricted_app: AppTest, pg_faults: Faults
+) -> None:
+    pg_faults.deny("training_programs", "INSERT")
+    submit(fill(restricted_app))
+
+    assert "could not be saved to history" in restricted_app.error[0].value
+    assert {m.label: m.value for m in restricted_app.metric}["Saved as program"] == "not saved"
+    assert any(t.label == "Week 1" for t in restricted_app.tabs)  # the program is shown
+    assert count_rows(pg_faults.engine, training_programs) == 0
+
+    retry = next(b for b in restricted_app.button if b.label == "Retry saving to history")
+    retry.click().run()
+    assert "Saving failed again" in restricted_app.error[-1].value  # still refused: nothing lost
+
+    pg_faults.allow("training_programs", "INSERT")
+    next(b for b in restricted_app.button if b.label == "Retry saving to history").click().run()
+    assert {m.label: m.value for m in restricted_app.metric}["Saved as program"] == "#1"
+    assert not restricted_app.error
+    assert count_rows(pg_faults.engine, training_programs) == 1
+
+
+def test_two_instances_starting_together_migrate_once(pg: PostgresServer, tmp_path: Path) -> None:
+    import multiprocessing
+
+    pg.admin("CREATE DATABASE fresh_instances")
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_start_instance, args=(pg.url("fresh_instances"),)) for _ in range(2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(60)
+    pg.admin("DROP DATABASE fresh_instances WITH (FORCE)")
+    assert [p.exitcode for p in processes] == [0, 0]
+
+
+def _start_instance(url: str) -> None:
+    from core.db import migrate
+
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()
