@@ -190,3 +190,21 @@ def test_a_coach_and_an_operator_through_every_page(
     shot(page, "5-admin")
     engine.dispose()
     assert API_KEY not in page.content()
+
+
+def test_hostile_answers_are_shown_as_text_never_run(server: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    user = page.get_by_role("textbox", name="User ID")
+    user.fill("e2e-hostile")
+    user.press("Enter")
+    settle(page)
+    hostile = "<img src=x onerror=window.__pwned=1> [click](javascript:window.__pwned=2) :red[boom]"
+    page.get_by_role("textbox", name="Notes").fill(hostile)
+    generate(page)
+    expect(page.get_by_text("Coach notes considered: <img src=x onerror")).to_be_visible()
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img[src='x']").count() == 0
+    assert page.locator("a[href^='javascript']").count() == 0
+    shot(page, "6-hostile-input")
