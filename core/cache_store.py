@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, Text, cast, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, utcnow
@@ -24,7 +24,9 @@ def _is_program_entry() -> Any:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    data: Any
+    # The stored program as JSON text: validated straight from text on a hit, and saved to
+    # history as is, so a hit never decodes and re-encodes it in Python.
+    data_json: str
     expires_at: datetime
     created_at: datetime
 
@@ -35,9 +37,9 @@ class CacheEntry:
 def read_entry(connection: Connection, key: str) -> CacheEntry | None:
     """The entry under `key`, expired or not: an expired one tells the miss reason."""
     row = connection.execute(
-        select(cache.data, cache.expires_at, cache.created_at).where(cache.cache_key == key)
+        select(cast(cache.data, Text), cache.expires_at, cache.created_at).where(cache.cache_key == key)
     ).first()
-    return CacheEntry(row.data, row.expires_at, row.created_at) if row else None
+    return CacheEntry(*row) if row else None
 
 
 def _insert_for(connection: Connection) -> Any:

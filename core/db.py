@@ -9,12 +9,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant naming "coach-cache migrations" among PostgreSQL advisory locks.
 MIGRATION_LOCK_ID = 4_904_901
+WRITES = "coach_cache_writes"
 
 
 def make_engine(database_url: str) -> Engine:
@@ -43,9 +44,16 @@ def _sqlite_engine(database_url: str, database: str | None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # A transaction that will write takes the write lock up front: a read transaction
+        # upgraded later fails at once (SQLITE_BUSY) if another connection wrote meanwhile.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITES) else "BEGIN")
 
     return engine
+
+
+def connect_to_write(engine: Engine) -> Connection:
+    """A connection whose transactions read and then write (SQLite: BEGIN IMMEDIATE)."""
+    return engine.connect().execution_options(**{WRITES: True})
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, insert, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from core.schema import generation_events, training_programs, utcnow
 
@@ -48,14 +49,32 @@ class HistoryRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     created_at: datetime = field(default_factory=utcnow)
+    # The program as JSON text when the caller already has it (a cache hit), so it is
+    # stored without encoding it again.
+    program_json: str | None = None
+
+
+def _columns(record: Any) -> dict[str, Any]:
+    # Shallow, unlike dataclasses.asdict, which would deep-copy the whole program.
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def insert_event(connection: Connection, event: GenerationEvent) -> None:
-    connection.execute(insert(generation_events).values(**asdict(event)))
+    connection.execute(insert(generation_events).values(**_columns(event)))
 
 
 def insert_program(connection: Connection, record: HistoryRecord) -> int:
-    return connection.execute(insert(training_programs).values(**asdict(record)).returning(programs.id)).scalar_one()
+    values = _columns(record)
+    program_json = values.pop("program_json")
+    if program_json is not None:
+        values["program"] = json_from_text(connection, program_json)
+    return connection.execute(insert(training_programs).values(**values).returning(programs.id)).scalar_one()
+
+
+def json_from_text(connection: Connection, document: str) -> Any:
+    """A JSON column value from JSON text, with no decode and encode on the way."""
+    raw = bindparam(None, document, type_=Text)
+    return cast(raw, JSONB) if connection.dialect.name == "postgresql" else raw
 
 
 def save_program(engine: Engine, record: HistoryRecord) -> int:

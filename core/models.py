@@ -18,8 +18,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
 )
+from typing_extensions import TypedDict
 
 CONTRACTS_DIR = Path(__file__).parent / "contracts"
 
@@ -91,36 +93,53 @@ class OnboardingResponses(_Contract):
         return self.model_dump(exclude_none=True)
 
 
-class Exercise(_Contract):
+# The program is validated on every cache hit, so it is checked entirely inside
+# pydantic-core: TypedDicts (no model objects to build) and integers as a union of strict
+# int and integral float (no Python validator per number; 5.0 stays 5.0, as JSON allows).
+_STRICT_DICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _program_int(ge: int, le: int | None = None) -> Any:
+    return Annotated[int, Field(ge=ge, le=le)] | Annotated[float, Field(ge=ge, le=le, multiple_of=1)]
+
+
+class Exercise(TypedDict):
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
     name: Annotated[str, Field(min_length=1)]
-    sets: _bounded_int(1, 10)  # type: ignore[valid-type]
+    sets: _program_int(1, 10)  # type: ignore[valid-type]
     reps: str
-    rest_seconds: _bounded_int(0, 600)  # type: ignore[valid-type]
+    rest_seconds: _program_int(0, 600)  # type: ignore[valid-type]
     notes: str
 
 
-class Session(_Contract):
-    day: _bounded_int(1, 7)  # type: ignore[valid-type]
+class Session(TypedDict):
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
+    day: _program_int(1, 7)  # type: ignore[valid-type]
     focus: str
-    duration_minutes: _bounded_int(5, 240)  # type: ignore[valid-type]
+    duration_minutes: _program_int(5, 240)  # type: ignore[valid-type]
     exercises: Annotated[list[Exercise], Field(min_length=1)]
 
 
-class Week(_Contract):
-    week: _bounded_int(1)  # type: ignore[valid-type]
+class Week(TypedDict):
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
+    week: _program_int(1)  # type: ignore[valid-type]
     theme: str
     sessions: Annotated[list[Session], Field(min_length=1)]
 
 
-class TrainingProgram(_Contract):
+class TrainingProgram(TypedDict):
+    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
     title: Annotated[str, Field(min_length=1, max_length=120)]
     summary: Annotated[str, Field(max_length=2000)]
     goal: Goal
     experience_level: ExperienceLevel
-    duration_weeks: _bounded_int(1, 16)  # type: ignore[valid-type]
-    days_per_week: _bounded_int(1, 7)  # type: ignore[valid-type]
+    duration_weeks: _program_int(1, 16)  # type: ignore[valid-type]
+    days_per_week: _program_int(1, 7)  # type: ignore[valid-type]
     weeks: Annotated[list[Week], Field(min_length=1)]
     safety_notes: list[str]
+
+
+PROGRAM = TypeAdapter(TrainingProgram)
 
 
 @dataclass(frozen=True)
@@ -142,16 +161,18 @@ class ContractError(ValueError):
 
 
 def _field_errors(error: ValidationError) -> list[FieldError]:
-    out = []
+    out: dict[str, FieldError] = {}
     for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "(root)"
+        # Union members add their tag ("constrained-int") to the location; one error a field.
+        parts = [str(p) for p in item["loc"] if not (isinstance(p, str) and p.startswith("constrained-"))]
+        field = ".".join(parts) or "(root)"
         message = item["msg"]
         if item["type"] == "missing":
             message = "is required"
         elif item["type"] == "extra_forbidden":
             message = "is not a known field"
-        out.append(FieldError(field, message))
-    return out
+        out.setdefault(field, FieldError(field, message))
+    return list(out.values())
 
 
 def parse_onboarding(data: Any) -> OnboardingResponses:
@@ -165,24 +186,33 @@ def parse_program(data: Any, profile: OnboardingResponses) -> TrainingProgram:
     """The contract's schema plus its rules beyond the schema: weeks numbered 1..n, n the
     declared duration, each week with exactly days_per_week sessions, as many as the profile asked."""
     try:
-        program = TrainingProgram.model_validate(data)
+        program = PROGRAM.validate_python(data)
     except ValidationError as exc:
         raise ContractError("training program", _field_errors(exc)) from None
+    return _check_shape(program, profile)
+
+
+def parse_program_json(text: str | bytes, profile: OnboardingResponses) -> TrainingProgram:
+    """The same from JSON text, parsed and validated in one pass."""
+    try:
+        program = PROGRAM.validate_json(text)
+    except ValidationError as exc:
+        raise ContractError("training program", _field_errors(exc)) from None
+    return _check_shape(program, profile)
+
+
+def _check_shape(program: TrainingProgram, profile: OnboardingResponses) -> TrainingProgram:
     errors = []
-    if program.days_per_week != profile.days_per_week:
-        errors.append(
-            FieldError("days_per_week", f"is {program.days_per_week}, the profile asks for {profile.days_per_week}")
-        )
-    numbers = [w.week for w in program.weeks]
-    if numbers != list(range(1, program.duration_weeks + 1)):
-        errors.append(FieldError("weeks", f"must be numbered 1..{program.duration_weeks} in order, got {numbers}"))
-    for i, week in enumerate(program.weeks):
-        if len(week.sessions) != program.days_per_week:
+    days, duration = program["days_per_week"], program["duration_weeks"]
+    if days != profile.days_per_week:
+        errors.append(FieldError("days_per_week", f"is {days}, the profile asks for {profile.days_per_week}"))
+    numbers = [w["week"] for w in program["weeks"]]
+    if numbers != list(range(1, int(duration) + 1)):
+        errors.append(FieldError("weeks", f"must be numbered 1..{duration} in order, got {numbers}"))
+    for i, week in enumerate(program["weeks"]):
+        if len(week["sessions"]) != days:
             errors.append(
-                FieldError(
-                    f"weeks.{i}.sessions",
-                    f"has {len(week.sessions)} sessions, days_per_week is {program.days_per_week}",
-                )
+                FieldError(f"weeks.{i}.sessions", f"has {len(week['sessions'])} sessions, days_per_week is {days}")
             )
     if errors:
         raise ContractError("training program", errors)

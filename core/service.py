@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from time import perf_counter
 from typing import Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core import cache_store, history
 from core.cache_key import cache_key, check_user_id, digest_of_key
+from core.db import connect_to_write
 from core.generators import GenerationError, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord
-from core.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding, parse_program
+from core.models import (
+    ContractError,
+    OnboardingResponses,
+    TrainingProgram,
+    parse_onboarding,
+    parse_program,
+    parse_program_json,
+)
 from core.schema import utcnow
 from core.settings import Settings
 from core.single_flight import SingleFlightTimeout, generation_lock
@@ -85,8 +93,10 @@ class _Request:
 
 @dataclass(frozen=True)
 class _Lookup:
+    """Why the cache could not serve: no entry, an expired or invalid one, or a failed read."""
+
     entry: cache_store.CacheEntry | None = None
-    program: TrainingProgram | None = None
+    invalid: bool = False
     failed: bool = False
 
 
@@ -121,50 +131,61 @@ class ProgramService:
         request = _Request(
             user_id, profile, has_paid_access, cache_key(user_id, profile, has_paid_access), force_refresh
         )
-        first = _Lookup() if force_refresh else self._lookup(request)
-        if first.program is not None and first.entry is not None:
-            return self._serve_hit(request, first.entry)
+        first = _Lookup() if force_refresh else self._try_cache(request)
+        if isinstance(first, GenerationResult):
+            return first
         reason, changed = self._miss_reason(request, first)
         try:
             with self._single_flight(request):
                 # Whoever held the lock before us may have just filled the entry; a forced
                 # refresh only accepts one written after it was asked for.
-                second = self._lookup(request)
-                if (
-                    second.entry is not None
-                    and second.program is not None
-                    and (not force_refresh or second.entry.created_at >= request.requested_at)
-                ):
-                    return self._serve_hit(request, second.entry)
+                second = self._try_cache(request, written_since=request.requested_at if force_refresh else None)
+                if isinstance(second, GenerationResult):
+                    return second
                 return self._generate_and_store(request, reason, changed)
         except SingleFlightTimeout as exc:
             self._record_failure(request, reason, str(exc))
             raise
 
-    def _lookup(self, request: _Request) -> _Lookup:
+    def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | _Lookup:
+        """Serve a hit, or say why not. A hit is one connection and one transaction:
+        look up, save to history, log the event, commit."""
         try:
-            with self.engine.connect() as connection:
-                entry = cache_store.read_entry(connection, request.key)
+            connection = connect_to_write(self.engine)
         except DBAPIError as exc:
-            log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
-            request.cache_read_error = True
-            request.warnings.append("The cache could not be read; the program was generated instead.")
-            return _Lookup(failed=True)
-        if entry is None or not entry.is_valid(utcnow()):
-            return _Lookup(entry)
-        try:
-            return _Lookup(entry, parse_program(entry.data, request.profile))
-        except ContractError as exc:
-            log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
-            return _Lookup(entry)
+            return self._read_failed(request, exc)
+        with connection:
+            try:
+                entry = cache_store.read_entry(connection, request.key)
+            except DBAPIError as exc:
+                connection.rollback()
+                return self._read_failed(request, exc)
+            if entry is None or not entry.is_valid(utcnow()):
+                return _Lookup(entry)
+            if written_since is not None and entry.created_at < written_since:
+                return _Lookup(entry)
+            try:
+                program = parse_program_json(entry.data_json, request.profile)
+            except ContractError as exc:
+                log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
+                return _Lookup(entry, invalid=True)
+            return self._serve_hit(connection, request, entry, program)
+
+    def _read_failed(self, request: _Request, exc: DBAPIError) -> _Lookup:
+        log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
+        request.cache_read_error = True
+        request.warnings.append("The cache could not be read; the program was generated instead.")
+        return _Lookup(failed=True)
 
     def _miss_reason(self, request: _Request, lookup: _Lookup) -> tuple[MissReason, tuple[str, ...]]:
         if request.force_refresh:
             return "forced_refresh", ()
         if lookup.failed:
             return "cache_unavailable", ()
+        if lookup.invalid:
+            return "invalid_entry", ()
         if lookup.entry is not None:
-            return ("invalid_entry" if lookup.entry.is_valid(utcnow()) else "expired"), ()
+            return "expired", ()
         try:
             baseline = history.latest_profile(self.engine, request.user_id)
         except DBAPIError as exc:
@@ -194,12 +215,15 @@ class ProgramService:
         with stack:
             yield
 
-    def _serve_hit(self, request: _Request, entry: cache_store.CacheEntry) -> GenerationResult:
+    def _serve_hit(
+        self, connection: Connection, request: _Request, entry: cache_store.CacheEntry, program: TrainingProgram
+    ) -> GenerationResult:
         log.info("Cache hit %s", request.key)
         latency_ms = request.elapsed_ms()
         record = HistoryRecord(
             user_id=request.user_id,
-            program=entry.data,
+            program=program,
+            program_json=entry.data_json,
             onboarding_responses=request.profile.normalized(),
             has_paid_access=request.has_paid_access,
             source="cache",
@@ -213,14 +237,14 @@ class ProgramService:
             latency_ms=latency_ms,
             cache_read_error=request.cache_read_error,
         )
-        return self._save(request, record, event, cache_hit=True, expires_at=entry.expires_at)
+        return self._save(connection, request, record, event, cache_hit=True, expires_at=entry.expires_at)
 
     def _generate_and_store(self, request: _Request, reason: MissReason, changed: tuple[str, ...]) -> GenerationResult:
         log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
         llm_started = perf_counter()
         try:
             generation = self.generator.generate(request.profile, request.has_paid_access)
-            program = parse_program(generation.program, request.profile).model_dump(mode="json")
+            program = parse_program(generation.program, request.profile)
         except (GenerationError, ContractError) as exc:
             what = "the generated program is invalid" if isinstance(exc, ContractError) else "generation failed"
             message = f"{what}: {exc}. Nothing was cached or saved."
@@ -273,6 +297,7 @@ class ProgramService:
             cache_write_error=write_error,
         )
         return self._save(
+            None,
             request,
             record,
             event,
@@ -284,8 +309,15 @@ class ProgramService:
         )
 
     def _save(
-        self, request: _Request, record: HistoryRecord, event: GenerationEvent, **outcome: Any
+        self,
+        connection: Connection | None,
+        request: _Request,
+        record: HistoryRecord,
+        event: GenerationEvent,
+        **outcome: Any,
     ) -> GenerationResult:
+        """History row and event in one transaction, committed here: on the hit's own
+        connection, or on a new one."""
         result = GenerationResult(
             program=record.program,
             cache_key=request.key,
@@ -295,9 +327,14 @@ class ProgramService:
             **outcome,
         )
         try:
-            with self.engine.begin() as connection:
-                program_id = history.insert_program(connection, record)
-                history.insert_event(connection, event)
+            with nullcontext(connection) if connection else self.engine.connect() as conn:
+                try:
+                    program_id = history.insert_program(conn, record)
+                    history.insert_event(conn, event)
+                    conn.commit()
+                except DBAPIError:
+                    conn.rollback()
+                    raise
         except DBAPIError as exc:
             message = f"The program could not be saved to history ({describe_db_error(exc)})."
             log.error("History save failed for %s: %s", request.key, message)
