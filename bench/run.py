@@ -273,9 +273,8 @@ def table(results: dict[str, Any]) -> str:
             row(f"miss overhead above a {r['miss_path']['generator_seconds']} s generator", r["miss_path"]["overhead"])
         )
         sf = r["single_flight_threads"]
-        lines.append(
-            f"{'single-flight, 20 threads: LLM calls':<44} {sf['llm_calls']:>12} (last served {sf['last_served_after_s']} s)"
-        )
+        served = f"(last served after {sf['last_served_after_s']} s)"
+        lines.append(f"{'single-flight, 20 threads: LLM calls':<44} {sf['llm_calls']:>12} {served}")
         if "single_flight_processes" in r:
             lines.append(
                 f"{'single-flight, 4 processes: LLM calls':<44} {r['single_flight_processes']['llm_calls']:>12}"

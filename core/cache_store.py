@@ -3,15 +3,14 @@ other AI-coach features: everything here touches only keys with the `program:` p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, cast, delete, func, select
+from sqlalchemy import Connection, Engine, Text, bindparam, case, cast, delete, func, literal_column, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, utcnow
+from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, json_text, utcnow
 
 cache = ai_coach_cache.c
 events = generation_events.c
@@ -24,27 +23,56 @@ def _is_program_entry() -> Any:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    # The stored program as JSON text: validated straight from text on a hit, and saved to
-    # history as is, so a hit never decodes and re-encodes it in Python.
-    data_json: str
+    # The stored program as JSON text, validated straight from text; None when the caller
+    # said it already holds this version of the entry.
+    data_json: str | None
     expires_at: datetime
     created_at: datetime
+    updated_at: datetime
+    # PostgreSQL's row version (xmin): any change to the row, an upsert or a hand edit,
+    # changes it. None on SQLite, where every read fetches the program.
+    version: str | None
 
     def is_valid(self, now: datetime) -> bool:
         return self.expires_at > now
 
 
-def read_entry(connection: Connection, key: str) -> CacheEntry | None:
+def _row_version(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return cast(literal_column("ai_coach_cache.xmin"), Text)
+    return null()
+
+
+def _read_entry(dialect: str) -> Any:
+    version = _row_version(dialect)
+    # The program travels only if the row changed since the version the caller knows: a
+    # hot entry costs a few bytes per hit, not a serialization of the whole program.
+    data = case((version == bindparam("known", type_=Text), null()), else_=cast(cache.data, Text))
+    return select(data, cache.expires_at, cache.created_at, cache.updated_at, version).where(
+        cache.cache_key == bindparam("key")
+    )
+
+
+_READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+def read_entry(connection: Connection, key: str, known_version: str | None = None) -> CacheEntry | None:
     """The entry under `key`, expired or not: an expired one tells the miss reason."""
-    row = connection.execute(
-        select(cast(cache.data, Text), cache.expires_at, cache.created_at).where(cache.cache_key == key)
-    ).first()
+    row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_version}).first()
     return CacheEntry(*row) if row else None
 
 
-def _insert_for(connection: Connection) -> Any:
+def _upsert(dialect: str) -> Any:
     # Both dialects speak INSERT ... ON CONFLICT, each through its own construct.
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(ai_coach_cache).values(data=json_text("data_json", dialect))
+    changed = ("data", "onboarding_hash", "expires_at", "created_at", "updated_at", "size_bytes")
+    return statement.on_conflict_do_update(
+        index_elements=["cache_key"], set_={name: statement.excluded[name] for name in changed}
+    )
+
+
+_UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def upsert_entry(
@@ -53,20 +81,23 @@ def upsert_entry(
     key: str,
     user_id: str,
     onboarding_hash: str,
-    program: dict[str, Any],
+    program_json: str,
     now: datetime,
     ttl: timedelta,
 ) -> None:
-    values = {
-        "data": program,
-        "onboarding_hash": onboarding_hash,
-        "expires_at": now + ttl,
-        "created_at": now,
-        "updated_at": now,
-        "size_bytes": len(json.dumps(program, separators=(",", ":")).encode()),
-    }
-    statement = _insert_for(connection)(ai_coach_cache).values(cache_key=key, user_id=user_id, **values)
-    connection.execute(statement.on_conflict_do_update(index_elements=["cache_key"], set_=values))
+    connection.execute(
+        _UPSERT[connection.dialect.name],
+        {
+            "cache_key": key,
+            "user_id": user_id,
+            "data_json": program_json,
+            "onboarding_hash": onboarding_hash,
+            "expires_at": now + ttl,
+            "created_at": now,
+            "updated_at": now,
+            "size_bytes": len(program_json.encode()),
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Text, bindparam, cast, insert, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Connection, Engine, bindparam, insert, select
 
-from core.schema import generation_events, training_programs, utcnow
+from core.schema import ai_coach_cache, generation_events, json_text, training_programs, utcnow
 
 programs = training_programs.c
 Outcome = Literal["hit", "miss", "bypass", "error"]
@@ -39,7 +38,7 @@ class HistoryRecord:
     that it can be saved again."""
 
     user_id: str
-    program: dict[str, Any]
+    program_json: str
     onboarding_responses: dict[str, Any]
     has_paid_access: bool
     source: Literal["llm", "cache"]
@@ -49,9 +48,6 @@ class HistoryRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     created_at: datetime = field(default_factory=utcnow)
-    # The program as JSON text when the caller already has it (a cache hit), so it is
-    # stored without encoding it again.
-    program_json: str | None = None
 
 
 def _columns(record: Any) -> dict[str, Any]:
@@ -59,22 +55,58 @@ def _columns(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
+# Statements built once: the hit path runs them for every request, and building a
+# construct with its values costs more than the database round trip.
+_INSERT_EVENT = insert(generation_events)
+_INSERT_PROGRAM = {
+    dialect: insert(training_programs).values(program=json_text("program_json", dialect)).returning(programs.id)
+    for dialect in ("postgresql", "sqlite")
+}
+_COPIED = (
+    "user_id",
+    "onboarding_responses",
+    "has_paid_access",
+    "source",
+    "cache_key",
+    "created_at",
+    "latency_ms",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+)
+# A hit's program copied inside the database from the very entry version that was
+# validated: nothing is sent back, and PostgreSQL neither parses nor compresses it again.
+_INSERT_PROGRAM_FROM_CACHE = (
+    insert(training_programs)
+    .from_select(
+        ["program", *_COPIED],
+        select(
+            ai_coach_cache.c.data,
+            *(bindparam(name, type_=programs[name].type) for name in _COPIED),
+        ).where(
+            ai_coach_cache.c.cache_key == bindparam("entry_key"), ai_coach_cache.c.updated_at == bindparam("version")
+        ),
+    )
+    .returning(programs.id)
+)
+
+
 def insert_event(connection: Connection, event: GenerationEvent) -> None:
-    connection.execute(insert(generation_events).values(**_columns(event)))
+    connection.execute(_INSERT_EVENT, _columns(event))
 
 
-def insert_program(connection: Connection, record: HistoryRecord) -> int:
+def insert_program(connection: Connection, record: HistoryRecord, *, cache_version: datetime | None = None) -> int:
+    """Save `record`; with `cache_version`, copy the program from that version of its
+    cache entry, or send it if the entry has changed since."""
     values = _columns(record)
-    program_json = values.pop("program_json")
-    if program_json is not None:
-        values["program"] = json_from_text(connection, program_json)
-    return connection.execute(insert(training_programs).values(**values).returning(programs.id)).scalar_one()
-
-
-def json_from_text(connection: Connection, document: str) -> Any:
-    """A JSON column value from JSON text, with no decode and encode on the way."""
-    raw = bindparam(None, document, type_=Text)
-    return cast(raw, JSONB) if connection.dialect.name == "postgresql" else raw
+    if cache_version is not None:
+        copied = {name: values[name] for name in _COPIED}
+        row = connection.execute(
+            _INSERT_PROGRAM_FROM_CACHE, {**copied, "entry_key": record.cache_key, "version": cache_version}
+        ).first()
+        if row is not None:
+            return row[0]
+    return connection.execute(_INSERT_PROGRAM[connection.dialect.name], values).scalar_one()
 
 
 def save_program(engine: Engine, record: HistoryRecord) -> int:

@@ -5,6 +5,7 @@ describes them for queries."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +22,8 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
+    cast,
     false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -126,6 +129,13 @@ admin_actions = Table(
     Column("bytes_reclaimed", BigInteger, nullable=False, server_default="0"),
     Index("ix_admin_actions_created_at", "created_at"),
 )
+
+
+def json_text(name: str, dialect: str) -> Any:
+    """A bound JSON column value given as JSON text: PostgreSQL parses it into JSONB itself,
+    SQLite stores it as is, and Python never decodes and re-encodes it."""
+    raw = bindparam(name, type_=Text)
+    return cast(raw, JSONB) if dialect == "postgresql" else raw
 
 
 def utcnow() -> datetime:

@@ -5,14 +5,19 @@ key -> lookup -> hit: save history | miss: single-flight -> generate -> validate
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+import threading
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from time import perf_counter
 from typing import Any, Literal
 
+from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -31,9 +36,12 @@ from core.models import (
 )
 from core.schema import utcnow
 from core.settings import Settings
-from core.single_flight import SingleFlightTimeout, generation_lock
+from core.single_flight import HeldLock, SingleFlightTimeout, try_lock
 
 log = logging.getLogger(__name__)
+# A request that finds an identical generation under way polls the cache for its result.
+POLL_FIRST_SECONDS = 0.02
+POLL_MAX_SECONDS = 0.25
 
 MissReason = Literal[
     "first_generation",
@@ -52,7 +60,8 @@ class GenerationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class GenerationResult:
-    program: dict[str, Any]
+    # The validated program as JSON text; `program` decodes it on first use.
+    program_json: str
     cache_hit: bool
     cache_key: str
     latency_ms: float
@@ -66,6 +75,10 @@ class GenerationResult:
     # saved again with `history.save_program`.
     history_error: str | None = None
     unsaved: HistoryRecord | None = None
+
+    @cached_property
+    def program(self) -> TrainingProgram:
+        return from_json(self.program_json)  # type: ignore[no-any-return]
 
 
 def describe_db_error(exc: DBAPIError) -> str:
@@ -91,6 +104,43 @@ class _Request:
         return (perf_counter() - self.started) * 1000
 
 
+class ValidatedPrograms:
+    """Entry versions this process has validated, as JSON text, bounded in bytes. A hit on
+    a version already validated skips fetching and validating the program again; any
+    change to the row gives it a new version, which is fetched and validated anew."""
+
+    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def known(self, key: str) -> tuple[str, str] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def remember(self, key: str, version: str | None, document: str) -> None:
+        if version is None:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[1])
+            self._items[key] = (version, document)
+            self._bytes += len(document)
+            while self._bytes > self.max_bytes and self._items:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._bytes -= len(evicted)
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class _Lookup:
     """Why the cache could not serve: no entry, an expired or invalid one, or a failed read."""
@@ -106,6 +156,7 @@ class ProgramService:
     generator: ProgramGenerator
     ttl: timedelta = timedelta(hours=24)
     lock_wait_seconds: float = 120.0
+    validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, engine: Engine, generator: ProgramGenerator) -> ProgramService:
@@ -135,17 +186,38 @@ class ProgramService:
         if isinstance(first, GenerationResult):
             return first
         reason, changed = self._miss_reason(request, first)
+        # A forced refresh accepts only an entry written after it was asked for.
+        written_since = request.requested_at if force_refresh else None
+        deadline = perf_counter() + self.lock_wait_seconds
+        pause = POLL_FIRST_SECONDS
+        while True:
+            lock = self._try_lock(request)
+            if lock is not None:
+                try:
+                    # Whoever held the lock before us may have just filled the entry.
+                    second = self._try_cache(request, written_since)
+                    if isinstance(second, GenerationResult):
+                        return second
+                    return self._generate_and_store(request, reason, changed)
+                finally:
+                    lock.release()
+            if perf_counter() + pause > deadline:
+                exc = SingleFlightTimeout(self.lock_wait_seconds)
+                self._record_failure(request, reason, str(exc))
+                raise exc
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_MAX_SECONDS)
+            waited = self._try_cache(request, written_since)
+            if isinstance(waited, GenerationResult):
+                return waited
+
+    def _try_lock(self, request: _Request) -> HeldLock | _NoLock | None:
         try:
-            with self._single_flight(request):
-                # Whoever held the lock before us may have just filled the entry; a forced
-                # refresh only accepts one written after it was asked for.
-                second = self._try_cache(request, written_since=request.requested_at if force_refresh else None)
-                if isinstance(second, GenerationResult):
-                    return second
-                return self._generate_and_store(request, reason, changed)
-        except SingleFlightTimeout as exc:
-            self._record_failure(request, reason, str(exc))
-            raise
+            return try_lock(self.engine, request.key)
+        except DBAPIError as exc:
+            # Fail open: without the lock two requests may both call the LLM; both still succeed.
+            log.warning("Single-flight lock unavailable for %s: %s", request.key, describe_db_error(exc))
+            return _NoLock()
 
     def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | _Lookup:
         """Serve a hit, or say why not. A hit is one connection and one transaction:
@@ -154,9 +226,10 @@ class ProgramService:
             connection = connect_to_write(self.engine)
         except DBAPIError as exc:
             return self._read_failed(request, exc)
+        known = self.validated.known(request.key)
         with connection:
             try:
-                entry = cache_store.read_entry(connection, request.key)
+                entry = cache_store.read_entry(connection, request.key, known[0] if known else None)
             except DBAPIError as exc:
                 connection.rollback()
                 return self._read_failed(request, exc)
@@ -164,17 +237,24 @@ class ProgramService:
                 return _Lookup(entry)
             if written_since is not None and entry.created_at < written_since:
                 return _Lookup(entry)
-            try:
-                program = parse_program_json(entry.data_json, request.profile)
-            except ContractError as exc:
-                log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
-                return _Lookup(entry, invalid=True)
-            return self._serve_hit(connection, request, entry, program)
+            if entry.data_json is None and known is not None:
+                program_json = known[1]  # this very version was validated here before
+            else:
+                program_json = entry.data_json or ""
+                try:
+                    parse_program_json(program_json, request.profile)
+                except ContractError as exc:
+                    log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
+                    return _Lookup(entry, invalid=True)
+                self.validated.remember(request.key, entry.version, program_json)
+            return self._serve_hit(connection, request, entry, program_json)
 
     def _read_failed(self, request: _Request, exc: DBAPIError) -> _Lookup:
         log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
         request.cache_read_error = True
-        request.warnings.append("The cache could not be read; the program was generated instead.")
+        warning = "The cache could not be read; the program was generated instead."
+        if warning not in request.warnings:  # a waiter may fail to read more than once
+            request.warnings.append(warning)
         return _Lookup(failed=True)
 
     def _miss_reason(self, request: _Request, lookup: _Lookup) -> tuple[MissReason, tuple[str, ...]]:
@@ -204,26 +284,14 @@ class ProgramService:
         # Same answers as last time but no entry: it expired and was cleaned up, or was invalidated.
         return "expired", ()
 
-    @contextmanager
-    def _single_flight(self, request: _Request) -> Iterator[None]:
-        stack = ExitStack()
-        try:
-            stack.enter_context(generation_lock(self.engine, request.key, timeout_seconds=self.lock_wait_seconds))
-        except DBAPIError as exc:
-            # Fail open: without the lock two requests may both call the LLM; both still succeed.
-            log.warning("Single-flight lock unavailable for %s: %s", request.key, describe_db_error(exc))
-        with stack:
-            yield
-
     def _serve_hit(
-        self, connection: Connection, request: _Request, entry: cache_store.CacheEntry, program: TrainingProgram
+        self, connection: Connection, request: _Request, entry: cache_store.CacheEntry, program_json: str
     ) -> GenerationResult:
         log.info("Cache hit %s", request.key)
         latency_ms = request.elapsed_ms()
         record = HistoryRecord(
             user_id=request.user_id,
-            program=program,
-            program_json=entry.data_json,
+            program_json=program_json,
             onboarding_responses=request.profile.normalized(),
             has_paid_access=request.has_paid_access,
             source="cache",
@@ -237,14 +305,24 @@ class ProgramService:
             latency_ms=latency_ms,
             cache_read_error=request.cache_read_error,
         )
-        return self._save(connection, request, record, event, cache_hit=True, expires_at=entry.expires_at)
+        return self._save(
+            connection,
+            request,
+            record,
+            event,
+            cache_version=entry.updated_at,
+            cache_hit=True,
+            expires_at=entry.expires_at,
+        )
 
     def _generate_and_store(self, request: _Request, reason: MissReason, changed: tuple[str, ...]) -> GenerationResult:
         log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
         llm_started = perf_counter()
         try:
             generation = self.generator.generate(request.profile, request.has_paid_access)
-            program = parse_program(generation.program, request.profile)
+            program_json = json.dumps(
+                parse_program(generation.program, request.profile), ensure_ascii=False, separators=(",", ":")
+            )
         except (GenerationError, ContractError) as exc:
             what = "the generated program is invalid" if isinstance(exc, ContractError) else "generation failed"
             message = f"{what}: {exc}. Nothing was cached or saved."
@@ -262,7 +340,7 @@ class ProgramService:
                     key=request.key,
                     user_id=request.user_id,
                     onboarding_hash=digest_of_key(request.key),
-                    program=program,
+                    program_json=program_json,
                     now=now,
                     ttl=self.ttl,
                 )
@@ -274,7 +352,7 @@ class ProgramService:
         latency_ms = request.elapsed_ms()
         record = HistoryRecord(
             user_id=request.user_id,
-            program=program,
+            program_json=program_json,
             onboarding_responses=request.profile.normalized(),
             has_paid_access=request.has_paid_access,
             source="llm",
@@ -314,12 +392,13 @@ class ProgramService:
         request: _Request,
         record: HistoryRecord,
         event: GenerationEvent,
+        cache_version: datetime | None = None,
         **outcome: Any,
     ) -> GenerationResult:
         """History row and event in one transaction, committed here: on the hit's own
         connection, or on a new one."""
         result = GenerationResult(
-            program=record.program,
+            program_json=record.program_json,
             cache_key=request.key,
             latency_ms=record.latency_ms,
             training_program_id=None,
@@ -329,7 +408,7 @@ class ProgramService:
         try:
             with nullcontext(connection) if connection else self.engine.connect() as conn:
                 try:
-                    program_id = history.insert_program(conn, record)
+                    program_id = history.insert_program(conn, record, cache_version=cache_version)
                     history.insert_event(conn, event)
                     conn.commit()
                 except DBAPIError:

@@ -8,9 +8,9 @@ from typing import Any
 
 import jsonschema
 import pytest
-from pydantic import TypeAdapter
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from core.generators.offline import build_program
 from core.models import (
