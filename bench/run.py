@@ -26,7 +26,7 @@ from core.db import is_postgres, make_engine, migrate
 from core.generators import Generation, OfflineGenerator
 from core.history import HistoryFilter
 from core.models import OnboardingResponses, parse_onboarding
-from core.service import ProgramService
+from core.service import ProgramService, ValidatedPrograms
 
 PROFILE = {
     "goal": "hypertrophy",
@@ -89,6 +89,12 @@ def hit_path(engine: Engine, sizes: dict[str, int], reps: int, log: Callable[[st
     with recorded_statements(engine) as statements:
         assert call().cache_hit
     db_floor = floor(engine, statements, reps)
+    # The same with nothing remembered: every hit fetches the program and validates it.
+    service.validated = ValidatedPrograms(max_bytes=0)
+    revalidating = time_calls(call, reps, warmup=100)
+    with recorded_statements(engine) as statements_revalidating:
+        assert call().cache_hit
+    revalidating_floor = floor(engine, statements_revalidating, reps)
     profile = parse_onboarding(PROFILE)
     key = time_calls(lambda: cache_key("bench-user", parse_onboarding(PROFILE), True), reps * 5)
     key_only = time_calls(lambda: cache_key("bench-user", profile, True), reps * 5)
@@ -97,6 +103,9 @@ def hit_path(engine: Engine, sizes: dict[str, int], reps: int, log: Callable[[st
         "floor": db_floor,
         "floor_statements": [s.split()[0] for s, _ in statements],
         "hit_over_floor_ratio": round(hit["p50_ms"] / db_floor["p50_ms"], 3),
+        "hit_path_revalidating": revalidating,
+        "floor_revalidating": revalidating_floor,
+        "revalidating_over_floor_ratio": round(revalidating["p50_ms"] / revalidating_floor["p50_ms"], 3),
         "key_with_validation": key,
         "key_computation": key_only,
     }
@@ -169,6 +178,7 @@ def single_flight_processes(url: str, generator_seconds: float, processes: int =
 def monitoring_queries(engine: Engine, reps: int) -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(days=30)
     queries: dict[str, Callable[[], Any]] = {
+        "refresh_rollup": lambda: monitoring.refresh_rollup(engine),
         "summary": lambda: monitoring.summary(engine, since),
         "storage": lambda: monitoring.storage(engine),
         "requests_over_time": lambda: monitoring.requests_over_time(engine, since, "day"),
@@ -241,6 +251,9 @@ def run_database(label: str, url: str, quick: bool, log: Callable[[str], None]) 
         out["single_flight_processes"] = single_flight_processes(url, generator_seconds)
     timed(f"seed {sizes['rows']:,} events", lambda: seed_events(engine, sizes["rows"]), log)
     timed(f"seed {sizes['rows']:,} history rows", lambda: seed_programs(engine, sizes["rows"]), log)
+    out["rollup_first_refresh_s"] = round(
+        timed("roll up the seeded events", lambda: monitoring.refresh_rollup(engine), log), 2
+    )
     with PeakMemory() as memory:
         out["monitoring"] = monitoring_queries(engine, 3 if quick else 5)
         out["history"] = history_queries(engine, 20 if quick else 50)
@@ -267,6 +280,9 @@ def table(results: dict[str, Any]) -> str:
         lines.append(row("hit path (service)", r["hit_path"]))
         lines.append(row("floor (same statements, bare driver)", r["floor"]))
         lines.append(f"{'hit / floor (p50)':<44} {r['hit_over_floor_ratio']:>12.2f}")
+        lines.append(row("hit path, revalidating every hit", r["hit_path_revalidating"]))
+        lines.append(row("floor of that", r["floor_revalidating"]))
+        lines.append(f"{'revalidating hit / floor (p50)':<44} {r['revalidating_over_floor_ratio']:>12.2f}")
         lines.append(row("key computation (validated profile)", r["key_computation"]))
         lines.append(row("key computation with profile validation", r["key_with_validation"]))
         lines.append(

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from core.cache_key import DIGEST_ALPHABET
 from core.db import is_postgres
 from core.generators.offline import build_program
 from core.models import parse_onboarding
@@ -54,6 +55,11 @@ def _random_below(engine: Engine, n: int) -> str:
     if is_postgres(engine):
         return f"floor(random() * {n})::int"
     return f"(abs(random()) % {n})"
+
+
+def _digest_char(expression: str) -> str:
+    """A key's last character, spread over the digest alphabet like real digests."""
+    return f"substr('{DIGEST_ALPHABET}', ({expression}) % 64 + 1, 1)"
 
 
 def _json(engine: Engine, param: str) -> str:
@@ -103,16 +109,17 @@ def seed_events(engine: Engine, n: int, *, days: int = 30, keys: int = 50_000) -
         engine,
         f"""INSERT INTO generation_events
               (created_at, user_id, cache_key, outcome, latency_ms, prompt_tokens, completion_tokens,
-               cache_read_error, cache_write_error, history_error)
+               cache_read_error, cache_write_error, history_error, key_sample)
             SELECT created_at, user_id, cache_key, outcome,
                    CASE WHEN outcome = 'hit' THEN 1 + {_random_below(engine, 5)}
                         ELSE 5000 + {_random_below(engine, 10000)} END,
                    CASE WHEN outcome IN ('miss', 'bypass') THEN 420 END,
                    CASE WHEN outcome IN ('miss', 'bypass') THEN 1800 END,
-                   {_random_below(engine, 1000)} = 0, {_random_below(engine, 1000)} = 0, false
+                   {_random_below(engine, 1000)} = 0, {_random_below(engine, 1000)} = 0, false, key_sample
             FROM (SELECT {_seconds_after(engine, "start", f"g * {days * 86400.0} / :n")} AS created_at,
                          'u' || (g % {keys}) AS user_id,
-                         'program:uu' || (g % {keys}) || ':paidfalse:dx' AS cache_key,
+                         'program:uu' || (g % {keys}) || ':paidfalse:d' || {_digest_char(f"g % {keys}")} AS cache_key,
+                         (g % {keys}) % 64 AS key_sample,
                          {outcome} AS outcome
                   FROM {_series(engine)}) AS e""",
         n=n,

@@ -15,6 +15,7 @@ from core.models import ContractError, FieldError, OnboardingResponses
 from core.schema import CACHE_KEY_PREFIX
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+DIGEST_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def check_user_id(user_id: Any) -> str:
@@ -46,3 +47,8 @@ def cache_key(user_id: str, profile: OnboardingResponses, has_paid_access: bool)
 
 def digest_of_key(key: str) -> str:
     return key.rsplit(":d", 1)[1]
+
+
+def key_sample(key: str) -> int:
+    """0-63, uniform over keys: the last digest character's place in the alphabet."""
+    return max(DIGEST_ALPHABET.find(key[-1:]), 0)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select
 
+from core.cache_key import key_sample
 from core.schema import ai_coach_cache, generation_events, json_text, training_programs, utcnow
 
 programs = training_programs.c
@@ -92,7 +93,7 @@ _INSERT_PROGRAM_FROM_CACHE = (
 
 
 def insert_event(connection: Connection, event: GenerationEvent) -> None:
-    connection.execute(_INSERT_EVENT, _columns(event))
+    connection.execute(_INSERT_EVENT, {**_columns(event), "key_sample": key_sample(event.cache_key)})
 
 
 def insert_program(connection: Connection, record: HistoryRecord, *, cache_version: datetime | None = None) -> int:

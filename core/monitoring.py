@@ -3,28 +3,34 @@ that no query pulls a whole table into Python."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Engine, case, func, literal_column, select, text
+import numpy as np
+from sqlalchemy import BigInteger, Engine, Float, case, cast, func, literal, select, text, true, type_coerce, union_all
+from sqlalchemy.dialects import postgresql, sqlite
 
 from core.cache_store import count_entries
 from core.db import is_postgres
-from core.schema import ai_coach_cache, generation_events, utcnow
+from core.schema import UTCDateTime, ai_coach_cache, generation_events, generation_stats_hourly, utcnow
 from core.settings import Settings
 
 events = generation_events.c
+stats = generation_stats_hourly
 Granularity = Literal["hour", "day"]
 LATENCY_BINS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000)
 
 
 def time_bucket(engine: Engine, column: Any, granularity: Granularity) -> Any:
+    """The start of the hour or day of `column`, read back as an aware UTC datetime."""
     if is_postgres(engine):
-        return func.date_trunc(granularity, column)
-    fmt = "%Y-%m-%d %H:00:00" if granularity == "hour" else "%Y-%m-%d 00:00:00"
-    return func.strftime(fmt, column)
+        return type_coerce(func.date_trunc(granularity, column), UTCDateTime())
+    # The text SQLite stores for a UTCDateTime, so buckets compare with stored values.
+    fmt = "%Y-%m-%d %H:00:00.000000" if granularity == "hour" else "%Y-%m-%d 00:00:00.000000"
+    return type_coerce(func.strftime(fmt, column), UTCDateTime())
 
 
 def _since(query: Any, column: Any, since: datetime | None) -> Any:
@@ -36,8 +42,84 @@ def _rows(engine: Engine, query: Any) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
+def _int_sum(column: Any) -> Any:
+    # PostgreSQL sums integers as numeric (Decimal in Python): keep them integers.
+    return cast(func.coalesce(func.sum(column), 0), BigInteger)
+
+
 def _count_if(condition: Any) -> Any:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _latency_bin() -> Any:
+    return case(*[(events.latency_ms < edge, edge) for edge in LATENCY_BINS_MS], else_=-1)
+
+
+# How long after an hour ends its events are rolled up: longer than any request takes
+# (a waiter gives up after the LLM's worst case), so no event arrives for a rolled-up hour.
+SETTLE = timedelta(hours=1)
+
+
+def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime | None = None) -> Any:
+    """Events aggregated like the rollup table's rows."""
+    hour = time_bucket(engine, events.created_at, "hour")
+    latency_bin = _latency_bin()
+    query = select(
+        hour.label("hour"),
+        events.outcome,
+        latency_bin.label("latency_bin_ms"),
+        func.count().label("requests"),
+        func.sum(events.latency_ms).label("latency_ms_sum"),
+        func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
+        _count_if(events.cache_read_error).label("cache_read_errors"),
+        _count_if(events.cache_write_error).label("cache_write_errors"),
+        _count_if(events.history_error).label("history_errors"),
+    ).group_by(hour, events.outcome, latency_bin)
+    if since is not None:
+        query = query.where(events.created_at >= since)
+    if until is not None:
+        query = query.where(events.created_at < until)
+    return query
+
+
+def _rolled_up_until(engine: Engine) -> datetime | None:
+    with engine.connect() as connection:
+        return connection.execute(select(type_coerce(func.max(stats.c.hour), UTCDateTime()))).scalar_one()
+
+
+def refresh_rollup(engine: Engine, now: datetime | None = None) -> None:
+    """Roll up the settled hours not rolled up yet. Safe to run from several instances at
+    once: rows already there are left as they are."""
+    settled = (now or utcnow()) - SETTLE
+    settled = settled.replace(minute=0, second=0, microsecond=0)
+    start = _rolled_up_until(engine)
+    start = start + timedelta(hours=1) if start is not None else None
+    if start is not None and start >= settled:
+        return
+    insert = postgresql.insert if is_postgres(engine) else sqlite.insert
+    rows = _hourly_from_events(engine, start, settled).subquery()
+    # SQLite needs a WHERE in an INSERT ... SELECT ... ON CONFLICT, to tell ON from a join.
+    source = select(*rows.c).where(true())
+    statement = insert(stats).from_select([c.name for c in stats.columns], source).on_conflict_do_nothing()
+    with engine.begin() as connection:
+        connection.execute(statement)
+
+
+def _hourly(engine: Engine, since: datetime | None) -> Any:
+    """Requests per hour, outcome and latency bin since `since` (rounded down to the hour):
+    the rollup for settled hours, the raw events after them."""
+    since_hour = since.replace(minute=0, second=0, microsecond=0) if since else None
+    rolled_until = _rolled_up_until(engine)
+    if rolled_until is None:
+        return _hourly_from_events(engine, since_hour).subquery()
+    rolled = select(*stats.columns)
+    if since_hour is not None:
+        rolled = rolled.where(stats.c.hour >= since_hour)
+    tail_start = rolled_until + timedelta(hours=1)
+    if since_hour is not None:
+        tail_start = max(tail_start, since_hour)
+    return union_all(rolled, _hourly_from_events(engine, tail_start)).subquery()
 
 
 @dataclass(frozen=True)
@@ -79,66 +161,69 @@ class Summary:
 
 
 def summary(engine: Engine, since: datetime | None = None) -> Summary:
-    is_llm = events.outcome.in_(("miss", "bypass"))
-    query = _since(
-        select(
-            func.count().label("requests"),
-            _count_if(events.outcome == "hit").label("hits"),
-            _count_if(events.outcome == "miss").label("misses"),
-            _count_if(events.outcome == "bypass").label("bypasses"),
-            _count_if(events.outcome == "error").label("errors"),
-            _count_if(is_llm).label("llm_calls"),
-            func.avg(case((events.outcome == "hit", events.latency_ms))).label("avg_hit_ms"),
-            func.avg(case((is_llm, events.latency_ms))).label("avg_llm_request_ms"),
-            func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
-            func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
-            _count_if(events.cache_read_error).label("cache_read_errors"),
-            _count_if(events.cache_write_error).label("cache_write_errors"),
-        ),
-        events.created_at,
-        since,
+    h = _hourly(engine, since).c
+    is_llm = h.outcome.in_(("miss", "bypass"))
+
+    def total(column: Any, condition: Any = None) -> Any:
+        value = column if condition is None else case((condition, column), else_=0)
+        return func.coalesce(func.sum(value), 0)
+
+    def average(condition: Any) -> Any:
+        return total(h.latency_ms_sum, condition) / func.nullif(total(h.requests, condition), 0)
+
+    query = select(
+        total(h.requests).label("requests"),
+        total(h.requests, h.outcome == "hit").label("hits"),
+        total(h.requests, h.outcome == "miss").label("misses"),
+        total(h.requests, h.outcome == "bypass").label("bypasses"),
+        total(h.requests, h.outcome == "error").label("errors"),
+        total(h.requests, is_llm).label("llm_calls"),
+        average(h.outcome == "hit").label("avg_hit_ms"),
+        average(is_llm).label("avg_llm_request_ms"),
+        total(h.prompt_tokens).label("prompt_tokens"),
+        total(h.completion_tokens).label("completion_tokens"),
+        total(h.cache_read_errors).label("cache_read_errors"),
+        total(h.cache_write_errors).label("cache_write_errors"),
     )
     row = _rows(engine, query)[0]
-    return Summary(**{k: (float(v) if k.startswith("avg") and v is not None else v) for k, v in row.items()})
+    # Sums come back as Decimal or float depending on the database: normalize.
+    return Summary(
+        **{k: (None if v is None else float(v)) if k.startswith("avg") else int(v or 0) for k, v in row.items()}
+    )
 
 
 def requests_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
     """Requests per time bucket and outcome, with LLM tokens spent."""
-    bucket = time_bucket(engine, events.created_at, granularity).label("bucket")
+    h = _hourly(engine, since).c
+    bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
     query = (
-        _since(
-            select(
-                bucket,
-                events.outcome,
-                func.count().label("requests"),
-                func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
-                func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
-            ),
-            events.created_at,
-            since,
+        select(
+            bucket,
+            h.outcome,
+            _int_sum(h.requests).label("requests"),
+            _int_sum(h.prompt_tokens).label("prompt_tokens"),
+            _int_sum(h.completion_tokens).label("completion_tokens"),
         )
-        .group_by(bucket, events.outcome)
-        .order_by(bucket)
+        .group_by(bucket, h.outcome)
+        .order_by(bucket, h.outcome)
     )
     return _rows(engine, query)
 
 
 def errors_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
-    bucket = time_bucket(engine, events.created_at, granularity).label("bucket")
-    failed = events.cache_read_error | events.cache_write_error | events.history_error | (events.outcome == "error")
+    h = _hourly(engine, since).c
+    bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
+    sums = {
+        "cache_read_errors": _int_sum(h.cache_read_errors),
+        "cache_write_errors": _int_sum(h.cache_write_errors),
+        "history_errors": _int_sum(h.history_errors),
+        "generation_errors": _int_sum(case((h.outcome == "error", h.requests), else_=0)),
+    }
+    any_error = sum(sums.values(), literal(0)) > 0
     query = (
-        _since(
-            select(
-                bucket,
-                _count_if(events.cache_read_error).label("cache_read_errors"),
-                _count_if(events.cache_write_error).label("cache_write_errors"),
-                _count_if(events.history_error).label("history_errors"),
-                _count_if(events.outcome == "error").label("generation_errors"),
-            ).where(failed),
-            events.created_at,
-            since,
-        )
+        select(bucket, *(total.label(name) for name, total in sums.items()))
         .group_by(bucket)
+        .having(any_error)
         .order_by(bucket)
     )
     return _rows(engine, query)
@@ -146,15 +231,20 @@ def errors_over_time(engine: Engine, since: datetime | None, granularity: Granul
 
 def latency_histogram(engine: Engine, since: datetime | None) -> list[dict[str, Any]]:
     """Request counts by latency bin (upper edge in ms; None for the open last bin) and outcome."""
-    upper = case(*[(events.latency_ms < edge, edge) for edge in LATENCY_BINS_MS], else_=literal_column("NULL")).label(
-        "upper_ms"
+    h = _hourly(engine, since).c
+    query = (
+        select(h.latency_bin_ms, h.outcome, _int_sum(h.requests).label("requests"))
+        .where(h.outcome != "error")
+        .group_by(h.latency_bin_ms, h.outcome)
     )
-    query = _since(
-        select(upper, events.outcome, func.count().label("requests")).where(events.outcome != "error"),
-        events.created_at,
-        since,
-    ).group_by(upper, events.outcome)
-    return _rows(engine, query)
+    return [
+        {
+            "upper_ms": None if r["latency_bin_ms"] == -1 else r["latency_bin_ms"],
+            "outcome": r["outcome"],
+            "requests": r["requests"],
+        }
+        for r in _rows(engine, query)
+    ]
 
 
 @dataclass(frozen=True)
@@ -206,36 +296,76 @@ class TtlOutcome:
     ttl_hours: float
     requests: int
     llm_calls: int
+    # Share of cache keys replayed: 1.0, or a uniform sample when the window is large.
+    sampled_share: float = 1.0
 
     @property
     def hit_rate(self) -> float | None:
         return (self.requests - self.llm_calls) / self.requests if self.requests else None
 
 
-def replay_ttls(engine: Engine, ttl_hours: Sequence[float], since: datetime | None = None) -> list[TtlOutcome]:
+# Replaying 20 000 requests estimates a hit rate to about a percentage point.
+REPLAY_MAX_REQUESTS = 20_000
+
+
+def _epoch_seconds(engine: Engine, column: Any) -> Any:
+    if is_postgres(engine):
+        return cast(func.extract("epoch", column), Float)
+    return (func.julianday(column) - 2440587.5) * 86400.0
+
+
+def replay_ttls(
+    engine: Engine,
+    ttl_hours: Sequence[float],
+    since: datetime | None = None,
+    max_requests: int = REPLAY_MAX_REQUESTS,
+) -> list[TtlOutcome]:
     """Replay the recorded requests (key, time) against each TTL: a request is a hit when
-    the key's last generation is younger than the TTL; forced refreshes always generate.
-    Requests before `since` are not seen, so the window starts with a cold cache."""
-    ttls = [timedelta(hours=h) for h in ttl_hours]
+    its key's last generation is younger than the TTL; forced refreshes always generate.
+    Requests before `since` are not seen, so the window starts with a cold cache. Above
+    `max_requests`, a uniform sample of keys is replayed, so the cost stays bounded."""
+    summary_ = summary(engine, since)
+    total = summary_.hits + summary_.misses + summary_.bypasses
+    share = 1.0 if total <= max_requests else max_requests / total
+    # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
+    # in time are taken in the order they were logged.
+    in_order = (events.key_sample, events.cache_key, events.created_at, events.id)
+    new_key = events.cache_key != func.lag(events.cache_key).over(order_by=in_order)
     query = _since(
-        select(events.cache_key, events.created_at, events.outcome).where(events.outcome != "error"),
+        select(func.coalesce(new_key, True), _epoch_seconds(engine, events.created_at), events.outcome == "bypass")
+        .where(events.outcome != "error")
+        .order_by(*in_order),
         events.created_at,
         since,
-    ).order_by(events.cache_key, events.created_at)
-    calls = [0] * len(ttls)
-    generated_at: list[datetime | None] = [None] * len(ttls)
-    current_key, requests = None, 0
+    )
+    if share < 1.0:
+        # Each key_sample value holds 1/64 of the keys, uniformly (the digest decides it).
+        buckets = max(1, math.ceil(64 * share))
+        share = buckets / 64
+        query = query.where(events.key_sample < buckets)
     with engine.connect() as connection:
-        for key, at, outcome in connection.execution_options(yield_per=10_000).execute(query):
-            requests += 1
-            if key != current_key:
-                current_key, generated_at = key, [None] * len(ttls)
-            for i, ttl in enumerate(ttls):
-                last = generated_at[i]
-                if outcome == "bypass" or last is None or at >= last + ttl:
-                    calls[i] += 1
-                    generated_at[i] = at
-    return [TtlOutcome(h, requests, c) for h, c in zip(ttl_hours, calls, strict=True)]
+        rows = connection.execute(query).all()
+    if not rows:
+        return [TtlOutcome(h, 0, 0, share) for h in ttl_hours]
+    table = np.array([tuple(row) for row in rows], dtype=float)  # plain tuples: numpy reads Rows slowly
+    new_keys, seconds, forced = table[:, 0], table[:, 1], table[:, 2]
+    # One sorted axis for all keys: each key's times shifted past the previous key's, so a
+    # search from inside one key never skips the next key's first request.
+    span = float(seconds.max() - seconds.min()) + max(ttl_hours) * 3600 + 1
+    axis = np.cumsum(new_keys.astype(bool)) * span + (seconds - seconds.min())
+    n = len(axis)
+    # The first forced refresh after each request: a generation no TTL can skip.
+    forced_at = np.where(forced.astype(bool), np.arange(n), n)
+    next_forced = np.append(np.minimum.accumulate(forced_at[::-1])[::-1][1:], n)
+    outcomes = []
+    for hours in ttl_hours:
+        following = np.minimum(np.searchsorted(axis, axis + hours * 3600, side="left"), next_forced).tolist()
+        calls, i = 0, 0
+        while i < n:  # from each generation straight to the next one
+            calls += 1
+            i = following[i]
+        outcomes.append(TtlOutcome(hours, n, calls, share))
+    return outcomes
 
 
 def window_start(window: str, now: datetime | None = None) -> datetime | None:

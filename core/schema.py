@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -113,8 +114,28 @@ generation_events = Table(
     Column("cache_write_error", Boolean, nullable=False, server_default=false()),
     Column("history_error", Boolean, nullable=False, server_default=false()),
     Column("error", Text, nullable=True),
+    # 0-63 from the key's last digest character: a uniform sample of keys is a range of it.
+    Column("key_sample", SmallInteger, nullable=False, server_default="0"),
     Index("ix_generation_events_created_at", "created_at"),
     Index("ix_generation_events_cache_key_created_at", "cache_key", "created_at"),
+    Index("ix_generation_events_key_sample", "key_sample", "cache_key", "created_at", "id"),
+)
+
+# Requests per hour, outcome and latency bin, rolled up from generation_events once an hour
+# has settled, so monitoring reads a few thousand rows instead of millions.
+generation_stats_hourly = Table(
+    "generation_stats_hourly",
+    metadata,
+    Column("hour", UTCDateTime(), primary_key=True),
+    Column("outcome", String(8), primary_key=True),
+    Column("latency_bin_ms", Integer, primary_key=True),  # upper edge; -1 for the open last bin
+    Column("requests", Integer, nullable=False),
+    Column("latency_ms_sum", Float, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cache_read_errors", Integer, nullable=False),
+    Column("cache_write_errors", Integer, nullable=False),
+    Column("history_errors", Integer, nullable=False),
 )
 
 admin_actions = Table(

@@ -171,6 +171,8 @@ def ttl_what_if(summary: monitoring.Summary) -> None:
     custom = st.number_input("Custom TTL (hours)", min_value=0.1, max_value=24.0 * 90, value=12.0, step=1.0)
     ttls = sorted({*WHAT_IF_TTLS, settings.cache_ttl_hours, float(custom)})
     outcomes = monitoring.replay_ttls(get_engine(), ttls, since)
+    if outcomes and outcomes[0].sampled_share < 1:
+        st.caption(f"Estimated from a uniform sample of {outcomes[0].sampled_share:.0%} of the cache keys.")
     cost_per_call = summary.cost_per_llm_call(settings)
     table = pd.DataFrame(
         {
@@ -223,6 +225,7 @@ granularity = controls[1].segmented_control(
 )
 since = monitoring.window_start(window)
 engine = get_engine()
+monitoring.refresh_rollup(engine)  # settled hours into the hourly rollup; a no-op most of the time
 summary = monitoring.summary(engine, since)
 storage = monitoring.storage(engine)
 headline(summary, storage)

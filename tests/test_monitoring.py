@@ -1,0 +1,177 @@
+"""Monitoring numbers: the same from raw events and from the hourly rollup, and the TTL replay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func, select
+
+from core import monitoring
+from core.cache_key import DIGEST_ALPHABET
+from core.db import make_engine, migrate
+from core.history import GenerationEvent, insert_event
+from core.schema import generation_events, generation_stats_hourly, utcnow
+
+
+@pytest.fixture(scope="module")
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('replay')}/coach.db")
+    migrate(engine)
+    return engine
+
+
+def seed(engine: Engine) -> None:
+    now = utcnow()
+    plan = [
+        # (hours ago, outcome, latency ms, read error, write error)
+        (50, "miss", 8000.0, False, False),
+        (49.5, "hit", 3.0, False, False),
+        (49.2, "hit", 1.5, False, False),
+        (30, "bypass", 9000.0, False, True),
+        (26, "error", 60000.0, True, False),
+        (5, "hit", 0.8, False, False),
+        (0.2, "miss", 7000.0, False, False),  # not settled: stays raw
+        (0.1, "hit", 2.5, True, False),
+    ]
+    with engine.begin() as connection:
+        for hours, outcome, latency, read_error, write_error in plan:
+            llm = outcome in ("miss", "bypass")
+            insert_event(
+                connection,
+                GenerationEvent(
+                    user_id="u",
+                    cache_key="program:uu:paidfalse:dk",
+                    outcome=outcome,
+                    latency_ms=latency,
+                    prompt_tokens=400 if llm else None,
+                    completion_tokens=1000 if llm else None,
+                    cache_read_error=read_error,
+                    cache_write_error=write_error,
+                    created_at=now - timedelta(hours=hours),
+                ),
+            )
+
+
+def snapshot(engine: Engine) -> tuple:
+    since = utcnow() - timedelta(days=7)
+    return (
+        monitoring.summary(engine, since),
+        monitoring.requests_over_time(engine, since, "day"),
+        monitoring.requests_over_time(engine, since, "hour"),
+        monitoring.errors_over_time(engine, since, "day"),
+        sorted(monitoring.latency_histogram(engine, since), key=lambda r: (str(r["upper_ms"]), r["outcome"])),
+    )
+
+
+def test_rollup_gives_the_numbers_raw_events_give(engine: Engine) -> None:
+    seed(engine)
+    raw = snapshot(engine)
+    monitoring.refresh_rollup(engine)
+    monitoring.refresh_rollup(engine)  # nothing new has settled: a no-op
+    assert snapshot(engine) == raw
+
+    with engine.connect() as connection:
+        rolled = connection.execute(select(func.count(), func.sum(generation_stats_hourly.c.requests))).one()
+    # Everything but the last hour's two requests is in the rollup, once.
+    assert tuple(rolled) == (6, 6)
+    assert "miss" in {r["outcome"] for r in raw[1]}
+    summary = raw[0]
+    assert (summary.requests, summary.hits, summary.misses, summary.bypasses, summary.errors) == (8, 4, 2, 1, 1)
+    assert (summary.cache_read_errors, summary.cache_write_errors, summary.llm_calls) == (2, 1, 3)
+    assert summary.hit_rate == 4 / 7
+    assert summary.avg_hit_ms == (3.0 + 1.5 + 0.8 + 2.5) / 4
+
+
+def test_new_events_after_a_rollup_are_counted(engine: Engine) -> None:
+    seed(engine)
+    monitoring.refresh_rollup(engine)
+    with engine.begin() as connection:
+        insert_event(connection, GenerationEvent(user_id="u", cache_key="k", outcome="hit", latency_ms=1.0))
+    assert monitoring.summary(engine, utcnow() - timedelta(days=7)).hits == 5
+
+
+def test_ttl_replay_is_exact(engine: Engine) -> None:
+    start = utcnow() - timedelta(hours=10)
+    requests = [(0, "miss"), (0.5, "hit"), (2, "miss"), (2.5, "hit"), (3, "bypass"), (3.2, "hit")]
+    with engine.begin() as connection:
+        for hours, outcome in requests:
+            insert_event(
+                connection,
+                GenerationEvent(
+                    user_id="a",
+                    cache_key="program:ua:paidfalse:dA",
+                    outcome=outcome,
+                    latency_ms=1.0,
+                    created_at=start + timedelta(hours=hours),
+                ),
+            )
+        insert_event(
+            connection,
+            GenerationEvent(
+                user_id="b",
+                cache_key="program:ub:paidfalse:dB",
+                outcome="miss",
+                latency_ms=1.0,
+                created_at=start + timedelta(hours=0.1),
+            ),
+        )
+    outcomes = {o.ttl_hours: o for o in monitoring.replay_ttls(engine, [0.25, 1, 24])}
+    # A with 15 min: all but the request 12 min after the forced one; 1 h: at 0, 2 and 3 (forced);
+    # 24 h: at 0 and 3 (forced). B: its one request.
+    assert {h: o.llm_calls for h, o in outcomes.items()} == {0.25: 6, 1: 4, 24: 3}
+    assert outcomes[24].requests == 7
+    assert outcomes[24].hit_rate == 4 / 7
+
+
+def reference_replay(requests: list[tuple[str, float, bool]], ttl_seconds: float) -> int:
+    """The replay written the obvious way, one request at a time."""
+    calls, generated = 0, {}
+    for key, at, forced in sorted(requests, key=lambda r: (r[0], r[1])):  # stable: ties as logged
+        last = generated.get(key)
+        if forced or last is None or at >= last + ttl_seconds:
+            calls += 1
+            generated[key] = at
+    return calls
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(0, 72 * 60), st.booleans()), min_size=1, max_size=40
+    )
+)
+def test_ttl_replay_matches_the_obvious_replay(sqlite_engine: Engine, requests: list[tuple[str, int, bool]]) -> None:
+    start = utcnow() - timedelta(days=4)
+    with sqlite_engine.begin() as connection:
+        connection.execute(generation_events.delete())
+        for key, minutes, forced in requests:
+            insert_event(
+                connection,
+                GenerationEvent(
+                    user_id="u",
+                    cache_key=f"program:uu:paidfalse:d{key}",
+                    outcome="bypass" if forced else "hit",
+                    latency_ms=1.0,
+                    created_at=start + timedelta(minutes=minutes),
+                ),
+            )
+    replayed = monitoring.replay_ttls(sqlite_engine, [0.5, 6, 24])
+    expected = [reference_replay([(k, m * 60.0, f) for k, m, f in requests], h * 3600) for h in (0.5, 6, 24)]
+    assert [o.llm_calls for o in replayed] == expected
+
+
+def test_a_large_window_is_replayed_on_a_uniform_sample_of_keys(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for i, char in enumerate(DIGEST_ALPHABET):
+            insert_event(
+                connection,
+                GenerationEvent(
+                    user_id="u", cache_key=f"program:u{i}:paidfalse:dxx{char}", outcome="miss", latency_ms=1.0
+                ),
+            )
+    outcome = monitoring.replay_ttls(engine, [24], max_requests=16)[0]
+    assert outcome.sampled_share == 16 / 64
+    assert (outcome.requests, outcome.llm_calls) == (16, 16)
