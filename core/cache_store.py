@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Text, bindparam, case, cast, delete, func, literal_column, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.db import connect_to_write
 from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, json_text, utcnow
 
 cache = ai_coach_cache.c
@@ -114,31 +115,35 @@ def delete_expired(engine: Engine, *, now: datetime | None = None, batch_size: i
     deleted = reclaimed = 0
     while True:
         batch = select(cache.id).where(*expired).limit(batch_size).scalar_subquery()
-        with engine.begin() as connection:
-            # Expiry is checked again on the row deleted: an entry refreshed meanwhile stays.
-            sizes = (
-                connection.execute(
-                    delete(ai_coach_cache).where(cache.id.in_(batch), *expired).returning(cache.size_bytes)
-                )
-                .scalars()
-                .all()
-            )
-        deleted += len(sizes)
-        reclaimed += sum(sizes)
-        if len(sizes) < batch_size:
+        # Expiry is checked again on the row deleted: an entry refreshed meanwhile stays.
+        statement = delete(ai_coach_cache).where(cache.id.in_(batch), *expired)
+        with connect_to_write(engine) as connection, connection.begin():
+            count, size = _delete_counting(connection, statement)
+        deleted += count
+        reclaimed += size
+        if count < batch_size:
             return Removal(deleted, reclaimed)
 
 
+def _delete_counting(connection: Connection, statement: Any) -> tuple[int, int]:
+    """Run a DELETE of cache rows; how many went and their bytes, summed in the database
+    so that a batch of thousands hands one row, not thousands, to Python."""
+    if connection.dialect.name == "postgresql":
+        removed = statement.returning(cache.size_bytes).cte("removed")
+        row = connection.execute(select(func.count(), func.coalesce(func.sum(removed.c.size_bytes), 0))).one()
+        return int(row[0]), int(row[1])
+    # SQLite cannot DELETE in a CTE; the transaction holds the write lock from its start
+    # (connect_to_write), so counting the same rows first is exact.
+    matched = select(cache.size_bytes).where(*statement.whereclause.clauses).subquery()
+    row = connection.execute(select(func.count(), func.coalesce(func.sum(matched.c.size_bytes), 0))).one()
+    connection.execute(statement)
+    return int(row[0]), int(row[1])
+
+
 def delete_user_entries(engine: Engine, user_id: str) -> Removal:
-    with engine.begin() as connection:
-        sizes = (
-            connection.execute(
-                delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id).returning(cache.size_bytes)
-            )
-            .scalars()
-            .all()
-        )
-    return Removal(len(sizes), sum(sizes))
+    statement = delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id)
+    with connect_to_write(engine) as connection, connection.begin():
+        return Removal(*_delete_counting(connection, statement))
 
 
 @dataclass(frozen=True)

@@ -98,9 +98,11 @@ def test_cleanup_while_hits_are_served_fails_no_request_and_keeps_valid_entries(
     reader = threading.Thread(target=serve_hits)
     reader.start()
     cleaning.set()
-    removal = delete_expired(engine, batch_size=500)
-    cleaning.clear()
-    reader.join()
+    try:
+        removal = delete_expired(engine, batch_size=500)
+    finally:
+        cleaning.clear()
+        reader.join()
 
     assert errors == []
     assert hits > 0 and removal.deleted == 20_000
