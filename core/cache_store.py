@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Text, bindparam, case, cast, delete, func, literal_column, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.cache_key import key_sample
 from core.db import connect_to_write
 from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, json_text, utcnow
 
@@ -157,26 +158,8 @@ class EntrySummary:
 
 
 def list_entries(engine: Engine, *, user_id: str | None = None, limit: int = 200) -> list[EntrySummary]:
-    # Hits are counted from the request log rather than on the entry, so that serving a hit
-    # never writes to (or waits on) the cache row.
-    hits = (
-        select(func.count())
-        .where(
-            events.cache_key == cache.cache_key,
-            events.created_at >= cache.created_at,
-            events.outcome == "hit",
-        )
-        .scalar_subquery()
-    )
     query = (
-        select(
-            cache.cache_key,
-            cache.user_id,
-            cache.created_at,
-            cache.expires_at,
-            cache.size_bytes,
-            hits.label("hit_count"),
-        )
+        select(cache.cache_key, cache.user_id, cache.created_at, cache.expires_at, cache.size_bytes)
         .where(_is_program_entry())
         .order_by(cache.created_at.desc())
         .limit(limit)
@@ -184,7 +167,29 @@ def list_entries(engine: Engine, *, user_id: str | None = None, limit: int = 200
     if user_id:
         query = query.where(cache.user_id == user_id)
     with engine.connect() as connection:
-        return [EntrySummary(**row._mapping) for row in connection.execute(query)]
+        rows = connection.execute(query).all()
+        hits = _hits_since_written(connection, [row.cache_key for row in rows])
+    return [EntrySummary(**row._mapping, hit_count=hits.get(row.cache_key, 0)) for row in rows]
+
+
+def _hits_since_written(connection: Connection, keys: list[str]) -> dict[str, int]:
+    """Hits of each entry since it was written, counted from the request log rather than on
+    the entry, so that serving a hit never writes to (or waits on) the cache row. The
+    key_sample condition lets the query use ix_generation_events_key_sample."""
+    if not keys:
+        return {}
+    query = (
+        select(events.cache_key, func.count())
+        .join(ai_coach_cache, cache.cache_key == events.cache_key)
+        .where(
+            events.key_sample.in_(sorted({key_sample(k) for k in keys})),
+            events.cache_key.in_(keys),
+            events.outcome == "hit",
+            events.created_at >= cache.created_at,
+        )
+        .group_by(events.cache_key)
+    )
+    return {key: count for key, count in connection.execute(query)}
 
 
 def count_entries(engine: Engine, now: datetime | None = None) -> dict[str, int]:

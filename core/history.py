@@ -92,22 +92,58 @@ _INSERT_PROGRAM_FROM_CACHE = (
 )
 
 
+def _event_values(event: GenerationEvent, prefix: str = "") -> dict[str, Any]:
+    values = {**_columns(event), "key_sample": key_sample(event.cache_key)}
+    return {prefix + name: value for name, value in values.items()}
+
+
 def insert_event(connection: Connection, event: GenerationEvent) -> None:
-    connection.execute(_INSERT_EVENT, {**_columns(event), "key_sample": key_sample(event.cache_key)})
+    connection.execute(_INSERT_EVENT, _event_values(event))
 
 
 def insert_program(connection: Connection, record: HistoryRecord, *, cache_version: datetime | None = None) -> int:
     """Save `record`; with `cache_version`, copy the program from that version of its
     cache entry, or send it if the entry has changed since."""
-    values = _columns(record)
     if cache_version is not None:
-        copied = {name: values[name] for name in _COPIED}
-        row = connection.execute(
-            _INSERT_PROGRAM_FROM_CACHE, {**copied, "entry_key": record.cache_key, "version": cache_version}
-        ).first()
+        row = connection.execute(_INSERT_PROGRAM_FROM_CACHE, _copy_values(record, cache_version)).first()
         if row is not None:
             return row[0]
+    values = _columns(record)
     return connection.execute(_INSERT_PROGRAM[connection.dialect.name], values).scalar_one()
+
+
+def _copy_values(record: HistoryRecord, cache_version: datetime) -> dict[str, Any]:
+    return {
+        **{name: getattr(record, name) for name in _COPIED},
+        "entry_key": record.cache_key,
+        "version": cache_version,
+    }
+
+
+# On PostgreSQL the history row and the event go in one statement, one round trip.
+_EVENT_COLUMNS = [c.name for c in generation_events.columns if c.name != "id"]
+_PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).add_cte(
+    insert(generation_events)
+    .values({name: bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS})
+    .cte("event_row")
+)
+
+
+def insert_program_and_event(
+    connection: Connection, record: HistoryRecord, event: GenerationEvent, *, cache_version: datetime | None
+) -> int:
+    """The history row (copied from the cache entry at `cache_version` when given) and the
+    request's event, in the caller's transaction."""
+    if cache_version is not None and connection.dialect.name == "postgresql":
+        params = {**_copy_values(record, cache_version), **_event_values(event, prefix="event_")}
+        row = connection.execute(_PROGRAM_AND_EVENT, params).first()
+        if row is not None:
+            return row[0]
+        # The entry changed since it was read; the event is in, the program goes as sent.
+        return insert_program(connection, record)
+    program_id = insert_program(connection, record, cache_version=cache_version)
+    insert_event(connection, event)
+    return program_id
 
 
 def save_program(engine: Engine, record: HistoryRecord) -> int:

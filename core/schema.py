@@ -117,7 +117,6 @@ generation_events = Table(
     # 0-63 from the key's last digest character: a uniform sample of keys is a range of it.
     Column("key_sample", SmallInteger, nullable=False, server_default="0"),
     Index("ix_generation_events_created_at", "created_at"),
-    Index("ix_generation_events_cache_key_created_at", "cache_key", "created_at"),
     Index("ix_generation_events_key_sample", "key_sample", "cache_key", "created_at", "id"),
 )
 

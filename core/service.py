@@ -379,6 +379,8 @@ class ProgramService:
             request,
             record,
             event,
+            # Copied from the entry just written rather than parsed and compressed again.
+            cache_version=None if write_error else now,
             cache_hit=False,
             expires_at=expires_at,
             miss_reason=reason,
@@ -408,8 +410,7 @@ class ProgramService:
         try:
             with nullcontext(connection) if connection else self.engine.connect() as conn:
                 try:
-                    program_id = history.insert_program(conn, record, cache_version=cache_version)
-                    history.insert_event(conn, event)
+                    program_id = history.insert_program_and_event(conn, record, event, cache_version=cache_version)
                     conn.commit()
                 except DBAPIError:
                     conn.rollback()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from core import history
+from core import cache_store, history
 from core.generators import GenerationError
 from core.models import ContractError, OnboardingResponses
 from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
@@ -313,3 +313,14 @@ def test_different_users_do_not_share_entries(service: ProgramService, generator
     b = generate(service, user_id="bob")
     assert a.cache_key != b.cache_key and not b.cache_hit
     assert generator.calls == 2
+
+
+def test_entries_count_their_hits_since_written(service: ProgramService) -> None:
+    generate(service)
+    generate(service)
+    generate(service)
+    generate(service, user_id="someone-else")
+    counts = {e.user_id: e.hit_count for e in cache_store.list_entries(service.engine)}
+    assert counts == {"coach-client-1": 2, "someone-else": 0}
+    generate(service, force_refresh=True)  # a new entry: its count starts again
+    assert cache_store.list_entries(service.engine, user_id="coach-client-1")[0].hit_count == 0
