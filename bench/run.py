@@ -23,10 +23,11 @@ from bench.workload import seed_cache, seed_events, seed_programs
 from core import admin, history, monitoring
 from core.cache_key import cache_key
 from core.db import is_postgres, make_engine, migrate
-from core.generators import Generation, OfflineGenerator
+from core.generators import OfflineGenerator
 from core.history import HistoryFilter
-from core.models import OnboardingResponses, parse_onboarding
+from core.models import parse_onboarding
 from core.service import ProgramService, ValidatedPrograms
+from tests.helpers import CountingGenerator  # the offline coach taking a fixed time, counting calls
 
 PROFILE = {
     "goal": "hypertrophy",
@@ -38,24 +39,6 @@ PROFILE = {
     "injuries": "left shoulder: no overhead pressing",
 }
 RESULTS = Path(__file__).parent / "results.json"
-
-
-class FixedLatencyGenerator:
-    """The offline coach taking a fixed time per call, like an LLM; counts its calls."""
-
-    name = "fixed-latency"
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.calls = 0
-        self._lock = threading.Lock()
-        self._offline = OfflineGenerator()
-
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
-        with self._lock:
-            self.calls += 1
-        time.sleep(self.seconds)
-        return self._offline.generate(profile, has_paid_access)
 
 
 def fresh_profile(i: int) -> dict[str, Any]:
@@ -112,7 +95,7 @@ def hit_path(engine: Engine, sizes: dict[str, int], reps: int, log: Callable[[st
 
 
 def miss_path(engine: Engine, generator_seconds: float, reps: int) -> dict[str, Any]:
-    generator = FixedLatencyGenerator(generator_seconds)
+    generator = CountingGenerator(generator_seconds)
     service = ProgramService(engine=engine, generator=generator)
     overheads = []
     for i in range(reps):
@@ -123,7 +106,7 @@ def miss_path(engine: Engine, generator_seconds: float, reps: int) -> dict[str, 
 
 
 def single_flight_threads(engine: Engine, generator_seconds: float, requests: int = 20) -> dict[str, Any]:
-    generator = FixedLatencyGenerator(generator_seconds)
+    generator = CountingGenerator(generator_seconds)
     service = ProgramService(engine=engine, generator=generator, lock_wait_seconds=60)
     profile = fresh_profile(-1)
     barrier = threading.Barrier(requests)
@@ -152,7 +135,7 @@ def single_flight_threads(engine: Engine, generator_seconds: float, requests: in
 
 def _process_request(url: str, profile: dict[str, Any], seconds: float, start: Any, calls: Any) -> None:
     engine = make_engine(url)
-    generator = FixedLatencyGenerator(seconds)
+    generator = CountingGenerator(seconds)
     service = ProgramService(engine=engine, generator=generator, lock_wait_seconds=60)
     start.wait()
     service.generate(user_id="herd-processes", onboarding_responses=profile, has_paid_access=False)

@@ -177,17 +177,14 @@ def get_program(engine: Engine, program_id: int) -> ProgramRow | None:
 def latest_profile(engine: Engine, user_id: str) -> tuple[dict[str, Any], bool] | None:
     """The answers and access of the user's newest program: the baseline a new request
     is compared with, and what the form pre-fills."""
-    with engine.connect() as connection:
-        return latest_profile_on(connection, user_id)
-
-
-def latest_profile_on(connection: Connection, user_id: str) -> tuple[dict[str, Any], bool] | None:
-    row = connection.execute(
+    query = (
         select(programs.onboarding_responses, programs.has_paid_access)
         .where(programs.user_id == user_id)
         .order_by(programs.created_at.desc(), programs.id.desc())
         .limit(1)
-    ).first()
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
     return (row.onboarding_responses, row.has_paid_access) if row else None
 
 

@@ -4,10 +4,11 @@ import threading
 import time
 from typing import Any
 
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from core.generators import Generation, OfflineGenerator
-from core.models import OnboardingResponses
+from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, OnboardingResponses
 from core.schema import ai_coach_cache, generation_events, training_programs
 
 PROFILE: dict[str, Any] = {
@@ -16,6 +17,16 @@ PROFILE: dict[str, Any] = {
     "days_per_week": 3,
     "session_minutes": 45,
     "equipment": ["dumbbells", "bodyweight"],
+}
+
+
+# Strategies for answers the contract accepts, required fields first.
+REQUIRED_ANSWERS = {
+    "goal": st.sampled_from(GOALS),
+    "experience_level": st.sampled_from(EXPERIENCE_LEVELS),
+    "days_per_week": st.integers(1, 7),
+    "session_minutes": st.integers(15, 180),
+    "equipment": st.lists(st.sampled_from(EQUIPMENT), max_size=8),
 }
 
 

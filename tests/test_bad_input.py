@@ -17,7 +17,7 @@ from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, pars
 from core.schema import training_programs
 from core.service import ProgramService
 from pages.common import escape_markdown
-from tests.helpers import PROFILE, CountingGenerator, table_counts
+from tests.helpers import PROFILE, REQUIRED_ANSWERS, CountingGenerator, table_counts
 
 FIELDS = {*PROFILE, "age", "injuries", "notes"}
 HOSTILE = [
@@ -51,13 +51,7 @@ values = st.one_of(
 )
 profiles = st.one_of(
     st.fixed_dictionaries(
-        {
-            "goal": st.sampled_from(GOALS),
-            "experience_level": st.sampled_from(EXPERIENCE_LEVELS),
-            "days_per_week": st.integers(1, 7),
-            "session_minutes": st.integers(15, 180),
-            "equipment": st.lists(st.sampled_from(EQUIPMENT), max_size=8),
-        },
+        REQUIRED_ANSWERS,
         optional={"age": values, "injuries": text_values, "notes": text_values},
     ),
     st.dictionaries(st.sampled_from([*FIELDS, "extra"]), values, max_size=9),

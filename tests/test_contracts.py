@@ -24,7 +24,7 @@ from core.models import (
     parse_onboarding,
     parse_program,
 )
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, REQUIRED_ANSWERS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "contracts"
 ONBOARDING_SCHEMA = jsonschema.Draft202012Validator(load_contract("onboarding_responses"))
@@ -72,13 +72,7 @@ def test_onboarding_model_agrees_with_the_schema(data: dict[str, Any]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.fixed_dictionaries(
-        {
-            "goal": st.sampled_from(GOALS),
-            "experience_level": st.sampled_from(EXPERIENCE_LEVELS),
-            "days_per_week": st.integers(1, 7),
-            "session_minutes": st.integers(15, 180),
-            "equipment": st.lists(st.sampled_from(EQUIPMENT), max_size=8),
-        },
+        REQUIRED_ANSWERS,
         optional={"age": st.integers(13, 100), "injuries": st.text(max_size=60), "notes": st.text(max_size=60)},
     ),
     st.booleans(),
