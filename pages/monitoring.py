@@ -3,8 +3,11 @@ all aggregated in SQL by `core.monitoring`."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from core import monitoring
@@ -12,18 +15,26 @@ from pages.common import format_bytes, format_duration, get_engine, get_settings
 
 OUTCOME_COLORS = {"hit": "#2e9e6b", "miss": "#4063d8", "bypass": "#c28a1e", "error": "#c8423b"}
 WHAT_IF_TTLS = [1.0, 6.0, 24.0, 72.0, 168.0]
+LABEL_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}
 
 
-def frame(rows: list[dict], time_column: str = "bucket") -> pd.DataFrame:
+def frame(rows: list[dict], granularity: monitoring.Granularity) -> pd.DataFrame:
+    """Rows with their time bucket as a sortable label: buckets are categories on the
+    charts, so a single bucket is a bar, not a sliver on a time axis."""
     df = pd.DataFrame(rows)
-    if not df.empty and time_column in df:
-        df[time_column] = pd.to_datetime(df[time_column], utc=True)
+    if not df.empty:
+        df["bucket"] = pd.to_datetime(df["bucket"], utc=True).dt.strftime(LABEL_FORMAT[granularity])
     return df
 
 
-def chart(figure, *, key: str) -> None:  # type: ignore[no-untyped-def]
+def chart(figure: go.Figure, *, key: str) -> None:
     figure.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend_title_text="", height=330)
+    figure.update_xaxes(type="category")
     st.plotly_chart(figure, key=key)
+
+
+def dollars(amount: float) -> str:
+    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.4f}"
 
 
 def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
@@ -34,7 +45,7 @@ def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
     cols[1].metric("LLM calls avoided", f"{summary.hits:,}", help=f"{summary.llm_calls:,} calls made", border=True)
     cols[2].metric(
         "Cost saved",
-        f"${summary.cost_saved(settings):,.2f}",
+        dollars(summary.cost_saved(settings)),
         border=True,
         help="Hits × the average tokens of an LLM call × the configured token prices",
     )
@@ -52,7 +63,7 @@ def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
     )
 
 
-def traffic(requests: pd.DataFrame) -> None:
+def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitoring.Granularity) -> None:
     wide = requests.pivot_table(index="bucket", columns="outcome", values="requests", aggfunc="sum", fill_value=0)
     for outcome in OUTCOME_COLORS:
         if outcome not in wide:
@@ -126,7 +137,9 @@ def traffic(requests: pd.DataFrame) -> None:
         )
 
 
-def storage_and_errors(storage: monitoring.Storage) -> None:
+def storage_and_errors(
+    storage: monitoring.Storage, since: datetime | None, granularity: monitoring.Granularity
+) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Storage**")
@@ -134,7 +147,7 @@ def storage_and_errors(storage: monitoring.Storage) -> None:
         cols[0].metric("Valid entries", f"{storage.valid_entries:,}")
         cols[1].metric("Expired entries", f"{storage.expired_entries:,}")
         cols[2].metric("Average entry", format_bytes(storage.average_entry_bytes))
-        written = frame(monitoring.entries_written_over_time(get_engine(), since, granularity))
+        written = frame(monitoring.entries_written_over_time(get_engine(), since, granularity), granularity)
         if written.empty:
             st.caption("No entries in the cache.")
         else:
@@ -149,7 +162,7 @@ def storage_and_errors(storage: monitoring.Storage) -> None:
                 key="storage",
             )
     with right:
-        errors = frame(monitoring.errors_over_time(get_engine(), since, granularity))
+        errors = frame(monitoring.errors_over_time(get_engine(), since, granularity), granularity)
         if errors.empty:
             st.markdown("**Cache errors**")
             st.success("No cache read or write errors in this window.")
@@ -157,11 +170,12 @@ def storage_and_errors(storage: monitoring.Storage) -> None:
             long = errors.melt(id_vars="bucket", var_name="error", value_name="count")
             long["error"] = long["error"].str.replace("_", " ")
             chart(
-                px.bar(long, x="bucket", y="count", color="error", title="Errors", labels={"bucket": ""}), key="errors"
+                px.bar(long, x="bucket", y="count", color="error", title="Errors", labels={"bucket": ""}),
+                key="errors",
             )
 
 
-def ttl_what_if(summary: monitoring.Summary) -> None:
+def ttl_what_if(summary: monitoring.Summary, since: datetime | None) -> None:
     st.subheader("TTL what-if", anchor=False)
     st.caption(
         "The recorded requests of the window replayed against other expiries: what hit rate and LLM cost each TTL "
@@ -230,7 +244,7 @@ summary = monitoring.summary(engine, since)
 storage = monitoring.storage(engine)
 headline(summary, storage)
 
-requests = frame(monitoring.requests_over_time(engine, since, granularity))
+requests = frame(monitoring.requests_over_time(engine, since, granularity), granularity)
 if requests.empty:
     st.info(
         "No requests in this window yet. Generate a program on the **Generate program** page and the charts "
@@ -238,7 +252,7 @@ if requests.empty:
         icon=":material/insights:",
     )
 else:
-    traffic(requests)
-storage_and_errors(storage)
+    traffic(requests, since, granularity)
+storage_and_errors(storage, since, granularity)
 if not requests.empty:
-    ttl_what_if(summary)
+    ttl_what_if(summary, since)
