@@ -25,5 +25,5 @@ as_root() {
 apt_install() {
   # Debian packages the tests need when the machine lacks them.
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
