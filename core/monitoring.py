@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import BigInteger, Engine, Float, case, cast, func, literal, select, text, true, type_coerce, union_all
+from sqlalchemy import BigInteger, Engine, case, cast, func, literal, select, text, true, type_coerce, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.cache_store import count_entries
@@ -308,10 +308,14 @@ class TtlOutcome:
 REPLAY_MAX_REQUESTS = 20_000
 
 
-def _epoch_seconds(engine: Engine, column: Any) -> Any:
+def _epoch_microseconds(engine: Engine, column: Any) -> Any:
+    """Whole microseconds since 1970, exactly: a request exactly one TTL after a generation
+    is a miss, and floating-point seconds would make that a coin toss."""
     if is_postgres(engine):
-        return cast(func.extract("epoch", column), Float)
-    return (func.julianday(column) - 2440587.5) * 86400.0
+        return cast(func.extract("epoch", column) * 1_000_000, BigInteger)
+    # SQLite stores 'YYYY-MM-DD HH:MM:SS.ffffff' (core.schema.UTCDateTime).
+    seconds = cast(func.strftime("%s", column), BigInteger)
+    return seconds * 1_000_000 + cast(func.substr(column, 21, 6), BigInteger)
 
 
 def replay_ttls(
@@ -332,7 +336,7 @@ def replay_ttls(
     in_order = (events.key_sample, events.cache_key, events.created_at, events.id)
     new_key = events.cache_key != func.lag(events.cache_key).over(order_by=in_order)
     query = _since(
-        select(func.coalesce(new_key, True), _epoch_seconds(engine, events.created_at), events.outcome == "bypass")
+        select(func.coalesce(new_key, True), _epoch_microseconds(engine, events.created_at), events.outcome == "bypass")
         .where(events.outcome != "error")
         .order_by(*in_order),
         events.created_at,
@@ -347,19 +351,20 @@ def replay_ttls(
         rows = connection.execute(query).all()
     if not rows:
         return [TtlOutcome(h, 0, 0, share) for h in ttl_hours]
-    table = np.array([tuple(row) for row in rows], dtype=float)  # plain tuples: numpy reads Rows slowly
-    new_keys, seconds, forced = table[:, 0], table[:, 1], table[:, 2]
+    table = np.array([tuple(row) for row in rows], dtype=np.int64)  # plain tuples: numpy reads Rows slowly
+    new_keys, micros, forced = table[:, 0], table[:, 1], table[:, 2]
     # One sorted axis for all keys: each key's times shifted past the previous key's, so a
     # search from inside one key never skips the next key's first request.
-    span = float(seconds.max() - seconds.min()) + max(ttl_hours) * 3600 + 1
-    axis = np.cumsum(new_keys.astype(bool)) * span + (seconds - seconds.min())
+    ttls = [round(hours * 3_600_000_000) for hours in ttl_hours]
+    span = int(micros.max() - micros.min()) + max(ttls) + 1
+    axis = np.cumsum(new_keys) * span + (micros - micros.min())
     n = len(axis)
     # The first forced refresh after each request: a generation no TTL can skip.
-    forced_at = np.where(forced.astype(bool), np.arange(n), n)
+    forced_at = np.where(forced == 1, np.arange(n), n)
     next_forced = np.append(np.minimum.accumulate(forced_at[::-1])[::-1][1:], n)
     outcomes = []
-    for hours in ttl_hours:
-        following = np.minimum(np.searchsorted(axis, axis + hours * 3600, side="left"), next_forced).tolist()
+    for hours, ttl in zip(ttl_hours, ttls, strict=True):
+        following = np.minimum(np.searchsorted(axis, axis + ttl, side="left"), next_forced).tolist()
         calls, i = 0, 0
         while i < n:  # from each generation straight to the next one
             calls += 1

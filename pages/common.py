@@ -74,6 +74,9 @@ def format_duration(ms: float) -> str:
     return str(timedelta(seconds=round(ms / 1000))) if ms >= 60_000 else f"{ms / 1000:.1f} s"
 
 
+EXERCISE_COLUMNS = {"name": "Exercise", "sets": "Sets", "reps": "Reps", "rest_seconds": "Rest (s)", "notes": "Notes"}
+
+
 def render_program(program: dict[str, Any], *, key: str) -> None:
     """A program as a coach reads it: what it is, each week's sessions, the safety notes."""
     st.subheader(escape_markdown(program["title"]), anchor=False)
@@ -92,15 +95,8 @@ def render_program(program: dict[str, Any], *, key: str) -> None:
                 focus = escape_markdown(session["focus"])
                 st.markdown(f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min")
                 st.dataframe(
-                    pd.DataFrame(session["exercises"]).rename(
-                        columns={
-                            "name": "Exercise",
-                            "sets": "Sets",
-                            "reps": "Reps",
-                            "rest_seconds": "Rest (s)",
-                            "notes": "Notes",
-                        }
-                    ),
+                    # Explicit order: JSONB hands object keys back sorted by length.
+                    pd.DataFrame(session["exercises"], columns=list(EXERCISE_COLUMNS)).rename(columns=EXERCISE_COLUMNS),
                     hide_index=True,
                     width="stretch",
                 )

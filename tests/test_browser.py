@@ -163,6 +163,11 @@ def test_a_coach_and_an_operator_through_every_page(
     expect(grid_cells(page, "e2e-client")).to_have_count(3)
     expect(grid_cells(page, "cache")).to_have_count(1)
     expect(grid_cells(page, "llm")).to_have_count(2)
+    # Pick the newest row (the row marker column at the grid's left edge) to see its program.
+    page.get_by_test_id("stDataFrame").first.click(position={"x": 18, "y": 52})
+    settle(page)
+    expect(page.get_by_text("Program #3 for e2e-client")).to_be_visible()
+    expect(page.get_by_role("tab", name="Week 1")).to_be_visible()
     shot(page, "3-history")
 
     go_to(page, "Cache monitoring")

@@ -137,7 +137,7 @@ def reference_replay(requests: list[tuple[str, float, bool]], ttl_seconds: float
     return calls
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
         st.tuples(st.sampled_from(["A", "B", "C"]), st.integers(0, 72 * 60), st.booleans()), min_size=1, max_size=40
