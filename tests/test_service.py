@@ -324,3 +324,15 @@ def test_entries_count_their_hits_since_written(service: ProgramService) -> None
     assert counts == {"coach-client-1": 2, "someone-else": 0}
     generate(service, force_refresh=True)  # a new entry: its count starts again
     assert cache_store.list_entries(service.engine, user_id="coach-client-1")[0].hit_count == 0
+
+
+def test_an_entry_changed_after_a_validated_hit_is_validated_again(service: ProgramService) -> None:
+    # The first hit validates the entry's version and remembers it; a hand edit of the row
+    # must still be caught on the next hit, not served from what was remembered.
+    first = generate(service)
+    assert generate(service).cache_hit
+    assert generate(service).cache_hit
+    set_entry(service.engine, first.cache_key, data={**first.program, "weeks": []})
+    again = generate(service)
+    assert (again.cache_hit, again.miss_reason) == (False, "invalid_entry")
+    assert again.program == first.program
