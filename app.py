@@ -2,7 +2,14 @@
 
 import streamlit as st
 
-from pages.common import auth_enabled, current_actor, escape_markdown, get_engine, get_settings
+from pages.common import (
+    auth_enabled,
+    current_actor,
+    escape_markdown,
+    get_engine,
+    get_generator_warning,
+    get_settings,
+)
 
 st.set_page_config(page_title="Coach Cache", page_icon=":material/fitness_center:", layout="wide")
 
@@ -14,6 +21,8 @@ def sidebar() -> None:
         st.caption("ADR-049 training program cache")
         st.markdown(f":material/storage: **Database**  \n{escape_markdown(settings.describe_database())}")
         st.markdown(f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}")
+        if warning := get_generator_warning():
+            st.warning(escape_markdown(warning), icon=":material/warning:")
         st.markdown(f":material/schedule: **Cache TTL**  \n{settings.cache_ttl_hours:g} h")
         if auth_enabled():
             st.markdown(f":material/person: **Signed in**  \n{escape_markdown(current_actor())}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from core import admin, monitoring
 from core.db import make_engine, migrate
-from core.generators import make_generator
+from core.generators import make_generator, startup_warning
 from core.models import ContractError
 from core.service import GenerationFailed, ProgramService
 from core.settings import Settings
@@ -63,7 +63,10 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(2, str(exc))
     engine = make_engine(settings.database_url)
     migrate(engine)
-    service = ProgramService.from_settings(settings, engine=engine, generator=make_generator(settings))
+    generator = make_generator(settings)
+    if warning := startup_warning(generator):
+        logging.getLogger("core.cli").warning(warning)
+    service = ProgramService.from_settings(settings, engine=engine, generator=generator)
     try:
         result = service.generate(
             user_id=args.user_id,
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 "llm_calls": totals.llm_calls,
                 "hit_rate": totals.hit_rate,
                 "cache_errors": totals.cache_read_errors + totals.cache_write_errors,
+                "llm_cost_usd": round(totals.cost_spent(settings), 6),
             }
         )
     return 0

@@ -132,8 +132,12 @@ class Summary:
     llm_calls: int
     avg_hit_ms: float | None
     avg_llm_request_ms: float | None
+    # Every billed token, failed generations (refused, truncated, invalid) included ...
     prompt_tokens: int
     completion_tokens: int
+    # ... and those of the generations that produced a program.
+    llm_prompt_tokens: int
+    llm_completion_tokens: int
     cache_read_errors: int
     cache_write_errors: int
 
@@ -142,14 +146,15 @@ class Summary:
         served = self.hits + self.misses + self.bypasses
         return self.hits / served if served else None
 
+    def cost_spent(self, settings: Settings) -> float:
+        """What the LLM billed in the window, failed generations included."""
+        return _cost(self.prompt_tokens, self.completion_tokens, settings)
+
     def cost_per_llm_call(self, settings: Settings) -> float:
+        """The average cost of a generation that produced a program: what a hit saves."""
         if not self.llm_calls:
             return 0.0
-        cost = (
-            self.prompt_tokens * settings.price_input_per_million
-            + self.completion_tokens * settings.price_output_per_million
-        ) / 1_000_000
-        return cost / self.llm_calls
+        return _cost(self.llm_prompt_tokens, self.llm_completion_tokens, settings) / self.llm_calls
 
     def cost_saved(self, settings: Settings) -> float:
         return self.hits * self.cost_per_llm_call(settings)
@@ -158,6 +163,12 @@ class Summary:
         if self.avg_llm_request_ms is None:
             return 0.0
         return self.hits * max(0.0, self.avg_llm_request_ms - (self.avg_hit_ms or 0.0)) / 1000
+
+
+def _cost(prompt_tokens: int, completion_tokens: int, settings: Settings) -> float:
+    return (
+        prompt_tokens * settings.price_input_per_million + completion_tokens * settings.price_output_per_million
+    ) / 1_000_000
 
 
 def summary(engine: Engine, since: datetime | None = None) -> Summary:
@@ -182,6 +193,8 @@ def summary(engine: Engine, since: datetime | None = None) -> Summary:
         average(is_llm).label("avg_llm_request_ms"),
         total(h.prompt_tokens).label("prompt_tokens"),
         total(h.completion_tokens).label("completion_tokens"),
+        total(h.prompt_tokens, is_llm).label("llm_prompt_tokens"),
+        total(h.completion_tokens, is_llm).label("llm_completion_tokens"),
         total(h.cache_read_errors).label("cache_read_errors"),
         total(h.cache_write_errors).label("cache_write_errors"),
     )

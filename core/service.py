@@ -320,14 +320,18 @@ class ProgramService:
         llm_started = perf_counter()
         try:
             generation = self.generator.generate(request.profile, request.has_paid_access)
-            program_json = json.dumps(
-                parse_program(generation.program, request.profile), ensure_ascii=False, separators=(",", ":")
-            )
-        except (GenerationError, ContractError) as exc:
-            what = "the generated program is invalid" if isinstance(exc, ContractError) else "generation failed"
-            message = f"{what}: {exc}. Nothing was cached or saved."
-            self._record_failure(request, reason, message)
+        except GenerationError as exc:
+            # A refused, truncated or malformed answer was still billed: count its tokens.
+            message = f"generation failed: {exc}. Nothing was cached or saved."
+            self._record_failure(request, reason, message, exc.prompt_tokens, exc.completion_tokens)
             raise GenerationFailed(message) from None
+        try:
+            program = parse_program(generation.program, request.profile)
+        except ContractError as exc:
+            message = f"the generated program is invalid: {exc}. Nothing was cached or saved."
+            self._record_failure(request, reason, message, generation.prompt_tokens, generation.completion_tokens)
+            raise GenerationFailed(message) from None
+        program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
 
         now = utcnow()
@@ -422,7 +426,14 @@ class ProgramService:
             return replace(result, history_error=message, unsaved=record)
         return replace(result, training_program_id=program_id)
 
-    def _record_failure(self, request: _Request, reason: MissReason, message: str) -> None:
+    def _record_failure(
+        self,
+        request: _Request,
+        reason: MissReason,
+        message: str,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None:
         self._record_event(
             GenerationEvent(
                 user_id=request.user_id,
@@ -430,6 +441,8 @@ class ProgramService:
                 outcome="error",
                 miss_reason=reason,
                 latency_ms=request.elapsed_ms(),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
                 cache_read_error=request.cache_read_error,
                 error=message,
             )

@@ -19,8 +19,14 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     cache_ttl_hours: float = Field(default=24.0, gt=0)
-    llm_timeout_seconds: float = Field(default=60.0, gt=0)
-    llm_max_retries: int = Field(default=2, ge=0)
+    # One attempt may take as long as the largest program takes to write: 16 k tokens at a
+    # slow 150 tokens/s is about 110 s. Each retry can be billed again (a timed-out
+    # generation usually still runs to its end on the server), hence one retry by default.
+    llm_timeout_seconds: float = Field(default=120.0, gt=0)
+    llm_max_retries: int = Field(default=1, ge=0)
+    # The largest valid program (8 weeks x 7 sessions, long notes) is about 43 KB of JSON,
+    # 11-12 k tokens; the cap leaves room for wordier exercise notes.
+    llm_max_completion_tokens: int = Field(default=16_000, ge=1_000)
     # USD per million tokens, for the "cost saved" estimate only.
     price_input_per_million: float = Field(default=0.15, ge=0)
     price_output_per_million: float = Field(default=0.60, ge=0)

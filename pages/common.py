@@ -12,7 +12,7 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from core.db import make_engine, migrate
-from core.generators import make_generator
+from core.generators import make_generator, startup_warning
 from core.service import ProgramService
 from core.settings import Settings
 
@@ -33,6 +33,11 @@ def get_engine() -> Engine:
 def get_service() -> ProgramService:
     settings = get_settings()
     return ProgramService.from_settings(settings, engine=get_engine(), generator=make_generator(settings))
+
+
+@st.cache_resource
+def get_generator_warning() -> str | None:
+    return startup_warning(get_service().generator)
 
 
 def auth_enabled() -> bool:

@@ -39,7 +39,7 @@ def dollars(amount: float) -> str:
 
 def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
     settings = get_settings()
-    cols = st.columns(5)
+    cols = st.columns(6)
     rate = summary.hit_rate
     cols[0].metric("Hit rate", f"{rate:.1%}" if rate is not None else "–", border=True)
     cols[1].metric("LLM calls avoided", f"{summary.hits:,}", help=f"{summary.llm_calls:,} calls made", border=True)
@@ -47,7 +47,7 @@ def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
         "Cost saved",
         dollars(summary.cost_saved(settings)),
         border=True,
-        help="Hits × the average tokens of an LLM call × the configured token prices",
+        help="Hits × the average cost of a generation that produced a program",
     )
     cols[3].metric(
         "Time saved",
@@ -56,6 +56,12 @@ def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
         help="Hits × (average LLM request latency − average hit latency)",
     )
     cols[4].metric(
+        "LLM spend",
+        dollars(summary.cost_spent(settings)),
+        border=True,
+        help="Every billed token at the configured prices, failed generations included",
+    )
+    cols[5].metric(
         "Cache storage",
         format_bytes(storage.table_bytes),
         border=True,

@@ -1,7 +1,9 @@
 """A local OpenAI-compatible HTTP server on loopback, standing in for the LLM.
 
 It speaks the Chat Completions wire format the real SDK sends and reads, writes programs
-with the offline coach from the profile in the request, and can misbehave on demand."""
+with the offline coach from the profile in the request, and can misbehave on demand. Like
+OpenAI, it refuses (HTTP 400, OpenAI's error body) a request whose response format breaks
+the strict-mode rules, so no request the real API would refuse passes the suite."""
 
 from __future__ import annotations
 
@@ -14,17 +16,22 @@ from typing import Any
 
 from core.generators.offline import build_program
 from core.models import parse_onboarding
+from tests import openai_strict
 
 
 @dataclass
 class Behaviour:
-    # good | malformed | wrong_shape | status | hang
+    # good | malformed | wrong_shape | truncated | content_filter | refusal | status | hang
     mode: str = "good"
     status: int = 500
     delay_seconds: float = 0.0
     # Answer this many first requests with HTTP `status` (and Retry-After), then behave.
     fail_first: int = 0
     retry_after: str | None = None
+    # The error message in a `status` answer.
+    message: str = "injected failure"
+    # What GET /v1/models lists.
+    served_models: tuple[str, ...] = ()
 
 
 @dataclass
@@ -41,6 +48,10 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                models = [{"id": m, "object": "model", "owned_by": "test"} for m in fake.behaviour.served_models]
+                _send(self, 200, {"object": "list", "data": models})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -75,9 +86,13 @@ class FakeOpenAI:
 
     def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], call: int) -> None:
         b = self.behaviour
+        fine_tuned = str(body.get("model", "")).startswith("ft:")
+        found = openai_strict.violations(body.get("response_format"), fine_tuned=fine_tuned)
+        if found:
+            return _send(handler, 400, openai_strict.error_body(body.get("response_format"), found))
         if call <= b.fail_first or b.mode == "status":
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
-            return _send(handler, b.status, {"error": {"message": "injected failure", "type": "server_error"}}, headers)
+            return _send(handler, b.status, {"error": {"message": b.message, "type": "server_error"}}, headers)
         if b.mode == "hang":
             self._stop_hanging.wait(60)
             return None
@@ -88,11 +103,24 @@ class FakeOpenAI:
         program = build_program(profile, request["has_paid_access"])
         if b.mode == "wrong_shape":
             program["weeks"][0]["sessions"].append(program["weeks"][0]["sessions"][0])
-        content = "{'title': 'not json'" if b.mode == "malformed" else json.dumps(program)
-        return _send(handler, 200, _completion(body["model"], content))
+        content = json.dumps(program)
+        finish_reason, refusal = "stop", None
+        if b.mode == "malformed":
+            content = "{'title': 'not json'"
+        elif b.mode == "truncated":
+            content, finish_reason = content[: len(content) // 2], "length"
+        elif b.mode == "content_filter":
+            content, finish_reason = "", "content_filter"
+        elif b.mode == "refusal":
+            content, refusal = "", "I can't help with that."
+        return _send(handler, 200, _completion(body["model"], content, finish_reason, refusal))
 
 
-def _completion(model: str, content: str) -> dict[str, Any]:
+# Every answer bills these, failed ones included.
+PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
+
+
+def _completion(model: str, content: str, finish_reason: str = "stop", refusal: str | None = None) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -101,11 +129,15 @@ def _completion(model: str, content: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+                "finish_reason": finish_reason,
             }
         ],
-        "usage": {"prompt_tokens": 420, "completion_tokens": 1800, "total_tokens": 2220},
+        "usage": {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": COMPLETION_TOKENS,
+            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        },
     }
 
 

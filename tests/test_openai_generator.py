@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import Engine
+import json
+from typing import Any
 
-from core.generators import OpenAIChatGenerator
-from core.schema import ai_coach_cache, training_programs
+import openai
+import pytest
+from sqlalchemy import Engine, select
+
+from core import monitoring
+from core.generators import OpenAIChatGenerator, startup_warning
+from core.generators.offline import build_program
+from core.generators.openai_chat import program_response_format
+from core.models import parse_onboarding
+from core.schema import ai_coach_cache, generation_events, training_programs
 from core.service import GenerationFailed, ProgramService
-from tests.fake_openai import Behaviour, FakeOpenAI
+from core.settings import Settings
+from tests import openai_strict
+from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, count_rows
 
+API_KEY = "sk-test-not-a-secret"
 
-def openai_service(engine: Engine, fake: FakeOpenAI, *, timeout: float = 5, retries: int = 0) -> ProgramService:
-    generator = OpenAIChatGenerator(
-        api_key="sk-test-not-a-secret",
-        model="gpt-test",
+
+def openai_generator(fake: FakeOpenAI, *, model: str = "gpt-test", timeout: float = 5, retries: int = 0) -> Any:
+    return OpenAIChatGenerator(
+        api_key=API_KEY,
+        model=model,
         base_url=fake.base_url,
         timeout_seconds=timeout,
         max_retries=retries,
+        max_completion_tokens=Settings().llm_max_completion_tokens,
     )
-    return ProgramService(engine=engine, generator=generator, lock_wait_seconds=30)
+
+
+def openai_service(engine: Engine, fake: FakeOpenAI, *, model: str = "gpt-test", **options: Any) -> ProgramService:
+    return ProgramService(engine=engine, generator=openai_generator(fake, model=model, **options), lock_wait_seconds=30)
 
 
 def test_a_good_answer_is_validated_cached_and_saved_with_token_usage(engine: Engine, fake_openai: FakeOpenAI) -> None:
@@ -48,6 +64,9 @@ def test_a_good_answer_is_validated_cached_and_saved_with_token_usage(engine: En
         (Behaviour(mode="malformed"), "malformed JSON"),
         (Behaviour(mode="wrong_shape"), "has 4 sessions, days_per_week is 3"),
         (Behaviour(mode="status", status=500), "HTTP 500"),
+        (Behaviour(mode="truncated"), "cut off at max_completion_tokens=16000"),
+        (Behaviour(mode="content_filter"), "content filter stopped the answer"),
+        (Behaviour(mode="refusal"), "the LLM refused: I can't help with that."),
         (Behaviour(mode="status", status=429, retry_after="0"), "HTTP 429"),
         (Behaviour(mode="hang"), "timeout"),
     ],
@@ -60,7 +79,7 @@ def test_a_bad_answer_caches_and_saves_nothing(
     with pytest.raises(GenerationFailed) as error:
         service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
     assert says in str(error.value)
-    assert "Nothing was cached or saved" in str(error.value)
+    assert "Nothing was cached or saved" in str(error.value) and "\n" not in str(error.value)
     assert count_rows(engine, ai_coach_cache) == 0
     assert count_rows(engine, training_programs) == 0
     # The single-flight lock was released: the next request reaches the LLM again.
@@ -75,3 +94,134 @@ def test_the_sdk_retries_a_429_that_says_when_to_retry(engine: Engine, fake_open
     )
     assert result.training_program_id is not None
     assert fake_openai.calls == 2
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "ft:gpt-4o-mini-2024-07-18:acme::abc123"])
+def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
+    engine: Engine, fake_openai: FakeOpenAI, model: str
+) -> None:
+    """The exact response_format sent, held against OpenAI's documented strict-mode rules
+    (tests/openai_strict.py cites them): base models, and fine-tuned ones, which refuse
+    number and array bounds as well as string lengths."""
+    openai_service(engine, fake_openai, model=model).generate(
+        user_id="u1", onboarding_responses=PROFILE, has_paid_access=True
+    )
+    sent = fake_openai.requests[0]
+    assert openai_strict.violations(sent["response_format"], fine_tuned=model.startswith("ft:")) == []
+    assert sent["max_completion_tokens"] == 16_000
+    # The bounds left out are stated in words, for the model to follow.
+    title = sent["response_format"]["json_schema"]["schema"]["properties"]["title"]
+    assert "at most 120 characters" in title["description"]
+
+
+def _valid_format() -> dict[str, Any]:
+    return program_response_format("gpt-test")
+
+
+def _schema(rf: dict[str, Any]) -> dict[str, Any]:
+    return rf["json_schema"]["schema"]
+
+
+MUTATIONS = {
+    "enum without type": lambda rf: _schema(rf)["properties"]["goal"].pop("type"),
+    "open object": lambda rf: _schema(rf).update(additionalProperties=True),
+    "optional property": lambda rf: _schema(rf)["required"].remove("summary"),
+    "minLength": lambda rf: _schema(rf)["properties"]["title"].update(minLength=1),
+    "allOf": lambda rf: _schema(rf)["properties"].update(extra={"allOf": [{"type": "string"}]}),
+    "bad name": lambda rf: rf["json_schema"].update(name="training program!"),
+    "not strict": lambda rf: rf["json_schema"].update(strict=False),
+    "root anyOf": lambda rf: rf["json_schema"].update(schema={"anyOf": [{"type": "object"}]}),
+    "too deep": lambda rf: _schema(rf)["properties"].update(deep=_nested(11)),
+    "too many enum values": lambda rf: _schema(rf)["properties"]["goal"].update(enum=[f"g{i}" for i in range(1001)]),
+}
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        node = {"type": "object", "properties": {"x": node}, "required": ["x"], "additionalProperties": False}
+    return node
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_the_strict_rules_checker_catches_each_kind_of_violation(mutation: str) -> None:
+    response_format = _valid_format()
+    assert openai_strict.violations(response_format) == []
+    MUTATIONS[mutation](response_format)
+    assert openai_strict.violations(response_format) != []
+
+
+def test_fine_tuned_models_are_held_to_their_narrower_rules() -> None:
+    base = _valid_format()
+    assert "minimum" in json.dumps(base) and openai_strict.violations(base, fine_tuned=True) != []
+
+
+def test_the_local_server_refuses_what_openai_refuses_and_the_reason_reaches_the_coach(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    bad = _valid_format()
+    MUTATIONS["enum without type"](bad)
+    client = openai.OpenAI(api_key=API_KEY, base_url=fake_openai.base_url, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gpt-test", messages=[], response_format=bad)  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_json_schema"
+    assert "('properties', 'goal')" in refused.value.message
+
+    # The server's own message, one line and without the key, is what the service reports.
+    said = "Invalid schema for response_format 'training_program': In context=('properties', 'goal'), schema must\n"
+    fake_openai.reset(Behaviour(mode="status", status=400, message=said + f"have a 'type' key ({API_KEY})"))
+    with pytest.raises(GenerationFailed) as error:
+        openai_service(engine, fake_openai).generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    message = str(error.value)
+    assert "HTTP 400: Invalid schema for response_format 'training_program'" in message
+    assert "schema must have a 'type' key" in message and API_KEY not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("mode", ["truncated", "content_filter", "refusal", "malformed", "wrong_shape"])
+def test_every_billed_token_is_counted_failed_generations_included(
+    engine: Engine, fake_openai: FakeOpenAI, mode: str
+) -> None:
+    service = openai_service(engine, fake_openai)
+    service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    fake_openai.reset(Behaviour(mode=mode))
+    with pytest.raises(GenerationFailed):
+        service.generate(user_id="u2", onboarding_responses=PROFILE, has_paid_access=False)
+
+    with engine.connect() as connection:
+        failed = connection.execute(
+            select(generation_events.c.prompt_tokens, generation_events.c.completion_tokens).where(
+                generation_events.c.outcome == "error"
+            )
+        ).one()
+    assert tuple(failed) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    totals = monitoring.summary(engine)
+    prices = Settings(price_input_per_million=1.0, price_output_per_million=2.0)
+    one_call = (PROMPT_TOKENS * 1.0 + COMPLETION_TOKENS * 2.0) / 1_000_000
+    assert totals.cost_spent(prices) == pytest.approx(2 * one_call)  # the success and the failure
+    assert totals.cost_per_llm_call(prices) == pytest.approx(one_call)  # what a hit saves
+
+
+def test_the_output_cap_holds_the_largest_valid_program() -> None:
+    """Roughly 4 bytes of JSON a token: the cap must fit the largest program the contract
+    allows a profile to ask for (8 weeks of 7 sessions with every piece of equipment)."""
+    largest = parse_onboarding(
+        {
+            "goal": "strength",
+            "experience_level": "advanced",
+            "days_per_week": 7,
+            "session_minutes": 180,
+            "equipment": ["barbell", "dumbbells", "kettlebells", "machines", "pull_up_bar", "cardio_machine"],
+            "injuries": "x" * 500,
+            "notes": "y" * 1000,
+        }
+    )
+    size = len(json.dumps(build_program(largest, True)))
+    assert size / 4 < Settings().llm_max_completion_tokens
+
+
+def test_a_server_that_does_not_serve_the_model_is_named_at_start(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reset(Behaviour(served_models=("llama3.1:8b", "qwen2.5:7b")))
+    warning = startup_warning(openai_generator(fake_openai, model="gpt-4o-mini"))
+    assert warning == "the LLM server does not list OPENAI_MODEL=gpt-4o-mini; it serves: llama3.1:8b, qwen2.5:7b"
+    fake_openai.reset(Behaviour(served_models=("gpt-4o-mini",)))
+    assert startup_warning(openai_generator(fake_openai, model="gpt-4o-mini")) is None

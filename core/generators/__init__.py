@@ -15,7 +15,14 @@ def make_generator(settings: Settings) -> ProgramGenerator:
         base_url=settings.openai_base_url,
         timeout_seconds=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
+        max_completion_tokens=settings.llm_max_completion_tokens,
     )
+
+
+def startup_warning(generator: ProgramGenerator) -> str | None:
+    """What an operator should hear before the first generation: an OpenAI-compatible server
+    that does not serve the configured model."""
+    return generator.missing_model_warning() if isinstance(generator, OpenAIChatGenerator) else None
 
 
 __all__ = [
@@ -25,4 +32,5 @@ __all__ = [
     "OpenAIChatGenerator",
     "ProgramGenerator",
     "make_generator",
+    "startup_warning",
 ]

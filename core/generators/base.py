@@ -27,7 +27,14 @@ class Generation:
 
 
 class GenerationError(RuntimeError):
-    """The generator could not produce a program; the message says what failed."""
+    """The generator could not produce a program; the message says what failed. The tokens
+    the server billed for the failed attempt (a refusal, a truncated or malformed answer)
+    travel with it, so that monitoring counts every billed token."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None, completion_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
 
 
 class ProgramGenerator(Protocol):

@@ -3,7 +3,9 @@ program's JSON schema as structured output. Retries and timeouts are the SDK's o
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from typing import Any
 
 import openai
@@ -20,10 +22,37 @@ Rules:
 - Respect injuries and limitations: avoid movements that load them and say so in safety_notes.
 Answer with the program as JSON matching the schema, nothing else."""
 
+# Strict mode supports no string length keywords, and fine-tuned models refuse number
+# and array bounds too. The request leaves such keywords out and states them in the
+# node's description instead; the service validates every answer against the contract.
+STRING_LENGTHS = {"minLength": "at least {} characters", "maxLength": "at most {} characters"}
+BOUNDS = {"minimum": "at least {}", "maximum": "at most {}", "minItems": "at least {} items"}
+FINE_TUNED_PREFIX = "ft:"
+SERVER_MESSAGE_CHARS = 300
 
-def program_response_format() -> dict[str, Any]:
-    schema = {k: v for k, v in load_contract("training_program").items() if not k.startswith("$")}
+
+def _state_in_words(node: Any, keywords: dict[str, str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _state_in_words(item, keywords)
+        return
+    if not isinstance(node, dict):
+        return
+    words = [text.format(node.pop(k)) for k, text in keywords.items() if k in node]
+    if words:
+        described = node.get("description")
+        node["description"] = f"{described} ({', '.join(words)})" if described else ", ".join(words)
+    for value in node.values():
+        _state_in_words(value, keywords)
+
+
+def program_response_format(model: str) -> dict[str, Any]:
+    """The program contract as a strict `json_schema` response format that OpenAI accepts
+    for `model` (tests/openai_strict.py checks it against the documented rules)."""
+    schema = {k: v for k, v in copy.deepcopy(load_contract("training_program")).items() if not k.startswith("$")}
     schema.pop("examples", None)
+    fine_tuned = model.startswith(FINE_TUNED_PREFIX)
+    _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS} if fine_tuned else STRING_LENGTHS)
     return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": True, "schema": schema}}
 
 
@@ -36,12 +65,15 @@ class OpenAIChatGenerator:
         base_url: str | None,
         timeout_seconds: float,
         max_retries: int,
+        max_completion_tokens: int,
     ) -> None:
         self.model = model
+        self.max_completion_tokens = max_completion_tokens
+        self._api_key = api_key
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
         )
-        self._response_format = program_response_format()
+        self._response_format = program_response_format(model)
 
     @property
     def name(self) -> str:
@@ -61,32 +93,79 @@ class OpenAIChatGenerator:
                     {"role": "user", "content": json.dumps(request)},
                 ],
                 response_format=self._response_format,  # type: ignore[arg-type]
+                max_completion_tokens=self.max_completion_tokens,
             )
-        except openai.APITimeoutError:
-            raise GenerationError("the LLM did not answer before the timeout") from None
-        except openai.APIStatusError as exc:
-            raise GenerationError(f"the LLM server answered HTTP {exc.status_code}") from None
-        except openai.APIConnectionError:
-            raise GenerationError("could not connect to the LLM server") from None
-        except openai.OpenAIError as exc:
-            raise GenerationError(f"the LLM call failed: {type(exc).__name__}") from None
+        except openai.APIError as exc:
+            raise GenerationError(self._describe(exc)) from None
+        usage = completion.usage
+        prompt_tokens = usage.prompt_tokens if usage else None
+        completion_tokens = usage.completion_tokens if usage else None
+        try:
+            program = self._program_from(completion)
+        except GenerationError as exc:
+            raise GenerationError(str(exc), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens) from None
         return Generation(
-            program=_program_from(completion),
+            program=program,
             model=completion.model or self.model,
-            prompt_tokens=completion.usage.prompt_tokens if completion.usage else None,
-            completion_tokens=completion.usage.completion_tokens if completion.usage else None,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
 
+    def missing_model_warning(self) -> str | None:
+        """A warning when the server does not serve `model` (a vLLM or Ollama server knows
+        only the names it was started with), so the operator hears it before the first
+        generation fails; None when it is listed or the list cannot be had."""
+        try:
+            served = [m.id for m in self._client.with_options(max_retries=0, timeout=5).models.list()]
+        except openai.APIError:
+            return None
+        if not served or self.model in served:
+            return None
+        shown = ", ".join(sorted(served)[:10])
+        return f"the LLM server does not list OPENAI_MODEL={self.model}; it serves: {shown}"
 
-def _program_from(completion: Any) -> Any:
-    if not completion.choices:
-        raise GenerationError("the LLM answered with no choices")
-    message = completion.choices[0].message
-    if getattr(message, "refusal", None):
-        raise GenerationError(f"the LLM refused: {message.refusal[:200]}")
-    if completion.choices[0].finish_reason == "length":
-        raise GenerationError("the LLM's answer was cut off at the token limit")
-    try:
-        return json.loads(message.content or "")
-    except json.JSONDecodeError:
-        raise GenerationError("the LLM answered with malformed JSON") from None
+    def _describe(self, exc: openai.APIError) -> str:
+        """What failed, in one line: for an HTTP error the server's own message (OpenAI's names
+        the offending schema path), never the API key."""
+        if isinstance(exc, openai.APITimeoutError):
+            return "the LLM did not answer before the timeout"
+        if isinstance(exc, openai.APIConnectionError):
+            return "could not connect to the LLM server"
+        if isinstance(exc, openai.APIStatusError):
+            said = _server_message(exc.body)
+            said = said.replace(self._api_key, "[key]") if self._api_key else said
+            return f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
+        return f"the LLM call failed: {type(exc).__name__}"
+
+    def _program_from(self, completion: Any) -> Any:
+        if not completion.choices:
+            raise GenerationError("the LLM answered with no choices")
+        choice = completion.choices[0]
+        if getattr(choice.message, "refusal", None):
+            raise GenerationError(f"the LLM refused: {_one_line(choice.message.refusal)}")
+        if choice.finish_reason == "length":
+            raise GenerationError(
+                f"the LLM's answer was cut off at max_completion_tokens={self.max_completion_tokens} "
+                "(raise LLM_MAX_COMPLETION_TOKENS)"
+            )
+        if choice.finish_reason == "content_filter":
+            raise GenerationError("the LLM server's content filter stopped the answer")
+        try:
+            return json.loads(choice.message.content or "")
+        except json.JSONDecodeError:
+            raise GenerationError("the LLM answered with malformed JSON") from None
+
+
+def _server_message(body: object) -> str:
+    # OpenAI's error body is {"error": {"message": ...}}; some compatible servers send
+    # {"message": ...} or {"detail": ...}, and the SDK hands over the inner object already.
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") or inner.get("detail") if isinstance(inner, dict) else inner
+        return _one_line(str(message)) if message else ""
+    return _one_line(body) if isinstance(body, str) else ""
+
+
+def _one_line(text: str) -> str:
+    collapsed = re.sub(r"\s+", " ", text).strip()
+    return collapsed if len(collapsed) <= SERVER_MESSAGE_CHARS else collapsed[: SERVER_MESSAGE_CHARS - 1] + "…"
