@@ -63,7 +63,7 @@ def floor(engine: Engine, statements: list[tuple[str, Any]], repetitions: int) -
             host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
         )
     else:
-        connection = sqlite3.connect(url.database, isolation_level=None)
+        connection = sqlite3.connect(url.database or ":memory:", isolation_level=None)
         connection.execute("PRAGMA busy_timeout=30000")
 
     def transaction() -> None:

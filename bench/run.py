@@ -27,7 +27,7 @@ from core.generators import OfflineGenerator
 from core.history import HistoryFilter
 from core.models import parse_onboarding
 from core.service import ProgramService, ValidatedPrograms
-from tests.helpers import CountingGenerator  # the offline coach taking a fixed time, counting calls
+from testkit.counting import CountingGenerator
 
 PROFILE = {
     "goal": "hypertrophy",
@@ -170,7 +170,7 @@ def monitoring_queries(engine: Engine, reps: int) -> dict[str, Any]:
         "entries_written_over_time": lambda: monitoring.entries_written_over_time(engine, since, "day"),
         "ttl_replay": lambda: monitoring.replay_ttls(engine, [1, 6, 12, 24, 72, 168], since),
     }
-    results = {name: time_calls(query, reps, warmup=1) for name, query in queries.items()}
+    results: dict[str, Any] = {name: time_calls(query, reps, warmup=1) for name, query in queries.items()}
     results["page_total_p50_ms"] = round(sum(r["p50_ms"] for r in results.values()), 1)
     return results
 
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         server = None
         url = args.database_url
         if not url:
-            from tests.pg_server import PostgresServer  # the tests' throwaway cluster
+            from testkit.pg_server import PostgresServer
 
             server = PostgresServer().start()
             server.wait_ready()

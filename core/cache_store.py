@@ -31,9 +31,9 @@ class CacheEntry:
     expires_at: datetime
     created_at: datetime
     updated_at: datetime
-    # PostgreSQL's row version (xmin): any change to the row, an upsert or a hand edit,
-    # changes it. None on SQLite, where every read fetches the program.
-    version: str | None
+    # PostgreSQL's row version (xmin), checked on a hit: any change to the row, an upsert
+    # or a hand edit, changes it. None on SQLite, where every read fetches the program.
+    row_version: str | None
 
     def is_valid(self, now: datetime) -> bool:
         return self.expires_at > now
@@ -58,9 +58,10 @@ def _read_entry(dialect: str) -> Any:
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def read_entry(connection: Connection, key: str, known_version: str | None = None) -> CacheEntry | None:
-    """The entry under `key`, expired or not: an expired one tells the miss reason."""
-    row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_version}).first()
+def read_entry(connection: Connection, key: str, known_row_version: str | None = None) -> CacheEntry | None:
+    """The entry under `key`, expired or not: an expired one tells the miss reason. Its
+    program is left out when its row version is `known_row_version`."""
+    row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_row_version}).first()
     return CacheEntry(*row) if row else None
 
 

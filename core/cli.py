@@ -1,4 +1,4 @@
-"""`python -m core`: migrate, generate, cleanup, stats. JSON on stdout; errors on stderr.
+"""`python -m core`: migrate, generate, cleanup, stats, rollup. JSON on stdout; errors on stderr.
 
 Exit codes: 0 done, 1 generation failed (nothing cached or saved), 2 invalid input."""
 
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--force-refresh", action="store_true", help="bypass the cache and regenerate")
     commands.add_parser("cleanup", help="delete expired program entries")
     commands.add_parser("stats", help="cache entries, storage and hit rate")
+    commands.add_parser("rollup", help="roll settled hours of requests into the monitoring rollup (for cron)")
     return parser
 
 
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "cleanup":
         removal = admin.delete_expired_entries(engine, actor="cli")
         _emit({"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed})
+    elif args.command == "rollup":
+        _emit({"rolled_up_until": monitoring.refresh_rollup(engine)})
     elif args.command == "stats":
         store = monitoring.storage(engine)
         totals = monitoring.summary(engine)

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant naming "coach-cache migrations" among PostgreSQL advisory locks.
@@ -68,6 +68,13 @@ def connect_to_write(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{WRITES: True})
 
 
+def describe_db_error(exc: DBAPIError) -> str:
+    """The database's own first line (e.g. 'permission denied for table x'), without the
+    statement or its parameters."""
+    first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+    return f"{type(exc.orig).__name__}: {first_line[:200]}"
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
@@ -80,9 +87,11 @@ def _alembic_config() -> Config:
 
 def migrate(engine: Engine) -> str:
     """Bring the schema to the newest revision; safe to call on every start, from many
-    instances at once (PostgreSQL serialises them on an advisory lock)."""
+    instances at once: PostgreSQL serialises them on an advisory lock, SQLite on its write
+    lock, taken up front (BEGIN IMMEDIATE) so a second instance waits instead of failing
+    with "database is locked" when it upgrades its read to a write."""
     config = _alembic_config()
-    with engine.begin() as connection:
+    with connect_to_write(engine) as connection, connection.begin():
         if is_postgres(engine):
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, BinaryIO, Literal, cast, get_args
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select
 
@@ -14,6 +18,8 @@ from core.schema import ai_coach_cache, generation_events, json_text, training_p
 
 programs = training_programs.c
 Outcome = Literal["hit", "miss", "bypass", "error"]
+Source = Literal["llm", "cache"]
+SOURCES: tuple[Source, ...] = get_args(Source)
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class HistoryRecord:
     program_json: str
     onboarding_responses: dict[str, Any]
     has_paid_access: bool
-    source: Literal["llm", "cache"]
+    source: Source
     cache_key: str
     latency_ms: float
     model: str | None = None
@@ -85,7 +91,8 @@ _INSERT_PROGRAM_FROM_CACHE = (
             ai_coach_cache.c.data,
             *(bindparam(name, type_=programs[name].type) for name in _COPIED),
         ).where(
-            ai_coach_cache.c.cache_key == bindparam("entry_key"), ai_coach_cache.c.updated_at == bindparam("version")
+            ai_coach_cache.c.cache_key == bindparam("entry_key"),
+            ai_coach_cache.c.updated_at == bindparam("entry_written_at"),
         ),
     )
     .returning(programs.id)
@@ -101,22 +108,22 @@ def insert_event(connection: Connection, event: GenerationEvent) -> None:
     connection.execute(_INSERT_EVENT, _event_values(event))
 
 
-def insert_program(connection: Connection, record: HistoryRecord, *, cache_version: datetime | None = None) -> int:
-    """Save `record`; with `cache_version`, copy the program from that version of its
-    cache entry, or send it if the entry has changed since."""
-    if cache_version is not None:
-        row = connection.execute(_INSERT_PROGRAM_FROM_CACHE, _copy_values(record, cache_version)).first()
+def insert_program(connection: Connection, record: HistoryRecord, *, entry_written_at: datetime | None = None) -> int:
+    """Save `record`; with `entry_written_at` (the cache entry's `updated_at`), copy the
+    program from that write of its cache entry, or send it if the entry was written since."""
+    if entry_written_at is not None:
+        row = connection.execute(_INSERT_PROGRAM_FROM_CACHE, _copy_values(record, entry_written_at)).first()
         if row is not None:
             return row[0]
     values = _columns(record)
     return connection.execute(_INSERT_PROGRAM[connection.dialect.name], values).scalar_one()
 
 
-def _copy_values(record: HistoryRecord, cache_version: datetime) -> dict[str, Any]:
+def _copy_values(record: HistoryRecord, entry_written_at: datetime) -> dict[str, Any]:
     return {
         **{name: getattr(record, name) for name in _COPIED},
         "entry_key": record.cache_key,
-        "version": cache_version,
+        "entry_written_at": entry_written_at,
     }
 
 
@@ -130,18 +137,18 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 
 
 def insert_program_and_event(
-    connection: Connection, record: HistoryRecord, event: GenerationEvent, *, cache_version: datetime | None
+    connection: Connection, record: HistoryRecord, event: GenerationEvent, *, entry_written_at: datetime | None
 ) -> int:
-    """The history row (copied from the cache entry at `cache_version` when given) and the
-    request's event, in the caller's transaction."""
-    if cache_version is not None and connection.dialect.name == "postgresql":
-        params = {**_copy_values(record, cache_version), **_event_values(event, prefix="event_")}
+    """The history row (copied from the cache entry written at `entry_written_at` when
+    given) and the request's event, in the caller's transaction."""
+    if entry_written_at is not None and connection.dialect.name == "postgresql":
+        params = {**_copy_values(record, entry_written_at), **_event_values(event, prefix="event_")}
         row = connection.execute(_PROGRAM_AND_EVENT, params).first()
         if row is not None:
             return row[0]
         # The entry changed since it was read; the event is in, the program goes as sent.
         return insert_program(connection, record)
-    program_id = insert_program(connection, record, cache_version=cache_version)
+    program_id = insert_program(connection, record, entry_written_at=entry_written_at)
     insert_event(connection, event)
     return program_id
 
@@ -206,7 +213,15 @@ class HistoryFilter:
     user_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    source: Literal["llm", "cache"] | None = None
+    source: Source | None = None
+
+    @classmethod
+    def from_form(cls, *, user_id: str, days: Sequence[date], source: Source | None) -> HistoryFilter:
+        """From the page's fields: whole UTC days, the last one included. While only the
+        first day of a range is picked, the range is open-ended."""
+        since = datetime.combine(days[0], time.min, UTC) if days else None
+        until = datetime.combine(days[1] + timedelta(days=1), time.min, UTC) if len(days) == 2 else None
+        return cls(user_id=user_id.strip() or None, since=since, until=until, source=source)
 
 
 @dataclass(frozen=True)
@@ -253,3 +268,21 @@ def iter_programs(engine: Engine, flt: HistoryFilter, *, chunk: int = 5_000) -> 
         result = connection.execution_options(yield_per=chunk).execute(query)
         for row in result:
             yield ProgramRow(**row._mapping)
+
+
+CSV_COLUMNS = ["id", "created_at", "user_id", "source", "has_paid_access", "latency_ms", "model", "cache_key"]
+
+
+def export_csv(engine: Engine, flt: HistoryFilter) -> BinaryIO:
+    """The filtered rows as CSV, streamed to a temporary file (spilled to disk past 8 MB)
+    so that a large export never sits in memory whole. The caller reads and closes it."""
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - handed to the caller
+    text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for row in iter_programs(engine, flt):
+        writer.writerow([getattr(row, c) for c in CSV_COLUMNS])
+    text.flush()
+    text.detach()
+    spool.seek(0)
+    return cast(BinaryIO, spool)

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    with_config,
 )
 from typing_extensions import TypedDict
 
@@ -37,9 +38,9 @@ Equipment = Literal[
     "pull_up_bar",
     "cardio_machine",
 ]
-GOALS: tuple[Goal, ...] = Goal.__args__
-EXPERIENCE_LEVELS: tuple[ExperienceLevel, ...] = ExperienceLevel.__args__
-EQUIPMENT: tuple[Equipment, ...] = Equipment.__args__
+GOALS: tuple[Goal, ...] = get_args(Goal)
+EXPERIENCE_LEVELS: tuple[ExperienceLevel, ...] = get_args(ExperienceLevel)
+EQUIPMENT: tuple[Equipment, ...] = get_args(Equipment)
 
 
 def _integral_float_to_int(value: Any) -> Any:
@@ -103,8 +104,8 @@ def _program_int(ge: int, le: int | None = None) -> Any:
     return Annotated[int, Field(ge=ge, le=le)] | Annotated[float, Field(ge=ge, le=le, multiple_of=1)]
 
 
+@with_config(_STRICT_DICT)
 class Exercise(TypedDict):
-    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
     name: Annotated[str, Field(min_length=1)]
     sets: _program_int(1, 10)  # type: ignore[valid-type]
     reps: str
@@ -112,23 +113,23 @@ class Exercise(TypedDict):
     notes: str
 
 
+@with_config(_STRICT_DICT)
 class Session(TypedDict):
-    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
     day: _program_int(1, 7)  # type: ignore[valid-type]
     focus: str
     duration_minutes: _program_int(5, 240)  # type: ignore[valid-type]
     exercises: Annotated[list[Exercise], Field(min_length=1)]
 
 
+@with_config(_STRICT_DICT)
 class Week(TypedDict):
-    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
     week: _program_int(1)  # type: ignore[valid-type]
     theme: str
     sessions: Annotated[list[Session], Field(min_length=1)]
 
 
+@with_config(_STRICT_DICT)
 class TrainingProgram(TypedDict):
-    __pydantic_config__ = _STRICT_DICT  # type: ignore[misc]
     title: Annotated[str, Field(min_length=1, max_length=120)]
     summary: Annotated[str, Field(max_length=2000)]
     goal: Goal

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from sqlalchemy import BigInteger, Engine, case, cast, func, literal, select, text, true, type_coerce, union_all
@@ -15,13 +15,29 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core.cache_store import count_entries
 from core.db import is_postgres
+from core.formatting import format_duration
 from core.schema import UTCDateTime, ai_coach_cache, generation_events, generation_stats_hourly, utcnow
 from core.settings import Settings
 
 events = generation_events.c
 stats = generation_stats_hourly
 Granularity = Literal["hour", "day"]
+GRANULARITIES: tuple[Granularity, ...] = get_args(Granularity)
 LATENCY_BINS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000)
+# A request is served from the cache (hit) or by the LLM (miss, or bypass when forced);
+# errors served nothing. The product team's numbers are all defined from these.
+LLM_OUTCOMES = ("miss", "bypass")
+SERVED_OUTCOMES = ("hit", *LLM_OUTCOMES)
+
+
+def hit_rate(hits: int, served: int) -> float | None:
+    """Hits among the requests that were served; None before any was."""
+    return hits / served if served else None
+
+
+def latency_bin_label(upper_ms: int | None) -> str:
+    """`< 5 ms` for a bin, `≥ 20.0 s` for the open last one."""
+    return f"< {format_duration(upper_ms)}" if upper_ms is not None else f"≥ {format_duration(LATENCY_BINS_MS[-1])}"
 
 
 def time_bucket(engine: Engine, column: Any, granularity: Granularity) -> Any:
@@ -88,22 +104,35 @@ def _rolled_up_until(engine: Engine) -> datetime | None:
         return connection.execute(select(type_coerce(func.max(stats.c.hour), UTCDateTime()))).scalar_one()
 
 
-def refresh_rollup(engine: Engine, now: datetime | None = None) -> None:
-    """Roll up the settled hours not rolled up yet. Safe to run from several instances at
-    once: rows already there are left as they are."""
+def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: int | None = None) -> datetime | None:
+    """Roll up the settled hours not rolled up yet, or only the first `max_hours` of them
+    (counted from the first event not rolled up, so gaps without events cost nothing):
+    the page catches up a bounded amount per view, `python -m core rollup` everything.
+    Numbers are the same either way; hours not rolled up are read raw. Safe to run from
+    several instances at once: rows already there are left as they are. Returns the last
+    hour rolled up."""
     settled = (now or utcnow()) - SETTLE
     settled = settled.replace(minute=0, second=0, microsecond=0)
-    start = _rolled_up_until(engine)
-    start = start + timedelta(hours=1) if start is not None else None
-    if start is not None and start >= settled:
-        return
+    rolled = _rolled_up_until(engine)
+    start = _first_event_hour(engine, rolled + timedelta(hours=1) if rolled is not None else None)
+    if start is None or start >= settled:
+        return rolled
+    until = settled if max_hours is None else min(settled, start + timedelta(hours=max_hours))
     insert = postgresql.insert if is_postgres(engine) else sqlite.insert
-    rows = _hourly_from_events(engine, start, settled).subquery()
+    rows = _hourly_from_events(engine, start, until).subquery()
     # SQLite needs a WHERE in an INSERT ... SELECT ... ON CONFLICT, to tell ON from a join.
     source = select(*rows.c).where(true())
     statement = insert(stats).from_select([c.name for c in stats.columns], source).on_conflict_do_nothing()
     with engine.begin() as connection:
         connection.execute(statement)
+    return _rolled_up_until(engine)
+
+
+def _first_event_hour(engine: Engine, since: datetime | None) -> datetime | None:
+    query = _since(select(func.min(events.created_at)), events.created_at, since)
+    with engine.connect() as connection:
+        first = connection.execute(query).scalar_one()
+    return first.replace(minute=0, second=0, microsecond=0) if first is not None else None
 
 
 def _hourly(engine: Engine, since: datetime | None) -> Any:
@@ -143,8 +172,7 @@ class Summary:
 
     @property
     def hit_rate(self) -> float | None:
-        served = self.hits + self.misses + self.bypasses
-        return self.hits / served if served else None
+        return hit_rate(self.hits, self.hits + self.misses + self.bypasses)
 
     def cost_spent(self, settings: Settings) -> float:
         """What the LLM billed in the window, failed generations included."""
@@ -173,7 +201,7 @@ def _cost(prompt_tokens: int, completion_tokens: int, settings: Settings) -> flo
 
 def summary(engine: Engine, since: datetime | None = None) -> Summary:
     h = _hourly(engine, since).c
-    is_llm = h.outcome.in_(("miss", "bypass"))
+    is_llm = h.outcome.in_(LLM_OUTCOMES)
 
     def total(column: Any, condition: Any = None) -> Any:
         value = column if condition is None else case((condition, column), else_=0)
@@ -200,9 +228,10 @@ def summary(engine: Engine, since: datetime | None = None) -> Summary:
     )
     row = _rows(engine, query)[0]
     # Sums come back as Decimal or float depending on the database: normalize.
-    return Summary(
-        **{k: (None if v is None else float(v)) if k.startswith("avg") else int(v or 0) for k, v in row.items()}
-    )
+    values: dict[str, Any] = {
+        k: (None if v is None else float(v)) if k.startswith("avg") else int(v or 0) for k, v in row.items()
+    }
+    return Summary(**values)
 
 
 def requests_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
@@ -221,6 +250,33 @@ def requests_over_time(engine: Engine, since: datetime | None, granularity: Gran
         .order_by(bucket, h.outcome)
     )
     return _rows(engine, query)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    bucket: datetime
+    hits: int
+    llm_calls: int
+    hit_rate: float | None
+
+
+def traffic_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[Traffic]:
+    """Per time bucket: hits, LLM calls made and the hit rate, defined as in `Summary`."""
+    h = _hourly(engine, since).c
+    bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
+    query = (
+        select(
+            bucket,
+            _int_sum(case((h.outcome == "hit", h.requests), else_=0)).label("hits"),
+            _int_sum(case((h.outcome.in_(LLM_OUTCOMES), h.requests), else_=0)).label("llm_calls"),
+        )
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    return [
+        Traffic(r["bucket"], r["hits"], r["llm_calls"], hit_rate(r["hits"], r["hits"] + r["llm_calls"]))
+        for r in _rows(engine, query)
+    ]
 
 
 def errors_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
@@ -243,21 +299,21 @@ def errors_over_time(engine: Engine, since: datetime | None, granularity: Granul
 
 
 def latency_histogram(engine: Engine, since: datetime | None) -> list[dict[str, Any]]:
-    """Request counts by latency bin (upper edge in ms; None for the open last bin) and outcome."""
+    """Served requests by latency bin (upper edge in ms, None for the open last bin; its
+    label) and outcome, fastest bin first."""
     h = _hourly(engine, since).c
     query = (
         select(h.latency_bin_ms, h.outcome, _int_sum(h.requests).label("requests"))
-        .where(h.outcome != "error")
+        .where(h.outcome.in_(SERVED_OUTCOMES))
         .group_by(h.latency_bin_ms, h.outcome)
     )
-    return [
-        {
-            "upper_ms": None if r["latency_bin_ms"] == -1 else r["latency_bin_ms"],
-            "outcome": r["outcome"],
-            "requests": r["requests"],
-        }
-        for r in _rows(engine, query)
-    ]
+    rows = []
+    for r in _rows(engine, query):
+        upper = None if r["latency_bin_ms"] == -1 else r["latency_bin_ms"]
+        rows.append(
+            {"upper_ms": upper, "label": latency_bin_label(upper), "outcome": r["outcome"], "requests": r["requests"]}
+        )
+    return sorted(rows, key=lambda r: (r["upper_ms"] is None, r["upper_ms"] or 0, r["outcome"]))
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from time import perf_counter
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, history
+from core import cache_store, history, single_flight
 from core.cache_key import cache_key, check_user_id, digest_of_key
-from core.db import connect_to_write
-from core.generators import GenerationError, ProgramGenerator
-from core.history import GenerationEvent, HistoryRecord
+from core.db import connect_to_write, describe_db_error
+from core.generators import Generation, GenerationError, ProgramGenerator
+from core.history import GenerationEvent, HistoryRecord, Source
 from core.models import (
     ContractError,
     OnboardingResponses,
@@ -36,12 +35,9 @@ from core.models import (
 )
 from core.schema import utcnow
 from core.settings import Settings
-from core.single_flight import HeldLock, SingleFlightTimeout, try_lock
+from core.single_flight import SingleFlightTimeout
 
 log = logging.getLogger(__name__)
-# A request that finds an identical generation under way polls the cache for its result.
-POLL_FIRST_SECONDS = 0.02
-POLL_MAX_SECONDS = 0.25
 
 MissReason = Literal[
     "first_generation",
@@ -52,6 +48,17 @@ MissReason = Literal[
     "cache_unavailable",
     "invalid_entry",
 ]
+# What each reason means, as a coach reads it beside "Cache miss".
+MISS_REASON_TEXT: dict[MissReason, str] = {
+    "first_generation": "first program for this user",
+    "expired": "the cached program had expired",
+    "profile_changed": "the profile changed",
+    "access_changed": "paid access changed",
+    "forced_refresh": "a refresh was forced",
+    "cache_unavailable": "the cache could not be read",
+    "invalid_entry": "the cached program no longer passed validation",
+}
+MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
 
 
 class GenerationFailed(RuntimeError):
@@ -65,27 +72,21 @@ class GenerationResult:
     cache_hit: bool
     cache_key: str
     latency_ms: float
-    training_program_id: int | None
+    training_program_id: int | None = None
     expires_at: datetime | None = None
     miss_reason: MissReason | None = None
     changed_fields: tuple[str, ...] = ()
     model: str | None = None
     warnings: tuple[str, ...] = ()
-    # Set when the program was produced but saving it to history failed: `unsaved` can be
-    # saved again with `history.save_program`.
+    # Set when the program was produced but saving it to history failed: `unsaved` is what
+    # `ProgramService.save_again` saves.
     history_error: str | None = None
     unsaved: HistoryRecord | None = None
 
     @cached_property
     def program(self) -> TrainingProgram:
-        return from_json(self.program_json)  # type: ignore[no-any-return]
-
-
-def describe_db_error(exc: DBAPIError) -> str:
-    """The database's own first line (e.g. 'permission denied for table x'), without the
-    statement or its parameters."""
-    first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-    return f"{type(exc.orig).__name__}: {first_line[:200]}"
+        program: TrainingProgram = from_json(self.program_json)
+        return program
 
 
 @dataclass
@@ -102,6 +103,21 @@ class _Request:
 
     def elapsed_ms(self) -> float:
         return (perf_counter() - self.started) * 1000
+
+    def record(self, program_json: str, source: Source, generation: Generation | None = None) -> HistoryRecord:
+        """The history row of this request's program."""
+        return HistoryRecord(
+            user_id=self.user_id,
+            program_json=program_json,
+            onboarding_responses=self.profile.normalized(),
+            has_paid_access=self.has_paid_access,
+            source=source,
+            cache_key=self.key,
+            latency_ms=self.elapsed_ms(),
+            model=generation.model if generation else None,
+            prompt_tokens=generation.prompt_tokens if generation else None,
+            completion_tokens=generation.completion_tokens if generation else None,
+        )
 
 
 class ValidatedPrograms:
@@ -134,11 +150,6 @@ class ValidatedPrograms:
             while self._bytes > self.max_bytes and self._items:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._bytes -= len(evicted)
-
-
-class _NoLock:
-    def release(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -179,45 +190,40 @@ class ProgramService:
         SingleFlightTimeout when no program could be had (nothing cached or saved)."""
         check_user_id(user_id)
         profile = parse_onboarding(onboarding_responses)
-        request = _Request(
-            user_id, profile, has_paid_access, cache_key(user_id, profile, has_paid_access), force_refresh
-        )
-        first = _Lookup() if force_refresh else self._try_cache(request)
-        if isinstance(first, GenerationResult):
-            return first
-        reason, changed = self._miss_reason(request, first)
+        key = cache_key(user_id, profile, has_paid_access)
+        request = _Request(user_id, profile, has_paid_access, key, force_refresh)
+        lookup = _Lookup() if force_refresh else self._try_cache(request)
+        if isinstance(lookup, GenerationResult):
+            return lookup
+        reason, changed = self._miss_reason(request, lookup)
         # A forced refresh accepts only an entry written after it was asked for.
         written_since = request.requested_at if force_refresh else None
-        deadline = perf_counter() + self.lock_wait_seconds
-        pause = POLL_FIRST_SECONDS
-        while True:
-            lock = self._try_lock(request)
-            if lock is not None:
-                try:
-                    # Whoever held the lock before us may have just filled the entry.
-                    second = self._try_cache(request, written_since)
-                    if isinstance(second, GenerationResult):
-                        return second
-                    return self._generate_and_store(request, reason, changed)
-                finally:
-                    lock.release()
-            if perf_counter() + pause > deadline:
-                exc = SingleFlightTimeout(self.lock_wait_seconds)
-                self._record_failure(request, reason, str(exc))
-                raise exc
-            time.sleep(pause)
-            pause = min(pause * 2, POLL_MAX_SECONDS)
-            waited = self._try_cache(request, written_since)
-            if isinstance(waited, GenerationResult):
-                return waited
-
-    def _try_lock(self, request: _Request) -> HeldLock | _NoLock | None:
         try:
-            return try_lock(self.engine, request.key)
+            return single_flight.once(
+                self.engine,
+                key,
+                wait_seconds=self.lock_wait_seconds,
+                from_cache=lambda: self._hit_or_none(request, written_since),
+                produce=lambda: self._generate_and_store(request, reason, changed),
+            )
+        except SingleFlightTimeout as exc:
+            self._record_failure(request, reason, str(exc))
+            raise
+
+    def save_again(self, result: GenerationResult) -> GenerationResult:
+        """Save a program whose history save failed; the result says whether it worked."""
+        if result.unsaved is None:
+            return result
+        try:
+            program_id = history.save_program(self.engine, result.unsaved)
         except DBAPIError as exc:
-            # Fail open: without the lock two requests may both call the LLM; both still succeed.
-            log.warning("Single-flight lock unavailable for %s: %s", request.key, describe_db_error(exc))
-            return _NoLock()
+            message = f"The program could not be saved to history ({describe_db_error(exc)})."
+            return replace(result, history_error=message)
+        return replace(result, training_program_id=program_id, history_error=None, unsaved=None)
+
+    def _hit_or_none(self, request: _Request, written_since: datetime | None) -> GenerationResult | None:
+        served = self._try_cache(request, written_since)
+        return served if isinstance(served, GenerationResult) else None
 
     def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | _Lookup:
         """Serve a hit, or say why not. A hit is one connection and one transaction:
@@ -238,7 +244,7 @@ class ProgramService:
             if written_since is not None and entry.created_at < written_since:
                 return _Lookup(entry)
             if entry.data_json is None and known is not None:
-                program_json = known[1]  # this very version was validated here before
+                program_json = known[1]  # this very row version was validated here before
             else:
                 program_json = entry.data_json or ""
                 try:
@@ -246,8 +252,24 @@ class ProgramService:
                 except ContractError as exc:
                     log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
                     return _Lookup(entry, invalid=True)
-                self.validated.remember(request.key, entry.version, program_json)
-            return self._serve_hit(connection, request, entry, program_json)
+                self.validated.remember(request.key, entry.row_version, program_json)
+            log.info("Cache hit %s", request.key)
+            result = GenerationResult(
+                program_json=program_json,
+                cache_hit=True,
+                cache_key=request.key,
+                latency_ms=request.elapsed_ms(),
+                expires_at=entry.expires_at,
+            )
+            event = GenerationEvent(
+                user_id=request.user_id,
+                cache_key=request.key,
+                outcome="hit",
+                latency_ms=result.latency_ms,
+                cache_read_error=request.cache_read_error,
+            )
+            record = request.record(program_json, "cache")
+            return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
 
     def _read_failed(self, request: _Request, exc: DBAPIError) -> _Lookup:
         log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
@@ -284,37 +306,6 @@ class ProgramService:
         # Same answers as last time but no entry: it expired and was cleaned up, or was invalidated.
         return "expired", ()
 
-    def _serve_hit(
-        self, connection: Connection, request: _Request, entry: cache_store.CacheEntry, program_json: str
-    ) -> GenerationResult:
-        log.info("Cache hit %s", request.key)
-        latency_ms = request.elapsed_ms()
-        record = HistoryRecord(
-            user_id=request.user_id,
-            program_json=program_json,
-            onboarding_responses=request.profile.normalized(),
-            has_paid_access=request.has_paid_access,
-            source="cache",
-            cache_key=request.key,
-            latency_ms=latency_ms,
-        )
-        event = GenerationEvent(
-            user_id=request.user_id,
-            cache_key=request.key,
-            outcome="hit",
-            latency_ms=latency_ms,
-            cache_read_error=request.cache_read_error,
-        )
-        return self._save(
-            connection,
-            request,
-            record,
-            event,
-            cache_version=entry.updated_at,
-            cache_hit=True,
-            expires_at=entry.expires_at,
-        )
-
     def _generate_and_store(self, request: _Request, reason: MissReason, changed: tuple[str, ...]) -> GenerationResult:
         log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
         llm_started = perf_counter()
@@ -335,8 +326,7 @@ class ProgramService:
         llm_latency_ms = (perf_counter() - llm_started) * 1000
 
         now = utcnow()
-        expires_at: datetime | None = now + self.ttl
-        write_error = False
+        written_at: datetime | None = now
         try:
             with self.engine.begin() as connection:
                 cache_store.upsert_entry(
@@ -351,70 +341,54 @@ class ProgramService:
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
             request.warnings.append("The program could not be cached; the next request will generate again.")
-            write_error, expires_at = True, None
+            written_at = None
 
-        latency_ms = request.elapsed_ms()
-        record = HistoryRecord(
-            user_id=request.user_id,
+        record = request.record(program_json, "llm", generation)
+        result = GenerationResult(
             program_json=program_json,
-            onboarding_responses=request.profile.normalized(),
-            has_paid_access=request.has_paid_access,
-            source="llm",
+            cache_hit=False,
             cache_key=request.key,
-            latency_ms=latency_ms,
+            latency_ms=record.latency_ms,
+            expires_at=now + self.ttl if written_at else None,
+            miss_reason=reason,
+            changed_fields=changed,
             model=generation.model,
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
         )
         event = GenerationEvent(
             user_id=request.user_id,
             cache_key=request.key,
             outcome="bypass" if request.force_refresh else "miss",
             miss_reason=reason,
-            latency_ms=latency_ms,
+            latency_ms=record.latency_ms,
             llm_latency_ms=llm_latency_ms,
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             cache_read_error=request.cache_read_error,
-            cache_write_error=write_error,
+            cache_write_error=written_at is None,
         )
-        return self._save(
-            None,
-            request,
-            record,
-            event,
-            # Copied from the entry just written rather than parsed and compressed again.
-            cache_version=None if write_error else now,
-            cache_hit=False,
-            expires_at=expires_at,
-            miss_reason=reason,
-            changed_fields=changed,
-            model=generation.model,
-        )
+        # Copied from the entry just written rather than sent, parsed and compressed again.
+        return self._save(None, request, result, record, event, entry_written_at=written_at)
 
     def _save(
         self,
         connection: Connection | None,
         request: _Request,
+        result: GenerationResult,
         record: HistoryRecord,
         event: GenerationEvent,
-        cache_version: datetime | None = None,
-        **outcome: Any,
+        *,
+        entry_written_at: datetime | None,
     ) -> GenerationResult:
         """History row and event in one transaction, committed here: on the hit's own
-        connection, or on a new one."""
-        result = GenerationResult(
-            program_json=record.program_json,
-            cache_key=request.key,
-            latency_ms=record.latency_ms,
-            training_program_id=None,
-            warnings=tuple(request.warnings),
-            **outcome,
-        )
+        connection, or on a new one. `entry_written_at` is the cache entry's `updated_at`
+        when the program can be copied from that very write of the entry."""
+        result = replace(result, warnings=tuple(request.warnings))
         try:
             with nullcontext(connection) if connection else self.engine.connect() as conn:
                 try:
-                    program_id = history.insert_program_and_event(conn, record, event, cache_version=cache_version)
+                    program_id = history.insert_program_and_event(
+                        conn, record, event, entry_written_at=entry_written_at
+                    )
                     conn.commit()
                 except DBAPIError:
                     conn.rollback()

@@ -1,25 +1,34 @@
-"""One generation per cache key at a time. On PostgreSQL an advisory lock keyed from the
-cache key holds across processes and app instances; on SQLite (embedded, one process) a
-lock per key holds across the threads of the process.
+"""One generation per cache key at a time, and what a request does while another has it.
 
-Locks are only ever tried, never waited on: a request that does not get the lock polls
-the cache for the winner's entry instead. So a waiter holds no database connection, and
-twenty coaches waiting on one generation cannot drain the connection pool the winner
-needs to save its program."""
+The lock: on PostgreSQL an advisory lock keyed from the cache key holds across processes
+and app instances; on SQLite (embedded, one process) a lock per key holds across the
+threads of the process. If the lock cannot be had at all (the database refuses), it fails
+open: two requests may then both generate, and both still succeed.
+
+The waiting policy: locks are only ever tried, never waited on. A request that does not
+get the lock polls the cache for the winner's entry (20 ms, doubling to 250 ms) and gives
+up after a bounded time. So a waiter holds no database connection, and twenty coaches
+waiting on one generation cannot drain the connection pool the winner needs to save."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import threading
-from typing import Protocol
+import time
+from collections.abc import Callable
+from time import perf_counter
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from core.db import is_postgres
+from core.db import describe_db_error, is_postgres
 
 log = logging.getLogger(__name__)
+POLL_FIRST_SECONDS = 0.02
+POLL_MAX_SECONDS = 0.25
+T = TypeVar("T")
 
 
 class SingleFlightTimeout(TimeoutError):
@@ -27,7 +36,37 @@ class SingleFlightTimeout(TimeoutError):
         super().__init__(f"an identical generation has been running for over {waited_seconds:.0f} s; try again shortly")
 
 
-class HeldLock(Protocol):
+def once(
+    engine: Engine,
+    key: str,
+    *,
+    wait_seconds: float,
+    from_cache: Callable[[], T | None],
+    produce: Callable[[], T],
+) -> T:
+    """`produce()` under the generation lock for `key`, unless `from_cache()` serves first:
+    right after the lock is taken (whoever held it may have just filled the entry) or
+    while another request holds it. Raises SingleFlightTimeout after `wait_seconds`."""
+    deadline = perf_counter() + wait_seconds
+    pause = POLL_FIRST_SECONDS
+    while True:
+        lock = _try_lock(engine, key)
+        if lock is not None:
+            try:
+                served = from_cache()
+                return served if served is not None else produce()
+            finally:
+                lock.release()
+        if perf_counter() + pause > deadline:
+            raise SingleFlightTimeout(wait_seconds)
+        time.sleep(pause)
+        pause = min(pause * 2, POLL_MAX_SECONDS)
+        served = from_cache()
+        if served is not None:
+            return served
+
+
+class _HeldLock(Protocol):
     def release(self) -> None: ...
 
 
@@ -36,9 +75,18 @@ def advisory_lock_id(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
-def try_lock(engine: Engine, key: str) -> HeldLock | None:
+def _try_lock(engine: Engine, key: str) -> _HeldLock | None:
     """The generation lock for `key` if it is free, else None at once."""
-    return _PostgresLock.try_acquire(engine, key) if is_postgres(engine) else _ThreadLock.try_acquire(key)
+    try:
+        return _PostgresLock.try_acquire(engine, key) if is_postgres(engine) else _ThreadLock.try_acquire(key)
+    except DBAPIError as exc:
+        log.warning("Single-flight lock unavailable for %s: %s", key, describe_db_error(exc))
+        return _NoLock()
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
 
 
 class _PostgresLock:

@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from core import admin, cache_store
+from core.formatting import format_bytes
 from core.models import ContractError
-from pages.common import current_actor, format_bytes, get_engine, may_administer
+from pages.common import current_actor, get_engine, may_administer
 
 
 def counts() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -22,7 +21,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-@st.cache_resource
+@st.cache_resource(on_release=Engine.dispose)
 def get_engine() -> Engine:
     engine = make_engine(get_settings().database_url)
     migrate(engine)
@@ -61,22 +60,6 @@ def may_administer() -> bool:
         return True
     email = str(st.user.get("email") or "").lower()
     return bool(st.user.is_logged_in and email and email in get_settings().admin_emails)
-
-
-def format_bytes(size: float | None) -> str:
-    if size is None:
-        return "–"
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
-def format_duration(ms: float) -> str:
-    if ms < 1000:
-        return f"{ms:,.1f} ms"
-    return str(timedelta(seconds=round(ms / 1000))) if ms >= 60_000 else f"{ms / 1000:.1f} s"
 
 
 EXERCISE_COLUMNS = {"name": "Exercise", "sets": "Sets", "reps": "Reps", "rest_seconds": "Rest (s)", "notes": "Notes"}

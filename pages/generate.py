@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import streamlit as st
-from sqlalchemy.exc import DBAPIError
 
 from core import history
+from core.formatting import format_duration
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.schema import utcnow
-from core.service import GenerationFailed, GenerationResult
+from core.service import MISS_REASON_TEXT, GenerationFailed, GenerationResult
 from core.single_flight import SingleFlightTimeout
-from pages.common import escape_markdown, format_duration, get_engine, get_service, get_settings, render_program
+from pages.common import escape_markdown, get_engine, get_service, get_settings, render_program
 
-MISS_REASONS = {
-    "first_generation": "first program for this user",
-    "expired": "the cached program had expired",
-    "profile_changed": "the profile changed",
-    "access_changed": "paid access changed",
-    "forced_refresh": "a refresh was forced",
-    "cache_unavailable": "the cache could not be read",
-    "invalid_entry": "the cached program no longer passed validation",
-}
 FIELD_LABELS = {
     "user_id": "User ID",
     "goal": "Goal",
@@ -113,7 +103,7 @@ def show_outcome(result: GenerationResult) -> None:
     if result.cache_hit:
         st.success("**Cache hit**: served from the cache, no LLM call.", icon=":material/bolt:")
     else:
-        reason = MISS_REASONS.get(result.miss_reason or "", result.miss_reason or "")
+        reason = MISS_REASON_TEXT[result.miss_reason] if result.miss_reason else ""
         changed = [FIELD_LABELS.get(f, f) for f in result.changed_fields]
         detail = f" ({', '.join(changed)})" if changed else ""
         model = escape_markdown(result.model or "the generator")
@@ -142,12 +132,11 @@ def show_outcome(result: GenerationResult) -> None:
 
 
 def retry_save(result: GenerationResult) -> None:
-    try:
-        program_id = history.save_program(get_engine(), result.unsaved)  # type: ignore[arg-type]
-    except DBAPIError:
+    again = get_service().save_again(result)
+    if again.history_error:
         st.error("Saving failed again; try once more in a moment.")
         return
-    st.session_state.result = replace(result, training_program_id=program_id, history_error=None, unsaved=None)
+    st.session_state.result = again
     st.rerun()
 
 

@@ -2,48 +2,29 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import tempfile
-from datetime import UTC, date, datetime, time, timedelta
-from typing import IO
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import streamlit as st
 
 from core import history
+from core.formatting import format_duration
 from core.history import HistoryFilter, ProgramRow
-from pages.common import format_duration, get_engine, render_program
+from pages.common import get_engine, render_program
 
 PAGE_SIZE = 50
-CSV_COLUMNS = ["id", "created_at", "user_id", "source", "has_paid_access", "latency_ms", "model", "cache_key"]
 
 
 def read_filter() -> HistoryFilter:
     cols = st.columns([2, 2, 1])
-    user_id = cols[0].text_input("User", placeholder="All users", key="history_user").strip()
+    user_id = cols[0].text_input("User", placeholder="All users", key="history_user")
     today = datetime.now(UTC).date()
     span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
-    source = cols[2].selectbox("Source", ["All", "cache", "llm"], key="history_source")
+    source = cols[2].selectbox(
+        "Source", (None, *history.SOURCES), format_func=lambda s: s or "All", key="history_source"
+    )
     days: tuple[date, ...] = span if isinstance(span, tuple) else (span,) if span else ()
-    since = datetime.combine(days[0], time.min, UTC) if days else None
-    # While only the first day of a range is picked, the range is open-ended.
-    until = datetime.combine(days[1] + timedelta(days=1), time.min, UTC) if len(days) == 2 else None
-    return HistoryFilter(user_id=user_id or None, since=since, until=until, source=None if source == "All" else source)
-
-
-def export_csv(flt: HistoryFilter) -> IO[bytes]:
-    """Streamed to a temporary file so a large export never sits in memory whole."""
-    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - Streamlit reads and closes it
-    text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
-    writer = csv.writer(text)
-    writer.writerow(CSV_COLUMNS)
-    for row in history.iter_programs(get_engine(), flt):
-        writer.writerow([getattr(row, c) for c in CSV_COLUMNS])
-    text.flush()
-    text.detach()
-    spool.seek(0)
-    return spool
+    return HistoryFilter.from_form(user_id=user_id, days=days, source=source)
 
 
 def table(rows: list[ProgramRow]) -> pd.DataFrame:
@@ -92,7 +73,7 @@ if nav[1].button("Next", disabled=page.next_cursor is None, icon=":material/chev
 nav[2].caption(f"Page {len(cursors)} · {PAGE_SIZE} per page")
 nav[3].download_button(
     "Export CSV",
-    lambda: export_csv(flt),
+    lambda: history.export_csv(get_engine(), flt),
     file_name="training_programs.csv",
     mime="text/csv",
     icon=":material/download:",

@@ -11,10 +11,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import monitoring
-from pages.common import format_bytes, format_duration, get_engine, get_settings
+from core.formatting import format_bytes, format_duration
+from pages.common import get_engine, get_settings
 
 OUTCOME_COLORS = {"hit": "#2e9e6b", "miss": "#4063d8", "bypass": "#c28a1e", "error": "#c8423b"}
 WHAT_IF_TTLS = [1.0, 6.0, 24.0, 72.0, 168.0]
+ROLLUP_HOURS_PER_VIEW = 72
 LABEL_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}
 
 
@@ -70,12 +72,8 @@ def headline(summary: monitoring.Summary, storage: monitoring.Storage) -> None:
 
 
 def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitoring.Granularity) -> None:
-    wide = requests.pivot_table(index="bucket", columns="outcome", values="requests", aggfunc="sum", fill_value=0)
-    for outcome in OUTCOME_COLORS:
-        if outcome not in wide:
-            wide[outcome] = 0
-    served = wide["hit"] + wide["miss"] + wide["bypass"]
-    rates = pd.DataFrame({"bucket": wide.index, "hit_rate": (wide["hit"] / served.where(served > 0))})
+    buckets = frame([vars(t) for t in monitoring.traffic_over_time(get_engine(), since, granularity)], granularity)
+    rates = buckets[["bucket", "hit_rate"]]
     left, right = st.columns(2)
     with left:
         chart(
@@ -102,9 +100,9 @@ def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitor
             ),
             key="outcomes",
         )
-    calls = pd.DataFrame(
-        {"bucket": wide.index, "LLM calls made": wide["miss"] + wide["bypass"], "LLM calls avoided": wide["hit"]}
-    ).melt(id_vars="bucket", var_name="kind", value_name="calls")
+    calls = buckets.rename(columns={"llm_calls": "LLM calls made", "hits": "LLM calls avoided"}).melt(
+        id_vars="bucket", value_vars=["LLM calls made", "LLM calls avoided"], var_name="kind", value_name="calls"
+    )
     left, right = st.columns(2)
     with left:
         chart(
@@ -122,22 +120,16 @@ def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitor
         )
     with right:
         latency = pd.DataFrame(monitoring.latency_histogram(get_engine(), since))
-        latency = latency[latency["outcome"].isin(["hit", "miss", "bypass"])]
-        latency["latency"] = latency["upper_ms"].map(
-            lambda ms: f"< {format_duration(ms)}" if pd.notna(ms) else "≥ 20 s"
-        )
-        latency["order"] = latency["upper_ms"].fillna(float("inf"))
-        latency = latency.sort_values("order")
         chart(
             px.bar(
                 latency,
-                x="latency",
+                x="label",
                 y="requests",
                 color="outcome",
                 barmode="group",
                 title="Latency: hits and misses",
                 color_discrete_map=OUTCOME_COLORS,
-                labels={"latency": ""},
+                labels={"label": ""},
             ),
             key="latency",
         )
@@ -235,17 +227,20 @@ window = controls[0].segmented_control(
     required=True,
     format_func=lambda w: {"24h": "24 h", "7d": "7 days", "30d": "30 days", "all": "All"}[w],
 )
+default_granularity: monitoring.Granularity = "day" if window in ("30d", "all") else "hour"
 granularity = controls[1].segmented_control(
     "Granularity",
-    ["hour", "day"],
-    default="day" if window in ("30d", "all") else "hour",
+    monitoring.GRANULARITIES,
+    default=default_granularity,
     key="granularity",
     required=True,
     format_func=str.capitalize,
 )
 since = monitoring.window_start(window)
 engine = get_engine()
-monitoring.refresh_rollup(engine)  # settled hours into the hourly rollup; a no-op most of the time
+# Settled hours into the hourly rollup, a bounded amount per view (cron runs `python -m core
+# rollup` for the rest); a no-op most of the time.
+monitoring.refresh_rollup(engine, max_hours=ROLLUP_HOURS_PER_VIEW)
 summary = monitoring.summary(engine, since)
 storage = monitoring.storage(engine)
 headline(summary, storage)

@@ -1,22 +1,76 @@
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import streamlit as st
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
+from streamlit.testing.v1 import AppTest
 
 from core.db import make_engine, migrate
 from core.service import ProgramService
+from testkit.counting import CountingGenerator
+from testkit.pg_server import PostgresServer
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import CountingGenerator
-from tests.pg_server import PostgresServer
+from tests.helpers import NEUTRAL_CWD, ROOT, app_environment
 
 TEMPLATE = "coach_template"
+# What a run may leave in the checkout: the virtualenv, screenshots and the tools' caches.
+MAY_LEAVE = (".venv/", "test-artifacts/", ".ruff_cache/", ".hypothesis/", ".mypy_cache/", ".pytest_cache/")
+
+
+def _loose_files() -> set[str]:
+    status = subprocess.run(
+        # Directories neither tracked nor holding tracked files show as one entry ("data/").
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    paths = {line[3:].strip('"') for line in status.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not p.startswith(MAY_LEAVE) and "__pycache__/" not in p}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # No test sees the developer's configuration: their environment variables are dropped
+    # and the working directory (where Settings reads a `.env`) is not the checkout.
+    kept = {k: v for k, v in app_environment("").items() if k != "DATABASE_URL"}
+    os.environ.clear()
+    os.environ.update(kept)
+    os.chdir(NEUTRAL_CWD)
+    session.config.stash[_BEFORE] = _loose_files()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    # pytest-randomly's own header is hidden by -q; the seed must be seen to replay an order.
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None:
+        terminalreporter.write_line(
+            f"random test order, seed {seed}: replay it with ./scripts/test --randomly-seed={seed}"
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite never touches the user's files: anything it left in the checkout fails the run."""
+    left = sorted(_loose_files() - session.config.stash.get(_BEFORE, set()))
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"the test run left files in the checkout: {', '.join(left[:10])}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set[str]]()
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +105,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+APP = str(ROOT / "app.py")
+
+
+@pytest.fixture
+def app_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
+    """The dashboard's real scripts through AppTest, on `database_url` with the offline
+    generator unless `env` says otherwise; each test gets its own settings and engine."""
+
+    def make(database_url: str, **env: str) -> AppTest:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        st.cache_resource.clear()
+        return AppTest.from_file(APP, default_timeout=60)
+
+    yield make
+    st.cache_resource.clear()  # releases (disposes) the app's engine
+
+
+@pytest.fixture
+def app_engine(tmp_path: Path) -> Iterator[Engine]:
+    """The database of an app made on `sqlite:///{tmp_path}/coach.db`, as a test reads it."""
+    engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
     yield engine
     engine.dispose()
 

@@ -1,15 +1,44 @@
 from __future__ import annotations
 
-import threading
-import time
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
-from core.generators import Generation, OfflineGenerator
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, OnboardingResponses
-from core.schema import ai_coach_cache, generation_events, training_programs
+from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS
+from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
+
+ROOT = Path(__file__).resolve().parents[1]
+# Settings read a `.env` from the working directory: the checkout's (a developer's own)
+# must never reach a test, so processes under test run from elsewhere.
+NEUTRAL_CWD = tempfile.gettempdir()
+
+
+def app_environment(database_url: str, **env: str) -> dict[str, str]:
+    """The environment of a process under test: this one's, less any configuration of the app."""
+    ours = ("OPENAI_", "DATABASE_URL", "MIGRATIONS_DATABASE_URL", "CACHE_", "LLM_", "STREAMLIT_")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    environment.update(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), **env)
+    return environment
+
+
+def start_cli(database_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """`python -m core ARGS` as its own process, as cron or an operator runs it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "core", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=app_environment(database_url, **env),
+        cwd=NEUTRAL_CWD,
+    )
+
 
 PROFILE: dict[str, Any] = {
     "goal": "strength",
@@ -30,23 +59,10 @@ REQUIRED_ANSWERS = {
 }
 
 
-class CountingGenerator:
-    """The offline coach, counting its calls, optionally taking a fixed time per call."""
-
-    name = "counting-offline"
-
-    def __init__(self, delay_seconds: float = 0.0) -> None:
-        self.delay_seconds = delay_seconds
-        self.calls = 0
-        self._lock = threading.Lock()
-        self._offline = OfflineGenerator()
-
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
-        with self._lock:
-            self.calls += 1
-        if self.delay_seconds:
-            time.sleep(self.delay_seconds)
-        return self._offline.generate(profile, has_paid_access)
+def expire_entries(engine: Engine, *where: Any, ago: timedelta = timedelta(hours=1)) -> None:
+    """Make the cache entries matching `where` (all when none) expired `ago`."""
+    with engine.begin() as connection:
+        connection.execute(update(ai_coach_cache).where(*where).values(expires_at=utcnow() - ago))
 
 
 def count_rows(engine: Engine, table: Any, *where: Any) -> int:

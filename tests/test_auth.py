@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import streamlit as st
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
-from core.db import make_engine
-from core.schema import admin_actions, ai_coach_cache, utcnow
-from tests.test_pages import APP, fill, submit
+from core.schema import admin_actions
+from tests.helpers import expire_entries
+from tests.test_pages import fill, submit
 
 AUTH = {
     "redirect_uri": "http://localhost:8501/oauth2callback",
@@ -26,15 +24,10 @@ PAGES = ["pages/generate.py", "pages/history.py", "pages/monitoring.py", "pages/
 
 
 @pytest.fixture
-def signed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/coach.db")
-    monkeypatch.setenv("ADMIN_EMAILS", "Ops.Lead@example.com, second@example.com")
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    st.cache_resource.clear()
-    app = AppTest.from_file(APP, default_timeout=60)
+def signed_app(tmp_path: Path, app_test: Callable[..., AppTest]) -> AppTest:
+    app = app_test(f"sqlite:///{tmp_path}/coach.db", ADMIN_EMAILS="Ops.Lead@example.com, second@example.com")
     app.secrets["auth"] = AUTH
-    yield app
-    st.cache_resource.clear()
+    return app
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -59,14 +52,13 @@ def test_a_signed_in_coach_uses_the_app_but_cannot_run_admin_actions(signed_app:
     assert next(b for b in signed_app.button if b.label == "Invalidate").disabled
 
 
-def test_an_admin_cleanup_is_recorded_with_their_email(signed_app: AppTest, tmp_path: Path) -> None:
+def test_an_admin_cleanup_is_recorded_with_their_email(signed_app: AppTest, app_engine: Engine) -> None:
     signed_app.user = {"is_logged_in": True, "email": "ops.lead@example.com"}
     signed_app.run()
     assert "ops.lead@example.com" in " ".join(m.value for m in signed_app.sidebar.markdown).replace("\\", "")
     submit(fill(signed_app))
-    engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
-    with engine.begin() as connection:
-        connection.execute(update(ai_coach_cache).values(expires_at=utcnow() - timedelta(hours=1)))
+    engine = app_engine
+    expire_entries(engine)
     signed_app.switch_page("pages/admin.py").run()
     next(b for b in signed_app.button if b.label == "Delete expired entries").click().run()
     signed_app.button(key="cleanup_yes").click().run()

@@ -17,7 +17,8 @@ from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, pars
 from core.schema import training_programs
 from core.service import ProgramService
 from pages.common import escape_markdown
-from tests.helpers import PROFILE, REQUIRED_ANSWERS, CountingGenerator, table_counts
+from testkit.counting import CountingGenerator
+from tests.helpers import PROFILE, REQUIRED_ANSWERS, table_counts
 
 FIELDS = {*PROFILE, "age", "injuries", "notes"}
 HOSTILE = [

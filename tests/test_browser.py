@@ -4,7 +4,6 @@ Screenshots of each page land in test-artifacts/."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,18 +11,16 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-from sqlalchemy import update
 
 from core.db import make_engine
-from core.schema import ai_coach_cache, utcnow
+from core.schema import ai_coach_cache
+from testkit.pg_server import PostgresServer, free_port
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import count_rows
-from tests.pg_server import PostgresServer, free_port
+from tests.helpers import app_environment, count_rows, expire_entries
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +37,7 @@ CHROMIUM_ARGS = [
 API_KEY = "sk-e2e-secret-value-7f3a"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def database(pg: PostgresServer) -> Iterator[str]:
     name = f"e2e_{uuid.uuid4().hex[:8]}"
     pg.admin(f"CREATE DATABASE {name} TEMPLATE coach_template")
@@ -48,21 +45,21 @@ def database(pg: PostgresServer) -> Iterator[str]:
     pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(database: str, fake_openai_server: FakeOpenAI) -> Iterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "STREAMLIT_"))}
-    env.update(
-        DATABASE_URL=database,
+    env = app_environment(
+        database,
         OPENAI_API_KEY=API_KEY,
         OPENAI_BASE_URL=fake_openai_server.base_url,
         OPENAI_MODEL="gpt-e2e",
         LLM_MAX_RETRIES="0",
     )
-    log = open(ARTIFACTS.parent / ".streamlit-e2e.log", "wb")  # noqa: SIM115 - closed below
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "streamlit-e2e.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=ROOT,
+        cwd=ROOT,  # as ./scripts/run-dashboard does: .streamlit/config.toml is read from here
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -77,7 +74,7 @@ def server(database: str, fake_openai_server: FakeOpenAI) -> Iterator[str]:
             pass
         if time.monotonic() > deadline or process.poll() is not None:
             process.kill()
-            raise RuntimeError("streamlit did not start; see .streamlit-e2e.log")
+            raise RuntimeError("streamlit did not start; see test-artifacts/streamlit-e2e.log")
         time.sleep(0.3)
     yield url
     process.terminate()
@@ -177,12 +174,7 @@ def test_a_coach_and_an_operator_through_every_page(
     shot(page, "4-monitoring")
 
     engine = make_engine(database)
-    with engine.begin() as connection:
-        connection.execute(
-            update(ai_coach_cache)
-            .where(ai_coach_cache.c.cache_key.like("%:paidfalse:%"))
-            .values(expires_at=utcnow() - timedelta(minutes=5))
-        )
+    expire_entries(engine, ai_coach_cache.c.cache_key.like("%:paidfalse:%"))
     expired_before = count_rows(engine, ai_coach_cache)
     go_to(page, "Cache admin")
     page.get_by_role("button", name="Delete expired entries").click()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,17 +14,13 @@ from sqlalchemy import Engine, insert, select
 from core.db import make_engine
 from core.schema import admin_actions, ai_coach_cache, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, table_counts
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import PROFILE, start_cli, table_counts
 
 
 def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    environment.update(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "core", *args], input=stdin, capture_output=True, env=environment, cwd=ROOT, timeout=60
-    )
+    process = start_cli(database_url, *args, **env)
+    stdout, stderr = process.communicate(stdin, timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def output(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:

@@ -3,26 +3,28 @@ cleanup racing hits, a history table that refuses writes (seen from the page).""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from sqlalchemy import Engine, insert, select
 from streamlit.testing.v1 import AppTest
 
 from core.cache_store import delete_expired
-from core.db import make_engine
+from core.db import head_revision, make_engine
 from core.schema import ai_coach_cache, training_programs, utcnow
 from core.service import ProgramService
 from core.settings import Settings
+from testkit.counting import CountingGenerator
+from testkit.pg_server import PostgresServer, free_port
 from tests.conftest import Faults
-from tests.helpers import PROFILE, CountingGenerator, count_rows
-from tests.pg_server import PostgresServer, free_port
-from tests.test_pages import APP, fill, submit
+from tests.helpers import PROFILE, count_rows, start_cli
+from tests.test_pages import fill, submit
 
 
 def test_postgres_restarting_under_the_app_costs_no_request(pg: PostgresServer, pg_url: str) -> None:
@@ -111,12 +113,8 @@ def test_cleanup_while_hits_are_served_fails_no_request_and_keeps_valid_entries(
 
 
 @pytest.fixture
-def restricted_app(pg_faults: Faults, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    monkeypatch.setenv("DATABASE_URL", pg_faults.url)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    st.cache_resource.clear()
-    yield AppTest.from_file(APP, default_timeout=60).run()
-    st.cache_resource.clear()
+def restricted_app(pg_faults: Faults, app_test: Callable[..., AppTest]) -> AppTest:
+    return app_test(pg_faults.url).run()
 
 
 def test_a_failed_history_save_keeps_the_program_on_screen_and_can_be_retried(
@@ -141,23 +139,21 @@ def test_a_failed_history_save_keeps_the_program_on_screen_and_can_be_retried(
     assert count_rows(pg_faults.engine, training_programs) == 1
 
 
-def test_two_instances_starting_together_migrate_once(pg: PostgresServer, tmp_path: Path) -> None:
-    import multiprocessing
-
-    pg.admin("CREATE DATABASE fresh_instances")
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_start_instance, args=(pg.url("fresh_instances"),)) for _ in range(2)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(60)
-    pg.admin("DROP DATABASE fresh_instances WITH (FORCE)")
-    assert [p.exitcode for p in processes] == [0, 0]
-
-
-def _start_instance(url: str) -> None:
-    from core.db import migrate
-
-    engine = make_engine(url)
-    migrate(engine)
-    engine.dispose()
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_instances_starting_together_on_an_empty_database_all_start(
+    backend: str, pg: PostgresServer, tmp_path: Path
+) -> None:
+    """Three instances' migrations at once on a database with no tables: on SQLite the
+    migration waits for the write lock, on PostgreSQL for an advisory lock."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/fresh.db"
+    else:
+        name = f"fresh_{uuid.uuid4().hex[:8]}"
+        pg.admin(f"CREATE DATABASE {name}")
+        url = pg.url(name)
+    processes = [start_cli(url, "migrate") for _ in range(3)]
+    finished = [p.communicate(timeout=60) for p in processes]
+    if backend == "postgresql":
+        pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
+    assert [p.returncode for p in processes] == [0, 0, 0], [err.decode() for _, err in finished]
+    assert {json.loads(out)["revision"] for out, _ in finished} == {head_revision()}

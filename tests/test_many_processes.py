@@ -1,44 +1,34 @@
-"""Single-flight across processes: separate app instances sharing one PostgreSQL."""
+"""Single-flight across processes: separate app instances (real `python -m core` processes)
+sharing one PostgreSQL."""
 
 from __future__ import annotations
 
-import multiprocessing
-from typing import Any
+import json
+from pathlib import Path
 
 from sqlalchemy import select
 
 from core.db import make_engine
-from core.generators import OpenAIChatGenerator
 from core.schema import generation_events
-from core.service import ProgramService
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, start_cli
 
 
-def _instance(database_url: str, base_url: str, start: Any, results: Any) -> None:
-    engine = make_engine(database_url)
-    generator = OpenAIChatGenerator(
-        api_key="sk-test", model="gpt-test", base_url=base_url, timeout_seconds=30, max_retries=0
-    )
-    service = ProgramService(engine=engine, generator=generator, lock_wait_seconds=60)
-    start.wait()
-    result = service.generate(user_id="shared-user", onboarding_responses=PROFILE, has_paid_access=True)
-    results.put(result.cache_hit)
-
-
-def test_four_processes_generating_the_same_profile_make_one_llm_call(pg_url: str, fake_openai: FakeOpenAI) -> None:
-    fake_openai.reset(Behaviour(delay_seconds=1.0))
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(4), context.Queue()
+def test_four_processes_generating_the_same_profile_make_one_llm_call(
+    pg_url: str, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    # Long enough a generation that all four processes, started together, ask during it.
+    fake_openai.reset(Behaviour(delay_seconds=4.0))
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE))
+    openai = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": "gpt-test"}
     processes = [
-        context.Process(target=_instance, args=(pg_url, fake_openai.base_url, start, results)) for _ in range(4)
+        start_cli(pg_url, "generate", "--user-id", "shared-user", "--profile", str(profile), "--paid", **openai)
+        for _ in range(4)
     ]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(60)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
-    assert sorted(results.get(timeout=5) for _ in range(4)) == [False, True, True, True]
+    finished = [p.communicate(timeout=60) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [err.decode() for _, err in finished]
+    assert sorted(json.loads(out)["cache_hit"] for out, _ in finished) == [False, True, True, True]
     assert fake_openai.calls == 1
     engine = make_engine(pg_url)
     with engine.connect() as connection:

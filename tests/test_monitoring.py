@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,13 +15,15 @@ from core.cache_key import DIGEST_ALPHABET
 from core.db import make_engine, migrate
 from core.history import GenerationEvent, insert_event
 from core.schema import generation_events, generation_stats_hourly, utcnow
+from tests.test_cli import run
 
 
 @pytest.fixture(scope="module")
-def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('replay')}/coach.db")
     migrate(engine)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 def seed(engine: Engine) -> None:
@@ -83,6 +86,40 @@ def test_rollup_gives_the_numbers_raw_events_give(engine: Engine) -> None:
     assert (summary.cache_read_errors, summary.cache_write_errors, summary.llm_calls) == (2, 1, 3)
     assert summary.hit_rate == 4 / 7
     assert summary.avg_hit_ms == (3.0 + 1.5 + 0.8 + 2.5) / 4
+
+
+def test_a_bounded_rollup_catches_up_in_steps_across_gaps_and_numbers_never_change(engine: Engine) -> None:
+    seed(engine)  # events 50, 49.5, 49.2, 30, 26 and 5 hours ago have settled
+    raw = snapshot(engine)
+    reached = []
+    for _ in range(5):
+        reached.append(monitoring.refresh_rollup(engine, max_hours=2))
+        assert snapshot(engine) == raw
+    hours_ago = [round((utcnow() - r).total_seconds() / 3600) for r in reached if r is not None]
+    # Two hours a step from the first event not rolled up: the 19 empty hours cost no step.
+    assert hours_ago[:3] == [50, 30, 26] and hours_ago[-1] == 5
+
+
+def test_the_rollup_command_rolls_up_every_settled_hour(engine: Engine, database_url: str) -> None:
+    seed(engine)
+    done = run(database_url, "rollup")
+    assert done.returncode == 0, done.stderr.decode()
+    with engine.connect() as connection:
+        assert connection.execute(select(func.sum(generation_stats_hourly.c.requests))).scalar_one() == 6
+
+
+def test_hit_rate_and_llm_calls_per_bucket_are_the_summary_definitions(engine: Engine) -> None:
+    seed(engine)
+    since = utcnow() - timedelta(days=7)
+    buckets = monitoring.traffic_over_time(engine, since, "day")
+    summary = monitoring.summary(engine, since)
+    assert sum(b.hits for b in buckets) == summary.hits
+    assert sum(b.llm_calls for b in buckets) == summary.llm_calls
+    assert monitoring.hit_rate(sum(b.hits for b in buckets), summary.hits + summary.llm_calls) == summary.hit_rate
+    # Fastest bin first; the 60 s error is not a served request.
+    labels = [r["label"] for r in monitoring.latency_histogram(engine, since)]
+    assert labels == ["< 1.0 ms", "< 2.0 ms", "< 5.0 ms", "< 10.0 s", "< 10.0 s"]  # bypass, miss
+    assert monitoring.latency_bin_label(None) == "≥ 20.0 s"
 
 
 def test_new_events_after_a_rollup_are_counted(engine: Engine) -> None:

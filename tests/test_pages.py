@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import streamlit as st
-from sqlalchemy import update
+from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from core.db import make_engine
-from core.schema import ai_coach_cache, utcnow
-from tests.helpers import count_rows
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from core.schema import ai_coach_cache
+from tests.helpers import count_rows, expire_entries
 
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/coach.db")
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    st.cache_resource.clear()  # each test gets its own settings and engine
-    yield AppTest.from_file(APP, default_timeout=60).run()
-    st.cache_resource.clear()
+def app(tmp_path: Path, app_test: Callable[..., AppTest]) -> AppTest:
+    return app_test(f"sqlite:///{tmp_path}/coach.db").run()
 
 
 def fill(at: AppTest, user_id: str = "client-7", **answers: object) -> AppTest:
@@ -76,14 +66,13 @@ def test_choosing_a_known_user_prefills_their_latest_answers(app: AppTest) -> No
 
 
 @pytest.mark.parametrize("user_id", ["bad:id", "", "two words"])
-def test_invalid_input_names_the_field_and_writes_nothing(app: AppTest, tmp_path: Path, user_id: str) -> None:
+def test_invalid_input_names_the_field_and_writes_nothing(app: AppTest, app_engine: Engine, user_id: str) -> None:
     app.session_state["user_id"] = user_id
     submit(app.run())
     assert "User ID" in app.error[0].value and "Nothing was saved" in app.error[0].value
     assert "1-128 characters" in app.error[0].value
     assert not app.info or "Cache" not in app.info[0].value
-    engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
-    assert count_rows(engine, ai_coach_cache) == 0
+    assert count_rows(app_engine, ai_coach_cache) == 0
 
 
 def test_empty_database_pages_show_friendly_empty_states(app: AppTest) -> None:
@@ -115,16 +104,11 @@ def test_monitoring_shows_hit_rate_and_charts(app: AppTest) -> None:
     assert len(app.get("plotly_chart")) >= 5
 
 
-def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, tmp_path: Path) -> None:
+def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, app_engine: Engine) -> None:
     submit(fill(app, "expired-user"))
     submit(fill(app, "valid-user"))
-    engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
-    with engine.begin() as connection:
-        connection.execute(
-            update(ai_coach_cache)
-            .where(ai_coach_cache.c.user_id == "expired-user")
-            .values(expires_at=utcnow() - timedelta(hours=1))
-        )
+    engine = app_engine
+    expire_entries(engine, ai_coach_cache.c.user_id == "expired-user")
     app.switch_page("pages/admin.py").run()
     next(b for b in app.button if b.label == "Delete expired entries").click().run()
     assert count_rows(engine, ai_coach_cache) == 2  # nothing yet: a confirmation is asked
@@ -135,13 +119,13 @@ def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, tm
     assert list(app.dataframe[-1].value["Action"]) == ["cleanup"]
 
 
-def test_invalidate_a_user_with_confirmation(app: AppTest, tmp_path: Path) -> None:
+def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -> None:
     submit(fill(app, "leaving-user"))
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value("leaving-user").run()
     next(b for b in app.button if b.label == "Invalidate").click().run()
     app.button(key="invalidate_no").click().run()
-    engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
+    engine = app_engine
     assert count_rows(engine, ai_coach_cache) == 1
     next(b for b in app.button if b.label == "Invalidate").click().run()
     app.button(key="invalidate_yes").click().run()

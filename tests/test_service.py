@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import threading
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,12 +12,14 @@ from sqlalchemy import Engine, select, update
 
 from core import cache_store, history
 from core.generators import GenerationError
+from core.history import HistoryFilter
 from core.models import ContractError, OnboardingResponses
 from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
-from core.service import GenerationFailed, ProgramService
+from core.service import MISS_REASON_TEXT, MISS_REASONS, GenerationFailed, ProgramService
 from core.single_flight import SingleFlightTimeout
+from testkit.counting import CountingGenerator
 from tests.conftest import Faults
-from tests.helpers import PROFILE, CountingGenerator, count_rows, table_counts
+from tests.helpers import PROFILE, count_rows, expire_entries, table_counts
 
 
 def generate(service: ProgramService, profile: dict[str, Any] = PROFILE, **kwargs: Any) -> Any:
@@ -112,7 +116,7 @@ def test_miss_reasons(service: ProgramService) -> None:
     first = generate(service)
     assert first.miss_reason == "first_generation"
 
-    set_entry(service.engine, first.cache_key, expires_at=utcnow() - timedelta(seconds=1))
+    expire_entries(service.engine, ai_coach_cache.c.cache_key == first.cache_key, ago=timedelta(seconds=1))
     expired = generate(service)
     assert (expired.cache_hit, expired.miss_reason) == (False, "expired")
 
@@ -251,10 +255,37 @@ def test_history_save_error_is_reported_with_the_program_and_can_be_saved_again(
     assert count_rows(faults.engine, training_programs) == 0
     assert events(faults.engine)[-1]["history_error"] is True
 
+    refused = service.save_again(result)
+    assert refused.history_error and refused.unsaved is result.unsaved  # still refused: kept to try again
+
     faults.allow("training_programs", "INSERT")
-    saved_id = history.save_program(faults.engine, result.unsaved)
-    assert programs(faults.engine)[0]["id"] == saved_id
+    saved = service.save_again(refused)
+    assert saved.history_error is None and saved.unsaved is None
+    assert programs(faults.engine)[0]["id"] == saved.training_program_id
     assert programs(faults.engine)[0]["program"] == result.program
+
+
+def test_every_miss_reason_has_the_text_a_coach_reads() -> None:
+    assert set(MISS_REASON_TEXT) == set(MISS_REASONS)
+    assert all(text and text[0].islower() for text in MISS_REASON_TEXT.values())
+
+
+def test_history_filters_are_whole_utc_days_and_open_ended_while_one_day_is_picked() -> None:
+    picked = (date(2026, 11, 1), date(2026, 11, 3))
+    flt = HistoryFilter.from_form(user_id="  client-1 ", days=picked, source="cache")
+    assert (flt.user_id, flt.source) == ("client-1", "cache")
+    assert (flt.since, flt.until) == (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC))
+    one_day = HistoryFilter.from_form(user_id="", days=picked[:1], source=None)
+    assert (one_day.user_id, one_day.since, one_day.until) == (None, datetime(2026, 11, 1, tzinfo=UTC), None)
+
+
+def test_the_csv_export_holds_the_filtered_rows(service: ProgramService) -> None:
+    generate(service)
+    generate(service)
+    with history.export_csv(service.engine, HistoryFilter(source="cache")) as exported:
+        rows = list(csv.reader(io.TextIOWrapper(exported, encoding="utf-8")))
+    assert rows[0] == history.CSV_COLUMNS
+    assert [r[history.CSV_COLUMNS.index("source")] for r in rows[1:]] == ["cache"]
 
 
 def test_concurrent_identical_requests_make_one_llm_call(engine: Engine) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.generators.base import Generation, program_weeks
-from core.models import Equipment, OnboardingResponses
+from core.models import OnboardingResponses
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class OfflineGenerator:
 
 def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:
     weeks = program_weeks(has_paid_access)
-    equipment: set[Equipment] = set(profile.equipment) | {"bodyweight"}
+    equipment: set[str] = {*profile.equipment, "bodyweight"}
     avoid = injured_parts(profile.injuries)
     exercises_per_session = max(2, min(8, (profile.session_minutes - 10) // 9))
     templates = SPLITS[profile.days_per_week]

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import openai
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from core.generators.base import Generation, GenerationError, program_weeks
 from core.models import OnboardingResponses, load_contract
@@ -46,7 +47,7 @@ def _state_in_words(node: Any, keywords: dict[str, str]) -> None:
         _state_in_words(value, keywords)
 
 
-def program_response_format(model: str) -> dict[str, Any]:
+def program_response_format(model: str) -> ResponseFormatJSONSchema:
     """The program contract as a strict `json_schema` response format that OpenAI accepts
     for `model` (tests/openai_strict.py checks it against the documented rules)."""
     schema = {k: v for k, v in copy.deepcopy(load_contract("training_program")).items() if not k.startswith("$")}
@@ -92,7 +93,7 @@ class OpenAIChatGenerator:
                     {"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": json.dumps(request)},
                 ],
-                response_format=self._response_format,  # type: ignore[arg-type]
+                response_format=self._response_format,
                 max_completion_tokens=self.max_completion_tokens,
             )
         except openai.APIError as exc:

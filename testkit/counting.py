@@ -1,0 +1,27 @@
+"""The offline coach, counting its calls, optionally taking a fixed time per call: a
+deterministic stand-in for the LLM whose cost is known."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from core.generators import Generation, OfflineGenerator
+from core.models import OnboardingResponses
+
+
+class CountingGenerator:
+    name = "counting-offline"
+
+    def __init__(self, delay_seconds: float = 0.0) -> None:
+        self.delay_seconds = delay_seconds
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._offline = OfflineGenerator()
+
+    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
+        with self._lock:
+            self.calls += 1
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
+        return self._offline.generate(profile, has_paid_access)
