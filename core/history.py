@@ -181,18 +181,50 @@ def get_program(engine: Engine, program_id: int) -> ProgramRow | None:
     return ProgramRow(**row._mapping) if row else None
 
 
-def latest_profile(engine: Engine, user_id: str) -> tuple[dict[str, Any], bool] | None:
-    """The answers and access of the user's newest program: the baseline a new request
-    is compared with, and what the form pre-fills."""
+@dataclass(frozen=True)
+class Answers:
+    """The answers and access a program was made from."""
+
+    program_id: int
+    created_at: datetime
+    onboarding_responses: dict[str, Any]
+    has_paid_access: bool
+
+
+def latest_answers(engine: Engine, user_id: str, *, except_program: int | None = None) -> Answers | None:
+    """The answers of the user's newest program (other than `except_program`): the baseline
+    a new request is compared with, and what a coach may load into the form."""
     query = (
-        select(programs.onboarding_responses, programs.has_paid_access)
+        select(programs.id, programs.created_at, programs.onboarding_responses, programs.has_paid_access)
         .where(programs.user_id == user_id)
         .order_by(programs.created_at.desc(), programs.id.desc())
         .limit(1)
     )
+    if except_program is not None:
+        query = query.where(programs.id != except_program)
     with engine.connect() as connection:
         row = connection.execute(query).first()
-    return (row.onboarding_responses, row.has_paid_access) if row else None
+    return Answers(row.id, row.created_at, row.onboarding_responses, row.has_paid_access) if row else None
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    before: Any
+    after: Any
+
+
+PAID_ACCESS = "has_paid_access"
+
+
+def changed_answers(before: Answers, after: dict[str, Any], has_paid_access: bool) -> list[Change]:
+    """What differs between two sets of normalized answers, field by field (an answer
+    left out is None), paid access last."""
+    old, new = before.onboarding_responses, after
+    changes = [Change(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if before.has_paid_access != has_paid_access:
+        changes.append(Change(PAID_ACCESS, before.has_paid_access, has_paid_access))
+    return changes
 
 
 def _list_columns() -> list[Any]:

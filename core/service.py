@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -72,6 +73,9 @@ class GenerationResult:
     cache_hit: bool
     cache_key: str
     latency_ms: float
+    # When the program was asked for (the history row's created_at), and from what answers.
+    requested_at: datetime
+    onboarding_responses: dict[str, Any]
     training_program_id: int | None = None
     expires_at: datetime | None = None
     miss_reason: MissReason | None = None
@@ -104,12 +108,17 @@ class _Request:
     def elapsed_ms(self) -> float:
         return (perf_counter() - self.started) * 1000
 
+    @cached_property
+    def answers(self) -> dict[str, Any]:
+        """The normalized answers, as stored and compared."""
+        return self.profile.normalized()
+
     def record(self, program_json: str, source: Source, generation: Generation | None = None) -> HistoryRecord:
         """The history row of this request's program."""
         return HistoryRecord(
             user_id=self.user_id,
             program_json=program_json,
-            onboarding_responses=self.profile.normalized(),
+            onboarding_responses=self.answers,
             has_paid_access=self.has_paid_access,
             source=source,
             cache_key=self.key,
@@ -117,6 +126,7 @@ class _Request:
             model=generation.model if generation else None,
             prompt_tokens=generation.prompt_tokens if generation else None,
             completion_tokens=generation.completion_tokens if generation else None,
+            created_at=self.requested_at,
         )
 
 
@@ -185,9 +195,12 @@ class ProgramService:
         onboarding_responses: Any,
         has_paid_access: bool,
         force_refresh: bool = False,
+        on_generating: Callable[[MissReason], None] | None = None,
     ) -> GenerationResult:
         """Raises ContractError for invalid input (nothing written), GenerationFailed or
-        SingleFlightTimeout when no program could be had (nothing cached or saved)."""
+        SingleFlightTimeout when no program could be had (nothing cached or saved).
+        `on_generating(reason)` is called when the LLM is about to be asked, so a caller
+        can say what is happening while it works."""
         check_user_id(user_id)
         profile = parse_onboarding(onboarding_responses)
         key = cache_key(user_id, profile, has_paid_access)
@@ -204,7 +217,7 @@ class ProgramService:
                 key,
                 wait_seconds=self.lock_wait_seconds,
                 from_cache=lambda: self._hit_or_none(request, written_since),
-                produce=lambda: self._generate_and_store(request, reason, changed),
+                produce=lambda: self._generate_and_store(request, reason, changed, on_generating),
             )
         except SingleFlightTimeout as exc:
             self._record_failure(request, reason, str(exc))
@@ -259,6 +272,8 @@ class ProgramService:
                 cache_hit=True,
                 cache_key=request.key,
                 latency_ms=request.elapsed_ms(),
+                requested_at=request.requested_at,
+                onboarding_responses=request.answers,
                 expires_at=entry.expires_at,
             )
             event = GenerationEvent(
@@ -289,25 +304,32 @@ class ProgramService:
         if lookup.entry is not None:
             return "expired", ()
         try:
-            baseline = history.latest_profile(self.engine, request.user_id)
+            baseline = history.latest_answers(self.engine, request.user_id)
         except DBAPIError as exc:
-            log.warning("Could not read the user's last profile: %s", describe_db_error(exc))
+            log.warning("Could not read the user's last answers: %s", describe_db_error(exc))
             return "first_generation", ()
         if baseline is None:
             return "first_generation", ()
-        before, had_paid_access = baseline
-        now = request.profile.normalized()
-        changed = tuple(sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)))
+        changed = tuple(
+            c.field for c in history.changed_answers(baseline, request.profile.normalized(), request.has_paid_access)
+        )
+        if changed == (history.PAID_ACCESS,):
+            return "access_changed", changed
         if changed:
-            access = ("has_paid_access",) if had_paid_access != request.has_paid_access else ()
-            return "profile_changed", changed + access
-        if had_paid_access != request.has_paid_access:
-            return "access_changed", ("has_paid_access",)
+            return "profile_changed", changed
         # Same answers as last time but no entry: it expired and was cleaned up, or was invalidated.
         return "expired", ()
 
-    def _generate_and_store(self, request: _Request, reason: MissReason, changed: tuple[str, ...]) -> GenerationResult:
+    def _generate_and_store(
+        self,
+        request: _Request,
+        reason: MissReason,
+        changed: tuple[str, ...],
+        on_generating: Callable[[MissReason], None] | None,
+    ) -> GenerationResult:
         log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
+        if on_generating is not None:
+            on_generating(reason)
         llm_started = perf_counter()
         try:
             generation = self.generator.generate(request.profile, request.has_paid_access)
@@ -349,6 +371,8 @@ class ProgramService:
             cache_hit=False,
             cache_key=request.key,
             latency_ms=record.latency_ms,
+            requested_at=request.requested_at,
+            onboarding_responses=request.answers,
             expires_at=now + self.ttl if written_at else None,
             miss_reason=reason,
             changed_fields=changed,

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # How long a request waits for a concurrent identical generation; None derives it
     # from the LLM's own worst case so a waiter never gives up on a call still in flight.
     single_flight_wait_seconds: float | None = Field(default=None, gt=0)
+    # A second identical click on "Generate program" this soon after the first one's request
+    # was served is the rest of a double click: it shows that result, it does not generate.
+    double_click_seconds: float = Field(default=1.0, ge=0)
     # Sign-in is optional; when on, only these e-mails may run destructive admin actions.
     admin_emails: Annotated[list[str], NoDecode] = []
 

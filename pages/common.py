@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
+from datetime import datetime
 from typing import Any
 
-import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
+from core import handover
 from core.db import make_engine, migrate
 from core.generators import make_generator, startup_warning
 from core.service import ProgramService
@@ -62,11 +62,9 @@ def may_administer() -> bool:
     return bool(st.user.is_logged_in and email and email in get_settings().admin_emails)
 
 
-EXERCISE_COLUMNS = {"name": "Exercise", "sets": "Sets", "reps": "Reps", "rest_seconds": "Rest (s)", "notes": "Notes"}
-
-
-def render_program(program: dict[str, Any], *, key: str) -> None:
-    """A program as a coach reads it: what it is, each week's sessions, the safety notes."""
+def render_program(program: dict[str, Any], *, user_id: str, created_at: datetime, key: str) -> None:
+    """A program as a coach reads it (what it is, each week's sessions, the safety notes),
+    and the files to hand it over."""
     st.subheader(escape_markdown(program["title"]), anchor=False)
     st.markdown(escape_markdown(program["summary"]))
     goal = program["goal"].replace("_", " ").capitalize()
@@ -75,36 +73,64 @@ def render_program(program: dict[str, Any], *, key: str) -> None:
         f":material/calendar_month: {program['duration_weeks']} weeks · "
         f":material/event_repeat: {program['days_per_week']} days a week"
     )
-    tabs = st.tabs([f"Week {w['week']}" for w in program["weeks"]])
-    for tab, week in zip(tabs, program["weeks"], strict=True):
-        with tab:
-            st.caption(escape_markdown(week["theme"]))
-            for session in week["sessions"]:
-                focus = escape_markdown(session["focus"])
-                st.markdown(f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min")
-                st.dataframe(
-                    # Explicit order: JSONB hands object keys back sorted by length.
-                    pd.DataFrame(session["exercises"], columns=list(EXERCISE_COLUMNS)).rename(columns=EXERCISE_COLUMNS),
-                    hide_index=True,
-                    width="stretch",
-                )
+    markdown = handover.program_markdown(program, user_id=user_id, created_at=created_at)
+    cols = st.columns(2)
+    cols[0].download_button(
+        "Download Markdown",
+        markdown,
+        file_name=handover.file_name(user_id, created_at, "md"),
+        mime="text/markdown",
+        key=f"download-md-{key}",
+        icon=":material/description:",
+        on_click="ignore",
+        width="stretch",
+    )
+    cols[1].download_button(
+        "Download JSON",
+        handover.program_json(program),
+        file_name=handover.file_name(user_id, created_at, "json"),
+        mime="application/json",
+        key=f"download-json-{key}",
+        icon=":material/data_object:",
+        on_click="ignore",
+        width="stretch",
+    )
+    with st.expander("Markdown to copy", icon=":material/content_copy:"):
+        st.code(markdown, language="markdown")
+    # One week at a time: a click sends the browser one week's tables, not all of them
+    # (the Markdown download has every week, to print).
+    weeks = {week["week"]: week for week in program["weeks"]}
+    shown = st.segmented_control(
+        "Week",
+        list(weeks),
+        format_func=lambda number: f"Week {number}",
+        default=min(weeks),
+        required=True,
+        key=f"week-{key}-{len(weeks)}",
+        label_visibility="collapsed",
+    )
+    week = weeks[shown if shown in weeks else min(weeks)]
+    st.caption(escape_markdown(week["theme"]))
+    for session in week["sessions"]:
+        focus = escape_markdown(session["focus"])
+        st.markdown(
+            f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min\n\n"
+            + handover.session_table(session, cell=table_cell)
+        )
     if program["safety_notes"]:
         st.markdown("**Safety notes**")
         for note in program["safety_notes"]:
             st.markdown(f"- {escape_markdown(note)}")
-    st.download_button(
-        "Download JSON",
-        json.dumps(program, indent=2, ensure_ascii=False),
-        file_name="training_program.json",
-        mime="application/json",
-        key=f"download-{key}",
-        icon=":material/download:",
-    )
 
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:])")
 LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
 ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)
+
+
+def table_cell(value: object) -> str:
+    """A value as the text of one Markdown table cell: one line, shown as text."""
+    return escape_markdown(" ".join(str(value).split()))
 
 
 def escape_markdown(text: str) -> str:

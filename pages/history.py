@@ -10,7 +10,7 @@ import streamlit as st
 from core import history
 from core.formatting import format_duration
 from core.history import HistoryFilter, ProgramRow
-from pages.common import get_engine, render_program
+from pages.common import escape_markdown, get_engine, render_program
 
 PAGE_SIZE = 50
 
@@ -41,6 +41,17 @@ def table(rows: list[ProgramRow]) -> pd.DataFrame:
     )
 
 
+def show_program(requested: str) -> None:
+    """The program `?program=ID` names, or a plain word that there is none."""
+    st.divider()
+    row = history.get_program(get_engine(), int(requested)) if requested.isdigit() else None
+    if row is None or row.program is None:
+        st.warning(f"There is no program #{escape_markdown(requested)}.", icon=":material/search_off:")
+        return
+    st.caption(f"Program #{row.id} for {row.user_id}, {row.source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
+    render_program(row.program, user_id=row.user_id, created_at=row.created_at, key=f"history-{row.id}")
+
+
 st.title("Program history")
 st.caption("Every program handed out to a coach, from the LLM or the cache, newest first.")
 flt = read_filter()
@@ -53,40 +64,35 @@ page = history.list_programs(get_engine(), flt, after=cursors[-1], page_size=PAG
 
 if not page.rows:
     st.info("No programs match these filters yet. Generate one on the **Generate program** page.")
-    st.stop()
-
-selection = st.dataframe(
-    table(page.rows),
-    hide_index=True,
-    width="stretch",
-    on_select="rerun",
-    selection_mode="single-row",
-    key=f"history_table_{len(cursors)}",
-)
-nav = st.columns([1, 1, 4, 2])
-if nav[0].button("Previous", disabled=len(cursors) == 1, icon=":material/chevron_left:"):
-    cursors.pop()
-    st.rerun()
-if nav[1].button("Next", disabled=page.next_cursor is None, icon=":material/chevron_right:"):
-    cursors.append(page.next_cursor)
-    st.rerun()
-nav[2].caption(f"Page {len(cursors)} · {PAGE_SIZE} per page")
-nav[3].download_button(
-    "Export CSV",
-    lambda: history.export_csv(get_engine(), flt),
-    file_name="training_programs.csv",
-    mime="text/csv",
-    icon=":material/download:",
-    on_click="ignore",
-)
-
-chosen = selection.selection.rows if selection else []
-if chosen:
-    row = page.rows[chosen[0]]
-    full = history.get_program(get_engine(), row.id)
-    if full and full.program:
-        st.divider()
-        st.caption(f"Program #{row.id} for {row.user_id}, {row.source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
-        render_program(full.program, key=f"history-{row.id}")
 else:
-    st.caption("Select a row to see the full program.")
+    selection = st.dataframe(
+        table(page.rows),
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key=f"history_table_{len(cursors)}",
+    )
+    nav = st.columns([1, 1, 4, 2])
+    if nav[0].button("Previous", disabled=len(cursors) == 1, icon=":material/chevron_left:"):
+        cursors.pop()
+        st.rerun()
+    if nav[1].button("Next", disabled=page.next_cursor is None, icon=":material/chevron_right:"):
+        cursors.append(page.next_cursor)
+        st.rerun()
+    nav[2].caption(f"Page {len(cursors)} · {PAGE_SIZE} per page")
+    nav[3].download_button(
+        "Export CSV",
+        lambda: history.export_csv(get_engine(), flt),
+        file_name="training_programs.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+    )
+    if selection.selection.rows:
+        # The URL names the program shown, so a coach can send it to a colleague.
+        st.query_params["program"] = str(page.rows[selection.selection.rows[0]].id)
+    elif "program" not in st.query_params:
+        st.caption("Select a row to see the full program.")
+if "program" in st.query_params:
+    show_program(st.query_params["program"])

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from core.db import make_engine
-from core.schema import ai_coach_cache
+from core.schema import ai_coach_cache, training_programs
 from testkit.pg_server import PostgresServer, free_port
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import app_environment, count_rows, expire_entries
 
 pytestmark = pytest.mark.browser
@@ -46,12 +46,12 @@ def database(pg: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def server(database: str, fake_openai_server: FakeOpenAI) -> Iterator[str]:
+def server(database: str, fake_openai: FakeOpenAI) -> Iterator[str]:
     port = free_port()
     env = app_environment(
         database,
         OPENAI_API_KEY=API_KEY,
-        OPENAI_BASE_URL=fake_openai_server.base_url,
+        OPENAI_BASE_URL=fake_openai.base_url,
         OPENAI_MODEL="gpt-e2e",
         LLM_MAX_RETRIES="0",
     )
@@ -121,9 +121,9 @@ def go_to(page: Page, title: str) -> None:
 
 
 def test_a_coach_and_an_operator_through_every_page(
-    server: str, browser: Browser, fake_openai_server: FakeOpenAI, database: str
+    server: str, browser: Browser, fake_openai: FakeOpenAI, database: str
 ) -> None:
-    fake_openai_server.reset()
+    fake_openai.reset()
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
     page.goto(server)
     settle(page)
@@ -131,20 +131,16 @@ def test_a_coach_and_an_operator_through_every_page(
     expect(sidebar).to_contain_text("PostgreSQL 127.0.0.1")
     expect(sidebar).to_contain_text("OpenAI gpt-e2e at http://127.0.0.1")
 
-    user = page.get_by_role("textbox", name="User ID")
-    user.fill("e2e-client")
-    user.press("Enter")
-    settle(page)
-
+    page.get_by_role("textbox", name="User ID").fill("e2e-client")
     generate(page)
     expect(page.get_by_text("Cache miss")).to_be_visible()
     expect(page.get_by_text("first program for this user")).to_be_visible()
-    assert fake_openai_server.calls == 1
+    assert fake_openai.calls == 1
     shot(page, "1-generate-miss")
 
     generate(page)
     expect(page.get_by_text("Cache hit")).to_be_visible()
-    assert fake_openai_server.calls == 1
+    assert fake_openai.calls == 1
     shot(page, "2-generate-hit")
 
     days = page.get_by_role("spinbutton", name="Days per week")
@@ -153,7 +149,7 @@ def test_a_coach_and_an_operator_through_every_page(
     generate(page)
     expect(page.get_by_text("Cache miss")).to_be_visible()
     expect(page.get_by_text("the profile changed (Days per week)")).to_be_visible()
-    assert fake_openai_server.calls == 2
+    assert fake_openai.calls == 2
     assert API_KEY not in page.content()
 
     go_to(page, "Program history")
@@ -164,7 +160,7 @@ def test_a_coach_and_an_operator_through_every_page(
     page.get_by_test_id("stDataFrame").first.click(position={"x": 18, "y": 52})
     settle(page)
     expect(page.get_by_text("Program #3 for e2e-client")).to_be_visible()
-    expect(page.get_by_role("tab", name="Week 1")).to_be_visible()
+    expect(page.get_by_role("radio", name="Week 1").or_(page.get_by_role("button", name="Week 1"))).to_be_visible()
     shot(page, "3-history")
 
     go_to(page, "Cache monitoring")
@@ -193,10 +189,7 @@ def test_hostile_answers_are_shown_as_text_never_run(server: str, browser: Brows
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
     page.goto(server)
     settle(page)
-    user = page.get_by_role("textbox", name="User ID")
-    user.fill("e2e-hostile")
-    user.press("Enter")
-    settle(page)
+    page.get_by_role("textbox", name="User ID").fill("e2e-hostile")
     hostile = "<img src=x onerror=window.__pwned=1> [click](javascript:window.__pwned=2) :red[boom]"
     page.get_by_role("textbox", name="Notes").fill(hostile)
     generate(page)
@@ -205,3 +198,84 @@ def test_hostile_answers_are_shown_as_text_never_run(server: str, browser: Brows
     assert page.locator("img[src='x']").count() == 0
     assert page.locator("a[href^='javascript']").count() == 0
     shot(page, "6-hostile-input")
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """One browser profile, whose cache keeps Streamlit's scripts; each page in it is a new session."""
+    clipboard = ["clipboard-read", "clipboard-write"]
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, permissions=clipboard)
+    yield context
+    context.close()
+
+
+def open_fresh(context: BrowserContext, server: str) -> Page:
+    page = context.new_page()
+    page.goto(server)
+    settle(page)
+    return page
+
+
+def type_id(page: Page, how: str, user_id: str) -> None:
+    """Enter the User ID the way a coach does, then nothing: the click follows at once."""
+    box = page.get_by_role("textbox", name="User ID")
+    if how == "fill":
+        box.fill(user_id)
+    elif how == "keystrokes":
+        box.press_sequentially(user_id)
+    elif how == "paste":
+        page.evaluate("text => navigator.clipboard.writeText(text)", user_id)
+        box.click()
+        box.press("Control+V")
+    elif how == "tab":
+        box.fill(user_id)
+        box.press("Tab")
+    elif how == "enter":
+        box.fill(user_id)
+        box.press("Enter")
+
+
+@pytest.mark.parametrize("how", ["fill", "keystrokes", "paste", "tab", "enter"])
+def test_the_first_click_generates_whatever_the_coach_did_just_before(
+    server: str, context: BrowserContext, database: str, how: str
+) -> None:
+    engine = make_engine(database)
+    for attempt in range(10):
+        page = open_fresh(context, server)
+        user_id = f"click-{how}-{attempt}"
+        type_id(page, how, user_id)
+        page.get_by_role("button", name="Generate program").click()
+        expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+        assert count_rows(engine, training_programs, training_programs.c.user_id == user_id) == 1, attempt
+        page.close()
+    engine.dispose()
+
+
+def test_a_double_click_is_one_generation_one_llm_call_one_result(
+    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset()
+    engine = make_engine(database)
+    page = open_fresh(context, server)
+    type_id(page, "fill", "double-clicker")
+    page.get_by_role("button", name="Generate program").dblclick()
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    settle(page)
+    assert count_rows(engine, training_programs, training_programs.c.user_id == "double-clicker") == 1
+    assert fake_openai.calls == 1
+    expect(page.get_by_text("Program #1.")).to_have_count(1)
+    engine.dispose()
+
+
+def test_a_miss_says_what_is_happening_and_for_how_long(
+    server: str, context: BrowserContext, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(delay_seconds=2.5))
+    page = open_fresh(context, server)
+    type_id(page, "fill", "patient-client")
+    page.get_by_role("button", name="Generate program").click()
+    progress = page.get_by_text(re.compile(r"Cache miss \(first program for this user\): OpenAI gpt-e2e .* is writing"))
+    expect(progress).to_be_visible()
+    expect(page.get_by_text(re.compile(r"[12] s so far"))).to_be_visible()
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    expect(progress).to_have_count(0)

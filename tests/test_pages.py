@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from core.schema import ai_coach_cache
+from core.schema import ai_coach_cache, training_programs
 from tests.helpers import count_rows, expire_entries
 
 
@@ -19,7 +19,8 @@ def app(tmp_path: Path, app_test: Callable[..., AppTest]) -> AppTest:
 
 
 def fill(at: AppTest, user_id: str = "client-7", **answers: object) -> AppTest:
-    at.text_input(key="user_id").set_value(user_id).run()
+    """Type into the form without submitting it: the values travel with the next click."""
+    at.text_input(key="user_id").set_value(user_id)
     for field, value in answers.items():
         at.session_state[f"form_{field}"] = value
     return at
@@ -46,7 +47,10 @@ def test_generate_miss_then_hit(app: AppTest) -> None:
     submit(app)
     assert "Cache hit" in app.success[0].value
     assert {m.label: m.value for m in app.metric}["Saved as program"] == "#2"
-    assert any(t.label == "Week 4" for t in app.tabs)
+    weeks = app.button_group[0]
+    assert weeks.options[-1] == "Week 4"
+    weeks.set_value(4).run()
+    assert any("lighter loads" in c.value for c in app.caption)  # week 4 (a deload) is shown
 
 
 def test_a_changed_field_is_named_in_the_miss_reason(app: AppTest) -> None:
@@ -55,14 +59,35 @@ def test_a_changed_field_is_named_in_the_miss_reason(app: AppTest) -> None:
     assert "the profile changed (Days per week)" in app.info[0].value
 
 
-def test_choosing_a_known_user_prefills_their_latest_answers(app: AppTest) -> None:
+def load_latest(at: AppTest) -> AppTest:
+    return at.button(key="FormSubmitter:questionnaire-Load latest answers").click().run()
+
+
+def test_answers_typed_are_never_replaced_unless_the_coach_loads_the_latest(app: AppTest) -> None:
     submit(fill(app, "returning-client", goal="endurance", days_per_week=5, notes="early mornings"))
-    app.text_input(key="user_id").set_value("someone-else").run()
-    assert app.session_state["form_goal"] == "general_fitness"
-    app.text_input(key="user_id").set_value("returning-client").run()
+    # Another user ID, answers typed for them: nothing replaces them, on a submit or not.
+    submit(fill(app, "someone-else", goal="strength", days_per_week=2))
+    assert (app.session_state["form_goal"], app.session_state["form_days_per_week"]) == ("strength", 2)
+
+    load_latest(fill(app, "returning-client"))
     assert app.session_state["form_goal"] == "endurance"
     assert app.session_state["form_days_per_week"] == 5
     assert app.session_state["form_notes"] == "early mornings"
+    note = app.info[0].value
+    assert note.startswith("Loaded the answers of returning-client's latest program, #1 of ") and "UTC" in note
+
+    load_latest(fill(app, "nobody-yet", goal="fat_loss"))
+    assert app.session_state["form_goal"] == "fat_loss"
+    assert "No earlier program for nobody-yet" in app.info[0].value
+
+
+def test_a_returning_users_changes_are_listed_with_a_link_to_the_previous_program(app: AppTest) -> None:
+    submit(fill(app, "changing-client", goal="endurance", days_per_week=3))
+    submit(fill(app, "changing-client", goal="strength", days_per_week=4))
+    since = next(m.value for m in app.markdown if m.value.startswith("- "))
+    assert since == "- Days per week: 3 → 4\n- Goal: Endurance → Strength"
+    link = app.get("page_link")[0]
+    assert link.proto.label.startswith("Previous program #1 (") and link.proto.query_string == "program=1"
 
 
 @pytest.mark.parametrize("user_id", ["bad:id", "", "two words"])
@@ -131,3 +156,29 @@ def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -
     app.button(key="invalidate_yes").click().run()
     assert "Invalidated 1 entries of leaving-user" in app.success[0].value
     assert count_rows(engine, ai_coach_cache) == 0
+
+
+def test_a_program_opens_from_a_link_and_a_missing_one_is_named(app: AppTest) -> None:
+    submit(fill(app, "linked-client"))
+    app.switch_page("pages/history.py")
+    app.query_params["program"] = "1"
+    app.run()
+    assert any(c.value.startswith("Program #1 for linked-client") for c in app.caption)
+    downloads = {b.proto.label: b.proto for b in app.get("download_button")}
+    assert {"Download Markdown", "Download JSON", "Export CSV"} <= set(downloads)
+    app.query_params["program"] = "999"
+    app.run()
+    assert app.warning[0].value == "There is no program #999."
+    assert not app.exception
+
+
+def test_a_second_identical_click_right_after_the_first_shows_the_same_result(
+    tmp_path: Path, app_test: Callable[..., AppTest], app_engine: Engine
+) -> None:
+    app = app_test(f"sqlite:///{tmp_path}/coach.db", DOUBLE_CLICK_SECONDS="30").run()
+    submit(fill(app, "double-clicker"))
+    submit(app)  # the second click of a double click
+    assert "Program #1." in app.info[0].value and not app.success
+    assert count_rows(app_engine, training_programs) == 1
+    submit(fill(app, "double-clicker", days_per_week=4))  # other answers: a new request
+    assert "Program #2." in app.info[0].value

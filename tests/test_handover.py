@@ -1,0 +1,32 @@
+"""A program handed over: printable Markdown with a table per session, the contract's JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from core.generators.offline import build_program
+from core.handover import file_name, program_json, program_markdown
+from core.models import parse_onboarding, parse_program
+from tests.helpers import PROFILE
+
+WHEN = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
+
+
+def test_markdown_has_one_table_per_session_and_every_exercise() -> None:
+    profile = parse_onboarding({**PROFILE, "notes": "knees | hips"})
+    program = build_program(profile, True)
+    text = program_markdown(program, user_id="client-1", created_at=WHEN)
+    sessions = [s for w in program["weeks"] for s in w["sessions"]]
+    assert text.count("| Exercise | Sets | Reps | Rest (s) | Notes |") == len(sessions) == 8 * 3
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "Exercise |" not in line]
+    assert len(rows) == sum(len(s["exercises"]) for s in sessions)
+    assert all(line.count(" | ") == 4 for line in rows)  # a pipe in the text never opens a column
+    assert text.startswith(f"# {program['title']}\n") and "For **client-1**, 2026-11-25." in text
+
+
+def test_json_is_exactly_the_contract_document_and_files_are_named_after_user_and_date() -> None:
+    profile = parse_onboarding(PROFILE)
+    program = build_program(profile, False)
+    assert parse_program(json.loads(program_json(program)), profile) == program
+    assert file_name("client-1", WHEN, "md") == "training-program-client-1-2026-11-25.md"
