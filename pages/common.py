@@ -74,27 +74,21 @@ def render_program(program: dict[str, Any], *, user_id: str, created_at: datetim
         f":material/event_repeat: {program['days_per_week']} days a week"
     )
     markdown = handover.program_markdown(program, user_id=user_id, created_at=created_at)
-    cols = st.columns(2)
-    cols[0].download_button(
-        "Download Markdown",
-        markdown,
-        file_name=handover.file_name(user_id, created_at, "md"),
-        mime="text/markdown",
-        key=f"download-md-{key}",
-        icon=":material/description:",
-        on_click="ignore",
-        width="stretch",
-    )
-    cols[1].download_button(
-        "Download JSON",
-        handover.program_json(program),
-        file_name=handover.file_name(user_id, created_at, "json"),
-        mime="application/json",
-        key=f"download-json-{key}",
-        icon=":material/data_object:",
-        on_click="ignore",
-        width="stretch",
-    )
+    files = [
+        ("Download Markdown", markdown, "md", "text/markdown", ":material/description:"),
+        ("Download JSON", handover.program_json(program), "json", "application/json", ":material/data_object:"),
+    ]
+    for column, (label, data, extension, mime, icon) in zip(st.columns(len(files)), files, strict=True):
+        column.download_button(
+            label,
+            data,
+            file_name=handover.file_name(user_id, created_at, extension),
+            mime=mime,
+            key=f"download-{extension}-{key}",
+            icon=icon,
+            on_click="ignore",
+            width="stretch",
+        )
     with st.expander("Markdown to copy", icon=":material/content_copy:"):
         st.code(markdown, language="markdown")
     # One week at a time: a click sends the browser one week's tables, not all of them

@@ -90,12 +90,12 @@ def questionnaire() -> None:
     for field, default in DEFAULTS.items():
         st.session_state.setdefault(f"form_{field}", default)
     with st.form("questionnaire", border=True, enter_to_submit=False):
-        id_column, load_column = st.columns([3, 1], vertical_alignment="bottom")
+        id_column, load_column = st.columns([5, 3], vertical_alignment="bottom")
         id_column.text_input(
             "User ID", key="user_id", max_chars=128, placeholder="e.g. client-1042 (letters, digits, . _ @ -)"
         )
         load_column.form_submit_button(
-            "Load latest answers",
+            "Load latest",
             on_click=load_latest,
             help="Replace the answers below with this user's latest ones",
             width="stretch",

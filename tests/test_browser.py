@@ -5,10 +5,6 @@ Screenshots of each page land in test-artifacts/."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +14,14 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, 
 
 from core.db import make_engine
 from core.schema import ai_coach_cache, training_programs
-from testkit.pg_server import PostgresServer, free_port
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, dashboard
+from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import app_environment, count_rows, expire_entries
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 API_KEY = "sk-e2e-secret-value-7f3a"
 
 
@@ -47,7 +35,6 @@ def database(pg: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 def server(database: str, fake_openai: FakeOpenAI) -> Iterator[str]:
-    port = free_port()
     env = app_environment(
         database,
         OPENAI_API_KEY=API_KEY,
@@ -56,30 +43,8 @@ def server(database: str, fake_openai: FakeOpenAI) -> Iterator[str]:
         LLM_MAX_RETRIES="0",
     )
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "streamlit-e2e.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=ROOT,  # as ./scripts/run-dashboard does: .streamlit/config.toml is read from here
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("streamlit did not start; see test-artifacts/streamlit-e2e.log")
-        time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(10)
-    log.close()
+    with open(ARTIFACTS / "streamlit-e2e.log", "ab") as log, dashboard(ROOT / "app.py", env, log) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

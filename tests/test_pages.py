@@ -60,7 +60,7 @@ def test_a_changed_field_is_named_in_the_miss_reason(app: AppTest) -> None:
 
 
 def load_latest(at: AppTest) -> AppTest:
-    return at.button(key="FormSubmitter:questionnaire-Load latest answers").click().run()
+    return at.button(key="FormSubmitter:questionnaire-Load latest").click().run()
 
 
 def test_answers_typed_are_never_replaced_unless_the_coach_loads_the_latest(app: AppTest) -> None:
