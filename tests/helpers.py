@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS
 from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
@@ -57,6 +57,27 @@ REQUIRED_ANSWERS = {
     "session_minutes": st.integers(15, 180),
     "equipment": st.lists(st.sampled_from(EQUIPMENT), max_size=8),
 }
+
+
+def insert_entries(engine: Engine, keys: list[str], *, expired: bool) -> None:
+    """Cache entries under `keys` (any namespace), written a day ago, expired an hour ago or
+    valid for another hour: what cleanup and stats are tested on."""
+    now = utcnow()
+    rows = [
+        {
+            "cache_key": key,
+            "user_id": f"u{i}",
+            "data": {"title": "old"},
+            "onboarding_hash": "h",
+            "created_at": now - timedelta(days=1),
+            "updated_at": now - timedelta(days=1),
+            "expires_at": now + (timedelta(hours=-1) if expired else timedelta(hours=1)),
+            "size_bytes": 100,
+        }
+        for i, key in enumerate(keys)
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(ai_coach_cache), rows)
 
 
 def expire_entries(engine: Engine, *where: Any, ago: timedelta = timedelta(hours=1)) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,10 +35,11 @@ HOSTILE = [
 
 
 @pytest.fixture(scope="module")
-def sqlite_service(tmp_path_factory: pytest.TempPathFactory) -> ProgramService:
+def sqlite_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProgramService]:
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('bad')}/coach.db")
     migrate(engine)
-    return ProgramService(engine=engine, generator=CountingGenerator())
+    yield ProgramService(engine=engine, generator=CountingGenerator())
+    engine.dispose()
 
 
 text_values = st.one_of(st.text(max_size=40), st.sampled_from(HOSTILE), st.just("x" * 501))

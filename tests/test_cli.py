@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 
 from core.db import make_engine
-from core.schema import admin_actions, ai_coach_cache, utcnow
+from core.schema import admin_actions, ai_coach_cache
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, start_cli, table_counts
+from tests.helpers import PROFILE, insert_entries, start_cli, table_counts
 
 
 def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
@@ -105,28 +104,11 @@ def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(
     engine.dispose()
 
 
-def seed(engine: Engine, key: str, *, expired: bool) -> None:
-    now = utcnow()
-    with engine.begin() as connection:
-        connection.execute(
-            insert(ai_coach_cache).values(
-                cache_key=key,
-                user_id="u",
-                data={},
-                onboarding_hash="h",
-                created_at=now,
-                updated_at=now,
-                expires_at=now + (timedelta(hours=-1) if expired else timedelta(hours=1)),
-                size_bytes=100,
-            )
-        )
-
-
 def test_cleanup_deletes_only_expired_program_entries(engine: Engine, database_url: str) -> None:
     for i in range(7):
-        seed(engine, f"program:uu{i}:paidfalse:dexpired", expired=True)
-    seed(engine, "program:uvalid:paidfalse:dvalid", expired=False)
-    seed(engine, "recommendation:u1:expired", expired=True)  # another AI-coach feature's entry
+        insert_entries(engine, [f"program:uu{i}:paidfalse:dexpired"], expired=True)
+    insert_entries(engine, ["program:uvalid:paidfalse:dvalid"], expired=False)
+    insert_entries(engine, ["recommendation:u1:expired"], expired=True)  # another AI-coach feature's entry
 
     assert output(run(database_url, "cleanup"))["deleted"] == 7
 
@@ -142,7 +124,7 @@ def test_cleanup_works_in_batches(engine: Engine) -> None:
     from core.cache_store import delete_expired
 
     for i in range(10):
-        seed(engine, f"program:uu{i}:paidfalse:dx", expired=True)
+        insert_entries(engine, [f"program:uu{i}:paidfalse:dx"], expired=True)
     removal = delete_expired(engine, batch_size=3)
     assert (removal.deleted, removal.bytes_reclaimed) == (10, 1000)
 

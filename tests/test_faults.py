@@ -8,22 +8,21 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
 from core.cache_store import delete_expired
 from core.db import head_revision, make_engine
-from core.schema import ai_coach_cache, training_programs, utcnow
+from core.schema import ai_coach_cache, training_programs
 from core.service import ProgramService
 from core.settings import Settings
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer, free_port
 from tests.conftest import Faults
-from tests.helpers import PROFILE, count_rows, start_cli
+from tests.helpers import PROFILE, count_rows, insert_entries, start_cli
 from tests.test_pages import fill, submit
 
 
@@ -58,29 +57,10 @@ def test_a_database_that_is_gone_still_yields_the_program_and_leaks_no_password(
     engine.dispose()
 
 
-def seed_expired(engine: Engine, count: int) -> None:
-    now = utcnow()
-    rows = [
-        {
-            "cache_key": f"program:uold{i}:paidfalse:dexpired",
-            "user_id": f"old{i}",
-            "data": {"title": "old"},
-            "onboarding_hash": "x",
-            "expires_at": now - timedelta(hours=1),
-            "created_at": now - timedelta(days=2),
-            "updated_at": now - timedelta(days=2),
-            "size_bytes": 20,
-        }
-        for i in range(count)
-    ]
-    with engine.begin() as connection:
-        connection.execute(insert(ai_coach_cache), rows)
-
-
 def test_cleanup_while_hits_are_served_fails_no_request_and_keeps_valid_entries(engine: Engine) -> None:
     service = ProgramService(engine=engine, generator=CountingGenerator())
     valid = service.generate(user_id="busy-user", onboarding_responses=PROFILE, has_paid_access=False)
-    seed_expired(engine, 20_000)
+    insert_entries(engine, [f"program:uold{i}:paidfalse:dexpired" for i in range(20_000)], expired=True)
     errors: list[BaseException] = []
     hits = 0
     cleaning = threading.Event()

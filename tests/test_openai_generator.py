@@ -100,9 +100,16 @@ def test_the_sdk_retries_a_429_that_says_when_to_retry(engine: Engine, fake_open
 def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
     engine: Engine, fake_openai: FakeOpenAI, model: str
 ) -> None:
-    """The exact response_format sent, held against OpenAI's documented strict-mode rules
-    (tests/openai_strict.py cites them): base models, and fine-tuned ones, which refuse
-    number and array bounds as well as string lengths."""
+    """The exact response_format sent, held against OpenAI's documented Structured Outputs
+    rules (OpenAI's guide, "Supported schemas", and its SDK's strict-schema validator), as
+    tests/openai_strict.py checks them: a json_schema `name` matching ^[a-zA-Z0-9_-]{1,64}$
+    and `strict: true`; an object root, not anyOf; every node with `type`, `anyOf` or
+    `$ref`; every object with `additionalProperties: false` and every property in
+    `required`; only supported keywords (strings: pattern, format; numbers: multipleOf,
+    (exclusive) minimum and maximum; arrays: items, minItems, maxItems); at most 5,000
+    properties, 10 levels of objects, 1,000 enum values and 120,000 characters of names and
+    values. Fine-tuned models also refuse pattern, format, minimum, maximum, multipleOf,
+    minItems and maxItems; minLength and maxLength are refused by both."""
     openai_service(engine, fake_openai, model=model).generate(
         user_id="u1", onboarding_responses=PROFILE, has_paid_access=True
     )
