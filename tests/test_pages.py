@@ -43,6 +43,8 @@ def test_generate_miss_then_hit(app: AppTest) -> None:
     assert "Cache miss" in app.info[0].value and "first program for this user" in app.info[0].value
     labels = {m.label: m.value for m in app.metric}
     assert labels["Saved as program"] == "#1"
+    files = {b.proto.label: b.proto for b in app.get("download_button")}
+    assert set(files) == {"Download Markdown", "Download JSON"}
 
     submit(app)
     assert "Cache hit" in app.success[0].value
@@ -182,3 +184,13 @@ def test_a_second_identical_click_right_after_the_first_shows_the_same_result(
     assert count_rows(app_engine, training_programs) == 1
     submit(fill(app, "double-clicker", days_per_week=4))  # other answers: a new request
     assert "Program #2." in app.info[0].value
+
+
+def test_a_refused_answer_is_named_under_its_field_and_every_answer_stays_as_typed(app: AppTest) -> None:
+    # The widgets bound every answer; the User ID is what a coach can get wrong.
+    submit(fill(app, "bad:id", goal="endurance", days_per_week=6, notes="early mornings"))
+    assert [e.value for e in app.error] == [
+        "**User ID**: must be 1-128 characters of letters, digits, '.', '\\_', '@' or '-'. Nothing was saved."
+    ]
+    kept = [app.session_state[f"form_{f}"] for f in ("goal", "days_per_week", "notes")]
+    assert kept == ["endurance", 6, "early mornings"] and app.text_input(key="user_id").value == "bad:id"
