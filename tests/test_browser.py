@@ -158,7 +158,9 @@ def test_hostile_answers_are_shown_as_text_never_run(server: str, browser: Brows
     hostile = "<img src=x onerror=window.__pwned=1> [click](javascript:window.__pwned=2) :red[boom]"
     page.get_by_role("textbox", name="Notes").fill(hostile)
     generate(page)
-    expect(page.get_by_text("Coach notes considered: <img src=x onerror")).to_be_visible()
+    # The summary paragraph, as text; "Markdown to copy" holds the same words in a code block.
+    summary = page.get_by_role("paragraph").filter(has_text="Coach notes considered: <img src=x onerror")
+    expect(summary).to_be_visible()
     assert page.evaluate("window.__pwned") is None
     assert page.locator("img[src='x']").count() == 0
     assert page.locator("a[href^='javascript']").count() == 0
