@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,22 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant naming "coach-cache migrations" among PostgreSQL advisory locks.
 MIGRATION_LOCK_ID = 4_904_901
 WRITES = "coach_cache_writes"
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def make_engine(database_url: str) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(database_url, url.database)
-    engine = create_engine(database_url, pool_size=10, max_overflow=10)
+    engine = create_engine(
+        database_url,
+        pool_size=10,
+        max_overflow=10,
+        # A transaction-mode pooler (PgBouncer, Supavisor) hands each transaction any server
+        # connection: statements psycopg prepares on one (after 5 runs) are missing or
+        # already taken on the next. A host that does not answer fails in seconds, not minutes.
+        connect_args={"prepare_threshold": None, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
     event.listen(engine, "checkout", _discard_if_closed_by_server)
     return engine
 
@@ -105,3 +115,46 @@ def current_revision(connection: Any) -> str:
 
 def head_revision() -> str:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head() or "none"
+
+
+class Database:
+    """The engine a process queries through (perhaps a transaction-mode pooler), and its
+    schema, brought up to date the first time the database answers: a process may start
+    while the database is down and begin saving as soon as it is back. Migrations run
+    through `migrations_url` when given (a direct connection: a pooler in transaction mode
+    cannot hold the migration's lock and DDL), else through `engine`."""
+
+    def __init__(self, engine: Engine, migrations_url: str | None = None) -> None:
+        self.engine = engine
+        self.migrations_url = migrations_url
+        self._revision: str | None = None
+        self._lock = threading.Lock()
+
+    def ensure_schema(self) -> str:
+        """The schema's revision, migrating first if this process has not yet; raises
+        DBAPIError while the database cannot be reached."""
+        if self._revision is None:
+            with self._lock:
+                if self._revision is None:
+                    self._revision = self._migrate()
+        return self._revision
+
+    def unavailable(self) -> str | None:
+        """None when the schema is ready, else why the database cannot be used (one line)."""
+        try:
+            self.ensure_schema()
+        except DBAPIError as exc:
+            return describe_db_error(exc)
+        return None
+
+    def _migrate(self) -> str:
+        if self.migrations_url is None:
+            return migrate(self.engine)
+        direct = make_engine(self.migrations_url)
+        try:
+            return migrate(direct)
+        finally:
+            direct.dispose()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

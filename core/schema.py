@@ -151,6 +151,16 @@ admin_actions = Table(
 )
 
 
+# Who is generating each key right now, until when (renewed while the generation runs).
+generation_leases = Table(
+    "generation_leases",
+    metadata,
+    Column("cache_key", String(512), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+
 def json_text(name: str, dialect: str) -> Any:
     """A bound JSON column value given as JSON text: PostgreSQL parses it into JSONB itself,
     SQLite stores it as is, and Python never decodes and re-encodes it."""

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
 
@@ -15,6 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    # A direct connection for migrations when DATABASE_URL goes through a transaction-mode
+    # pooler (PgBouncer, Supavisor), which cannot run them; unset, DATABASE_URL migrates too.
+    migrations_database_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
@@ -39,13 +43,21 @@ class Settings(BaseSettings):
     # Sign-in is optional; when on, only these e-mails may run destructive admin actions.
     admin_emails: Annotated[list[str], NoDecode] = []
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migrations_database_url")
     @classmethod
-    def _use_psycopg3(cls, url: str) -> str:
+    def _use_psycopg3(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
         # Plain postgres URLs would pick psycopg2, which is not installed.
         for prefix in ("postgresql://", "postgres://"):
             if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
+                url = "postgresql+psycopg://" + url[len(prefix) :]
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL (sqlite:///path or postgresql://user@host/db)") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"{backend} is not supported (sqlite:///path or postgresql://user@host/db)")
         return url
 
     @field_validator("admin_emails", mode="before")

@@ -1,34 +1,46 @@
-"""One generation per cache key at a time, and what a request does while another has it.
+"""One generation per cache key at a time, across threads, processes and app instances.
 
-The lock: on PostgreSQL an advisory lock keyed from the cache key holds across processes
-and app instances; on SQLite (embedded, one process) a lock per key holds across the
-threads of the process. If the lock cannot be had at all (the database refuses), it fails
-open: two requests may then both generate, and both still succeed.
+The lock is a lease (memcache leases, NSDI 2013): a `generation_leases` row per key, claimed
+in one atomic upsert that succeeds only where no row exists or the old one has expired,
+renewed while the generation runs, deleted when it ends. It lives in the database, so it
+holds on SQLite across processes and on PostgreSQL directly or through a transaction-mode
+pooler (where a session-level advisory lock may be released on another server connection,
+or never). A holder that dies stops renewing: its lease lapses within LEASE_SECONDS.
+Expiry is judged by the clocks of the app hosts; a skew of a few seconds only shortens or
+lengthens that bound.
 
-The waiting policy: locks are only ever tried, never waited on. A request that does not
-get the lock polls the cache for the winner's entry (20 ms, doubling to 250 ms) and gives
-up after a bounded time. So a waiter holds no database connection, and twenty coaches
-waiting on one generation cannot drain the connection pool the winner needs to save."""
+The waiting policy: a request that does not get the lease polls the cache for the winner's
+entry (20 ms, doubling to 250 ms), trying the lease again each time, and gives up after a
+bounded time. Each poll is a short transaction: a waiter holds no connection in between, so
+twenty coaches waiting on one generation cannot drain the pool the winner needs to save.
+If the lease table cannot be used at all (the database refuses), it fails open: two
+requests may then both generate, and both still succeed."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from time import perf_counter
-from typing import Protocol, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, bindparam, delete, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from core.db import describe_db_error, is_postgres
+from core.db import connect_to_write, describe_db_error
+from core.schema import UTCDateTime, generation_leases, utcnow
 
 log = logging.getLogger(__name__)
 POLL_FIRST_SECONDS = 0.02
 POLL_MAX_SECONDS = 0.25
+# A crashed holder blocks its key for at most this long; renewed three times per period.
+LEASE_SECONDS = 15.0
 T = TypeVar("T")
+leases = generation_leases.c
 
 
 class SingleFlightTimeout(TimeoutError):
@@ -43,20 +55,19 @@ def once(
     wait_seconds: float,
     from_cache: Callable[[], T | None],
     produce: Callable[[], T],
+    lease_seconds: float = LEASE_SECONDS,
 ) -> T:
-    """`produce()` under the generation lock for `key`, unless `from_cache()` serves first:
-    right after the lock is taken (whoever held it may have just filled the entry) or
+    """`produce()` under the generation lease for `key`, unless `from_cache()` serves first:
+    right after the lease is taken (whoever held it may have just filled the entry) or
     while another request holds it. Raises SingleFlightTimeout after `wait_seconds`."""
     deadline = perf_counter() + wait_seconds
     pause = POLL_FIRST_SECONDS
     while True:
-        lock = _try_lock(engine, key)
-        if lock is not None:
-            try:
+        lease = Lease.claim(engine, key, lease_seconds)
+        if lease is not None:
+            with lease:
                 served = from_cache()
                 return served if served is not None else produce()
-            finally:
-                lock.release()
         if perf_counter() + pause > deadline:
             raise SingleFlightTimeout(wait_seconds)
         time.sleep(pause)
@@ -66,75 +77,73 @@ def once(
             return served
 
 
-class _HeldLock(Protocol):
-    def release(self) -> None: ...
+def _claim_statement(dialect: str) -> Any:
+    """Insert the lease, or take over one that has expired; RETURNING gives a row only if
+    this statement wrote it, i.e. if the caller now holds the lease."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(generation_leases)
+    return statement.on_conflict_do_update(
+        index_elements=["cache_key"],
+        set_={"owner": statement.excluded.owner, "expires_at": statement.excluded.expires_at},
+        where=leases.expires_at <= bindparam("now", type_=UTCDateTime()),
+    ).returning(leases.owner)
 
 
-def advisory_lock_id(key: str) -> int:
-    """A signed 64-bit lock id from the key; a collision only serialises two generations."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+_CLAIM = {dialect: _claim_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def _try_lock(engine: Engine, key: str) -> _HeldLock | None:
-    """The generation lock for `key` if it is free, else None at once."""
-    try:
-        return _PostgresLock.try_acquire(engine, key) if is_postgres(engine) else _ThreadLock.try_acquire(key)
-    except DBAPIError as exc:
-        log.warning("Single-flight lock unavailable for %s: %s", key, describe_db_error(exc))
-        return _NoLock()
+class Lease:
+    """A held lease, renewed by a background thread until the `with` block ends."""
 
-
-class _NoLock:
-    def release(self) -> None:
-        pass
-
-
-class _PostgresLock:
-    def __init__(self, connection: Connection, lock_id: int) -> None:
-        self._connection, self._lock_id = connection, lock_id
+    def __init__(self, engine: Engine | None, key: str, owner: str, seconds: float) -> None:
+        self._engine, self._key, self._owner, self._seconds = engine, key, owner, seconds
+        self._done = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_until_done, name=f"lease {key[:40]}", daemon=True)
 
     @classmethod
-    def try_acquire(cls, engine: Engine, key: str) -> _PostgresLock | None:
-        lock_id = advisory_lock_id(key)
-        # A session-level lock on a connection of its own, held through the LLM call with no
-        # transaction open; if the process dies, PostgreSQL drops the lock with the connection.
-        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    def claim(cls, engine: Engine, key: str, seconds: float) -> Lease | None:
+        """The lease on `key` if nobody holds a live one, else None at once. A database
+        that refuses gives a lease that locks nothing (fail open)."""
+        owner = uuid.uuid4().hex
+        now = utcnow()
         try:
-            acquired = connection.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id}).scalar_one()
-        except BaseException:
-            connection.close()
-            raise
-        if not acquired:
-            connection.close()
-            return None
-        return cls(connection, lock_id)
-
-    def release(self) -> None:
-        try:
-            self._connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": self._lock_id})
+            with connect_to_write(engine) as connection, connection.begin():
+                claimed = connection.execute(
+                    _CLAIM[connection.dialect.name],
+                    {"cache_key": key, "owner": owner, "expires_at": now + timedelta(seconds=seconds), "now": now},
+                ).first()
         except DBAPIError as exc:
-            # A connection that broke took the lock with it: nothing is left to release.
-            log.warning("Releasing the generation lock failed (%s); the lock went with the connection", exc.orig)
-        finally:
-            self._connection.close()
+            log.warning("Single-flight lease unavailable for %s: %s", key, describe_db_error(exc))
+            return cls(None, key, owner, seconds)
+        return cls(engine, key, owner, seconds) if claimed is not None else None
 
+    def __enter__(self) -> Lease:
+        if self._engine is not None:
+            self._renewer.start()
+        return self
 
-_held_guard = threading.Lock()
-_held_keys: set[str] = set()  # keys being generated by a thread of this process
+    def __exit__(self, *_exc: object) -> None:
+        if self._engine is None:
+            return
+        self._done.set()
+        self._renewer.join()
+        self._run(delete(generation_leases).where(leases.cache_key == self._key, leases.owner == self._owner))
 
+    def _renew_until_done(self) -> None:
+        while not self._done.wait(self._seconds / 3):
+            expires_at = utcnow() + timedelta(seconds=self._seconds)
+            self._run(
+                update(generation_leases)
+                .where(leases.cache_key == self._key, leases.owner == self._owner)
+                .values(expires_at=expires_at)
+            )
 
-class _ThreadLock:
-    def __init__(self, key: str) -> None:
-        self._key = key
-
-    @classmethod
-    def try_acquire(cls, key: str) -> _ThreadLock | None:
-        with _held_guard:
-            if key in _held_keys:
-                return None
-            _held_keys.add(key)
-        return cls(key)
-
-    def release(self) -> None:
-        with _held_guard:
-            _held_keys.discard(self._key)
+    def _run(self, statement: Any) -> None:
+        # Losing the lease (a renewal or release that fails) only lets a second generation
+        # start: it is logged, never raised into the request.
+        assert self._engine is not None
+        try:
+            with connect_to_write(self._engine) as connection, connection.begin():
+                connection.execute(statement)
+        except DBAPIError as exc:
+            log.warning("Generation lease for %s: %s", self._key, describe_db_error(exc))

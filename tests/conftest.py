@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from core.db import make_engine, migrate
 from core.service import ProgramService
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer
+from testkit.pgbouncer import PgBouncer
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import NEUTRAL_CWD, ROOT, app_environment
 
@@ -92,6 +94,40 @@ def pg_url(pg: PostgresServer) -> Iterator[str]:
     pg.admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     yield pg.url(name)
     pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg: PostgresServer) -> Iterator[PgBouncer]:
+    pooler = PgBouncer(pg).start()
+    yield pooler
+    pooler.stop()
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A database several processes share: the URL they query through, and the one that
+    migrates (a direct one behind a pooler)."""
+
+    url: str
+    migrations_url: str | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"MIGRATIONS_DATABASE_URL": self.migrations_url} if self.migrations_url else {}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
+def shared_database(request: pytest.FixtureRequest, tmp_path: Path) -> Shared:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/coach.db"
+        engine = make_engine(url)
+        migrate(engine)  # as the PostgreSQL ones are, by their template
+        engine.dispose()
+        return Shared(url)
+    direct: str = request.getfixturevalue("pg_url")
+    if request.param == "postgresql":
+        return Shared(direct)
+    pooler: PgBouncer = request.getfixturevalue("pgbouncer")
+    return Shared(pooler.url(make_url(direct).database or ""), migrations_url=direct)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
