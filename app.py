@@ -1,14 +1,19 @@
 """Coach Cache: the frame every page shares (navigation and sidebar)."""
 
 import streamlit as st
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
+from core.db import describe_db_error
+from core.settings import describe_configuration_error
 from pages.common import (
     auth_enabled,
     current_actor,
+    database_problem,
     escape_markdown,
-    get_engine,
     get_generator_warning,
     get_settings,
+    unavailable_text,
 )
 
 st.set_page_config(page_title="Coach Cache", page_icon=":material/fitness_center:", layout="wide")
@@ -29,7 +34,11 @@ def sidebar() -> None:
             st.button("Sign out", on_click=st.logout, icon=":material/logout:")
 
 
-get_engine()  # created once per process; applies migrations on start
+try:
+    get_settings()
+except ValidationError as exc:
+    st.error(escape_markdown(describe_configuration_error(exc)), icon=":material/settings:")
+    st.stop()
 
 signed_out = auth_enabled() and not st.user.is_logged_in
 if signed_out:
@@ -47,4 +56,10 @@ else:
 
 if not signed_out:
     sidebar()
-pages.run()
+    # Checked on every page view: the first one after the database is back migrates it.
+    if problem := database_problem():
+        st.error(problem, icon=":material/cloud_off:")
+try:
+    pages.run()
+except DBAPIError as exc:  # the database went away under a page
+    st.error(unavailable_text(describe_db_error(exc)), icon=":material/cloud_off:")

@@ -1,6 +1,5 @@
-"""`python -m core`: migrate, generate, cleanup, stats, rollup. JSON on stdout; errors on stderr.
-
-Exit codes: 0 done, 1 generation failed (nothing cached or saved), 2 invalid input."""
+"""`python -m core`: migrate, generate, cleanup, stats, rollup. JSON on stdout; errors on
+stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
 
@@ -8,20 +7,39 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
 from core import admin, monitoring
-from core.db import make_engine, migrate
+from core.db import Database, describe_db_error, make_engine
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
 from core.service import GenerationFailed, ProgramService
-from core.settings import Settings
+from core.settings import Settings, describe_configuration_error
 from core.single_flight import SingleFlightTimeout
+
+log = logging.getLogger("core.cli")
+
+
+EXIT_CODES = """exit codes:
+  0  done (generate: the program was served and saved to history)
+  1  failed: no program (nothing cached or saved), or the database could not be used
+  2  invalid input or configuration (the field or environment variable is named)
+  3  generate only: the program was produced and printed, but not saved to history"""
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_SAVED = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Coach Cache: ADR-049 program cache")
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Coach Cache: ADR-049 program cache",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply database migrations")
     generate = commands.add_parser("generate", help="generate a program, through the cache")
@@ -57,17 +75,18 @@ def _read_profile(path: Path) -> Any:
         raise ValueError(f"profile: not valid UTF-8 JSON ({exc})") from None
 
 
-def _generate(args: argparse.Namespace, settings: Settings) -> int:
+def _generate(args: argparse.Namespace, settings: Settings, database: Database) -> int:
     try:
         responses = _read_profile(args.profile)
     except ValueError as exc:
-        return _fail(2, str(exc))
-    engine = make_engine(settings.database_url)
-    migrate(engine)
+        return _fail(EXIT_INVALID, str(exc))
+    if problem := database.unavailable():
+        # The program can still be made and printed; the service says what was not saved.
+        log.warning("database unavailable (%s): %s", settings.describe_database(), problem)
     generator = make_generator(settings)
     if warning := startup_warning(generator):
-        logging.getLogger("core.cli").warning(warning)
-    service = ProgramService.from_settings(settings, engine=engine, generator=generator)
+        log.warning(warning)
+    service = ProgramService.from_settings(settings, engine=database.engine, generator=generator)
     try:
         result = service.generate(
             user_id=args.user_id,
@@ -76,9 +95,9 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
             force_refresh=args.force_refresh,
         )
     except ContractError as exc:
-        return _fail(2, str(exc))
+        return _fail(EXIT_INVALID, str(exc))
     except (GenerationFailed, SingleFlightTimeout) as exc:
-        return _fail(1, str(exc))
+        return _fail(EXIT_FAILED, str(exc))
     _emit(
         {
             "cache_hit": result.cache_hit,
@@ -94,38 +113,65 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
             "program": result.program,
         }
     )
-    return 0 if result.history_error is None else 1
+    if result.history_error is not None:
+        return _fail(EXIT_NOT_SAVED, f"the program was printed but not saved: {result.history_error}")
+    return EXIT_OK
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
+    return {"revision": database.ensure_schema(), "database": settings.describe_database()}
+
+
+def _cleanup(_args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    removal = admin.delete_expired_entries(database.engine, actor="cli")
+    return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
+
+
+def _rollup(_args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    return {"rolled_up_until": monitoring.refresh_rollup(database.engine)}
+
+
+def _stats(_args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    store = monitoring.storage(database.engine)
+    totals = monitoring.summary(database.engine)
+    return {
+        "entries": {"valid": store.valid_entries, "expired": store.expired_entries},
+        "storage_bytes": store.table_bytes,
+        "entry_bytes": {"valid": store.valid_bytes, "expired": store.expired_bytes},
+        "requests": totals.requests,
+        "hits": totals.hits,
+        "llm_calls": totals.llm_calls,
+        "hit_rate": totals.hit_rate,
+        "cache_errors": totals.cache_read_errors + totals.cache_write_errors,
+        "llm_cost_usd": round(totals.cost_spent(settings), 6),
+    }
+
+
+REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, Any]]] = {
+    "migrate": _migrate,
+    "cleanup": _cleanup,
+    "rollup": _rollup,
+    "stats": _stats,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    if args.command == "generate":
-        return _generate(args, settings)
-    engine = make_engine(settings.database_url)
-    revision = migrate(engine)
-    if args.command == "migrate":
-        _emit({"revision": revision, "database": settings.describe_database()})
-    elif args.command == "cleanup":
-        removal = admin.delete_expired_entries(engine, actor="cli")
-        _emit({"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed})
-    elif args.command == "rollup":
-        _emit({"rolled_up_until": monitoring.refresh_rollup(engine)})
-    elif args.command == "stats":
-        store = monitoring.storage(engine)
-        totals = monitoring.summary(engine)
-        _emit(
-            {
-                "entries": {"valid": store.valid_entries, "expired": store.expired_entries},
-                "storage_bytes": store.table_bytes,
-                "entry_bytes": {"valid": store.valid_bytes, "expired": store.expired_bytes},
-                "requests": totals.requests,
-                "hits": totals.hits,
-                "llm_calls": totals.llm_calls,
-                "hit_rate": totals.hit_rate,
-                "cache_errors": totals.cache_read_errors + totals.cache_write_errors,
-                "llm_cost_usd": round(totals.cost_spent(settings), 6),
-            }
-        )
-    return 0
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        return _fail(EXIT_INVALID, describe_configuration_error(exc))
+    database = Database(make_engine(settings.database_url), settings.migrations_database_url)
+    try:
+        if args.command == "generate":
+            return _generate(args, settings, database)
+        _emit(REPORTS[args.command](args, settings, database))
+        return EXIT_OK
+    except DBAPIError as exc:
+        return _fail(EXIT_FAILED, f"database unavailable ({settings.describe_database()}): {describe_db_error(exc)}")
+    finally:
+        database.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -89,3 +89,19 @@ class Settings(BaseSettings):
         if not self.uses_openai:
             return "Offline rule-based generator"
         return f"OpenAI {self.openai_model} at {self.openai_base_url or 'api.openai.com'}"
+
+
+# Values never repeated in an error message: they may hold a password or a key.
+_SECRET_FIELDS = ("database_url", "migrations_database_url", "openai_api_key")
+
+
+def describe_configuration_error(exc: ValidationError) -> str:
+    """One line naming each bad environment variable, its value (unless secret) and the rule,
+    e.g. `configuration: CACHE_TTL_HOURS=abc: Input should be a valid number`."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        shown = "" if field in _SECRET_FIELDS or error["type"] == "missing" else f"={error['input']}"
+        rule = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{field.upper()}{shown}: {rule}")
+    return "configuration: " + "; ".join(problems)

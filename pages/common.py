@@ -10,7 +10,7 @@ import streamlit as st
 from sqlalchemy import Engine
 
 from core import handover
-from core.db import make_engine, migrate
+from core.db import Database, make_engine
 from core.generators import make_generator, startup_warning
 from core.service import ProgramService
 from core.settings import Settings
@@ -21,11 +21,31 @@ def get_settings() -> Settings:
     return Settings()
 
 
-@st.cache_resource(on_release=Engine.dispose)
+@st.cache_resource(on_release=Database.dispose)
+def get_database() -> Database:
+    """Created once per process, whether or not the database answers: its schema is
+    brought up to date the first time it does (see `database_problem`)."""
+    settings = get_settings()
+    return Database(make_engine(settings.database_url), settings.migrations_database_url)
+
+
 def get_engine() -> Engine:
-    engine = make_engine(get_settings().database_url)
-    migrate(engine)
-    return engine
+    return get_database().engine
+
+
+def database_problem() -> str | None:
+    """None when the database can be used (migrating it first if this process has not),
+    else what a coach reads: that it is unavailable, where, and what still works."""
+    problem = get_database().unavailable()
+    return None if problem is None else unavailable_text(problem)
+
+
+def unavailable_text(problem: str) -> str:
+    where = escape_markdown(get_settings().describe_database())
+    return (
+        f"**The database is unavailable** ({where}): {escape_markdown(problem)}. Programs can still be "
+        "generated, but they are not cached or saved to history until it is back."
+    )
 
 
 @st.cache_resource

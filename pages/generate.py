@@ -12,15 +12,26 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
+from sqlalchemy.exc import DBAPIError
 
 from core import history
+from core.db import describe_db_error
 from core.formatting import format_duration
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.schema import utcnow
 from core.service import MISS_REASON_TEXT, GenerationFailed, GenerationResult
 from core.single_flight import SingleFlightTimeout
 from core.submissions import Submission
-from pages.common import escape_markdown, get_engine, get_service, get_settings, render_program
+from pages.common import (
+    database_problem,
+    escape_markdown,
+    get_database,
+    get_engine,
+    get_service,
+    get_settings,
+    render_program,
+    unavailable_text,
+)
 
 FIELD_LABELS = {
     "user_id": "User ID",
@@ -66,7 +77,11 @@ def load_latest() -> None:
     """The coach asked for the user's latest answers: they replace what the form holds."""
     st.session_state.pop("errors", None)
     user_id = st.session_state.user_id.strip()
-    latest = history.latest_answers(get_engine(), user_id) if user_id else None
+    try:
+        latest = history.latest_answers(get_engine(), user_id) if user_id else None
+    except DBAPIError as exc:
+        st.session_state.loaded = (user_id, unavailable_text(describe_db_error(exc)))
+        return
     st.session_state.loaded = (user_id, latest)
     if latest is None:
         return
@@ -145,9 +160,11 @@ def submit(user_id: str, request: dict[str, Any]) -> None:
         return
     for stale in ("result", "errors", "failure", "loaded"):
         st.session_state.pop(stale, None)
-    service, generator = get_service(), get_settings().describe_generator()
+    service, generator, database = get_service(), get_settings().describe_generator(), get_database()
 
     def work(say: Callable[[str], None]) -> GenerationResult:
+        # A database back since the page was drawn gets its pending migrations first.
+        database.unavailable()
         return service.generate(
             user_id=user_id,
             onboarding_responses=request["responses"],
@@ -223,6 +240,7 @@ def show_outcome(result: GenerationResult) -> None:
 
 
 def save_again(result: GenerationResult) -> None:
+    database_problem()
     again = get_service().save_again(result)
     st.session_state.result = again
     st.session_state.save_failed_again = again.history_error is not None
@@ -230,7 +248,10 @@ def save_again(result: GenerationResult) -> None:
 
 def since_previous(sent: dict[str, Any], result: GenerationResult) -> None:
     """For a returning user: the answers that differ from their previous program, and a link to it."""
-    previous = history.latest_answers(get_engine(), sent["user_id"], except_program=result.training_program_id)
+    try:
+        previous = history.latest_answers(get_engine(), sent["user_id"], except_program=result.training_program_id)
+    except DBAPIError:
+        return  # the outcome above already says the database is unavailable
     if previous is None:
         return
     changes = history.changed_answers(previous, result.onboarding_responses, sent["has_paid_access"])
@@ -253,7 +274,9 @@ def since_previous(sent: dict[str, Any], result: GenerationResult) -> None:
 
 def loaded_note() -> None:
     user_id, latest = st.session_state.loaded
-    if latest is None:
+    if isinstance(latest, str):
+        st.error(latest, icon=":material/cloud_off:")
+    elif latest is None:
         st.info(f"No earlier program for {escape_markdown(user_id) or 'an empty User ID'}: the form is unchanged.")
     else:
         st.info(

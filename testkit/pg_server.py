@@ -62,7 +62,8 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.datadir))
+            if self.datadir.exists():  # a server never started has nothing to stop
+                self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.datadir))
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

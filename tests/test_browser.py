@@ -246,3 +246,48 @@ def test_a_miss_says_what_is_happening_and_for_how_long(
     expect(page.get_by_text(re.compile(r"[12] s so far"))).to_be_visible()
     expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
     expect(progress).to_have_count(0)
+
+
+def test_the_dashboard_starts_without_its_database_and_saves_once_it_is_back(
+    browser: Browser, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset()
+    postgres = PostgresServer()  # not started: nothing listens on its port yet
+    # A password in the URL (the throwaway server trusts everyone) that must never be shown.
+    url = postgres.url().replace("postgres@", "postgres:hunter2-secret@")
+    env = app_environment(url, OPENAI_API_KEY=API_KEY, OPENAI_BASE_URL=fake_openai.base_url, LLM_MAX_RETRIES="0")
+    try:
+        with dashboard(ROOT / "app.py", env) as app:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(app)
+            settle(page)
+            banner = page.get_by_text("The database is unavailable")
+            expect(banner).to_be_visible()
+            expect(page.get_by_test_id("stAlert").filter(has=banner)).to_contain_text(f"127.0.0.1:{postgres.port}")
+
+            page.get_by_role("textbox", name="User ID").fill("offline-client")
+            generate(page)
+            expect(page.get_by_text("Cache miss")).to_be_visible()
+            expect(page.get_by_text("Program not saved")).to_be_visible()
+            expect(page.get_by_role("button", name="Retry saving to history")).to_be_visible()
+            expect(page.get_by_role("button", name="Download JSON")).to_be_visible()
+            shot(page, "6-database-down")
+
+            go_to(page, "Program history")
+            expect(page.get_by_text("The database is unavailable").first).to_be_visible()
+            expect(page.get_by_test_id("stException")).to_have_count(0)
+            assert "hunter2-secret" not in page.content() and "Traceback" not in page.content()
+
+            postgres.start()  # an empty database: the app's next action migrates it
+            go_to(page, "Generate program")
+            expect(page.get_by_text("The database is unavailable")).to_have_count(0)
+            page.get_by_role("button", name="Retry saving to history").click()
+            settle(page)
+            expect(page.get_by_text("Program #1.")).to_be_visible()
+
+            go_to(page, "Program history")
+            expect(grid_cells(page, "offline-client")).to_have_count(1)
+            expect(page.get_by_test_id("stException")).to_have_count(0)
+            assert fake_openai.calls == 1
+    finally:
+        postgres.stop()

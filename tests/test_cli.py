@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 
 from core.db import make_engine
 from core.schema import admin_actions, ai_coach_cache
+from testkit.pg_server import free_port
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, insert_entries, start_cli, table_counts
 
@@ -135,3 +136,67 @@ def test_stats(database_url: str, profile_file: Path) -> None:
     stats = output(run(database_url, "stats"))
     assert stats["entries"] == {"valid": 1, "expired": 0}
     assert stats["hit_rate"] == 0.5 and stats["storage_bytes"] > 0
+
+
+def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"CACHE_TTL_HOURS": "abc"}, "CACHE_TTL_HOURS=abc: Input should be a valid number"),
+        ({"CACHE_TTL_HOURS": "0"}, "CACHE_TTL_HOURS=0: Input should be greater than 0"),
+        ({"LLM_MAX_RETRIES": "-1"}, "LLM_MAX_RETRIES=-1: Input should be greater than or equal to 0"),
+        ({"DATABASE_URL": "mysql://coach:s3cret@db/coach"}, "DATABASE_URL: mysql is not supported"),
+        ({"MIGRATIONS_DATABASE_URL": "nonsense:s3cret"}, "MIGRATIONS_DATABASE_URL: not a database URL"),
+    ],
+)
+@pytest.mark.parametrize("command", ["stats", "generate"])
+def test_a_bad_setting_exits_2_with_one_line_naming_it(
+    tmp_path: Path, profile_file: Path, env: dict[str, str], says: str, command: str
+) -> None:
+    env = dict(env)  # shared by both commands' runs
+    url = env.pop("DATABASE_URL", f"sqlite:///{tmp_path}/coach.db")
+    args = ["--user-id", "u1", "--profile", str(profile_file)] if command == "generate" else []
+    done = run(url, command, *args, **env)
+    assert done.returncode == 2 and done.stdout == b""
+    line = one_line(done)
+    assert line == f"error: configuration: {says}" or line.startswith(f"error: configuration: {says}")
+    assert "s3cret" not in line
+
+
+@pytest.fixture
+def unreachable_url() -> str:
+    # A port nothing listens on, and a password that must never be printed.
+    return f"postgresql://coach:pa55word@127.0.0.1:{free_port()}/coach"
+
+
+@pytest.mark.parametrize("command", ["stats", "cleanup", "migrate", "rollup"])
+def test_an_unreachable_database_exits_1_with_one_line(unreachable_url: str, command: str) -> None:
+    done = run(unreachable_url, command)
+    assert done.returncode == 1 and done.stdout == b""
+    line = one_line(done)
+    assert line.startswith("error: database unavailable (PostgreSQL 127.0.0.1:") and "Connection refused" in line
+    assert "pa55word" not in line
+
+
+def test_generate_without_its_database_prints_the_program_and_exits_3(unreachable_url: str, profile_file: Path) -> None:
+    done = run(unreachable_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
+    assert done.returncode == 3
+    printed = json.loads(done.stdout)
+    assert printed["program"]["weeks"] and printed["training_program_id"] is None
+    assert printed["miss_reason"] == "cache_unavailable" and printed["history_error"]
+    stderr = done.stderr.decode()
+    assert stderr.strip().splitlines()[-1].startswith("error: the program was printed but not saved")
+    assert "Traceback" not in stderr and "pa55word" not in stderr
+
+
+def test_the_exit_codes_are_in_the_help() -> None:
+    done = run("sqlite:///unused.db", "--help")
+    assert done.returncode == 0
+    for code in ("0  done", "1  failed", "2  invalid input or configuration", "3  generate only"):
+        assert code in done.stdout.decode()

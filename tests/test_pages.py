@@ -37,6 +37,15 @@ def test_shell_shows_four_pages_and_the_active_database_and_generator(app: AppTe
     assert not app.exception
 
 
+def test_a_bad_setting_is_one_plain_message_not_a_stack_trace(tmp_path: Path, app_test: Callable[..., AppTest]) -> None:
+    at = app_test(f"sqlite:///{tmp_path}/coach.db", CACHE_TTL_HOURS="abc").run()
+    assert not at.exception
+    shown = [e.value.replace("\\", "") for e in at.error]  # markdown escapes
+    assert shown == [
+        "configuration: CACHE_TTL_HOURS=abc: Input should be a valid number, unable to parse string as a number"
+    ]
+
+
 def test_generate_miss_then_hit(app: AppTest) -> None:
     submit(fill(app, goal="strength", equipment=["dumbbells", "barbell"]))
     assert not app.exception and not app.error
