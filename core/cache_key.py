@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import re
+import uuid
 from typing import Any
 
 from core.models import ContractError, FieldError, OnboardingResponses
@@ -18,14 +19,23 @@ USER_ID_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 DIGEST_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-def check_user_id(user_id: Any) -> str:
+def check_user_id(user_id: Any, *, uuid_only: bool = False) -> str:
+    """The user id as keyed and stored. With `uuid_only` (the database stores user ids as
+    uuid) it must be a UUID, and is written in its canonical lower-case form."""
     # ':' separates the key's parts, so it (and anything else odd) is refused, not escaped.
     if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
         raise ContractError(
             "user id",
             [FieldError("user_id", "must be 1-128 characters of letters, digits, '.', '_', '@' or '-'")],
         )
-    return user_id
+    if not uuid_only:
+        return user_id
+    try:
+        return str(uuid.UUID(user_id))
+    except ValueError:
+        raise ContractError(
+            "user id", [FieldError("user_id", "must be a UUID: this database stores user ids as uuid")]
+        ) from None
 
 
 def signature(profile: OnboardingResponses, has_paid_access: bool) -> bytes:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from core import admin, monitoring
+from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="apply database migrations")
+    migrate = commands.add_parser("migrate", help="apply database migrations, adopting existing tables")
+    migrate.add_argument("--check", action="store_true", help="print the SQL it would run; change nothing")
     generate = commands.add_parser("generate", help="generate a program, through the cache")
     generate.add_argument("--user-id", required=True)
     generate.add_argument(
@@ -80,13 +82,15 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
         responses = _read_profile(args.profile)
     except ValueError as exc:
         return _fail(EXIT_INVALID, str(exc))
-    if problem := database.unavailable():
+    try:
+        database.ensure_schema()
+    except DBAPIError as exc:
         # The program can still be made and printed; the service says what was not saved.
-        log.warning("database unavailable (%s): %s", settings.describe_database(), problem)
+        log.warning("database unavailable (%s): %s", settings.describe_database(), describe_db_error(exc))
     generator = make_generator(settings)
     if warning := startup_warning(generator):
         log.warning(warning)
-    service = ProgramService.from_settings(settings, engine=database.engine, generator=generator)
+    service = ProgramService.from_settings(settings, database=database, generator=generator)
     try:
         result = service.generate(
             user_id=args.user_id,
@@ -169,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args, settings, database)
+        if args.command == "migrate" and args.check:
+            print("".join(f"{statement};\n" for statement in database.pending_ddl()), end="")
+            return EXIT_OK
         _emit(REPORTS[args.command](args, settings, database))
         return EXIT_OK
+    except SchemaRefused as exc:
+        return _fail(EXIT_FAILED, str(exc))
     except DBAPIError as exc:
         return _fail(EXIT_FAILED, f"database unavailable ({settings.describe_database()}): {describe_db_error(exc)}")
     finally:

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import select
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+
+from core.adoption import SchemaRefused, uuid_user_ids
+from core.cache_key import check_user_id
+from core.schema import VERSION_TABLE
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant naming "coach-cache migrations" among PostgreSQL advisory locks.
 MIGRATION_LOCK_ID = 4_904_901
 WRITES = "coach_cache_writes"
+T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -99,18 +105,58 @@ def migrate(engine: Engine) -> str:
     """Bring the schema to the newest revision; safe to call on every start, from many
     instances at once: PostgreSQL serialises them on an advisory lock, SQLite on its write
     lock, taken up front (BEGIN IMMEDIATE) so a second instance waits instead of failing
-    with "database is locked" when it upgrades its read to a write."""
-    config = _alembic_config()
+    with "database is locked" when it upgrades its read to a write. Raises SchemaRefused
+    (nothing changed) when existing tables cannot be adopted."""
     with connect_to_write(engine) as connection, connection.begin():
-        if is_postgres(engine):
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        return current_revision(connection)
+        return _upgrade(connection)
+
+
+def pending_ddl(engine: Engine) -> list[str]:
+    """The statements `migrate` would run now, found by running them in a transaction that
+    is rolled back (DDL is transactional on both databases): nothing is changed."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SELECT", "PRAGMA", "SHOW", "WITH")):
+            statements.append(" ".join(statement.split()))
+
+    with connect_to_write(engine) as connection:
+        transaction = connection.begin()
+        event.listen(connection, "before_cursor_execute", record)
+        try:
+            _upgrade(connection)
+        finally:
+            event.remove(connection, "before_cursor_execute", record)
+            transaction.rollback()
+    return statements
+
+
+def _upgrade(connection: Connection) -> str:
+    if is_postgres(connection.engine):
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
+    _rename_legacy_version_table(connection)
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    return current_revision(connection)
+
+
+def _rename_legacy_version_table(connection: Connection) -> None:
+    """Databases migrated before Coach Cache had its own version table recorded their state
+    in `alembic_version`; it moves when it holds one of Coach Cache's revisions."""
+    inspector = inspect(connection)
+    if inspector.has_table(VERSION_TABLE) or not inspector.has_table("alembic_version"):
+        return
+    ours = {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    versions = set(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    if versions and versions <= ours and inspector.has_table("generation_events"):
+        connection.execute(text(f"ALTER TABLE alembic_version RENAME TO {VERSION_TABLE}"))
 
 
 def current_revision(connection: Any) -> str:
-    return MigrationContext.configure(connection).get_current_revision() or "none"
+    return (
+        MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision() or "none"
+    )
 
 
 def head_revision() -> str:
@@ -128,6 +174,7 @@ class Database:
         self.engine = engine
         self.migrations_url = migrations_url
         self._revision: str | None = None
+        self._uuid_user_ids = False
         self._lock = threading.Lock()
 
     def ensure_schema(self) -> str:
@@ -136,8 +183,19 @@ class Database:
         if self._revision is None:
             with self._lock:
                 if self._revision is None:
-                    self._revision = self._migrate()
+                    revision = self._migrate()
+                    with self.engine.connect() as connection:
+                        self._uuid_user_ids = uuid_user_ids(connection)
+                    self._revision = revision
         return self._revision
+
+    def check_user_id(self, user_id: Any) -> str:
+        """A user id as this database stores it (see cache_key.check_user_id); the uuid rule
+        applies once the schema has been read."""
+        return check_user_id(user_id, uuid_only=self._uuid_user_ids)
+
+    def pending_ddl(self) -> list[str]:
+        return self._with_migrations_engine(pending_ddl)
 
     def unavailable(self) -> str | None:
         """None when the schema is ready, else why the database cannot be used (one line)."""
@@ -145,14 +203,19 @@ class Database:
             self.ensure_schema()
         except DBAPIError as exc:
             return describe_db_error(exc)
+        except SchemaRefused as exc:
+            return str(exc)
         return None
 
     def _migrate(self) -> str:
+        return self._with_migrations_engine(migrate)
+
+    def _with_migrations_engine(self, run: Callable[[Engine], T]) -> T:
         if self.migrations_url is None:
-            return migrate(self.engine)
+            return run(self.engine)
         direct = make_engine(self.migrations_url)
         try:
-            return migrate(direct)
+            return run(direct)
         finally:
             direct.dispose()
 

@@ -12,9 +12,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, BinaryIO, Literal, cast, get_args
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select
+from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
-from core.schema import ai_coach_cache, generation_events, json_text, training_programs, utcnow
+from core.schema import ProgramId, ai_coach_cache, generation_events, json_text, training_programs, utcnow
 
 programs = training_programs.c
 Outcome = Literal["hit", "miss", "bypass", "error"]
@@ -108,7 +109,9 @@ def insert_event(connection: Connection, event: GenerationEvent) -> None:
     connection.execute(_INSERT_EVENT, _event_values(event))
 
 
-def insert_program(connection: Connection, record: HistoryRecord, *, entry_written_at: datetime | None = None) -> int:
+def insert_program(
+    connection: Connection, record: HistoryRecord, *, entry_written_at: datetime | None = None
+) -> ProgramId:
     """Save `record`; with `entry_written_at` (the cache entry's `updated_at`), copy the
     program from that write of its cache entry, or send it if the entry was written since."""
     if entry_written_at is not None:
@@ -138,7 +141,7 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 
 def insert_program_and_event(
     connection: Connection, record: HistoryRecord, event: GenerationEvent, *, entry_written_at: datetime | None
-) -> int:
+) -> ProgramId:
     """The history row (copied from the cache entry written at `entry_written_at` when
     given) and the request's event, in the caller's transaction."""
     if entry_written_at is not None and connection.dialect.name == "postgresql":
@@ -153,7 +156,7 @@ def insert_program_and_event(
     return program_id
 
 
-def save_program(engine: Engine, record: HistoryRecord) -> int:
+def save_program(engine: Engine, record: HistoryRecord) -> ProgramId:
     """Save again a program whose first save failed."""
     with engine.begin() as connection:
         return insert_program(connection, record)
@@ -161,23 +164,27 @@ def save_program(engine: Engine, record: HistoryRecord) -> int:
 
 @dataclass(frozen=True)
 class ProgramRow:
-    id: int
+    # Rows written before an adopted table was adopted have no source, answers or latency.
+    id: ProgramId
     user_id: str
     created_at: datetime
-    source: str
-    has_paid_access: bool
-    latency_ms: float
+    source: str | None
+    has_paid_access: bool | None
+    latency_ms: float | None
     model: str | None
-    cache_key: str
+    cache_key: str | None
     program: dict[str, Any] | None = None
     onboarding_responses: dict[str, Any] | None = None
 
 
-def get_program(engine: Engine, program_id: int) -> ProgramRow | None:
+def get_program(engine: Engine, program_id: str) -> ProgramRow | None:
+    """The program whose id reads `program_id` (an integer or a uuid, as the table has it)."""
+    query = select(*_list_columns(), programs.program, programs.onboarding_responses).where(programs.id == program_id)
     with engine.connect() as connection:
-        row = connection.execute(
-            select(*_list_columns(), programs.program, programs.onboarding_responses).where(programs.id == program_id)
-        ).first()
+        try:
+            row = connection.execute(query).first()
+        except DataError:  # not an id of this table's type at all
+            return None
     return ProgramRow(**row._mapping) if row else None
 
 
@@ -185,18 +192,19 @@ def get_program(engine: Engine, program_id: int) -> ProgramRow | None:
 class Answers:
     """The answers and access a program was made from."""
 
-    program_id: int
+    program_id: ProgramId
     created_at: datetime
     onboarding_responses: dict[str, Any]
     has_paid_access: bool
 
 
-def latest_answers(engine: Engine, user_id: str, *, except_program: int | None = None) -> Answers | None:
+def latest_answers(engine: Engine, user_id: str, *, except_program: ProgramId | None = None) -> Answers | None:
     """The answers of the user's newest program (other than `except_program`): the baseline
     a new request is compared with, and what a coach may load into the form."""
     query = (
         select(programs.id, programs.created_at, programs.onboarding_responses, programs.has_paid_access)
-        .where(programs.user_id == user_id)
+        # Rows an adopted table held before carry no answers to compare with.
+        .where(programs.user_id == user_id, programs.onboarding_responses.is_not(None))
         .order_by(programs.created_at.desc(), programs.id.desc())
         .limit(1)
     )
@@ -260,7 +268,7 @@ class HistoryFilter:
 class HistoryPage:
     rows: list[ProgramRow]
     # Keyset cursor: (created_at, id) of the last row, None on the last page.
-    next_cursor: tuple[datetime, int] | None
+    next_cursor: tuple[datetime, ProgramId] | None
 
 
 def _filtered(query: Any, flt: HistoryFilter) -> Any:
@@ -276,7 +284,7 @@ def _filtered(query: Any, flt: HistoryFilter) -> Any:
 
 
 def list_programs(
-    engine: Engine, flt: HistoryFilter, *, after: tuple[datetime, int] | None = None, page_size: int = 50
+    engine: Engine, flt: HistoryFilter, *, after: tuple[datetime, ProgramId] | None = None, page_size: int = 50
 ) -> HistoryPage:
     """Newest first, paginated by keyset so page 1,000 costs what page 1 does."""
     query = _filtered(select(*_list_columns()), flt)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    FetchedValue,
     Float,
     Index,
     Integer,
@@ -28,8 +29,11 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import UserDefinedType
 
 CACHE_KEY_PREFIX = "program:"
+# Alembic's own `alembic_version` may be the product's: Coach Cache records its state apart.
+VERSION_TABLE = "coach_cache_alembic_version"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -55,6 +59,28 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+class AsStored(UserDefinedType[Any]):
+    """A column whose type an adopted table decides: `id` may be an integer or a uuid,
+    `user_id` text or a uuid. Values are bound untyped, so PostgreSQL reads them as the
+    column's own type (SQLAlchemy would cast them to VARCHAR or BIGINT), and uuids come
+    back as text. `ddl` is the type Coach Cache gives the column when it creates the table."""
+
+    cache_ok = True
+
+    def __init__(self, ddl: str) -> None:
+        self.ddl = ddl
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return self.ddl
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        return lambda value: value if value is None or isinstance(value, int | str) else str(value)
+
+
+# An id of a training_programs row: an integer in tables Coach Cache created, a uuid as
+# text in a Supabase-style table it adopted.
+ProgramId = int | str
+
 # JSONB on PostgreSQL (indexable, compact, validated by the server), JSON text elsewhere.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -65,11 +91,11 @@ metadata = MetaData()
 ai_coach_cache = Table(
     "ai_coach_cache",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("id", AsStored("BIGINT"), primary_key=True, server_default=FetchedValue()),
     Column("cache_key", String(512), nullable=False, unique=True),
-    Column("user_id", String(128), nullable=False),
+    Column("user_id", AsStored("VARCHAR(128)"), nullable=False),
     Column("data", JsonDocument, nullable=False),
-    Column("onboarding_hash", String(64), nullable=False),
+    Column("onboarding_hash", String(64), nullable=True),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -78,18 +104,19 @@ ai_coach_cache = Table(
     Index("ix_ai_coach_cache_user_id_created_at", "user_id", "created_at"),
 )
 
+# In an adopted table, the columns Coach Cache added are NULL in the rows written before.
 training_programs = Table(
     "training_programs",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column("user_id", String(128), nullable=False),
+    Column("id", AsStored("BIGINT"), primary_key=True, server_default=FetchedValue()),
+    Column("user_id", AsStored("VARCHAR(128)"), nullable=False),
     Column("program", JsonDocument, nullable=False),
-    Column("onboarding_responses", JsonDocument, nullable=False),
-    Column("has_paid_access", Boolean, nullable=False),
-    Column("source", String(8), nullable=False),
-    Column("cache_key", String(512), nullable=False),
+    Column("onboarding_responses", JsonDocument, nullable=True),
+    Column("has_paid_access", Boolean, nullable=True),
+    Column("source", String(8), nullable=True),
+    Column("cache_key", String(512), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
-    Column("latency_ms", Float, nullable=False),
+    Column("latency_ms", Float, nullable=True),
     Column("model", String(200), nullable=True),
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),

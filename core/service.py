@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core import cache_store, history, single_flight
 from core.cache_key import cache_key, check_user_id, digest_of_key
-from core.db import connect_to_write, describe_db_error
+from core.db import Database, connect_to_write, describe_db_error
 from core.generators import Generation, GenerationError, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord, Source
 from core.models import (
@@ -34,7 +34,7 @@ from core.models import (
     parse_program,
     parse_program_json,
 )
-from core.schema import utcnow
+from core.schema import ProgramId, utcnow
 from core.settings import Settings
 from core.single_flight import SingleFlightTimeout
 
@@ -76,7 +76,7 @@ class GenerationResult:
     # When the program was asked for (the history row's created_at), and from what answers.
     requested_at: datetime
     onboarding_responses: dict[str, Any]
-    training_program_id: int | None = None
+    training_program_id: ProgramId | None = None
     expires_at: datetime | None = None
     miss_reason: MissReason | None = None
     changed_fields: tuple[str, ...] = ()
@@ -177,15 +177,19 @@ class ProgramService:
     generator: ProgramGenerator
     ttl: timedelta = timedelta(hours=24)
     lock_wait_seconds: float = 120.0
+    # The user id as the database stores it, or ContractError (Database.check_user_id: a
+    # table with uuid user ids accepts only UUIDs).
+    user_id_check: Callable[[Any], str] = check_user_id
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, engine: Engine, generator: ProgramGenerator) -> ProgramService:
+    def from_settings(cls, settings: Settings, *, database: Database, generator: ProgramGenerator) -> ProgramService:
         return cls(
-            engine=engine,
+            engine=database.engine,
             generator=generator,
             ttl=timedelta(hours=settings.cache_ttl_hours),
             lock_wait_seconds=settings.lock_wait_seconds,
+            user_id_check=database.check_user_id,
         )
 
     def generate(
@@ -201,7 +205,7 @@ class ProgramService:
         SingleFlightTimeout when no program could be had (nothing cached or saved).
         `on_generating(reason)` is called when the LLM is about to be asked, so a caller
         can say what is happening while it works."""
-        check_user_id(user_id)
+        user_id = self.user_id_check(user_id)
         profile = parse_onboarding(onboarding_responses)
         key = cache_key(user_id, profile, has_paid_access)
         request = _Request(user_id, profile, has_paid_access, key, force_refresh)

@@ -8,7 +8,7 @@ import streamlit as st
 from core import admin, cache_store
 from core.formatting import format_bytes
 from core.models import ContractError
-from pages.common import current_actor, get_engine, may_administer
+from pages.common import current_actor, get_database, get_engine, may_administer, user_filter
 
 
 def counts() -> None:
@@ -26,8 +26,8 @@ def short_key(key: str) -> str:
 
 def entries() -> None:
     st.subheader("Entries", anchor=False)
-    user = st.text_input("Filter by user", placeholder="All users", key="admin_user").strip()
-    rows = cache_store.list_entries(get_engine(), user_id=user or None)
+    user = user_filter("Filter by user", key="admin_user")
+    rows = cache_store.list_entries(get_engine(), user_id=user)
     if not rows:
         st.info("The cache holds no program entries" + (f" for {user}." if user else "."))
         return
@@ -80,7 +80,8 @@ def invalidate(allowed: bool) -> None:
         yes, no = st.columns([1, 5])
         if yes.button("Yes, invalidate", type="primary", key="invalidate_yes"):
             try:
-                removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=pending)
+                user_id = get_database().check_user_id(pending)
+                removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=user_id)
                 st.session_state.admin_notice = f"Invalidated {removal.deleted:,} entries of {pending}."
             except ContractError as exc:
                 st.session_state.admin_notice = str(exc)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from core import handover
 from core.db import Database, make_engine
 from core.generators import make_generator, startup_warning
+from core.models import ContractError
 from core.service import ProgramService
 from core.settings import Settings
 
@@ -51,12 +52,25 @@ def unavailable_text(problem: str) -> str:
 @st.cache_resource
 def get_service() -> ProgramService:
     settings = get_settings()
-    return ProgramService.from_settings(settings, engine=get_engine(), generator=make_generator(settings))
+    return ProgramService.from_settings(settings, database=get_database(), generator=make_generator(settings))
 
 
 @st.cache_resource
 def get_generator_warning() -> str | None:
     return startup_warning(get_service().generator)
+
+
+def user_filter(label: str, key: str) -> str | None:
+    """A "filter by user" field: None for all users, else the id as the database stores it.
+    An id the database could not hold is refused under the field, and the page stops."""
+    typed = st.text_input(label, placeholder="All users", key=key).strip()
+    if not typed:
+        return None
+    try:
+        return get_database().check_user_id(typed)
+    except ContractError as exc:
+        st.error(escape_markdown(str(exc)), icon=":material/person_off:")
+        st.stop()
 
 
 def auth_enabled() -> bool:

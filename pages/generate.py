@@ -78,7 +78,10 @@ def load_latest() -> None:
     st.session_state.pop("errors", None)
     user_id = st.session_state.user_id.strip()
     try:
-        latest = history.latest_answers(get_engine(), user_id) if user_id else None
+        latest = history.latest_answers(get_engine(), get_database().check_user_id(user_id)) if user_id else None
+    except ContractError as exc:
+        st.session_state.loaded = (user_id, escape_markdown(str(exc)))
+        return
     except DBAPIError as exc:
         st.session_state.loaded = (user_id, unavailable_text(describe_db_error(exc)))
         return

@@ -6,25 +6,28 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import streamlit as st
+from pydantic import ValidationError
 
 from core import history
 from core.formatting import format_duration
 from core.history import HistoryFilter, ProgramRow
-from pages.common import escape_markdown, get_engine, render_program
+from core.models import PROGRAM
+from pages.common import escape_markdown, get_engine, render_program, user_filter
 
 PAGE_SIZE = 50
 
 
 def read_filter() -> HistoryFilter:
     cols = st.columns([2, 2, 1])
-    user_id = cols[0].text_input("User", placeholder="All users", key="history_user")
+    with cols[0]:
+        user_id = user_filter("User", key="history_user")
     today = datetime.now(UTC).date()
     span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
     source = cols[2].selectbox(
         "Source", (None, *history.SOURCES), format_func=lambda s: s or "All", key="history_source"
     )
     days: tuple[date, ...] = span if isinstance(span, tuple) else (span,) if span else ()
-    return HistoryFilter.from_form(user_id=user_id, days=days, source=source)
+    return HistoryFilter.from_form(user_id=user_id or "", days=days, source=source)
 
 
 def table(rows: list[ProgramRow]) -> pd.DataFrame:
@@ -33,9 +36,9 @@ def table(rows: list[ProgramRow]) -> pd.DataFrame:
             "ID": [r.id for r in rows],
             "Created (UTC)": [r.created_at.strftime("%Y-%m-%d %H:%M:%S") for r in rows],
             "User": [r.user_id for r in rows],
-            "Source": [r.source for r in rows],
+            "Source": [r.source or "–" for r in rows],
             "Paid": [r.has_paid_access for r in rows],
-            "Latency": [format_duration(r.latency_ms) for r in rows],
+            "Latency": ["–" if r.latency_ms is None else format_duration(r.latency_ms) for r in rows],
             "Model": [r.model or "–" for r in rows],
         }
     )
@@ -44,11 +47,21 @@ def table(rows: list[ProgramRow]) -> pd.DataFrame:
 def show_program(requested: str) -> None:
     """The program `?program=ID` names, or a plain word that there is none."""
     st.divider()
-    row = history.get_program(get_engine(), int(requested)) if requested.isdigit() else None
+    row = history.get_program(get_engine(), requested)
     if row is None or row.program is None:
         st.warning(f"There is no program #{escape_markdown(requested)}.", icon=":material/search_off:")
         return
-    st.caption(f"Program #{row.id} for {row.user_id}, {row.source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
+    st.caption(
+        f"Program #{row.id} for {row.user_id}, {row.source or 'not from Coach Cache'}, "
+        f"{row.created_at:%Y-%m-%d %H:%M} UTC"
+    )
+    try:
+        PROGRAM.validate_python(row.program)
+    except ValidationError:
+        # A row the product wrote before Coach Cache adopted the table, in its own format.
+        st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
+        st.json(row.program)
+        return
     render_program(row.program, user_id=row.user_id, created_at=row.created_at, key=f"history-{row.id}")
 
 

@@ -2,9 +2,9 @@
 
 from alembic import context
 
-from core.schema import metadata
+from core.schema import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, version_table=VERSION_TABLE)
 with context.begin_transaction():
     context.run_migrations()

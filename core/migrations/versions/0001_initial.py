@@ -1,4 +1,5 @@
-"""Cache, program history, generation events and admin actions.
+"""Cache, program history, generation events and admin actions. The cache and history
+tables are adopted where the product's database already has them (core/adoption.py).
 
 Revision ID: 0001
 Revises:
@@ -8,6 +9,7 @@ Create Date: 2026-11-23
 import sqlalchemy as sa
 from alembic import op
 
+from core import adoption
 from core.schema import Id, JsonDocument, UTCDateTime
 
 revision = "0001"
@@ -17,6 +19,21 @@ depends_on = None
 
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    existing = [t for t in adoption.NEEDED if sa.inspect(bind).has_table(t)]
+    refused = [problem for table in existing for problem in adoption.problems(bind, table)]
+    if refused:
+        raise adoption.SchemaRefused(refused)
+    for table in existing:
+        adoption.adopt(bind, table)
+    if "ai_coach_cache" not in existing:
+        _create_cache()
+    if "training_programs" not in existing:
+        _create_programs()
+    _create_own_tables()
+
+
+def _create_cache() -> None:
     op.create_table(
         "ai_coach_cache",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -32,6 +49,8 @@ def upgrade() -> None:
     op.create_index("ix_ai_coach_cache_expires_at", "ai_coach_cache", ["expires_at"])
     op.create_index("ix_ai_coach_cache_user_id_created_at", "ai_coach_cache", ["user_id", "created_at"])
 
+
+def _create_programs() -> None:
     op.create_table(
         "training_programs",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -51,6 +70,8 @@ def upgrade() -> None:
     op.create_index("ix_training_programs_created_at", "training_programs", ["created_at", "id"])
     op.create_index("ix_training_programs_user_id_created_at", "training_programs", ["user_id", "created_at", "id"])
 
+
+def _create_own_tables() -> None:
     op.create_table(
         "generation_events",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -86,7 +107,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The cache and history tables may have been adopted, not created: they stay.
     op.drop_table("admin_actions")
     op.drop_table("generation_events")
-    op.drop_table("training_programs")
-    op.drop_table("ai_coach_cache")
