@@ -46,7 +46,7 @@ def fresh_profile(i: int) -> dict[str, Any]:
 
 
 def reset(engine: Engine) -> None:
-    tables = "ai_coach_cache, training_programs, generation_events, admin_actions"
+    tables = "ai_coach_cache, training_programs, generation_events, admin_actions, generation_leases"
     with engine.begin() as connection:
         if is_postgres(engine):
             connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
@@ -307,17 +307,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--browser", action="store_true", help="only the coach's wait in Chromium: click to 'Cache hit' badge"
     )
+    parser.add_argument(
+        "--concurrency",
+        action="store_true",
+        help="only hits under load (4 processes x 8 threads), directly and through PgBouncer, beside the floor",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
 
-    if args.browser:
-        from bench import browser
+    if args.browser or args.concurrency:
+        from bench import browser, concurrency
 
-        measured = browser.measure(20 if args.quick else 100, log)
+        name = "browser" if args.browser else "concurrency"
+        measured = (
+            browser.measure(20 if args.quick else 100, log) if args.browser else concurrency.measure(args.quick, log)
+        )
         earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
-        args.out.write_text(json.dumps({**earlier, "browser": measured}, indent=2) + "\n")
-        print(f"written to {args.out} (key 'browser')")
+        args.out.write_text(json.dumps({**earlier, name: measured}, indent=2) + "\n")
+        print(f"written to {args.out} (key '{name}')")
         return 0
 
     results: dict[str, Any] = {
