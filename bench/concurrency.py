@@ -9,6 +9,7 @@ driver (psycopg 3) that reads the entry, inserts the history row and returns the
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import statistics
@@ -102,7 +103,7 @@ def _process(kind: str, url: str, index: int, keys: dict[str, str], seconds: flo
             calls.append(_floor_call(connections[-1], user, keys[user]))
         else:
             calls.append(
-                lambda user=user: service.generate(user_id=user, onboarding_responses=PROFILE, has_paid_access=True)
+                functools.partial(service.generate, user_id=user, onboarding_responses=PROFILE, has_paid_access=True)
             )
     for call in calls:  # warm: connections open, entries validated
         call()
