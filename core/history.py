@@ -11,13 +11,39 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, BinaryIO, Literal, cast, get_args
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Text,
+    and_,
+    bindparam,
+    case,
+    exists,
+    extract,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
-from core.schema import ProgramId, ai_coach_cache, generation_events, json_text, training_programs, utcnow
+from core.cache_store import CacheEntry
+from core.schema import (
+    ProgramId,
+    UTCDateTime,
+    ai_coach_cache,
+    generation_events,
+    json_text,
+    training_programs,
+    utcnow,
+)
 
 programs = training_programs.c
+cache = ai_coach_cache.c
 Outcome = Literal["hit", "miss", "bypass", "error"]
 Source = Literal["llm", "cache"]
 SOURCES: tuple[Source, ...] = get_args(Source)
@@ -137,6 +163,83 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
     .values({name: bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS})
     .cte("event_row")
 )
+
+
+# PostgreSQL, a hit on an entry version this process has validated before: one statement,
+# sent in autocommit, so one round trip. It reads the entry; if it is that version, valid and
+# written since `written_since`, it copies the entry's program into history and logs the
+# event. It returns the entry (its program only if it is another version) and the new row's
+# id (NULL when nothing was saved). Latencies include the statement's own time up to the copy.
+def _read_entry_copying_known() -> Any:
+    version = sql_cast(literal_column("ai_coach_cache.xmin"), Text)
+    entry = (
+        select(cache.data, cache.expires_at, cache.created_at, cache.updated_at, version.label("version"))
+        .where(cache.cache_key == bindparam("entry_key"))
+        .cte("entry")
+    )
+    is_known = entry.c.version == bindparam("known", type_=Text)
+    usable = and_(
+        is_known,
+        entry.c.expires_at > bindparam("now", type_=UTCDateTime()),
+        entry.c.created_at >= bindparam("written_since", type_=UTCDateTime()),
+    )
+    elapsed_ms = extract("epoch", func.clock_timestamp() - func.statement_timestamp()) * 1000
+    copied: dict[str, Any] = {name: bindparam(name, type_=programs[name].type) for name in _COPIED}
+    copied["latency_ms"] = bindparam("latency_ms", type_=Float) + elapsed_ms
+    saved = (
+        insert(training_programs)
+        .from_select(["program", *copied], select(entry.c.data, *copied.values()).where(usable))
+        .returning(programs.id)
+        .cte("saved")
+    )
+    logged: dict[str, Any] = {
+        name: bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS
+    }
+    logged["latency_ms"] = bindparam("event_latency_ms", type_=Float) + elapsed_ms
+    log_event = (
+        insert(generation_events)
+        .from_select(list(logged), select(*logged.values()).where(exists(select(saved.c.id))))
+        .cte("logged")
+    )
+    program = case((is_known, null()), else_=sql_cast(entry.c.data, Text))
+    return select(
+        program,
+        entry.c.expires_at,
+        entry.c.created_at,
+        entry.c.updated_at,
+        entry.c.version,
+        select(saved.c.id).scalar_subquery(),
+    ).add_cte(log_event)
+
+
+_READ_ENTRY_COPYING_KNOWN = _read_entry_copying_known()
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def read_entry_copying_known(
+    connection: Connection,
+    key: str,
+    *,
+    known_version: str,
+    record: HistoryRecord,
+    event: GenerationEvent,
+    now: datetime,
+    written_since: datetime | None,
+) -> tuple[CacheEntry | None, ProgramId | None]:
+    """PostgreSQL: the entry under `key`, and the id of the history row saved from it when it
+    was `known_version` and usable (see the statement above)."""
+    params = {
+        **{name: getattr(record, name) for name in _COPIED},
+        **_event_values(event, prefix="event_"),
+        "entry_key": key,
+        "known": known_version,
+        "now": now,
+        "written_since": written_since or EARLIEST,
+    }
+    row = connection.execute(_READ_ENTRY_COPYING_KNOWN, params).first()
+    if row is None:
+        return None, None
+    return CacheEntry(*row[:5]), row[5]
 
 
 def insert_program_and_event(

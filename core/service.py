@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core import cache_store, history, single_flight
 from core.cache_key import cache_key, check_user_id, digest_of_key
-from core.db import Database, connect_to_write, describe_db_error
+from core.db import Database, connect_to_write, describe_db_error, is_postgres
 from core.generators import Generation, GenerationError, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord, Source
 from core.models import (
@@ -243,20 +243,43 @@ class ProgramService:
         return served if isinstance(served, GenerationResult) else None
 
     def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | _Lookup:
-        """Serve a hit, or say why not. A hit is one connection and one transaction:
-        look up, save to history, log the event, commit."""
+        """Serve a hit, or say why not. A hit is one connection: look up, save to history,
+        log the event. On PostgreSQL a hit on an entry version validated here before is one
+        statement in autocommit (one round trip); otherwise one transaction."""
+        known = self.validated.known(request.key)
+        postgres = is_postgres(self.engine)
+        now = utcnow()  # one instant for the database's checks and ours
         try:
-            connection = connect_to_write(self.engine)
+            connection = self.engine.connect() if postgres else connect_to_write(self.engine)
+            if postgres:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError as exc:
             return self._read_failed(request, exc)
-        known = self.validated.known(request.key)
         with connection:
+            hit_event = GenerationEvent(
+                user_id=request.user_id,
+                cache_key=request.key,
+                outcome="hit",
+                latency_ms=request.elapsed_ms(),
+                cache_read_error=request.cache_read_error,
+            )
             try:
-                entry = cache_store.read_entry(connection, request.key, known[0] if known else None)
+                if postgres and known is not None:
+                    entry, saved_id = history.read_entry_copying_known(
+                        connection,
+                        request.key,
+                        known_version=known[0],
+                        record=request.record("", "cache"),
+                        event=hit_event,
+                        now=now,
+                        written_since=written_since,
+                    )
+                else:
+                    entry, saved_id = cache_store.read_entry(connection, request.key, known and known[0]), None
             except DBAPIError as exc:
                 connection.rollback()
                 return self._read_failed(request, exc)
-            if entry is None or not entry.is_valid(utcnow()):
+            if entry is None or not entry.is_valid(now):
                 return _Lookup(entry)
             if written_since is not None and entry.created_at < written_since:
                 return _Lookup(entry)
@@ -280,13 +303,9 @@ class ProgramService:
                 onboarding_responses=request.answers,
                 expires_at=entry.expires_at,
             )
-            event = GenerationEvent(
-                user_id=request.user_id,
-                cache_key=request.key,
-                outcome="hit",
-                latency_ms=result.latency_ms,
-                cache_read_error=request.cache_read_error,
-            )
+            if saved_id is not None:
+                return replace(result, training_program_id=saved_id, warnings=tuple(request.warnings))
+            event = replace(hit_event, latency_ms=result.latency_ms)
             record = request.record(program_json, "cache")
             return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
 

@@ -8,9 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, event, select, update
 
 from core import cache_store, history
+from core.db import make_engine
 from core.generators import GenerationError
 from core.history import HistoryFilter
 from core.models import ContractError, OnboardingResponses
@@ -367,3 +368,27 @@ def test_an_entry_changed_after_a_validated_hit_is_validated_again(service: Prog
     again = generate(service)
     assert (again.cache_hit, again.miss_reason) == (False, "invalid_entry")
     assert again.program == first.program
+
+
+def test_a_hit_on_a_validated_entry_is_one_statement_on_postgresql(pg_url: str) -> None:
+    # One round trip: no BEGIN or COMMIT, and the read, the history row and the event in
+    # one statement. A hit that leaves out the row or the event would fail below.
+    engine = make_engine(pg_url)
+    service = ProgramService(engine=engine, generator=CountingGenerator())
+    first = generate(service)
+    assert generate(service).cache_hit  # validates this version of the entry
+    sent: list[tuple[str, bool]] = []
+
+    def record(connection: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        # In autocommit psycopg sends no BEGIN or COMMIT: the statement is the round trip.
+        sent.append((sql.split()[0], connection.connection.dbapi_connection.autocommit))
+
+    event.listen(engine, "before_cursor_execute", record)
+    hot = generate(service)
+    engine.dispose()
+    assert hot.cache_hit and hot.training_program_id == first.training_program_id + 2
+    assert sent == [("WITH", True)]
+    saved = programs(service.engine)[-1]
+    assert (saved["source"], saved["program"], saved["cache_key"]) == ("cache", first.program, first.cache_key)
+    assert saved["latency_ms"] > 0
+    assert [(e["outcome"], e["latency_ms"] > 0) for e in events(service.engine)][-1] == ("hit", True)
