@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 
 from core.db import is_postgres
 
+AUTOCOMMIT = "-- autocommit"
+
 
 def summarize(samples_ms: list[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
@@ -41,10 +43,14 @@ def time_calls(call: Callable[[], Any], repetitions: int, warmup: int = 20) -> d
 
 @contextmanager
 def recorded_statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement and its driver-level parameters that `engine` sends meanwhile."""
+    """Every statement and its driver-level parameters that `engine` sends meanwhile. On
+    PostgreSQL, a hit sent in autocommit is recorded with an AUTOCOMMIT marker first, so the
+    floor replays it the same way."""
     statements: list[tuple[str, Any]] = []
 
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+    def record(conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if not statements and getattr(conn.connection.dbapi_connection, "autocommit", False) is True:
+            statements.append((AUTOCOMMIT, None))
         statements.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
@@ -56,11 +62,19 @@ def recorded_statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
 
 def floor(engine: Engine, statements: list[tuple[str, Any]], repetitions: int) -> dict[str, float]:
     """The same statements through the bare driver (psycopg 3 or sqlite3), one transaction
-    per repetition: what the database itself costs for a hit."""
+    per repetition (or in autocommit, as they were sent): what the database costs for a hit."""
     url = make_url(engine.url)
+    autocommit = bool(statements) and statements[0][0] == AUTOCOMMIT
+    statements = statements[1:] if autocommit else statements
     if is_postgres(engine):
         connection: Any = psycopg.connect(
-            host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            autocommit=autocommit,
+            prepare_threshold=None,  # as the app's engine
         )
     else:
         connection = sqlite3.connect(url.database or ":memory:", isolation_level=None)
