@@ -1,12 +1,17 @@
 """ADR-049 step 1: the cache key, `program:u{user_id}:paid{true|false}:d{digest}`.
 
 The ADR base64-encodes the signature, which would put the user's answers, readable, into
-the key; this digests it instead (SHA-256, unpadded base64url, 43 characters)."""
+the key; this digests it instead (unpadded base64url, 43 characters). Without a secret the
+digest is SHA-256: it hides the answers from a glance, but they are mostly enumerable
+(a few goals, levels, day and minute counts, equipment sets), so the digest can be reversed
+by trying them all. With a secret (CACHE_KEY_SECRET) it is HMAC-SHA-256, which cannot be
+reversed without the secret."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -44,19 +49,26 @@ def signature(profile: OnboardingResponses, has_paid_access: bool) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def digest(profile: OnboardingResponses, has_paid_access: bool) -> str:
-    raw = hashlib.sha256(signature(profile, has_paid_access)).digest()
+def _digest(message: bytes, secret: bytes | None) -> str:
+    raw = hmac.digest(secret, message, "sha256") if secret else hashlib.sha256(message).digest()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def cache_key(user_id: str, profile: OnboardingResponses, has_paid_access: bool) -> str:
+def digest(profile: OnboardingResponses, has_paid_access: bool, secret: bytes | None = None) -> str:
+    return _digest(signature(profile, has_paid_access), secret)
+
+
+def onboarding_hash(profile: OnboardingResponses, secret: bytes | None = None) -> str:
+    """The ADR's "hashed onboarding data": the normalized answers alone, so the same answers
+    with and without paid access share it (the key's digest covers the flag too)."""
+    answers = json.dumps(profile.normalized(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _digest(answers.encode(), secret)
+
+
+def cache_key(user_id: str, profile: OnboardingResponses, has_paid_access: bool, secret: bytes | None = None) -> str:
     check_user_id(user_id)
     paid = "true" if has_paid_access else "false"
-    return f"{CACHE_KEY_PREFIX}u{user_id}:paid{paid}:d{digest(profile, has_paid_access)}"
-
-
-def digest_of_key(key: str) -> str:
-    return key.rsplit(":d", 1)[1]
+    return f"{CACHE_KEY_PREFIX}u{user_id}:paid{paid}:d{digest(profile, has_paid_access, secret)}"
 
 
 def key_sample(key: str) -> int:

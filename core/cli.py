@@ -72,7 +72,8 @@ def _read_profile(path: Path) -> Any:
     except OSError as exc:
         raise ValueError(f"profile: cannot read {path} ({exc.strerror})") from None
     try:
-        return json.loads(raw.decode("utf-8"))
+        # A byte-order mark, as some editors write, is not part of the JSON.
+        return json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"profile: not valid UTF-8 JSON ({exc})") from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -55,9 +56,10 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def _collapse_whitespace(value: str) -> str | None:
     # Control characters count as whitespace: they carry no meaning in free text, and
-    # PostgreSQL's JSONB cannot store NUL at all.
+    # PostgreSQL's JSONB cannot store NUL at all. NFC: "épaule" typed as one character or
+    # as "e" and a combining accent is the same answer, with the same key.
     collapsed = " ".join(CONTROL_CHARACTERS.sub(" ", value).split())
-    return collapsed or None
+    return unicodedata.normalize("NFC", collapsed) or None
 
 
 def _as_set(values: list[Equipment]) -> list[Equipment]:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core import cache_store, history, single_flight
-from core.cache_key import cache_key, check_user_id, digest_of_key
+from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error, is_postgres
 from core.generators import Generation, GenerationError, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord, Source
@@ -180,6 +180,7 @@ class ProgramService:
     # The user id as the database stores it, or ContractError (Database.check_user_id: a
     # table with uuid user ids accepts only UUIDs).
     user_id_check: Callable[[Any], str] = check_user_id
+    key_secret: bytes | None = None  # CACHE_KEY_SECRET: HMAC the key's digest
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
@@ -190,6 +191,7 @@ class ProgramService:
             ttl=timedelta(hours=settings.cache_ttl_hours),
             lock_wait_seconds=settings.lock_wait_seconds,
             user_id_check=database.check_user_id,
+            key_secret=settings.key_secret,
         )
 
     def generate(
@@ -207,7 +209,7 @@ class ProgramService:
         can say what is happening while it works."""
         user_id = self.user_id_check(user_id)
         profile = parse_onboarding(onboarding_responses)
-        key = cache_key(user_id, profile, has_paid_access)
+        key = cache_key(user_id, profile, has_paid_access, self.key_secret)
         request = _Request(user_id, profile, has_paid_access, key, force_refresh)
         lookup = _Lookup() if force_refresh else self._try_cache(request)
         if isinstance(lookup, GenerationResult):
@@ -378,7 +380,7 @@ class ProgramService:
                     connection,
                     key=request.key,
                     user_id=request.user_id,
-                    onboarding_hash=digest_of_key(request.key),
+                    onboarding_hash=onboarding_hash(request.profile, self.key_secret),
                     program_json=program_json,
                     now=now,
                     ttl=self.ttl,

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     cache_ttl_hours: float = Field(default=24.0, gt=0)
+    # Keys the cache key's digest (HMAC-SHA-256) so it cannot be reversed by trying answers.
+    # Every instance must share it; changing it starts a new cache (old entries just expire).
+    cache_key_secret: SecretStr | None = None
     # One attempt may take as long as the largest program takes to write: 16 k tokens at a
     # slow 150 tokens/s is about 110 s. Each retry can be billed again (a timed-out
     # generation usually still runs to its end on the server), hence one retry by default.
@@ -72,6 +75,11 @@ class Settings(BaseSettings):
         return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
 
     @property
+    def key_secret(self) -> bytes | None:
+        secret = self.cache_key_secret.get_secret_value() if self.cache_key_secret else ""
+        return secret.encode() or None
+
+    @property
     def lock_wait_seconds(self) -> float:
         if self.single_flight_wait_seconds is not None:
             return self.single_flight_wait_seconds
@@ -92,7 +100,7 @@ class Settings(BaseSettings):
 
 
 # Values never repeated in an error message: they may hold a password or a key.
-_SECRET_FIELDS = ("database_url", "migrations_database_url", "openai_api_key")
+_SECRET_FIELDS = ("database_url", "migrations_database_url", "openai_api_key", "cache_key_secret")
 
 
 def describe_configuration_error(exc: ValidationError) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.cache_key import cache_key, check_user_id, signature
+from core.cache_key import cache_key, check_user_id, onboarding_hash, signature
 from core.models import ContractError, parse_onboarding
 from tests.helpers import PROFILE
 
@@ -90,3 +91,25 @@ def test_bad_user_ids_are_refused(user_id: Any) -> None:
 @pytest.mark.parametrize("user_id", ["a", "A-b_c.d@e", "7" * 128])
 def test_good_user_ids_are_accepted(user_id: str) -> None:
     assert check_user_id(user_id) == user_id
+
+
+def test_free_text_composed_or_decomposed_is_the_same_answer() -> None:
+    composed, decomposed = "épaule droite", "e\u0301paule droite"
+    assert composed != decomposed
+    assert key({**PROFILE, "injuries": decomposed}) == key({**PROFILE, "injuries": composed})
+    assert parse_onboarding({**PROFILE, "injuries": decomposed}).injuries == composed
+
+
+def test_with_a_secret_the_digest_is_an_hmac_of_the_signature() -> None:
+    profile = parse_onboarding(PROFILE)
+    keyed = cache_key("u1", profile, False, b"s3cret")
+    expected = base64.urlsafe_b64encode(hmac.digest(b"s3cret", signature(profile, False), "sha256"))
+    assert KEY.fullmatch(keyed)["digest"] == expected.rstrip(b"=").decode()  # type: ignore[index]
+    assert len({keyed, cache_key("u1", profile, False, b"other"), cache_key("u1", profile, False)}) == 3
+
+
+def test_the_onboarding_hash_is_of_the_answers_alone() -> None:
+    profile = parse_onboarding(PROFILE)
+    assert onboarding_hash(profile) == onboarding_hash(parse_onboarding(dict(reversed(list(PROFILE.items())))))
+    assert onboarding_hash(profile) != onboarding_hash(parse_onboarding({**PROFILE, "session_minutes": 60}))
+    assert onboarding_hash(profile, b"s3cret") != onboarding_hash(profile)

@@ -200,3 +200,10 @@ def test_the_exit_codes_are_in_the_help() -> None:
     assert done.returncode == 0
     for code in ("0  done", "1  failed", "2  invalid input or configuration", "3  generate only"):
         assert code in done.stdout.decode()
+
+
+def test_a_profile_file_with_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_bytes(b"\xef\xbb\xbf" + json.dumps(PROFILE).encode())
+    url = f"sqlite:///{tmp_path}/coach.db"
+    assert output(run(url, "generate", "--user-id", "u1", "--profile", str(profile)))["program"]["weeks"]

@@ -392,3 +392,15 @@ def test_a_hit_on_a_validated_entry_is_one_statement_on_postgresql(pg_url: str) 
     assert (saved["source"], saved["program"], saved["cache_key"]) == ("cache", first.program, first.cache_key)
     assert saved["latency_ms"] > 0
     assert [(e["outcome"], e["latency_ms"] > 0) for e in events(service.engine)][-1] == ("hit", True)
+
+
+def test_entries_of_the_same_answers_share_their_onboarding_hash_whatever_the_access(engine: Engine) -> None:
+    service = ProgramService(engine=engine, generator=CountingGenerator(), key_secret=b"team-secret")
+    free, paid = generate(service, has_paid_access=False), generate(service, has_paid_access=True)
+    other = generate(service, {**PROFILE, "session_minutes": 60})
+    with engine.connect() as connection:
+        hashes = dict(connection.execute(select(ai_coach_cache.c.cache_key, ai_coach_cache.c.onboarding_hash)).all())
+    assert free.cache_key != paid.cache_key and hashes[free.cache_key] == hashes[paid.cache_key]
+    assert hashes[other.cache_key] != hashes[free.cache_key]
+    # The secret keys the digest: the same answers without it are another key.
+    assert generate(ProgramService(engine=engine, generator=CountingGenerator())).cache_key != free.cache_key
