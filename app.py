@@ -8,6 +8,7 @@ from core.db import describe_db_error
 from core.settings import describe_configuration_error
 from pages.common import (
     auth_enabled,
+    configure_logging,
     current_actor,
     database_problem,
     escape_markdown,
@@ -39,6 +40,7 @@ try:
 except ValidationError as exc:
     st.error(escape_markdown(describe_configuration_error(exc)), icon=":material/settings:")
     st.stop()
+configure_logging()
 
 signed_out = auth_enabled() and not st.user.is_logged_in
 if signed_out:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, monitoring
+from core import admin, logs, monitoring
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
 from core.generators import make_generator, startup_warning
@@ -165,11 +165,11 @@ REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
     except ValidationError as exc:
         return _fail(EXIT_INVALID, describe_configuration_error(exc))
+    logs.configure(settings.log_level, settings.log_format)
     database = Database(make_engine(settings.database_url), settings.migrations_database_url)
     try:
         if args.command == "generate":

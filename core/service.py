@@ -26,6 +26,7 @@ from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error, is_postgres
 from core.generators import Generation, GenerationError, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord, Source
+from core.logs import FIELDS
 from core.models import (
     ContractError,
     OnboardingResponses,
@@ -60,6 +61,11 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "invalid_entry": "the cached program no longer passed validation",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
+
+
+def _digest_prefix(key: str) -> str:
+    """Enough of the key's digest to tell requests apart in logs."""
+    return key.rsplit(":d", 1)[1][:8]
 
 
 class GenerationFailed(RuntimeError):
@@ -213,12 +219,12 @@ class ProgramService:
         request = _Request(user_id, profile, has_paid_access, key, force_refresh)
         lookup = _Lookup() if force_refresh else self._try_cache(request)
         if isinstance(lookup, GenerationResult):
-            return lookup
+            return self._logged(request, lookup)
         reason, changed = self._miss_reason(request, lookup)
         # A forced refresh accepts only an entry written after it was asked for.
         written_since = request.requested_at if force_refresh else None
         try:
-            return single_flight.once(
+            result = single_flight.once(
                 self.engine,
                 key,
                 wait_seconds=self.lock_wait_seconds,
@@ -228,6 +234,23 @@ class ProgramService:
         except SingleFlightTimeout as exc:
             self._record_failure(request, reason, str(exc))
             raise
+        return self._logged(request, result)
+
+    def _logged(self, request: _Request, result: GenerationResult) -> GenerationResult:
+        """The request's one log line (hit or miss, why, how long; never the answers)."""
+        outcome = "hit" if result.cache_hit else "bypass" if request.force_refresh else "miss"
+        fields = {
+            "outcome": outcome,
+            "miss_reason": result.miss_reason,
+            "changed": ",".join(result.changed_fields),
+            "latency_ms": round(result.latency_ms, 2),
+            "user_id": request.user_id,
+            "key_digest": _digest_prefix(request.key),
+            "model": result.model,
+            "saved": result.history_error is None,
+        }
+        log.info("Cache %s", outcome, extra={FIELDS: fields})
+        return result
 
     def save_again(self, result: GenerationResult) -> GenerationResult:
         """Save a program whose history save failed; the result says whether it worked."""
@@ -295,7 +318,6 @@ class ProgramService:
                     log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
                     return _Lookup(entry, invalid=True)
                 self.validated.remember(request.key, entry.row_version, program_json)
-            log.info("Cache hit %s", request.key)
             result = GenerationResult(
                 program_json=program_json,
                 cache_hit=True,
@@ -352,7 +374,6 @@ class ProgramService:
         changed: tuple[str, ...],
         on_generating: Callable[[MissReason], None] | None,
     ) -> GenerationResult:
-        log.info("Cache miss %s (%s), generating with %s", request.key, reason, self.generator.name)
         if on_generating is not None:
             on_generating(reason)
         llm_started = perf_counter()
@@ -457,6 +478,14 @@ class ProgramService:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
     ) -> None:
+        fields = {
+            "outcome": "error",
+            "miss_reason": reason,
+            "latency_ms": round(request.elapsed_ms(), 2),
+            "user_id": request.user_id,
+            "key_digest": _digest_prefix(request.key),
+        }
+        log.warning("Cache miss failed: %s", message, extra={FIELDS: fields})
         self._record_event(
             GenerationEvent(
                 user_id=request.user_id,

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from core.logs import LEVELS, LogFormat
+
 DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
 
 
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     # A second identical click on "Generate program" this soon after the first one's request
     # was served is the rest of a double click: it shows that result, it does not generate.
     double_click_seconds: float = Field(default=1.0, ge=0)
+    # One line per request at INFO; WARNING keeps only problems. `json` for log shippers.
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
     # Sign-in is optional; when on, only these e-mails may run destructive admin actions.
     admin_emails: Annotated[list[str], NoDecode] = []
 
@@ -62,6 +67,13 @@ class Settings(BaseSettings):
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{backend} is not supported (sqlite:///path or postgresql://user@host/db)")
         return url
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.upper() not in LEVELS:
+            raise ValueError(f"must be one of {', '.join(LEVELS)}")
+        return level.upper()
 
     @field_validator("admin_emails", mode="before")
     @classmethod

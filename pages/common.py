@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 from sqlalchemy import Engine
 
-from core import handover
+from core import handover, logs
 from core.db import Database, make_engine
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
@@ -20,6 +20,13 @@ from core.settings import Settings
 @st.cache_resource
 def get_settings() -> Settings:
     return Settings()
+
+
+@st.cache_resource
+def configure_logging() -> None:
+    """Once per process: the requests' log lines at LOG_LEVEL, as LOG_FORMAT."""
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_format)
 
 
 @st.cache_resource(on_release=Database.dispose)

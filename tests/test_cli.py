@@ -153,6 +153,8 @@ def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
         ({"LLM_MAX_RETRIES": "-1"}, "LLM_MAX_RETRIES=-1: Input should be greater than or equal to 0"),
         ({"DATABASE_URL": "mysql://coach:s3cret@db/coach"}, "DATABASE_URL: mysql is not supported"),
         ({"MIGRATIONS_DATABASE_URL": "nonsense:s3cret"}, "MIGRATIONS_DATABASE_URL: not a database URL"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL=loud: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT=xml: Input should be 'text' or 'json'"),
     ],
 )
 @pytest.mark.parametrize("command", ["stats", "generate"])
@@ -207,3 +209,25 @@ def test_a_profile_file_with_a_byte_order_mark_is_accepted(tmp_path: Path) -> No
     profile.write_bytes(b"\xef\xbb\xbf" + json.dumps(PROFILE).encode())
     url = f"sqlite:///{tmp_path}/coach.db"
     assert output(run(url, "generate", "--user-id", "u1", "--profile", str(profile)))["program"]["weeks"]
+
+
+def test_each_request_is_one_log_line_without_the_answers(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({**PROFILE, "injuries": "torn ACL, left knee"}))
+    url = f"sqlite:///{tmp_path}/coach.db"
+    args = ("generate", "--user-id", "u1", "--profile", str(profile))
+    miss = run(url, *args, LOG_FORMAT="json")
+    hit = run(url, *args)
+    quiet = run(url, *args, LOG_LEVEL="warning")
+    assert [d.returncode for d in (miss, hit, quiet)] == [0, 0, 0]
+    (line,) = miss.stderr.decode().splitlines()
+    logged = json.loads(line)
+    digest = json.loads(miss.stdout)["cache_key"].rsplit(":d", 1)[1]
+    assert (logged["level"], logged["message"], logged["outcome"]) == ("INFO", "Cache miss", "miss")
+    assert (logged["miss_reason"], logged["user_id"], logged["key_digest"]) == ("first_generation", "u1", digest[:8])
+    assert logged["latency_ms"] > 0 and logged["saved"] is True
+    (text,) = hit.stderr.decode().splitlines()
+    assert text.startswith("INFO core.service: Cache hit outcome=hit") and f"key_digest={digest[:8]}" in text
+    assert quiet.stderr == b""
+    for done in (miss, hit):
+        assert "ACL" not in done.stderr.decode() and "strength" not in done.stderr.decode()
