@@ -13,6 +13,7 @@ from pages.common import (
     database_problem,
     escape_markdown,
     get_generator_warning,
+    get_service,
     get_settings,
     unavailable_text,
 )
@@ -26,7 +27,11 @@ def sidebar() -> None:
         st.markdown("### Coach Cache")
         st.caption("ADR-049 training program cache")
         st.markdown(f":material/storage: **Database**  \n{escape_markdown(settings.describe_database())}")
-        st.markdown(f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}")
+        identity = get_service().generator.identity
+        st.markdown(
+            f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}  \n"
+            f"model `{identity.model}` · version `{identity.version}`"
+        )
         if warning := get_generator_warning():
             st.warning(escape_markdown(warning), icon=":material/warning:")
         st.markdown(f":material/schedule: **Cache TTL**  \n{settings.cache_ttl_hours:g} h")

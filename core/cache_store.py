@@ -34,6 +34,9 @@ class CacheEntry:
     # PostgreSQL's row version (xmin), checked on a hit: any change to the row, an upsert
     # or a hand edit, changes it. None on SQLite, where every read fetches the program.
     row_version: str | None
+    # Which generator made it (None: made before that was recorded).
+    generator_version: str | None = None
+    model: str | None = None
 
     def is_valid(self, now: datetime) -> bool:
         return self.expires_at > now
@@ -50,9 +53,9 @@ def _read_entry(dialect: str) -> Any:
     # The program travels only if the row changed since the version the caller knows: a
     # hot entry costs a few bytes per hit, not a serialization of the whole program.
     data = case((version == bindparam("known", type_=Text), null()), else_=cast(cache.data, Text))
-    return select(data, cache.expires_at, cache.created_at, cache.updated_at, version).where(
-        cache.cache_key == bindparam("key")
-    )
+    return select(
+        data, cache.expires_at, cache.created_at, cache.updated_at, version, cache.generator_version, cache.model
+    ).where(cache.cache_key == bindparam("key"))
 
 
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
@@ -69,7 +72,16 @@ def _upsert(dialect: str) -> Any:
     # Both dialects speak INSERT ... ON CONFLICT, each through its own construct.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(ai_coach_cache).values(data=json_text("data_json", dialect))
-    changed = ("data", "onboarding_hash", "expires_at", "created_at", "updated_at", "size_bytes")
+    changed = (
+        "data",
+        "onboarding_hash",
+        "expires_at",
+        "created_at",
+        "updated_at",
+        "size_bytes",
+        "model",
+        "generator_version",
+    )
     return statement.on_conflict_do_update(
         index_elements=["cache_key"], set_={name: statement.excluded[name] for name in changed}
     )
@@ -87,6 +99,8 @@ def upsert_entry(
     program_json: str,
     now: datetime,
     ttl: timedelta,
+    model: str,
+    generator_version: str,
 ) -> None:
     connection.execute(
         _UPSERT[connection.dialect.name],
@@ -99,6 +113,8 @@ def upsert_entry(
             "created_at": now,
             "updated_at": now,
             "size_bytes": len(program_json.encode()),
+            "model": model,
+            "generator_version": generator_version,
         },
     )
 

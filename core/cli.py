@@ -113,6 +113,7 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
             "changed_fields": list(result.changed_fields),
             "expires_at": result.expires_at,
             "model": result.model,
+            "generator_version": result.generator_version,
             "warnings": list(result.warnings),
             "history_error": result.history_error,
             "program": result.program,

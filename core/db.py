@@ -101,14 +101,14 @@ def _alembic_config() -> Config:
     return config
 
 
-def migrate(engine: Engine) -> str:
+def migrate(engine: Engine, target: str = "head") -> str:
     """Bring the schema to the newest revision; safe to call on every start, from many
     instances at once: PostgreSQL serialises them on an advisory lock, SQLite on its write
     lock, taken up front (BEGIN IMMEDIATE) so a second instance waits instead of failing
     with "database is locked" when it upgrades its read to a write. Raises SchemaRefused
     (nothing changed) when existing tables cannot be adopted."""
     with connect_to_write(engine) as connection, connection.begin():
-        return _upgrade(connection)
+        return _upgrade(connection, target)
 
 
 def pending_ddl(engine: Engine) -> list[str]:
@@ -131,13 +131,13 @@ def pending_ddl(engine: Engine) -> list[str]:
     return statements
 
 
-def _upgrade(connection: Connection) -> str:
+def _upgrade(connection: Connection, target: str = "head") -> str:
     if is_postgres(connection.engine):
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
     _rename_legacy_version_table(connection)
     config = _alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, target)
     return current_revision(connection)
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     null,
+    or_,
     select,
 )
 from sqlalchemy import cast as sql_cast
@@ -45,7 +46,7 @@ from core.schema import (
 programs = training_programs.c
 cache = ai_coach_cache.c
 Outcome = Literal["hit", "miss", "bypass", "error"]
-Source = Literal["llm", "cache"]
+Source = Literal["llm", "offline", "cache"]
 SOURCES: tuple[Source, ...] = get_args(Source)
 
 
@@ -81,6 +82,7 @@ class HistoryRecord:
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    generator_version: str | None = None
     created_at: datetime = field(default_factory=utcnow)
 
 
@@ -104,18 +106,19 @@ _COPIED = (
     "cache_key",
     "created_at",
     "latency_ms",
-    "model",
     "prompt_tokens",
     "completion_tokens",
 )
+# ...and from the entry itself, with its program: which generator made it.
+_FROM_ENTRY = ("data", "model", "generator_version")
 # A hit's program copied inside the database from the very entry version that was
 # validated: nothing is sent back, and PostgreSQL neither parses nor compresses it again.
 _INSERT_PROGRAM_FROM_CACHE = (
     insert(training_programs)
     .from_select(
-        ["program", *_COPIED],
+        ["program", "model", "generator_version", *_COPIED],
         select(
-            ai_coach_cache.c.data,
+            *(ai_coach_cache.c[name] for name in _FROM_ENTRY),
             *(bindparam(name, type_=programs[name].type) for name in _COPIED),
         ).where(
             ai_coach_cache.c.cache_key == bindparam("entry_key"),
@@ -173,13 +176,24 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 def _read_entry_copying_known() -> Any:
     version = sql_cast(literal_column("ai_coach_cache.xmin"), Text)
     entry = (
-        select(cache.data, cache.expires_at, cache.created_at, cache.updated_at, version.label("version"))
+        select(
+            cache.data,
+            cache.expires_at,
+            cache.created_at,
+            cache.updated_at,
+            version.label("version"),
+            cache.generator_version,
+            cache.model,
+        )
         .where(cache.cache_key == bindparam("entry_key"))
         .cte("entry")
     )
     is_known = entry.c.version == bindparam("known", type_=Text)
+    # NULL accepts an entry of any generator (CACHE_ON_GENERATOR_CHANGE=serve).
+    wanted_generator = bindparam("generator_version", type_=Text)
     usable = and_(
         is_known,
+        or_(wanted_generator.is_(None), entry.c.generator_version == wanted_generator),
         entry.c.expires_at > bindparam("now", type_=UTCDateTime()),
         entry.c.created_at >= bindparam("written_since", type_=UTCDateTime()),
     )
@@ -188,7 +202,10 @@ def _read_entry_copying_known() -> Any:
     copied["latency_ms"] = bindparam("latency_ms", type_=Float) + elapsed_ms
     saved = (
         insert(training_programs)
-        .from_select(["program", *copied], select(entry.c.data, *copied.values()).where(usable))
+        .from_select(
+            ["program", "model", "generator_version", *copied],
+            select(*(entry.c[name] for name in _FROM_ENTRY), *copied.values()).where(usable),
+        )
         .returning(programs.id)
         .cte("saved")
     )
@@ -208,6 +225,8 @@ def _read_entry_copying_known() -> Any:
         entry.c.created_at,
         entry.c.updated_at,
         entry.c.version,
+        entry.c.generator_version,
+        entry.c.model,
         select(saved.c.id).scalar_subquery(),
     ).add_cte(log_event)
 
@@ -225,6 +244,7 @@ def read_entry_copying_known(
     event: GenerationEvent,
     now: datetime,
     written_since: datetime | None,
+    generator_version: str | None,
 ) -> tuple[CacheEntry | None, ProgramId | None]:
     """PostgreSQL: the entry under `key`, and the id of the history row saved from it when it
     was `known_version` and usable (see the statement above)."""
@@ -235,11 +255,12 @@ def read_entry_copying_known(
         "known": known_version,
         "now": now,
         "written_since": written_since or EARLIEST,
+        "generator_version": generator_version,
     }
     row = connection.execute(_READ_ENTRY_COPYING_KNOWN, params).first()
     if row is None:
         return None, None
-    return CacheEntry(*row[:5]), row[5]
+    return CacheEntry(*row[:7]), row[7]
 
 
 def insert_program_and_event(

@@ -100,6 +100,9 @@ ai_coach_cache = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("size_bytes", Integer, nullable=False, server_default="0"),
+    # The generator identity that made the entry (NULL: made before it was recorded).
+    Column("model", String(200), nullable=True),
+    Column("generator_version", String(64), nullable=True),
     Index("ix_ai_coach_cache_expires_at", "expires_at"),
     Index("ix_ai_coach_cache_user_id_created_at", "user_id", "created_at"),
 )
@@ -120,6 +123,7 @@ training_programs = Table(
     Column("model", String(200), nullable=True),
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
+    Column("generator_version", String(64), nullable=True),
     Index("ix_training_programs_created_at", "created_at", "id"),
     Index("ix_training_programs_user_id_created_at", "user_id", "created_at", "id"),
 )

@@ -49,6 +49,7 @@ MissReason = Literal[
     "forced_refresh",
     "cache_unavailable",
     "invalid_entry",
+    "generator_changed",
 ]
 # What each reason means, as a coach reads it beside "Cache miss".
 MISS_REASON_TEXT: dict[MissReason, str] = {
@@ -59,6 +60,7 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "forced_refresh": "a refresh was forced",
     "cache_unavailable": "the cache could not be read",
     "invalid_entry": "the cached program no longer passed validation",
+    "generator_changed": "it was made by another generator (model, prompt or rules)",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
 
@@ -86,7 +88,9 @@ class GenerationResult:
     expires_at: datetime | None = None
     miss_reason: MissReason | None = None
     changed_fields: tuple[str, ...] = ()
+    # Which generator made the program (for a hit: as the cache entry recorded it).
     model: str | None = None
+    generator_version: str | None = None
     warnings: tuple[str, ...] = ()
     # Set when the program was produced but saving it to history failed: `unsaved` is what
     # `ProgramService.save_again` saves.
@@ -119,8 +123,16 @@ class _Request:
         """The normalized answers, as stored and compared."""
         return self.profile.normalized()
 
-    def record(self, program_json: str, source: Source, generation: Generation | None = None) -> HistoryRecord:
-        """The history row of this request's program."""
+    def record(
+        self,
+        program_json: str,
+        source: Source,
+        generation: Generation | None = None,
+        *,
+        model: str | None = None,
+        generator_version: str | None = None,
+    ) -> HistoryRecord:
+        """The history row of this request's program, with the generator that made it."""
         return HistoryRecord(
             user_id=self.user_id,
             program_json=program_json,
@@ -129,9 +141,10 @@ class _Request:
             source=source,
             cache_key=self.key,
             latency_ms=self.elapsed_ms(),
-            model=generation.model if generation else None,
+            model=generation.model if generation else model,
             prompt_tokens=generation.prompt_tokens if generation else None,
             completion_tokens=generation.completion_tokens if generation else None,
+            generator_version=generator_version,
             created_at=self.requested_at,
         )
 
@@ -175,6 +188,8 @@ class _Lookup:
     entry: cache_store.CacheEntry | None = None
     invalid: bool = False
     failed: bool = False
+    # A valid entry made by another generator identity (CACHE_ON_GENERATOR_CHANGE=regenerate).
+    generator_changed: bool = False
 
 
 @dataclass
@@ -187,6 +202,8 @@ class ProgramService:
     # table with uuid user ids accepts only UUIDs).
     user_id_check: Callable[[Any], str] = check_user_id
     key_secret: bytes | None = None  # CACHE_KEY_SECRET: HMAC the key's digest
+    # CACHE_ON_GENERATOR_CHANGE=serve: entries of another generator identity are still hits.
+    serve_other_generators: bool = False
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
@@ -198,6 +215,7 @@ class ProgramService:
             lock_wait_seconds=settings.lock_wait_seconds,
             user_id_check=database.check_user_id,
             key_secret=settings.key_secret,
+            serve_other_generators=settings.cache_on_generator_change == "serve",
         )
 
     def generate(
@@ -298,6 +316,7 @@ class ProgramService:
                         event=hit_event,
                         now=now,
                         written_since=written_since,
+                        generator_version=None if self.serve_other_generators else self.generator.identity.version,
                     )
                 else:
                     entry, saved_id = cache_store.read_entry(connection, request.key, known and known[0]), None
@@ -308,6 +327,8 @@ class ProgramService:
                 return _Lookup(entry)
             if written_since is not None and entry.created_at < written_since:
                 return _Lookup(entry)
+            if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
+                return _Lookup(entry, generator_changed=True)
             if entry.data_json is None and known is not None:
                 program_json = known[1]  # this very row version was validated here before
             else:
@@ -326,11 +347,13 @@ class ProgramService:
                 requested_at=request.requested_at,
                 onboarding_responses=request.answers,
                 expires_at=entry.expires_at,
+                model=entry.model,
+                generator_version=entry.generator_version,
             )
             if saved_id is not None:
                 return replace(result, training_program_id=saved_id, warnings=tuple(request.warnings))
             event = replace(hit_event, latency_ms=result.latency_ms)
-            record = request.record(program_json, "cache")
+            record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
             return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
 
     def _read_failed(self, request: _Request, exc: DBAPIError) -> _Lookup:
@@ -348,6 +371,8 @@ class ProgramService:
             return "cache_unavailable", ()
         if lookup.invalid:
             return "invalid_entry", ()
+        if lookup.generator_changed:
+            return "generator_changed", ()
         if lookup.entry is not None:
             return "expired", ()
         try:
@@ -405,13 +430,16 @@ class ProgramService:
                     program_json=program_json,
                     now=now,
                     ttl=self.ttl,
+                    model=generation.model,
+                    generator_version=self.generator.identity.version,
                 )
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
             request.warnings.append("The program could not be cached; the next request will generate again.")
             written_at = None
 
-        record = request.record(program_json, "llm", generation)
+        identity = self.generator.identity
+        record = request.record(program_json, identity.source, generation, generator_version=identity.version)
         result = GenerationResult(
             program_json=program_json,
             cache_hit=False,
@@ -423,6 +451,7 @@ class ProgramService:
             miss_reason=reason,
             changed_fields=changed,
             model=generation.model,
+            generator_version=identity.version,
         )
         event = GenerationEvent(
             user_id=request.user_id,

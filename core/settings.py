@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # Keys the cache key's digest (HMAC-SHA-256) so it cannot be reversed by trying answers.
     # Every instance must share it; changing it starts a new cache (old entries just expire).
     cache_key_secret: SecretStr | None = None
+    # An entry made by another generator identity (model, prompt, rules): regenerate it, or
+    # keep serving it until it expires.
+    cache_on_generator_change: Literal["regenerate", "serve"] = "regenerate"
     # One attempt may take as long as the largest program takes to write: 16 k tokens at a
     # slow 150 tokens/s is about 110 s. Each retry can be billed again (a timed-out
     # generation usually still runs to its end on the server), hence one retry by default.

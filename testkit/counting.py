@@ -18,6 +18,7 @@ class CountingGenerator:
         self.calls = 0
         self._lock = threading.Lock()
         self._offline = OfflineGenerator()
+        self.identity = self._offline.identity  # it writes the offline coach's programs
 
     def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
         with self._lock:

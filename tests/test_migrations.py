@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from core import adoption
 from core.db import head_revision, make_engine, migrate
 from core.schema import VERSION_TABLE, metadata
+from testkit.pg_server import PostgresServer
 
 
 def test_migrations_build_the_schema_the_code_queries(engine: Engine) -> None:
@@ -37,3 +42,43 @@ def test_programs_are_jsonb_on_postgresql(pg_url: str) -> None:
     columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("ai_coach_cache")}
     engine.dispose()
     assert type(columns["data"]).__name__ == "JSONB"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database no migration has touched (the PostgreSQL template is already at head)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    pg: PostgresServer = request.getfixturevalue("pg")
+    name = f"empty_{uuid.uuid4().hex[:10]}"
+    pg.admin(f"CREATE DATABASE {name}")
+    yield pg.url(name)
+    pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_earlier_offline_programs_are_marked_offline_and_nothing_is_invented(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0005")
+    rows = [("offline-rules-v1", "llm"), ("gpt-4o-mini", "llm"), (None, "cache")]
+    with engine.begin() as connection:
+        for model, source in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO training_programs (user_id, program, onboarding_responses, has_paid_access,"
+                    " source, cache_key, created_at, latency_ms, model)"
+                    " VALUES ('u1', '{}', '{}', false, :source, 'k', CURRENT_TIMESTAMP, 1, :model)"
+                ),
+                {"model": model, "source": source},
+            )
+    migrate(engine)
+    with engine.connect() as connection:
+        found = connection.execute(
+            text("SELECT model, source, generator_version FROM training_programs ORDER BY id")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in found] == [
+        ("offline-rules-v1", "offline", None),
+        ("gpt-4o-mini", "llm", None),
+        (None, "cache", None),
+    ]

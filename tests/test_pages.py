@@ -126,9 +126,9 @@ def test_history_lists_programs_and_shows_one(app: AppTest) -> None:
     submit(app)
     app.switch_page("pages/history.py").run()
     table = app.dataframe[0].value
-    assert list(table["Source"]) == ["cache", "llm"]
-    app.selectbox(key="history_source").set_value("llm").run()
-    assert list(app.dataframe[0].value["Source"]) == ["llm"]
+    assert list(table["Source"]) == ["cache", "offline"]
+    app.selectbox(key="history_source").set_value("offline").run()
+    assert list(app.dataframe[0].value["Source"]) == ["offline"]
 
 
 def test_monitoring_shows_hit_rate_and_charts(app: AppTest) -> None:

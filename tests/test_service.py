@@ -12,7 +12,7 @@ from sqlalchemy import Engine, event, select, update
 
 from core import cache_store, history
 from core.db import make_engine
-from core.generators import GenerationError
+from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator
 from core.history import HistoryFilter
 from core.models import ContractError, OnboardingResponses
 from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
@@ -56,11 +56,14 @@ def test_miss_then_hit_and_both_saved_to_history(service: ProgramService, genera
     assert second.cache_key == first.cache_key
     rows = programs(service.engine)
     assert [(r["id"], r["source"]) for r in rows] == [
-        (first.training_program_id, "llm"),
+        (first.training_program_id, "offline"),
         (second.training_program_id, "cache"),
     ]
     assert rows[1]["program"] == rows[0]["program"]
-    assert rows[0]["model"] == "offline-rules-v1" and rows[1]["model"] is None
+    # Which generator made it, on the hit's row too (copied from the entry).
+    made_by = ("offline-rules-v1", OfflineGenerator.identity.version)
+    assert [(r["model"], r["generator_version"]) for r in rows] == [made_by, made_by]
+    assert (second.model, second.generator_version) == made_by
     assert [e["outcome"] for e in events(service.engine)] == ["miss", "hit"]
 
 
@@ -182,6 +185,7 @@ def test_an_entry_that_no_longer_validates_is_a_miss_and_is_overwritten(
 
 class BrokenGenerator:
     name = "broken"
+    identity = GeneratorIdentity(kind="openai", model="broken", version="broken-1")
 
     def __init__(self, answer: Any) -> None:
         self.answer = answer
@@ -240,7 +244,7 @@ def test_cache_write_error_still_returns_and_saves_the_program(
     assert result.expires_at is None and result.warnings
     assert any("Cache write failed" in r.message for r in caplog.records)
     assert count_rows(faults.engine, ai_coach_cache) == 0
-    assert programs(faults.engine)[0]["source"] == "llm"
+    assert programs(faults.engine)[0]["source"] == "offline"
     assert events(faults.engine)[-1]["cache_write_error"] is True
 
 
@@ -404,3 +408,37 @@ def test_entries_of_the_same_answers_share_their_onboarding_hash_whatever_the_ac
     assert hashes[other.cache_key] != hashes[free.cache_key]
     # The secret keys the digest: the same answers without it are another key.
     assert generate(ProgramService(engine=engine, generator=CountingGenerator())).cache_key != free.cache_key
+
+
+class OtherModel(CountingGenerator):
+    """The same programs, as if from another model: another generator identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = GeneratorIdentity(kind="openai", model="gpt-other", version="openai-p1-000000000000")
+
+
+def test_an_entry_of_another_generator_is_a_miss_and_is_overwritten(service: ProgramService) -> None:
+    first = generate(service)
+    assert generate(service).cache_hit  # on PostgreSQL this version is now validated here
+    service.generator = OtherModel()
+    changed = generate(service)
+    assert (changed.cache_hit, changed.miss_reason) == (False, "generator_changed")
+    assert changed.generator_version == "openai-p1-000000000000" and changed.cache_key == first.cache_key
+    again = generate(service)
+    assert again.cache_hit and again.generator_version == "openai-p1-000000000000"
+    rows = programs(service.engine)
+    assert [r["source"] for r in rows] == ["offline", "cache", "llm", "cache"]
+    assert [e["outcome"] for e in events(service.engine)] == ["miss", "hit", "miss", "hit"]
+    assert count_rows(service.engine, ai_coach_cache) == 1
+
+
+def test_with_serve_an_entry_of_another_generator_is_still_a_hit_that_says_who_made_it(
+    service: ProgramService,
+) -> None:
+    first = generate(service)
+    service.generator, service.serve_other_generators = OtherModel(), True
+    served = generate(service)
+    assert served.cache_hit and served.program == first.program
+    assert (served.model, served.generator_version) == ("offline-rules-v1", OfflineGenerator.identity.version)
+    assert programs(service.engine)[-1]["model"] == "offline-rules-v1"

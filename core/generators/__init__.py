@@ -1,6 +1,6 @@
 """Program generators: the OpenAI chat client when a key is configured, else the offline coach."""
 
-from core.generators.base import Generation, GenerationError, ProgramGenerator
+from core.generators.base import Generation, GenerationError, GeneratorIdentity, ProgramGenerator
 from core.generators.offline import OfflineGenerator
 from core.generators.openai_chat import OpenAIChatGenerator
 from core.settings import Settings
@@ -28,6 +28,7 @@ def startup_warning(generator: ProgramGenerator) -> str | None:
 __all__ = [
     "Generation",
     "GenerationError",
+    "GeneratorIdentity",
     "OfflineGenerator",
     "OpenAIChatGenerator",
     "ProgramGenerator",

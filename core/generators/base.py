@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from core.models import OnboardingResponses
 
@@ -37,8 +39,33 @@ class GenerationError(RuntimeError):
         self.completion_tokens = completion_tokens
 
 
+@dataclass(frozen=True)
+class GeneratorIdentity:
+    """Which generator makes a program: its kind, its model, and a version that changes
+    whenever what it would produce changes. A cache entry made under another version is
+    not served (unless CACHE_ON_GENERATOR_CHANGE=serve)."""
+
+    kind: Literal["openai", "offline"]
+    model: str
+    version: str
+
+    @property
+    def source(self) -> Literal["llm", "offline"]:
+        """What a generated program's history row says it came from."""
+        return "llm" if self.kind == "openai" else "offline"
+
+
+def fingerprint(*inputs: object) -> str:
+    """12 hex characters of SHA-256 over the inputs that shape a generator's output."""
+    text = json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 class ProgramGenerator(Protocol):
     @property
     def name(self) -> str: ...
+
+    @property
+    def identity(self) -> GeneratorIdentity: ...
 
     def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation: ...

@@ -4,9 +4,10 @@ network and no model. Deterministic: the same profile and access give the same p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from core.generators.base import Generation, program_weeks
+from core.generators.base import Generation, GeneratorIdentity, fingerprint, program_weeks
 from core.models import OnboardingResponses
 
 
@@ -152,13 +153,25 @@ def choose(pattern: str, equipment: set[str], avoid: set[str], used: set[str]) -
     return next((m for m in usable if m.name not in used), usable[0])
 
 
+# Bumped by hand when the rules change what they write; the fingerprint of this module's
+# source catches any change that was not bumped (at the cost of regenerating after a
+# change that only touched a comment).
+RULES_VERSION = "r1"
+MODEL = "offline-rules-v1"
+
+
 class OfflineGenerator:
     """The embedded default generator."""
 
     name = "offline"
+    identity = GeneratorIdentity(
+        kind="offline",
+        model=MODEL,
+        version=f"offline-{RULES_VERSION}-{fingerprint(Path(__file__).read_text(encoding='utf-8'))}",
+    )
 
     def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
-        return Generation(program=build_program(profile, has_paid_access), model="offline-rules-v1")
+        return Generation(program=build_program(profile, has_paid_access), model=MODEL)
 
 
 def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from typing import Any
 import openai
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from core.generators.base import Generation, GenerationError, program_weeks
+from core.generators.base import Generation, GenerationError, GeneratorIdentity, fingerprint, program_weeks
 from core.models import OnboardingResponses, load_contract
 
+# Bumped by hand with each change of the prompt; the fingerprint catches the rest.
+PROMPT_VERSION = "p1"
 SYSTEM_PROMPT = """You are an experienced strength and conditioning coach.
 Write a personalized training program for the client whose onboarding responses you receive as JSON.
 Rules:
@@ -75,6 +77,13 @@ class OpenAIChatGenerator:
             api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
         )
         self._response_format = program_response_format(model)
+        # The model, the prompt and the response schema decide what comes back (no sampling
+        # settings are sent: the server's defaults apply).
+        self.identity = GeneratorIdentity(
+            kind="openai",
+            model=model,
+            version=f"openai-{PROMPT_VERSION}-{fingerprint(model, SYSTEM_PROMPT, self._response_format)}",
+        )
 
     @property
     def name(self) -> str:
