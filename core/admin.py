@@ -41,6 +41,18 @@ def invalidate_user(engine: Engine, *, actor: str, user_id: str) -> cache_store.
     return removal
 
 
+UNKNOWN_GENERATOR = "unknown"  # names the entries made before identities were recorded
+
+
+def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> cache_store.Removal:
+    """Invalidate every program entry made by one generator identity (`generator_version`
+    as `python -m core generate` prints it, or "unknown")."""
+    version = None if generator_version == UNKNOWN_GENERATOR else generator_version
+    removal = cache_store.delete_generator_entries(engine, version)
+    _record(engine, actor=actor, action="retire_generator", target=generator_version, removal=removal)
+    return removal
+
+
 @dataclass(frozen=True)
 class AdminAction:
     created_at: datetime

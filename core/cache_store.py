@@ -126,15 +126,29 @@ class Removal:
 
 
 def delete_expired(engine: Engine, *, now: datetime | None = None, batch_size: int = CLEANUP_BATCH_SIZE) -> Removal:
-    """Delete expired program entries, one short transaction per batch so that writers
-    (misses upserting their entry) never wait long on the cleanup."""
-    now = now or utcnow()
-    expired = (_is_program_entry(), cache.expires_at <= now)
+    """Delete expired program entries."""
+    return _delete_in_batches(engine, (_is_program_entry(), cache.expires_at <= (now or utcnow())), batch_size)
+
+
+def delete_generator_entries(
+    engine: Engine, generator_version: str | None, batch_size: int = CLEANUP_BATCH_SIZE
+) -> Removal:
+    """Delete the program entries made by one generator identity (None: those made before
+    identities were recorded)."""
+    made_by = (
+        cache.generator_version.is_(None) if generator_version is None else cache.generator_version == generator_version
+    )
+    return _delete_in_batches(engine, (_is_program_entry(), made_by), batch_size)
+
+
+def _delete_in_batches(engine: Engine, conditions: tuple[Any, ...], batch_size: int) -> Removal:
+    """One short transaction per batch, so that writers (misses upserting their entry) never
+    wait long on a bulk deletion."""
     deleted = reclaimed = 0
     while True:
-        batch = select(cache.id).where(*expired).limit(batch_size).scalar_subquery()
-        # Expiry is checked again on the row deleted: an entry refreshed meanwhile stays.
-        statement = delete(ai_coach_cache).where(cache.id.in_(batch), *expired)
+        batch = select(cache.id).where(*conditions).limit(batch_size).scalar_subquery()
+        # The conditions are checked again on the row deleted: an entry rewritten meanwhile stays.
+        statement = delete(ai_coach_cache).where(cache.id.in_(batch), *conditions)
         with connect_to_write(engine) as connection, connection.begin():
             count, size = _delete_counting(connection, statement)
         deleted += count
@@ -207,6 +221,35 @@ def _hits_since_written(connection: Connection, keys: list[str]) -> dict[str, in
         .group_by(events.cache_key)
     )
     return {key: count for key, count in connection.execute(query)}
+
+
+@dataclass(frozen=True)
+class GeneratorGroup:
+    generator_version: str | None  # None: made before identities were recorded
+    model: str | None
+    entries: int
+    size_bytes: int
+    oldest: datetime
+    newest: datetime
+
+
+def entries_by_generator(engine: Engine) -> list[GeneratorGroup]:
+    """Program entries grouped by the generator identity that made them, newest first."""
+    query = (
+        select(
+            cache.generator_version,
+            func.max(cache.model),
+            func.count(),
+            func.coalesce(func.sum(cache.size_bytes), 0),
+            func.min(cache.created_at),
+            func.max(cache.created_at),
+        )
+        .where(_is_program_entry())
+        .group_by(cache.generator_version)
+        .order_by(func.max(cache.created_at).desc())
+    )
+    with engine.connect() as connection:
+        return [GeneratorGroup(*row) for row in connection.execute(query)]
 
 
 def count_entries(engine: Engine, now: datetime | None = None) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""`python -m core`: migrate, generate, cleanup, stats, rollup. JSON on stdout; errors on
+"""`python -m core`: migrate, generate, cleanup, invalidate, stats, rollup. JSON on stdout; errors on
 stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--paid", action="store_true", help="the user has paid access")
     generate.add_argument("--force-refresh", action="store_true", help="bypass the cache and regenerate")
     commands.add_parser("cleanup", help="delete expired program entries")
+    invalidate = commands.add_parser("invalidate", help="delete a user's, or a generator's, program entries")
+    target = invalidate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user-id", help="every cached program of this user")
+    target.add_argument(
+        "--generator", metavar="VERSION", help="every entry made by this generator_version (as generate prints it)"
+    )
     commands.add_parser("stats", help="cache entries, storage and hit rate")
     commands.add_parser("rollup", help="roll settled hours of requests into the monitoring rollup (for cron)")
     return parser
@@ -156,9 +162,20 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
     }
 
 
+def _invalidate(args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    if args.user_id is not None:
+        user_id = database.check_user_id(args.user_id)
+        removal = admin.invalidate_user(database.engine, actor="cli", user_id=user_id)
+    else:
+        removal = admin.retire_generator(database.engine, actor="cli", generator_version=args.generator)
+    return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
+
+
 REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, Any]]] = {
     "migrate": _migrate,
     "cleanup": _cleanup,
+    "invalidate": _invalidate,
     "rollup": _rollup,
     "stats": _stats,
 }
@@ -182,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except SchemaRefused as exc:
         return _fail(EXIT_FAILED, str(exc))
+    except ContractError as exc:
+        return _fail(EXIT_INVALID, str(exc))
     except DBAPIError as exc:
         return _fail(EXIT_FAILED, f"database unavailable ({settings.describe_database()}): {describe_db_error(exc)}")
     finally:

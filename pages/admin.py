@@ -8,7 +8,7 @@ import streamlit as st
 from core import admin, cache_store
 from core.formatting import format_bytes
 from core.models import ContractError
-from pages.common import current_actor, get_database, get_engine, may_administer, user_filter
+from pages.common import current_actor, get_database, get_engine, get_service, may_administer, user_filter
 
 
 def counts() -> None:
@@ -92,6 +92,47 @@ def invalidate(allowed: bool) -> None:
             st.rerun()
 
 
+def generators(allowed: bool) -> None:
+    """Entries grouped by the generator identity that made them; retiring one invalidates
+    all of its entries (after a model or prompt change, with CACHE_ON_GENERATOR_CHANGE=serve)."""
+    st.subheader("Entries by generator", anchor=False)
+    groups = cache_store.entries_by_generator(get_engine())
+    if not groups:
+        st.caption("The cache holds no program entries.")
+        return
+    current = get_service().generator.identity.version
+    names = [g.generator_version or admin.UNKNOWN_GENERATOR for g in groups]
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Generator version": [n + (" (current)" if n == current else "") for n in names],
+                "Model": [g.model or "–" for g in groups],
+                "Entries": [g.entries for g in groups],
+                "Storage": [format_bytes(g.size_bytes) for g in groups],
+                "Oldest (UTC)": [g.oldest.strftime("%Y-%m-%d %H:%M") for g in groups],
+                "Newest (UTC)": [g.newest.strftime("%Y-%m-%d %H:%M") for g in groups],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    chosen = st.selectbox("Generator to retire", names, key="retire_choice", disabled=not allowed)
+    if st.button("Retire its entries", disabled=not allowed, icon=":material/history_toggle_off:"):
+        st.session_state.confirm_retire = chosen
+    pending = st.session_state.get("confirm_retire") if allowed else None
+    if pending:
+        st.warning(f"Delete every cached program made by {pending}? Their next requests will generate again.")
+        yes, no = st.columns([1, 5])
+        if yes.button("Yes, retire", type="primary", key="retire_yes"):
+            removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=pending)
+            st.session_state.admin_notice = f"Retired {removal.deleted:,} entries made by {pending}."
+            st.session_state.confirm_retire = None
+            st.rerun()
+        if no.button("Cancel", key="retire_no"):
+            st.session_state.confirm_retire = None
+            st.rerun()
+
+
 def recent() -> None:
     st.subheader("Recent admin actions", anchor=False)
     actions = admin.recent_actions(get_engine())
@@ -130,4 +171,5 @@ with left:
 with right:
     invalidate(allowed)
 entries()
+generators(allowed)
 recent()

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core.db import make_engine
+from core.generators import OfflineGenerator
 from core.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -231,3 +232,26 @@ def test_each_request_is_one_log_line_without_the_answers(tmp_path: Path) -> Non
     assert quiet.stderr == b""
     for done in (miss, hit):
         assert "ACL" not in done.stderr.decode() and "strength" not in done.stderr.decode()
+
+
+def test_invalidate_a_user_or_a_generator_from_the_command_line(database_url: str, profile_file: Path) -> None:
+    for user in ("u1", "u2"):
+        output(run(database_url, "generate", "--user-id", user, "--profile", str(profile_file)))
+    engine = make_engine(database_url)
+    insert_entries(engine, ["recommendation:uu1:today"], expired=False)
+    assert output(run(database_url, "invalidate", "--user-id", "u1"))["deleted"] == 1
+    version = OfflineGenerator.identity.version
+    assert output(run(database_url, "invalidate", "--generator", "not-a-version"))["deleted"] == 0
+    assert output(run(database_url, "invalidate", "--generator", version))["deleted"] == 1
+    with engine.connect() as connection:
+        left = connection.execute(select(ai_coach_cache.c.cache_key)).scalars().all()
+        audited = connection.execute(select(admin_actions.c.action, admin_actions.c.target)).all()
+    engine.dispose()
+    assert left == ["recommendation:uu1:today"]
+    assert [tuple(a) for a in audited] == [
+        ("invalidate_user", "u1"),
+        ("retire_generator", "not-a-version"),
+        ("retire_generator", version),
+    ]
+    refused = run(database_url, "invalidate", "--user-id", "a:b")
+    assert refused.returncode == 2 and "user_id" in one_line(refused)

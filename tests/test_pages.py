@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
+from core.generators import OfflineGenerator
 from core.schema import ai_coach_cache, training_programs
-from tests.helpers import count_rows, expire_entries
+from tests.helpers import count_rows, expire_entries, insert_entries
 
 
 @pytest.fixture
@@ -203,3 +204,22 @@ def test_a_refused_answer_is_named_under_its_field_and_every_answer_stays_as_typ
     ]
     kept = [app.session_state[f"form_{f}"] for f in ("goal", "days_per_week", "notes")]
     assert kept == ["endurance", 6, "early mornings"] and app.text_input(key="user_id").value == "bad:id"
+
+
+def test_entries_are_grouped_by_generator_and_one_can_be_retired(app: AppTest, app_engine: Engine) -> None:
+    submit(fill(app, "client-a"))
+    submit(fill(app, "client-b"))
+    insert_entries(app_engine, ["program:uold:paidfalse:dold", "recommendation:uold:today"], expired=False)
+    app.switch_page("pages/admin.py").run()
+    groups = next(d.value for d in app.dataframe if "Generator version" in d.value)
+    current = f"{OfflineGenerator.identity.version} (current)"
+    assert sorted(zip(groups["Generator version"], groups["Entries"], strict=True)) == sorted(
+        [(current, 2), ("unknown", 1)]
+    )
+    app.selectbox(key="retire_choice").set_value("unknown").run()
+    next(b for b in app.button if b.label == "Retire its entries").click().run()
+    app.button(key="retire_yes").click().run()
+    assert "Retired 1 entries made by unknown" in app.success[0].value
+    # The other namespace's row and the current generator's entries stay.
+    assert count_rows(app_engine, ai_coach_cache) == 3
+    assert list(app.dataframe[-1].value["Action"]) == ["retire generator"]
