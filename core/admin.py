@@ -9,6 +9,7 @@ from sqlalchemy import Engine, insert, select
 
 from core import cache_store
 from core.cache_key import check_user_id
+from core.entry_fate import UNKNOWN_GENERATOR
 from core.schema import admin_actions, utcnow
 
 actions = admin_actions.c
@@ -39,9 +40,6 @@ def invalidate_user(engine: Engine, *, actor: str, user_id: str) -> cache_store.
     removal = cache_store.delete_user_entries(engine, user_id)
     _record(engine, actor=actor, action="invalidate_user", target=user_id, removal=removal)
     return removal
-
-
-UNKNOWN_GENERATOR = "unknown"  # names the entries made before identities were recorded
 
 
 def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> cache_store.Removal:

@@ -64,6 +64,8 @@ class GenerationEvent:
     cache_write_error: bool = False
     history_error: bool = False
     error: str | None = None
+    entry_expires_at: datetime | None = None
+    generator_version: str | None = None
     created_at: datetime = field(default_factory=utcnow)
 
 

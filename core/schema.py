@@ -147,6 +147,9 @@ generation_events = Table(
     Column("error", Text, nullable=True),
     # 0-63 from the key's last digest character: a uniform sample of keys is a range of it.
     Column("key_sample", SmallInteger, nullable=False, server_default="0"),
+    # A miss that wrote the cache: until when its entry was valid, and which generator made it.
+    Column("entry_expires_at", UTCDateTime(), nullable=True),
+    Column("generator_version", String(64), nullable=True),
     Index("ix_generation_events_created_at", "created_at"),
     Index("ix_generation_events_key_sample", "key_sample", "cache_key", "created_at", "id"),
 )

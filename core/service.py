@@ -21,7 +21,7 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, history, single_flight
+from core import cache_store, entry_fate, history, single_flight
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error, is_postgres
 from core.generators import Generation, GenerationError, ProgramGenerator
@@ -50,6 +50,8 @@ MissReason = Literal[
     "cache_unavailable",
     "invalid_entry",
     "generator_changed",
+    "invalidated",
+    "not_cached",
 ]
 # What each reason means, as a coach reads it beside "Cache miss".
 MISS_REASON_TEXT: dict[MissReason, str] = {
@@ -61,6 +63,8 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "cache_unavailable": "the cache could not be read",
     "invalid_entry": "the cached program no longer passed validation",
     "generator_changed": "it was made by another generator (model, prompt or rules)",
+    "invalidated": "its cached program was invalidated by an admin",
+    "not_cached": "the last program for these answers could not be cached",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
 
@@ -373,24 +377,30 @@ class ProgramService:
             return "invalid_entry", ()
         if lookup.generator_changed:
             return "generator_changed", ()
-        if lookup.entry is not None:
-            return "expired", ()
+        # From what the database recorded, so the same situation gives the same reason
+        # whether or not cleanup has deleted an expired entry yet.
         try:
+            with self.engine.connect() as connection:
+                fate = (
+                    "expired"
+                    if lookup.entry is not None  # still there, expired
+                    else entry_fate.why_no_entry(connection, key=request.key, user_id=request.user_id, now=utcnow())
+                )
             baseline = history.latest_answers(self.engine, request.user_id)
         except DBAPIError as exc:
-            log.warning("Could not read the user's last answers: %s", describe_db_error(exc))
-            return "first_generation", ()
-        if baseline is None:
-            return "first_generation", ()
-        changed = tuple(
-            c.field for c in history.changed_answers(baseline, request.profile.normalized(), request.has_paid_access)
-        )
-        if changed == (history.PAID_ACCESS,):
-            return "access_changed", changed
-        if changed:
-            return "profile_changed", changed
-        # Same answers as last time but no entry: it expired and was cleaned up, or was invalidated.
-        return "expired", ()
+            log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
+            return "cache_unavailable", ()
+        if baseline is not None:
+            answers = request.profile.normalized()
+            changed = tuple(c.field for c in history.changed_answers(baseline, answers, request.has_paid_access))
+            if changed == (history.PAID_ACCESS,):
+                return "access_changed", changed
+            if changed:
+                return "profile_changed", changed
+        if fate is not None:
+            return fate, ()
+        # Programs of this user from before requests were recorded per key: the likeliest.
+        return ("first_generation", ()) if baseline is None else ("expired", ())
 
     def _generate_and_store(
         self,
@@ -464,6 +474,8 @@ class ProgramService:
             completion_tokens=generation.completion_tokens,
             cache_read_error=request.cache_read_error,
             cache_write_error=written_at is None,
+            entry_expires_at=now + self.ttl if written_at else None,
+            generator_version=identity.version,
         )
         # Copied from the entry just written rather than sent, parsed and compressed again.
         return self._save(None, request, result, record, event, entry_written_at=written_at)

@@ -81,9 +81,17 @@ def insert_entries(engine: Engine, keys: list[str], *, expired: bool) -> None:
 
 
 def expire_entries(engine: Engine, *where: Any, ago: timedelta = timedelta(hours=1)) -> None:
-    """Make the cache entries matching `where` (all when none) expired `ago`."""
+    """Make the cache entries matching `where` (all when none) expired `ago`, as time would:
+    the entry and the record of the miss that wrote it (its event) alike."""
+    expired_at = utcnow() - ago
     with engine.begin() as connection:
-        connection.execute(update(ai_coach_cache).where(*where).values(expires_at=utcnow() - ago))
+        keys = connection.execute(select(ai_coach_cache.c.cache_key).where(*where)).scalars().all()
+        connection.execute(update(ai_coach_cache).where(*where).values(expires_at=expired_at))
+        connection.execute(
+            update(generation_events)
+            .where(generation_events.c.cache_key.in_(keys), generation_events.c.entry_expires_at.is_not(None))
+            .values(entry_expires_at=expired_at)
+        )
 
 
 def count_rows(engine: Engine, table: Any, *where: Any) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select, update
 
-from core import cache_store, history
+from core import admin, cache_store, history
 from core.db import make_engine
 from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator
 from core.history import HistoryFilter
@@ -442,3 +442,54 @@ def test_with_serve_an_entry_of_another_generator_is_still_a_hit_that_says_who_m
     assert served.cache_hit and served.program == first.program
     assert (served.model, served.generator_version) == ("offline-rules-v1", OfflineGenerator.identity.version)
     assert programs(service.engine)[-1]["model"] == "offline-rules-v1"
+
+
+# Miss reasons from what the database recorded about the key, whether or not cleanup ran.
+
+
+@pytest.mark.parametrize("cleanup", [False, True], ids=["before-cleanup", "after-cleanup"])
+def test_an_expired_entry_is_expired_before_and_after_cleanup(service: ProgramService, cleanup: bool) -> None:
+    generate(service)
+    expire_entries(service.engine)
+    if cleanup:
+        assert cache_store.delete_expired(service.engine).deleted == 1
+    assert generate(service).miss_reason == "expired"
+
+
+@pytest.mark.parametrize("cleanup", [False, True], ids=["before-cleanup", "after-cleanup"])
+def test_a_change_of_access_is_named_before_and_after_cleanup(service: ProgramService, cleanup: bool) -> None:
+    generate(service, has_paid_access=False)
+    generate(service, has_paid_access=True)
+    expire_entries(service.engine)
+    if cleanup:
+        assert cache_store.delete_expired(service.engine).deleted == 2
+    again = generate(service, has_paid_access=False)
+    assert (again.miss_reason, again.changed_fields) == ("access_changed", ("has_paid_access",))
+
+
+@pytest.mark.parametrize("how", ["user", "generator"])
+def test_an_invalidated_entry_says_invalidated(service: ProgramService, how: str) -> None:
+    generate(service)
+    if how == "user":
+        admin.invalidate_user(service.engine, actor="test", user_id="coach-client-1")
+    else:
+        version = service.generator.identity.version
+        admin.retire_generator(service.engine, actor="test", generator_version=version)
+    assert generate(service).miss_reason == "invalidated"
+
+
+def test_an_entry_invalidated_after_it_expired_says_expired(service: ProgramService) -> None:
+    generate(service)
+    expire_entries(service.engine)
+    admin.invalidate_user(service.engine, actor="test", user_id="coach-client-1")
+    assert generate(service).miss_reason == "expired"
+
+
+def test_a_program_that_could_not_be_cached_says_so_next_time(faults: Faults) -> None:
+    service = ProgramService(engine=faults.engine, generator=CountingGenerator())
+    faults.deny("ai_coach_cache", "INSERT", "UPDATE")
+    assert generate(service).expires_at is None
+    faults.allow("ai_coach_cache", "INSERT", "UPDATE")
+    again = generate(service)
+    assert (again.cache_hit, again.miss_reason) == (False, "not_cached")
+    assert generate(service).cache_hit
