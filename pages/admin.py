@@ -1,6 +1,10 @@
-"""Cache admin: what the cache holds, cleanup of expired entries and per-user invalidation."""
+"""Cache admin: what the cache holds, cleanup of expired entries, per-user invalidation and
+retiring a generator's entries."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -48,6 +52,26 @@ def entries() -> None:
     st.caption(f"Newest {len(rows)} entries.")
 
 
+def confirm(name: str, question: str, yes_label: str, act: Callable[[Any], str]) -> None:
+    """The confirmation of a destructive action asked for under `confirm_<name>`: Yes runs
+    `act(what was asked for)` and shows the notice it returns; Cancel forgets the request."""
+    pending = st.session_state.get(f"confirm_{name}")
+    if not pending:
+        return
+    st.warning(question)
+    yes, no = st.columns([1, 5])
+    if yes.button(yes_label, type="primary", key=f"{name}_yes"):
+        try:
+            st.session_state.admin_notice = act(pending)
+        except ContractError as exc:
+            st.session_state.admin_notice = str(exc)
+        st.session_state[f"confirm_{name}"] = None
+        st.rerun()
+    if no.button("Cancel", key=f"{name}_no"):
+        st.session_state[f"confirm_{name}"] = None
+        st.rerun()
+
+
 def cleanup(allowed: bool) -> None:
     st.subheader("Delete expired entries", anchor=False)
     st.caption("Deletes only expired program entries, in short batches, exactly as `python -m core cleanup` does.")
@@ -55,18 +79,12 @@ def cleanup(allowed: bool) -> None:
         st.session_state.confirm_cleanup = True
     if allowed and st.session_state.get("confirm_cleanup"):
         expired = cache_store.count_entries(get_engine())["expired_entries"]
-        st.warning(f"Delete {expired:,} expired entries? Valid entries are kept.")
-        yes, no = st.columns([1, 5])
-        if yes.button("Yes, delete", type="primary", key="cleanup_yes"):
+
+        def delete(_: object) -> str:
             removal = admin.delete_expired_entries(get_engine(), actor=current_actor())
-            st.session_state.confirm_cleanup = False
-            st.session_state.admin_notice = (
-                f"Deleted {removal.deleted:,} expired entries, reclaimed {format_bytes(removal.bytes_reclaimed)}."
-            )
-            st.rerun()
-        if no.button("Cancel", key="cleanup_no"):
-            st.session_state.confirm_cleanup = False
-            st.rerun()
+            return f"Deleted {removal.deleted:,} expired entries, reclaimed {format_bytes(removal.bytes_reclaimed)}."
+
+        confirm("cleanup", f"Delete {expired:,} expired entries? Valid entries are kept.", "Yes, delete", delete)
 
 
 def invalidate(allowed: bool) -> None:
@@ -76,20 +94,14 @@ def invalidate(allowed: bool) -> None:
         st.session_state.confirm_invalidate = user
     pending = st.session_state.get("confirm_invalidate") if allowed else None
     if pending:
-        st.warning(f"Delete every cached program of {pending}? Their next request will call the LLM.")
-        yes, no = st.columns([1, 5])
-        if yes.button("Yes, invalidate", type="primary", key="invalidate_yes"):
-            try:
-                user_id = get_database().check_user_id(pending)
-                removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=user_id)
-                st.session_state.admin_notice = f"Invalidated {removal.deleted:,} entries of {pending}."
-            except ContractError as exc:
-                st.session_state.admin_notice = str(exc)
-            st.session_state.confirm_invalidate = None
-            st.rerun()
-        if no.button("Cancel", key="invalidate_no"):
-            st.session_state.confirm_invalidate = None
-            st.rerun()
+
+        def invalidate_user(user: str) -> str:
+            user_id = get_database().check_user_id(user)
+            removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=user_id)
+            return f"Invalidated {removal.deleted:,} entries of {user}."
+
+        question = f"Delete every cached program of {pending}? Their next request will call the LLM."
+        confirm("invalidate", question, "Yes, invalidate", invalidate_user)
 
 
 def generators(allowed: bool) -> None:
@@ -121,16 +133,13 @@ def generators(allowed: bool) -> None:
         st.session_state.confirm_retire = chosen
     pending = st.session_state.get("confirm_retire") if allowed else None
     if pending:
-        st.warning(f"Delete every cached program made by {pending}? Their next requests will generate again.")
-        yes, no = st.columns([1, 5])
-        if yes.button("Yes, retire", type="primary", key="retire_yes"):
-            removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=pending)
-            st.session_state.admin_notice = f"Retired {removal.deleted:,} entries made by {pending}."
-            st.session_state.confirm_retire = None
-            st.rerun()
-        if no.button("Cancel", key="retire_no"):
-            st.session_state.confirm_retire = None
-            st.rerun()
+
+        def retire(version: str) -> str:
+            removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=version)
+            return f"Retired {removal.deleted:,} entries made by {version}."
+
+        question = f"Delete every cached program made by {pending}? Their next requests will generate again."
+        confirm("retire", question, "Yes, retire", retire)
 
 
 def recent() -> None:
