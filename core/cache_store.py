@@ -34,12 +34,27 @@ class CacheEntry:
     # PostgreSQL's row version (xmin), checked on a hit: any change to the row, an upsert
     # or a hand edit, changes it. None on SQLite, where every read fetches the program.
     row_version: str | None
-    # Which generator made it (None: made before that was recorded).
+    # Which generator made it (None: made before that was recorded), and the tokens that
+    # generation was billed (None: not recorded, or the offline generator).
     generator_version: str | None = None
     model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     def is_valid(self, now: datetime) -> bool:
         return self.expires_at > now
+
+
+# The columns a CacheEntry is read from, around its program and row version.
+ENTRY_COLUMNS = (
+    cache.expires_at,
+    cache.created_at,
+    cache.updated_at,
+    cache.generator_version,
+    cache.model,
+    cache.prompt_tokens,
+    cache.completion_tokens,
+)
 
 
 def _row_version(dialect: str) -> Any:
@@ -53,9 +68,7 @@ def _read_entry(dialect: str) -> Any:
     # The program travels only if the row changed since the version the caller knows: a
     # hot entry costs a few bytes per hit, not a serialization of the whole program.
     data = case((version == bindparam("known", type_=Text), null()), else_=cast(cache.data, Text))
-    return select(
-        data, cache.expires_at, cache.created_at, cache.updated_at, version, cache.generator_version, cache.model
-    ).where(cache.cache_key == bindparam("key"))
+    return select(data, *ENTRY_COLUMNS[:3], version, *ENTRY_COLUMNS[3:]).where(cache.cache_key == bindparam("key"))
 
 
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
@@ -81,6 +94,8 @@ def _upsert(dialect: str) -> Any:
         "size_bytes",
         "model",
         "generator_version",
+        "prompt_tokens",
+        "completion_tokens",
     )
     return statement.on_conflict_do_update(
         index_elements=["cache_key"], set_={name: statement.excluded[name] for name in changed}
@@ -101,6 +116,8 @@ def upsert_entry(
     ttl: timedelta,
     model: str,
     generator_version: str,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
 ) -> None:
     connection.execute(
         _UPSERT[connection.dialect.name],
@@ -115,6 +132,8 @@ def upsert_entry(
             "size_bytes": len(program_json.encode()),
             "model": model,
             "generator_version": generator_version,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
         },
     )
 

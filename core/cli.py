@@ -149,16 +149,40 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
     database.ensure_schema()
     store = monitoring.storage(database.engine)
     totals = monitoring.summary(database.engine)
+    usage = monitoring.usage_by_generator(database.engine)
+    costs = monitoring.costs(usage, settings)
     return {
         "entries": {"valid": store.valid_entries, "expired": store.expired_entries},
         "storage_bytes": store.table_bytes,
         "entry_bytes": {"valid": store.valid_bytes, "expired": store.expired_bytes},
         "requests": totals.requests,
         "hits": totals.hits,
-        "llm_calls": totals.llm_calls,
+        "generations": totals.generations,
+        "llm_calls": costs.llm_calls,
+        "llm_calls_avoided": costs.llm_calls_avoided,
         "hit_rate": totals.hit_rate,
         "cache_errors": totals.cache_read_errors + totals.cache_write_errors,
-        "llm_cost_usd": round(totals.cost_spent(settings), 6),
+        "llm_cost_usd": round(costs.spent, 6),
+        "cost_saved_usd": round(costs.saved, 6),
+        "unpriced_models": list(costs.unpriced_models),
+        "generators": [_generator_stats(u, settings) for u in usage],
+    }
+
+
+def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> dict[str, Any]:
+    spent, saved = usage.cost_spent(settings), usage.cost_saved(settings)
+    return {
+        "generator_version": usage.generator_version,
+        "model": usage.model,
+        "hits": usage.hits,
+        "generations": usage.generations,
+        "errors": usage.errors,
+        "hit_rate": usage.hit_rate,
+        "llm_calls": usage.llm_calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost_usd": None if spent is None else round(spent, 6),
+        "cost_saved_usd": None if saved is None else round(saved, 6),
     }
 
 

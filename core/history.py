@@ -7,7 +7,7 @@ import csv
 import io
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, BinaryIO, Literal, cast, get_args
 
@@ -32,7 +32,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
-from core.cache_store import CacheEntry
+from core.cache_store import ENTRY_COLUMNS, CacheEntry
 from core.schema import (
     ProgramId,
     UTCDateTime,
@@ -66,7 +66,29 @@ class GenerationEvent:
     error: str | None = None
     entry_expires_at: datetime | None = None
     generator_version: str | None = None
+    model: str | None = None
+    saved_prompt_tokens: int | None = None
+    saved_completion_tokens: int | None = None
     created_at: datetime = field(default_factory=utcnow)
+
+    def served_from(self, entry: CacheEntry) -> GenerationEvent:
+        """This hit event, naming the generator that made `entry` and what it cost."""
+        return replace(
+            self,
+            generator_version=entry.generator_version,
+            model=entry.model,
+            saved_prompt_tokens=entry.prompt_tokens,
+            saved_completion_tokens=entry.completion_tokens,
+        )
+
+
+# A hit event's columns taken from the entry it served.
+_EVENT_FROM_ENTRY = {
+    "generator_version": "generator_version",
+    "model": "model",
+    "saved_prompt_tokens": "prompt_tokens",
+    "saved_completion_tokens": "completion_tokens",
+}
 
 
 @dataclass(frozen=True)
@@ -178,15 +200,7 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 def _read_entry_copying_known() -> Any:
     version = sql_cast(literal_column("ai_coach_cache.xmin"), Text)
     entry = (
-        select(
-            cache.data,
-            cache.expires_at,
-            cache.created_at,
-            cache.updated_at,
-            version.label("version"),
-            cache.generator_version,
-            cache.model,
-        )
+        select(cache.data, *ENTRY_COLUMNS[:3], version.label("version"), *ENTRY_COLUMNS[3:])
         .where(cache.cache_key == bindparam("entry_key"))
         .cte("entry")
     )
@@ -215,21 +229,16 @@ def _read_entry_copying_known() -> Any:
         name: bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS
     }
     logged["latency_ms"] = bindparam("event_latency_ms", type_=Float) + elapsed_ms
+    logged.update({name: entry.c[column] for name, column in _EVENT_FROM_ENTRY.items()})
     log_event = (
         insert(generation_events)
         .from_select(list(logged), select(*logged.values()).where(exists(select(saved.c.id))))
         .cte("logged")
     )
     program = case((is_known, null()), else_=sql_cast(entry.c.data, Text))
+    entry_columns = [entry.c[column.name] for column in ENTRY_COLUMNS]
     return select(
-        program,
-        entry.c.expires_at,
-        entry.c.created_at,
-        entry.c.updated_at,
-        entry.c.version,
-        entry.c.generator_version,
-        entry.c.model,
-        select(saved.c.id).scalar_subquery(),
+        program, *entry_columns[:3], entry.c.version, *entry_columns[3:], select(saved.c.id).scalar_subquery()
     ).add_cte(log_event)
 
 
@@ -262,7 +271,7 @@ def read_entry_copying_known(
     row = connection.execute(_READ_ENTRY_COPYING_KNOWN, params).first()
     if row is None:
         return None, None
-    return CacheEntry(*row[:7]), row[7]
+    return CacheEntry(*row[:-1]), row[-1]
 
 
 def insert_program_and_event(

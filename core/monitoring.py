@@ -4,8 +4,8 @@ that no query pulls a whole table into Python."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -17,17 +17,17 @@ from core.cache_store import count_entries
 from core.db import is_postgres
 from core.formatting import format_duration
 from core.schema import UTCDateTime, ai_coach_cache, generation_events, generation_stats_hourly, utcnow
-from core.settings import Settings
+from core.settings import OFFLINE_MODEL, ModelPrice, Settings
 
 events = generation_events.c
 stats = generation_stats_hourly
 Granularity = Literal["hour", "day"]
 GRANULARITIES: tuple[Granularity, ...] = get_args(Granularity)
 LATENCY_BINS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000)
-# A request is served from the cache (hit) or by the LLM (miss, or bypass when forced);
+# A request is served from the cache (hit) or by a generator (miss, or bypass when forced);
 # errors served nothing. The product team's numbers are all defined from these.
-LLM_OUTCOMES = ("miss", "bypass")
-SERVED_OUTCOMES = ("hit", *LLM_OUTCOMES)
+GENERATED_OUTCOMES = ("miss", "bypass")
+SERVED_OUTCOMES = ("hit", *GENERATED_OUTCOMES)
 
 
 def hit_rate(hits: int, served: int) -> float | None:
@@ -80,18 +80,26 @@ def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime 
     """Events aggregated like the rollup table's rows."""
     hour = time_bucket(engine, events.created_at, "hour")
     latency_bin = _latency_bin()
+    generator_version = func.coalesce(events.generator_version, "")
+    model = func.coalesce(events.model, "")
+    # In the rollup table's column order: the rollup is an INSERT ... SELECT of this.
     query = select(
         hour.label("hour"),
         events.outcome,
         latency_bin.label("latency_bin_ms"),
+        generator_version.label("generator_version"),
+        model.label("model"),
         func.count().label("requests"),
         func.sum(events.latency_ms).label("latency_ms_sum"),
         func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
         func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
+        func.coalesce(func.sum(events.saved_prompt_tokens), 0).label("saved_prompt_tokens"),
+        func.coalesce(func.sum(events.saved_completion_tokens), 0).label("saved_completion_tokens"),
+        _count_if((events.outcome == "hit") & events.saved_prompt_tokens.is_(None)).label("hits_without_tokens"),
         _count_if(events.cache_read_error).label("cache_read_errors"),
         _count_if(events.cache_write_error).label("cache_write_errors"),
         _count_if(events.history_error).label("history_errors"),
-    ).group_by(hour, events.outcome, latency_bin)
+    ).group_by(hour, events.outcome, latency_bin, generator_version, model)
     if since is not None:
         query = query.where(events.created_at >= since)
     if until is not None:
@@ -158,15 +166,11 @@ class Summary:
     misses: int
     bypasses: int
     errors: int
-    llm_calls: int
+    # Programs a generator made (misses and forced refreshes); LLM calls are those of an
+    # OpenAI generator (see GeneratorUsage), the offline generator calls none.
+    generations: int
     avg_hit_ms: float | None
-    avg_llm_request_ms: float | None
-    # Every billed token, failed generations (refused, truncated, invalid) included ...
-    prompt_tokens: int
-    completion_tokens: int
-    # ... and those of the generations that produced a program.
-    llm_prompt_tokens: int
-    llm_completion_tokens: int
+    avg_generation_ms: float | None
     cache_read_errors: int
     cache_write_errors: int
 
@@ -174,57 +178,30 @@ class Summary:
     def hit_rate(self) -> float | None:
         return hit_rate(self.hits, self.hits + self.misses + self.bypasses)
 
-    def cost_spent(self, settings: Settings) -> float:
-        """What the LLM billed in the window, failed generations included."""
-        return _cost(self.prompt_tokens, self.completion_tokens, settings)
-
-    def cost_per_llm_call(self, settings: Settings) -> float:
-        """The average cost of a generation that produced a program: what a hit saves."""
-        if not self.llm_calls:
-            return 0.0
-        return _cost(self.llm_prompt_tokens, self.llm_completion_tokens, settings) / self.llm_calls
-
-    def cost_saved(self, settings: Settings) -> float:
-        return self.hits * self.cost_per_llm_call(settings)
-
     def time_saved_seconds(self) -> float:
-        if self.avg_llm_request_ms is None:
+        if self.avg_generation_ms is None:
             return 0.0
-        return self.hits * max(0.0, self.avg_llm_request_ms - (self.avg_hit_ms or 0.0)) / 1000
-
-
-def _cost(prompt_tokens: int, completion_tokens: int, settings: Settings) -> float:
-    return (
-        prompt_tokens * settings.price_input_per_million + completion_tokens * settings.price_output_per_million
-    ) / 1_000_000
+        return self.hits * max(0.0, self.avg_generation_ms - (self.avg_hit_ms or 0.0)) / 1000
 
 
 def summary(engine: Engine, since: datetime | None = None) -> Summary:
     h = _hourly(engine, since).c
-    is_llm = h.outcome.in_(LLM_OUTCOMES)
-
-    def total(column: Any, condition: Any = None) -> Any:
-        value = column if condition is None else case((condition, column), else_=0)
-        return func.coalesce(func.sum(value), 0)
+    is_generation = h.outcome.in_(GENERATED_OUTCOMES)
 
     def average(condition: Any) -> Any:
-        return total(h.latency_ms_sum, condition) / func.nullif(total(h.requests, condition), 0)
+        return _total(h.latency_ms_sum, condition) / func.nullif(_total(h.requests, condition), 0)
 
     query = select(
-        total(h.requests).label("requests"),
-        total(h.requests, h.outcome == "hit").label("hits"),
-        total(h.requests, h.outcome == "miss").label("misses"),
-        total(h.requests, h.outcome == "bypass").label("bypasses"),
-        total(h.requests, h.outcome == "error").label("errors"),
-        total(h.requests, is_llm).label("llm_calls"),
+        _total(h.requests).label("requests"),
+        _total(h.requests, h.outcome == "hit").label("hits"),
+        _total(h.requests, h.outcome == "miss").label("misses"),
+        _total(h.requests, h.outcome == "bypass").label("bypasses"),
+        _total(h.requests, h.outcome == "error").label("errors"),
+        _total(h.requests, is_generation).label("generations"),
         average(h.outcome == "hit").label("avg_hit_ms"),
-        average(is_llm).label("avg_llm_request_ms"),
-        total(h.prompt_tokens).label("prompt_tokens"),
-        total(h.completion_tokens).label("completion_tokens"),
-        total(h.prompt_tokens, is_llm).label("llm_prompt_tokens"),
-        total(h.completion_tokens, is_llm).label("llm_completion_tokens"),
-        total(h.cache_read_errors).label("cache_read_errors"),
-        total(h.cache_write_errors).label("cache_write_errors"),
+        average(is_generation).label("avg_generation_ms"),
+        _total(h.cache_read_errors).label("cache_read_errors"),
+        _total(h.cache_write_errors).label("cache_write_errors"),
     )
     row = _rows(engine, query)[0]
     # Sums come back as Decimal or float depending on the database: normalize.
@@ -232,6 +209,175 @@ def summary(engine: Engine, since: datetime | None = None) -> Summary:
         k: (None if v is None else float(v)) if k.startswith("avg") else int(v or 0) for k, v in row.items()
     }
     return Summary(**values)
+
+
+def _total(column: Any, condition: Any = None) -> Any:
+    value = column if condition is None else case((condition, column), else_=0)
+    return func.coalesce(func.sum(value), 0)
+
+
+FREE = ModelPrice(input=0.0, output=0.0)
+
+
+@dataclass(frozen=True)
+class GeneratorUsage:
+    """What one generator identity did in a window (or a time bucket). Hits count for the
+    generator that made the entry they served; misses, refreshes and errors for the one asked."""
+
+    generator_version: str | None  # None: events recorded before generators were
+    model: str | None
+    hits: int = 0
+    generations: int = 0
+    errors: int = 0
+    # Every billed token, failed generations (refused, truncated, invalid) included ...
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # ... those of the generations that produced a program ...
+    generation_prompt_tokens: int = 0
+    generation_completion_tokens: int = 0
+    # ... and, for hits, those of the generations that made the entries served: what they saved.
+    saved_prompt_tokens: int = 0
+    saved_completion_tokens: int = 0
+    hits_without_tokens: int = 0  # hits on entries whose generation's tokens were not recorded
+
+    @property
+    def kind(self) -> Literal["openai", "offline"] | None:
+        version = self.generator_version or ""
+        if version.startswith("openai-"):
+            return "openai"
+        return "offline" if version.startswith("offline-") or self.model == OFFLINE_MODEL else None
+
+    @property
+    def label(self) -> str:
+        if self.generator_version is None:
+            return f"{self.model} (version not recorded)" if self.model else "not recorded"
+        return f"{self.model} · {self.generator_version}"
+
+    @property
+    def hit_rate(self) -> float | None:
+        return hit_rate(self.hits, self.hits + self.generations)
+
+    @property
+    def llm_calls(self) -> int:
+        """Calls billed by an LLM: the generations and failures of an OpenAI generator."""
+        return self.generations + self.errors if self.kind == "openai" else 0
+
+    @property
+    def llm_calls_avoided(self) -> int:
+        return self.hits if self.kind == "openai" else 0
+
+    def price(self, settings: Settings) -> ModelPrice | None:
+        if self.kind == "offline":
+            return FREE
+        return settings.price_of(self.model) if self.model else None
+
+    def cost_spent(self, settings: Settings) -> float | None:
+        """What the LLM billed, failed generations included; None without a price."""
+        price = self.price(settings)
+        return price.cost(self.prompt_tokens, self.completion_tokens) if price else None
+
+    def cost_saved(self, settings: Settings) -> float | None:
+        """The billed cost of the generations whose entries the hits served."""
+        price = self.price(settings)
+        return price.cost(self.saved_prompt_tokens, self.saved_completion_tokens) if price else None
+
+    def cost_per_generation(self, settings: Settings) -> float | None:
+        price = self.price(settings)
+        if price is None or not self.generations:
+            return None
+        return price.cost(self.generation_prompt_tokens, self.generation_completion_tokens) / self.generations
+
+
+def _usage(engine: Engine, since: datetime | None, granularity: Granularity | None) -> list[dict[str, Any]]:
+    """Requests and tokens per generator and outcome (and time bucket, with a granularity)."""
+    h = _hourly(engine, since).c
+    keys = [h.generator_version, h.model, h.outcome]
+    if granularity is not None:
+        keys.insert(0, (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket"))
+    sums = ("requests", "prompt_tokens", "completion_tokens", "saved_prompt_tokens", "saved_completion_tokens")
+    query = (
+        select(*keys, *(_int_sum(h[name]).label(name) for name in (*sums, "hits_without_tokens")))
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    return _rows(engine, query)
+
+
+def _add_outcome(usage: GeneratorUsage, row: dict[str, Any]) -> GeneratorUsage:
+    outcome, requests = row["outcome"], row["requests"]
+    generated = outcome in GENERATED_OUTCOMES
+    return replace(
+        usage,
+        hits=usage.hits + (requests if outcome == "hit" else 0),
+        generations=usage.generations + (requests if generated else 0),
+        errors=usage.errors + (requests if outcome == "error" else 0),
+        prompt_tokens=usage.prompt_tokens + row["prompt_tokens"],
+        completion_tokens=usage.completion_tokens + row["completion_tokens"],
+        generation_prompt_tokens=usage.generation_prompt_tokens + (row["prompt_tokens"] if generated else 0),
+        generation_completion_tokens=usage.generation_completion_tokens
+        + (row["completion_tokens"] if generated else 0),
+        saved_prompt_tokens=usage.saved_prompt_tokens + row["saved_prompt_tokens"],
+        saved_completion_tokens=usage.saved_completion_tokens + row["saved_completion_tokens"],
+        hits_without_tokens=usage.hits_without_tokens + row["hits_without_tokens"],
+    )
+
+
+Row = dict[str, Any]
+
+
+def _grouped(rows: list[Row], key: Callable[[Row], tuple[Any, ...]]) -> dict[tuple[Any, ...], GeneratorUsage]:
+    grouped: dict[tuple[Any, ...], GeneratorUsage] = {}
+    for row in rows:
+        k = key(row)
+        usage = grouped.get(k) or GeneratorUsage(row["generator_version"] or None, row["model"] or None)
+        grouped[k] = _add_outcome(usage, row)
+    return grouped
+
+
+def usage_by_generator(engine: Engine, since: datetime | None = None) -> list[GeneratorUsage]:
+    """Each generator identity's requests, tokens and savings in the window, busiest first."""
+    grouped = _grouped(_usage(engine, since, None), lambda r: (r["generator_version"], r["model"]))
+    return sorted(grouped.values(), key=lambda u: -(u.hits + u.generations + u.errors))
+
+
+def usage_over_time(
+    engine: Engine, since: datetime | None, granularity: Granularity
+) -> list[tuple[datetime, GeneratorUsage]]:
+    """Each generator identity's usage per time bucket, in time order."""
+    grouped = _grouped(_usage(engine, since, granularity), lambda r: (r["bucket"], r["generator_version"], r["model"]))
+    return [(bucket, usage) for (bucket, _, _), usage in grouped.items()]
+
+
+@dataclass(frozen=True)
+class Costs:
+    """The window's LLM spend and savings, each model at its own price."""
+
+    spent: float
+    saved: float
+    llm_calls: int
+    llm_calls_avoided: int
+    # Average cost of a generation that produced a program: what the TTL what-if prices a call at.
+    per_generation: float
+    # Models that billed tokens without a price in MODEL_PRICES: left out of the sums.
+    unpriced_models: tuple[str, ...]
+    # Hits on LLM entries whose generation's tokens were not recorded: their saving is unknown.
+    hits_saving_unknown: int
+
+
+def costs(usage: Sequence[GeneratorUsage], settings: Settings) -> Costs:
+    priced = [u for u in usage if u.price(settings) is not None]
+    unpriced = sorted({u.model or "not recorded" for u in usage if u.price(settings) is None and u.prompt_tokens})
+    generations = sum(u.generations for u in priced)
+    generation_cost = sum((u.cost_per_generation(settings) or 0.0) * u.generations for u in priced)
+    return Costs(
+        spent=sum(u.cost_spent(settings) or 0.0 for u in priced),
+        saved=sum(u.cost_saved(settings) or 0.0 for u in priced),
+        llm_calls=sum(u.llm_calls for u in usage),
+        llm_calls_avoided=sum(u.llm_calls_avoided for u in usage),
+        per_generation=generation_cost / generations if generations else 0.0,
+        unpriced_models=tuple(unpriced),
+        hits_saving_unknown=sum(u.hits_without_tokens for u in usage if u.kind != "offline"),
+    )
 
 
 def requests_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
@@ -256,25 +402,25 @@ def requests_over_time(engine: Engine, since: datetime | None, granularity: Gran
 class Traffic:
     bucket: datetime
     hits: int
-    llm_calls: int
+    generations: int
     hit_rate: float | None
 
 
 def traffic_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[Traffic]:
-    """Per time bucket: hits, LLM calls made and the hit rate, defined as in `Summary`."""
+    """Per time bucket: hits, generations and the hit rate, defined as in `Summary`."""
     h = _hourly(engine, since).c
     bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
     query = (
         select(
             bucket,
             _int_sum(case((h.outcome == "hit", h.requests), else_=0)).label("hits"),
-            _int_sum(case((h.outcome.in_(LLM_OUTCOMES), h.requests), else_=0)).label("llm_calls"),
+            _int_sum(case((h.outcome.in_(GENERATED_OUTCOMES), h.requests), else_=0)).label("generations"),
         )
         .group_by(bucket)
         .order_by(bucket)
     )
     return [
-        Traffic(r["bucket"], r["hits"], r["llm_calls"], hit_rate(r["hits"], r["hits"] + r["llm_calls"]))
+        Traffic(r["bucket"], r["hits"], r["generations"], hit_rate(r["hits"], r["hits"] + r["generations"]))
         for r in _rows(engine, query)
     ]
 
@@ -364,13 +510,13 @@ def entries_written_over_time(engine: Engine, since: datetime | None, granularit
 class TtlOutcome:
     ttl_hours: float
     requests: int
-    llm_calls: int
+    generations: int
     # Share of cache keys replayed: 1.0, or a uniform sample when the window is large.
     sampled_share: float = 1.0
 
     @property
     def hit_rate(self) -> float | None:
-        return (self.requests - self.llm_calls) / self.requests if self.requests else None
+        return (self.requests - self.generations) / self.requests if self.requests else None
 
 
 # Replaying 20 000 requests estimates a hit rate to about a percentage point.
@@ -398,7 +544,7 @@ def replay_ttls(
     Requests before `since` are not seen, so the window starts with a cold cache. Above
     `max_requests`, a uniform sample of keys is replayed, so the cost stays bounded."""
     summary_ = summary(engine, since)
-    total = summary_.hits + summary_.misses + summary_.bypasses
+    total = summary_.hits + summary_.generations
     share = 1.0 if total <= max_requests else max_requests / total
     # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
     # in time are taken in the order they were logged.

@@ -103,6 +103,9 @@ ai_coach_cache = Table(
     # The generator identity that made the entry (NULL: made before it was recorded).
     Column("model", String(200), nullable=True),
     Column("generator_version", String(64), nullable=True),
+    # What the generation that made the entry was billed: what each hit on it saves.
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
     Index("ix_ai_coach_cache_expires_at", "expires_at"),
     Index("ix_ai_coach_cache_user_id_created_at", "user_id", "created_at"),
 )
@@ -147,25 +150,38 @@ generation_events = Table(
     Column("error", Text, nullable=True),
     # 0-63 from the key's last digest character: a uniform sample of keys is a range of it.
     Column("key_sample", SmallInteger, nullable=False, server_default="0"),
-    # A miss that wrote the cache: until when its entry was valid, and which generator made it.
+    # A miss that wrote the cache: until when its entry was valid.
     Column("entry_expires_at", UTCDateTime(), nullable=True),
+    # The generator of the program served: the one asked (miss, error), or the one that made
+    # the entry (hit), whose generation's tokens are what the hit saved.
     Column("generator_version", String(64), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("saved_prompt_tokens", Integer, nullable=True),
+    Column("saved_completion_tokens", Integer, nullable=True),
     Index("ix_generation_events_created_at", "created_at"),
     Index("ix_generation_events_key_sample", "key_sample", "cache_key", "created_at", "id"),
 )
 
-# Requests per hour, outcome and latency bin, rolled up from generation_events once an hour
-# has settled, so monitoring reads a few thousand rows instead of millions.
+# Requests per hour, outcome, latency bin and generator, rolled up from generation_events
+# once an hour has settled, so monitoring reads a few thousand rows instead of millions.
 generation_stats_hourly = Table(
     "generation_stats_hourly",
     metadata,
     Column("hour", UTCDateTime(), primary_key=True),
     Column("outcome", String(8), primary_key=True),
     Column("latency_bin_ms", Integer, primary_key=True),  # upper edge; -1 for the open last bin
+    # '' where the events do not say (recorded before generators were).
+    Column("generator_version", String(64), primary_key=True),
+    Column("model", String(200), primary_key=True),
     Column("requests", Integer, nullable=False),
     Column("latency_ms_sum", Float, nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
+    # Hits: the tokens of the generations that made the entries served (what they saved),
+    # and how many hits served an entry whose tokens were not recorded.
+    Column("saved_prompt_tokens", BigInteger, nullable=False),
+    Column("saved_completion_tokens", BigInteger, nullable=False),
+    Column("hits_without_tokens", Integer, nullable=False),
     Column("cache_read_errors", Integer, nullable=False),
     Column("cache_write_errors", Integer, nullable=False),
     Column("history_errors", Integer, nullable=False),

@@ -356,7 +356,7 @@ class ProgramService:
             )
             if saved_id is not None:
                 return replace(result, training_program_id=saved_id, warnings=tuple(request.warnings))
-            event = replace(hit_event, latency_ms=result.latency_ms)
+            event = replace(hit_event.served_from(entry), latency_ms=result.latency_ms)
             record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
             return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
 
@@ -442,6 +442,8 @@ class ProgramService:
                     ttl=self.ttl,
                     model=generation.model,
                     generator_version=self.generator.identity.version,
+                    prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
                 )
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
@@ -476,6 +478,7 @@ class ProgramService:
             cache_write_error=written_at is None,
             entry_expires_at=now + self.ttl if written_at else None,
             generator_version=identity.version,
+            model=generation.model,
         )
         # Copied from the entry just written rather than sent, parsed and compressed again.
         return self._save(None, request, result, record, event, entry_written_at=written_at)
@@ -538,6 +541,9 @@ class ProgramService:
                 completion_tokens=completion_tokens,
                 cache_read_error=request.cache_read_error,
                 error=message,
+                # Whose tokens these are: a failed generation is billed too.
+                generator_version=self.generator.identity.version,
+                model=self.generator.identity.model,
             )
         )
 

@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from core.logs import LEVELS, LogFormat
 
+# The offline generator's model name (core.generators.offline imports this module).
+OFFLINE_MODEL = "offline-rules-v1"
+
 DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
+# OpenAI's list prices (standard tier) on 2026-11-25; the offline generator costs nothing.
+DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
+    name: ModelPrice(input=price_in, output=price_out)
+    for name, (price_in, price_out) in {
+        "gpt-4o-mini": (0.15, 0.60),
+        "gpt-4o": (2.50, 10.00),
+        "gpt-4.1": (2.00, 8.00),
+        "gpt-4.1-mini": (0.40, 1.60),
+        "gpt-4.1-nano": (0.10, 0.40),
+        "o4-mini": (1.10, 4.40),
+        "o3": (2.00, 8.00),
+        OFFLINE_MODEL: (0.0, 0.0),
+    }.items()
+}
 
 
 class Settings(BaseSettings):
@@ -39,9 +71,9 @@ class Settings(BaseSettings):
     # The largest valid program (8 weeks x 7 sessions, long notes) is about 43 KB of JSON,
     # 11-12 k tokens; the cap leaves room for wordier exercise notes.
     llm_max_completion_tokens: int = Field(default=16_000, ge=1_000)
-    # USD per million tokens, for the "cost saved" estimate only.
-    price_input_per_million: float = Field(default=0.15, ge=0)
-    price_output_per_million: float = Field(default=0.60, ge=0)
+    # USD per million tokens by model, for monitoring's spend and savings: MODEL_PRICES (JSON,
+    # e.g. {"my-model": {"input": 1.0, "output": 2.0}}) adds models or overrides listed ones.
+    model_prices: Annotated[dict[str, ModelPrice], NoDecode] = DEFAULT_MODEL_PRICES
     # How long a request waits for a concurrent identical generation; None derives it
     # from the LLM's own worst case so a waiter never gives up on a call still in flight.
     single_flight_wait_seconds: float | None = Field(default=None, gt=0)
@@ -71,6 +103,21 @@ class Settings(BaseSettings):
             raise ValueError(f"{backend} is not supported (sqlite:///path or postgresql://user@host/db)")
         return url
 
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError('must be JSON like {"gpt-4.1": {"input": 2.0, "output": 8.0}}') from None
+        return value
+
+    @field_validator("model_prices")
+    @classmethod
+    def _over_defaults(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return {**DEFAULT_MODEL_PRICES, **prices}
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, level: str) -> str:
@@ -88,6 +135,14 @@ class Settings(BaseSettings):
     @property
     def uses_openai(self) -> bool:
         return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        """The model's price, or that of the longest listed name it is a dated snapshot of
+        (`gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`); None if not listed."""
+        if model in self.model_prices:
+            return self.model_prices[model]
+        bases = [name for name in self.model_prices if model.startswith(name + "-")]
+        return self.model_prices[max(bases, key=len)] if bases else None
 
     @property
     def key_secret(self) -> bytes | None:
@@ -124,7 +179,9 @@ def describe_configuration_error(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
+        # Inside a JSON value, the path to the bad part: MODEL_PRICES.gpt-4.1.input=-1.
+        path = "".join(f".{part}" for part in error["loc"][1:])
         shown = "" if field in _SECRET_FIELDS or error["type"] == "missing" else f"={error['input']}"
         rule = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{field.upper()}{shown}: {rule}")
+        problems.append(f"{field.upper()}{path}{shown}: {rule}")
     return "configuration: " + "; ".join(problems)

@@ -18,6 +18,9 @@ from core.generators.offline import build_program
 from core.models import parse_onboarding
 from tests import openai_strict
 
+# Every answer bills these unless told otherwise, failed ones included.
+PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
+
 
 @dataclass
 class Behaviour:
@@ -32,6 +35,9 @@ class Behaviour:
     message: str = "injected failure"
     # What GET /v1/models lists.
     served_models: tuple[str, ...] = ()
+    # What each answer says it billed.
+    prompt_tokens: int = PROMPT_TOKENS
+    completion_tokens: int = COMPLETION_TOKENS
 
 
 @dataclass
@@ -113,14 +119,12 @@ class FakeOpenAI:
             content, finish_reason = "", "content_filter"
         elif b.mode == "refusal":
             content, refusal = "", "I can't help with that."
-        return _send(handler, 200, _completion(body["model"], content, finish_reason, refusal))
+        return _send(handler, 200, _completion(body["model"], content, b, finish_reason, refusal))
 
 
-# Every answer bills these, failed ones included.
-PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
-
-
-def _completion(model: str, content: str, finish_reason: str = "stop", refusal: str | None = None) -> dict[str, Any]:
+def _completion(
+    model: str, content: str, behaviour: Behaviour, finish_reason: str = "stop", refusal: str | None = None
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -134,9 +138,9 @@ def _completion(model: str, content: str, finish_reason: str = "stop", refusal: 
             }
         ],
         "usage": {
-            "prompt_tokens": PROMPT_TOKENS,
-            "completion_tokens": COMPLETION_TOKENS,
-            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+            "prompt_tokens": behaviour.prompt_tokens,
+            "completion_tokens": behaviour.completion_tokens,
+            "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
         },
     }
 

@@ -137,6 +137,16 @@ def test_stats(database_url: str, profile_file: Path) -> None:
     stats = output(run(database_url, "stats"))
     assert stats["entries"] == {"valid": 1, "expired": 0}
     assert stats["hit_rate"] == 0.5 and stats["storage_bytes"] > 0
+    # The offline generator made the program: a generation, but no LLM call and no cost.
+    assert (stats["generations"], stats["llm_calls"], stats["llm_calls_avoided"]) == (1, 0, 0)
+    [generator] = stats["generators"]
+    assert generator["model"] == "offline-rules-v1" and generator["generator_version"].startswith("offline-")
+    assert (generator["hits"], generator["generations"], generator["cost_usd"], generator["cost_saved_usd"]) == (
+        1,
+        1,
+        0,
+        0,
+    )
 
 
 def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
@@ -156,6 +166,11 @@ def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
         ({"MIGRATIONS_DATABASE_URL": "nonsense:s3cret"}, "MIGRATIONS_DATABASE_URL: not a database URL"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL=loud: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT=xml: Input should be 'text' or 'json'"),
+        ({"MODEL_PRICES": "{gpt"}, 'MODEL_PRICES={gpt: must be JSON like {"gpt-4.1": {"input": 2.0, "output": 8.0}}'),
+        (
+            {"MODEL_PRICES": '{"gpt-4.1": {"input": -2, "output": 8}}'},
+            "MODEL_PRICES.gpt-4.1.input=-2: Input should be greater than or equal to 0",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["stats", "generate"])

@@ -83,7 +83,7 @@ def test_rollup_gives_the_numbers_raw_events_give(engine: Engine) -> None:
     assert "miss" in {r["outcome"] for r in raw[1]}
     summary = raw[0]
     assert (summary.requests, summary.hits, summary.misses, summary.bypasses, summary.errors) == (8, 4, 2, 1, 1)
-    assert (summary.cache_read_errors, summary.cache_write_errors, summary.llm_calls) == (2, 1, 3)
+    assert (summary.cache_read_errors, summary.cache_write_errors, summary.generations) == (2, 1, 3)
     assert summary.hit_rate == 4 / 7
     assert summary.avg_hit_ms == (3.0 + 1.5 + 0.8 + 2.5) / 4
 
@@ -115,14 +115,14 @@ def test_the_rollup_command_rolls_up_every_settled_hour(engine: Engine, database
         assert connection.execute(select(func.sum(generation_stats_hourly.c.requests))).scalar_one() == 6
 
 
-def test_hit_rate_and_llm_calls_per_bucket_are_the_summary_definitions(engine: Engine) -> None:
+def test_hit_rate_and_generations_per_bucket_are_the_summary_definitions(engine: Engine) -> None:
     seed(engine)
     since = utcnow() - timedelta(days=7)
     buckets = monitoring.traffic_over_time(engine, since, "day")
     summary = monitoring.summary(engine, since)
     assert sum(b.hits for b in buckets) == summary.hits
-    assert sum(b.llm_calls for b in buckets) == summary.llm_calls
-    assert monitoring.hit_rate(sum(b.hits for b in buckets), summary.hits + summary.llm_calls) == summary.hit_rate
+    assert sum(b.generations for b in buckets) == summary.generations
+    assert monitoring.hit_rate(sum(b.hits for b in buckets), summary.hits + summary.generations) == summary.hit_rate
     # Fastest bin first; the 60 s error is not a served request.
     labels = [r["label"] for r in monitoring.latency_histogram(engine, since)]
     assert labels == ["< 1.0 ms", "< 2.0 ms", "< 5.0 ms", "< 10.0 s", "< 10.0 s"]  # bypass, miss
@@ -165,7 +165,7 @@ def test_ttl_replay_is_exact(engine: Engine) -> None:
     outcomes = {o.ttl_hours: o for o in monitoring.replay_ttls(engine, [0.25, 1, 24])}
     # A with 15 min: all but the request 12 min after the forced one; 1 h: at 0, 2 and 3 (forced);
     # 24 h: at 0 and 3 (forced). B: its one request.
-    assert {h: o.llm_calls for h, o in outcomes.items()} == {0.25: 6, 1: 4, 24: 3}
+    assert {h: o.generations for h, o in outcomes.items()} == {0.25: 6, 1: 4, 24: 3}
     assert outcomes[24].requests == 7
     assert outcomes[24].hit_rate == 4 / 7
 
@@ -204,7 +204,7 @@ def test_ttl_replay_matches_the_obvious_replay(sqlite_engine: Engine, requests: 
             )
     replayed = monitoring.replay_ttls(sqlite_engine, [0.5, 6, 24])
     expected = [reference_replay([(k, m * 60.0, f) for k, m, f in requests], h * 3600) for h in (0.5, 6, 24)]
-    assert [o.llm_calls for o in replayed] == expected
+    assert [o.generations for o in replayed] == expected
 
 
 def test_a_large_window_is_replayed_on_a_uniform_sample_of_keys(engine: Engine) -> None:
@@ -218,4 +218,4 @@ def test_a_large_window_is_replayed_on_a_uniform_sample_of_keys(engine: Engine) 
             )
     outcome = monitoring.replay_ttls(engine, [24], max_requests=16)[0]
     assert outcome.sampled_share == 16 / 64
-    assert (outcome.requests, outcome.llm_calls) == (16, 16)
+    assert (outcome.requests, outcome.generations) == (16, 16)

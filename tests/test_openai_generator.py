@@ -201,11 +201,12 @@ def test_every_billed_token_is_counted_failed_generations_included(
             )
         ).one()
     assert tuple(failed) == (PROMPT_TOKENS, COMPLETION_TOKENS)
-    totals = monitoring.summary(engine)
-    prices = Settings(price_input_per_million=1.0, price_output_per_million=2.0)
+    prices = Settings(model_prices={"gpt-test": {"input": 1.0, "output": 2.0}})
+    costs = monitoring.costs(monitoring.usage_by_generator(engine), prices)
     one_call = (PROMPT_TOKENS * 1.0 + COMPLETION_TOKENS * 2.0) / 1_000_000
-    assert totals.cost_spent(prices) == pytest.approx(2 * one_call)  # the success and the failure
-    assert totals.cost_per_llm_call(prices) == pytest.approx(one_call)  # what a hit saves
+    assert costs.spent == pytest.approx(2 * one_call)  # the success and the failure
+    assert costs.llm_calls == 2
+    assert costs.per_generation == pytest.approx(one_call)  # the what-if's price of a call
 
 
 def test_the_output_cap_holds_the_largest_valid_program() -> None:

@@ -138,7 +138,11 @@ def test_monitoring_shows_hit_rate_and_charts(app: AppTest) -> None:
     app.switch_page("pages/monitoring.py").run()
     assert not app.exception
     assert {m.label: m.value for m in app.metric}["Hit rate"] == "50.0%"
-    assert len(app.get("plotly_chart")) >= 5
+    assert len(app.get("plotly_chart")) >= 9
+    generators = next(d.value for d in app.dataframe if "Generator" in d.value.columns)
+    [row] = generators.to_dict("records")
+    assert row["Generator"].startswith("offline-rules-v1 · offline-")
+    assert (row["Hits"], row["Generated"], row["LLM calls"], row["Cost saved"]) == (1, 1, 0, 0.0)
 
 
 def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, app_engine: Engine) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from core.generators.base import Generation, GeneratorIdentity, fingerprint, program_weeks
 from core.models import OnboardingResponses
+from core.settings import OFFLINE_MODEL
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def choose(pattern: str, equipment: set[str], avoid: set[str], used: set[str]) -
 # source catches any change that was not bumped (at the cost of regenerating after a
 # change that only touched a comment).
 RULES_VERSION = "r1"
-MODEL = "offline-rules-v1"
+MODEL = OFFLINE_MODEL
 
 
 class OfflineGenerator:
