@@ -117,7 +117,7 @@ def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitor
             key="outcomes",
         )
     calls = buckets.rename(columns={"generations": "Generated", "hits": "Served from the cache"}).melt(
-        id_vars="bucket", value_vars=["Generated", "Served from the cache"], var_name="kind", value_name="calls"
+        id_vars="bucket", value_vars=["Generated", "Served from the cache"], var_name="kind", value_name="programs"
     )
     left, right = st.columns(2)
     with left:
@@ -125,7 +125,7 @@ def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitor
             px.bar(
                 calls,
                 x="bucket",
-                y="calls",
+                y="programs",
                 color="kind",
                 barmode="group",
                 title="Programs generated and served from the cache",
@@ -235,19 +235,24 @@ def by_generator(
         ],
         granularity,
     )
-    charts = [
-        ("hit rate", "Hit rate by generator", px.line),
-        ("LLM calls", "LLM calls by generator", px.bar),
-        ("tokens", "Tokens billed by generator", px.bar),
-        ("cost", "LLM spend by generator (USD)", px.bar),
-    ]
+    charts = [("hit rate", "Hit rate by generator", px.line)]
+    if over_time["tokens"].sum() > 0:
+        charts += [
+            ("LLM calls", "LLM calls by generator", px.bar),
+            ("tokens", "Tokens billed by generator", px.bar),
+            ("cost", "LLM spend by generator (USD)", px.bar),
+        ]
     for row in (charts[:2], charts[2:]):
-        for column, (measure, title, plot) in zip(st.columns(2), row, strict=True):
+        for column, (measure, title, plot) in zip(st.columns(2), row, strict=False):
             with column:
                 figure = plot(over_time, x="bucket", y=measure, color="generator", title=title, labels={"bucket": ""})
+                # Generator labels are long: the legend goes under the plot, not beside it.
+                figure.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.15})
                 if measure == "hit rate":
                     figure.update_traces(mode="lines+markers").update_yaxes(tickformat=".0%", range=[0, 1.05])
                 chart(figure, key=f"generator_{measure}")
+    if len(charts) == 1:
+        st.caption("No LLM tokens were billed in this window: the offline generator makes no LLM call.")
 
 
 def ttl_what_if(costs: monitoring.Costs, since: datetime | None) -> None:

@@ -132,6 +132,9 @@ def test_a_coach_and_an_operator_through_every_page(
     hit_rate = page.get_by_test_id("stMetric").filter(has_text="Hit rate")
     expect(hit_rate).to_contain_text("33.3%")
     expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    # The local LLM's model has no price: named, not priced at someone else's.
+    expect(page.get_by_text("No price for gpt-e2e")).to_be_visible()
+    expect(page.get_by_role("heading", name="By generator")).to_be_visible()
     shot(page, "4-monitoring")
 
     engine = make_engine(database)
