@@ -30,7 +30,8 @@ class ModelPrice(BaseModel):
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
-# OpenAI's list prices (standard tier) on 2026-11-25; the offline generator costs nothing.
+# OpenAI's published standard-tier prices as last checked here (not fetched: the machines have
+# no internet); MODEL_PRICES overrides them. The offline generator costs nothing.
 DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
     name: ModelPrice(input=price_in, output=price_out)
     for name, (price_in, price_out) in {
