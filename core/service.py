@@ -154,17 +154,19 @@ class _Request:
 
 
 class ValidatedPrograms:
-    """Entry versions this process has validated, as JSON text, bounded in bytes. A hit on
-    a version already validated skips fetching and validating the program again; any
-    change to the row gives it a new version, which is fetched and validated anew."""
+    """Entry versions this process has validated, as JSON text, bounded in bytes. On
+    PostgreSQL a hit on a version already validated skips fetching and validating the
+    program again; any change to the row gives it a new version, which is fetched and
+    validated anew. SQLite has no row versions (None): a hit there fetches the program and
+    skips validating it only when its text is the one validated."""
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def known(self, key: str) -> tuple[str, str] | None:
+    def known(self, key: str) -> tuple[str | None, str] | None:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
@@ -172,8 +174,6 @@ class ValidatedPrograms:
             return item
 
     def remember(self, key: str, version: str | None, document: str) -> None:
-        if version is None:
-            return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
@@ -310,12 +310,13 @@ class ProgramService:
                 latency_ms=request.elapsed_ms(),
                 cache_read_error=request.cache_read_error,
             )
+            known_version = known[0] if known else None
             try:
-                if postgres and known is not None:
+                if postgres and known_version is not None:
                     entry, saved_id = history.read_entry_copying_known(
                         connection,
                         request.key,
-                        known_version=known[0],
+                        known_version=known_version,
                         record=request.record("", "cache"),
                         event=hit_event,
                         now=now,
@@ -323,7 +324,7 @@ class ProgramService:
                         generator_version=None if self.serve_other_generators else self.generator.identity.version,
                     )
                 else:
-                    entry, saved_id = cache_store.read_entry(connection, request.key, known and known[0]), None
+                    entry, saved_id = cache_store.read_entry(connection, request.key, known_version), None
             except DBAPIError as exc:
                 connection.rollback()
                 return self._read_failed(request, exc)
@@ -335,6 +336,10 @@ class ProgramService:
                 return _Lookup(entry, generator_changed=True)
             if entry.data_json is None and known is not None:
                 program_json = known[1]  # this very row version was validated here before
+            elif known is not None and entry.data_json == known[1]:
+                # The very text validated here before (SQLite has no row versions): comparing
+                # 36 KB costs microseconds, validating it again milliseconds.
+                program_json = known[1]
             else:
                 program_json = entry.data_json or ""
                 try:
