@@ -333,7 +333,7 @@ class Answers:
     has_paid_access: bool
 
 
-def latest_answers(engine: Engine, user_id: str, *, except_program: ProgramId | None = None) -> Answers | None:
+def latest_answers(connection: Connection, user_id: str, *, except_program: ProgramId | None = None) -> Answers | None:
     """The answers of the user's newest program (other than `except_program`): the baseline
     a new request is compared with, and what a coach may load into the form."""
     query = (
@@ -345,8 +345,7 @@ def latest_answers(engine: Engine, user_id: str, *, except_program: ProgramId | 
     )
     if except_program is not None:
         query = query.where(programs.id != except_program)
-    with engine.connect() as connection:
-        row = connection.execute(query).first()
+    row = connection.execute(query).first()
     return Answers(row.id, row.created_at, row.onboarding_responses, row.has_paid_access) if row else None
 
 

@@ -391,7 +391,7 @@ class ProgramService:
                     if lookup.entry is not None  # still there, expired
                     else entry_fate.why_no_entry(connection, key=request.key, user_id=request.user_id, now=utcnow())
                 )
-            baseline = history.latest_answers(self.engine, request.user_id)
+                baseline = history.latest_answers(connection, request.user_id)
         except DBAPIError as exc:
             log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
             return "cache_unavailable", ()

@@ -77,8 +77,12 @@ def load_latest() -> None:
     """The coach asked for the user's latest answers: they replace what the form holds."""
     st.session_state.pop("errors", None)
     user_id = st.session_state.user_id.strip()
+    latest = None
     try:
-        latest = history.latest_answers(get_engine(), get_database().check_user_id(user_id)) if user_id else None
+        if user_id:
+            checked = get_database().check_user_id(user_id)
+            with get_engine().connect() as connection:
+                latest = history.latest_answers(connection, checked)
     except ContractError as exc:
         st.session_state.loaded = (user_id, escape_markdown(str(exc)))
         return
@@ -252,7 +256,8 @@ def save_again(result: GenerationResult) -> None:
 def since_previous(sent: dict[str, Any], result: GenerationResult) -> None:
     """For a returning user: the answers that differ from their previous program, and a link to it."""
     try:
-        previous = history.latest_answers(get_engine(), sent["user_id"], except_program=result.training_program_id)
+        with get_engine().connect() as connection:
+            previous = history.latest_answers(connection, sent["user_id"], except_program=result.training_program_id)
     except DBAPIError:
         return  # the outcome above already says the database is unavailable
     if previous is None:
