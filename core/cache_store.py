@@ -28,12 +28,12 @@ class CacheEntry:
     # The stored program as JSON text, validated straight from text; None when the caller
     # said it already holds this version of the entry.
     data_json: str | None
-    expires_at: datetime
-    created_at: datetime
-    updated_at: datetime
     # PostgreSQL's row version (xmin), checked on a hit: any change to the row, an upsert
     # or a hand edit, changes it. None on SQLite, where every read fetches the program.
     row_version: str | None
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
     # Which generator made it (None: made before that was recorded), and the tokens that
     # generation was billed (None: not recorded, or the offline generator).
     generator_version: str | None = None
@@ -45,7 +45,7 @@ class CacheEntry:
         return self.expires_at > now
 
 
-# The columns a CacheEntry is read from, around its program and row version.
+# The columns a CacheEntry is read from, after its program and row version.
 ENTRY_COLUMNS = (
     cache.expires_at,
     cache.created_at,
@@ -68,7 +68,7 @@ def _read_entry(dialect: str) -> Any:
     # The program travels only if the row changed since the version the caller knows: a
     # hot entry costs a few bytes per hit, not a serialization of the whole program.
     data = case((version == bindparam("known", type_=Text), null()), else_=cast(cache.data, Text))
-    return select(data, *ENTRY_COLUMNS[:3], version, *ENTRY_COLUMNS[3:]).where(cache.cache_key == bindparam("key"))
+    return select(data, version, *ENTRY_COLUMNS).where(cache.cache_key == bindparam("key"))
 
 
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}

@@ -73,16 +73,11 @@ class GenerationEvent:
 
     def served_from(self, entry: CacheEntry) -> GenerationEvent:
         """This hit event, naming the generator that made `entry` and what it cost."""
-        return replace(
-            self,
-            generator_version=entry.generator_version,
-            model=entry.model,
-            saved_prompt_tokens=entry.prompt_tokens,
-            saved_completion_tokens=entry.completion_tokens,
-        )
+        return replace(self, **{name: getattr(entry, field) for name, field in _EVENT_FROM_ENTRY.items()})
 
 
-# A hit event's columns taken from the entry it served.
+# A hit event's columns taken from the entry it served (here, and inside PostgreSQL's
+# one-statement hit).
 _EVENT_FROM_ENTRY = {
     "generator_version": "generator_version",
     "model": "model",
@@ -200,7 +195,7 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 def _read_entry_copying_known() -> Any:
     version = sql_cast(literal_column("ai_coach_cache.xmin"), Text)
     entry = (
-        select(cache.data, *ENTRY_COLUMNS[:3], version.label("version"), *ENTRY_COLUMNS[3:])
+        select(cache.data, version.label("version"), *ENTRY_COLUMNS)
         .where(cache.cache_key == bindparam("entry_key"))
         .cte("entry")
     )
@@ -237,9 +232,7 @@ def _read_entry_copying_known() -> Any:
     )
     program = case((is_known, null()), else_=sql_cast(entry.c.data, Text))
     entry_columns = [entry.c[column.name] for column in ENTRY_COLUMNS]
-    return select(
-        program, *entry_columns[:3], entry.c.version, *entry_columns[3:], select(saved.c.id).scalar_subquery()
-    ).add_cte(log_event)
+    return select(program, entry.c.version, *entry_columns, select(saved.c.id).scalar_subquery()).add_cte(log_event)
 
 
 _READ_ENTRY_COPYING_KNOWN = _read_entry_copying_known()

@@ -49,6 +49,11 @@ def time_bucket(engine: Engine, column: Any, granularity: Granularity) -> Any:
     return type_coerce(func.strftime(fmt, column), UTCDateTime())
 
 
+def _bucket(engine: Engine, hourly: Any, granularity: Granularity) -> Any:
+    """The time bucket of an hourly row (rollup or raw): its hour, or the day of it."""
+    return (hourly.hour if granularity == "hour" else time_bucket(engine, hourly.hour, "day")).label("bucket")
+
+
 def _since(query: Any, column: Any, since: datetime | None) -> Any:
     return query if since is None else query.where(column >= since)
 
@@ -281,11 +286,10 @@ class GeneratorUsage:
         price = self.price(settings)
         return price.cost(self.saved_prompt_tokens, self.saved_completion_tokens) if price else None
 
-    def cost_per_generation(self, settings: Settings) -> float | None:
+    def generation_cost(self, settings: Settings) -> float | None:
+        """What the generations that produced a program were billed; None without a price."""
         price = self.price(settings)
-        if price is None or not self.generations:
-            return None
-        return price.cost(self.generation_prompt_tokens, self.generation_completion_tokens) / self.generations
+        return price.cost(self.generation_prompt_tokens, self.generation_completion_tokens) if price else None
 
 
 def _usage(engine: Engine, since: datetime | None, granularity: Granularity | None) -> list[dict[str, Any]]:
@@ -293,7 +297,7 @@ def _usage(engine: Engine, since: datetime | None, granularity: Granularity | No
     h = _hourly(engine, since).c
     keys = [h.generator_version, h.model, h.outcome]
     if granularity is not None:
-        keys.insert(0, (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket"))
+        keys.insert(0, _bucket(engine, h, granularity))
     sums = ("requests", "prompt_tokens", "completion_tokens", "saved_prompt_tokens", "saved_completion_tokens")
     query = (
         select(*keys, *(_int_sum(h[name]).label(name) for name in (*sums, "hits_without_tokens")))
@@ -368,7 +372,7 @@ def costs(usage: Sequence[GeneratorUsage], settings: Settings) -> Costs:
     priced = [u for u in usage if u.price(settings) is not None]
     unpriced = sorted({u.model or "not recorded" for u in usage if u.price(settings) is None and u.prompt_tokens})
     generations = sum(u.generations for u in priced)
-    generation_cost = sum((u.cost_per_generation(settings) or 0.0) * u.generations for u in priced)
+    generation_cost = sum(u.generation_cost(settings) or 0.0 for u in priced)
     return Costs(
         spent=sum(u.cost_spent(settings) or 0.0 for u in priced),
         saved=sum(u.cost_saved(settings) or 0.0 for u in priced),
@@ -383,7 +387,7 @@ def costs(usage: Sequence[GeneratorUsage], settings: Settings) -> Costs:
 def requests_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
     """Requests per time bucket and outcome, with LLM tokens spent."""
     h = _hourly(engine, since).c
-    bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
+    bucket = _bucket(engine, h, granularity)
     query = (
         select(
             bucket,
@@ -409,7 +413,7 @@ class Traffic:
 def traffic_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[Traffic]:
     """Per time bucket: hits, generations and the hit rate, defined as in `Summary`."""
     h = _hourly(engine, since).c
-    bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
+    bucket = _bucket(engine, h, granularity)
     query = (
         select(
             bucket,
@@ -427,7 +431,7 @@ def traffic_over_time(engine: Engine, since: datetime | None, granularity: Granu
 
 def errors_over_time(engine: Engine, since: datetime | None, granularity: Granularity) -> list[dict[str, Any]]:
     h = _hourly(engine, since).c
-    bucket = (h.hour if granularity == "hour" else time_bucket(engine, h.hour, "day")).label("bucket")
+    bucket = _bucket(engine, h, granularity)
     sums = {
         "cache_read_errors": _int_sum(h.cache_read_errors),
         "cache_write_errors": _int_sum(h.cache_write_errors),

@@ -334,11 +334,10 @@ class ProgramService:
                 return _Lookup(entry)
             if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
                 return _Lookup(entry, generator_changed=True)
-            if entry.data_json is None and known is not None:
-                program_json = known[1]  # this very row version was validated here before
-            elif known is not None and entry.data_json == known[1]:
-                # The very text validated here before (SQLite has no row versions): comparing
-                # 36 KB costs microseconds, validating it again milliseconds.
+            if known is not None and entry.data_json in (None, known[1]):
+                # Validated here before: this very row version (PostgreSQL sent no program),
+                # or this very text (SQLite has no row versions; comparing 36 KB costs
+                # microseconds, validating it again milliseconds).
                 program_json = known[1]
             else:
                 program_json = entry.data_json or ""
