@@ -16,23 +16,20 @@ from sqlalchemy import (
     Engine,
     Float,
     Text,
-    and_,
     bindparam,
-    case,
-    exists,
     extract,
     func,
     insert,
     literal_column,
-    null,
     or_,
     select,
+    true,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
-from core.cache_store import ENTRY_COLUMNS, CacheEntry
+from core.cache_store import CacheEntry
 from core.schema import (
     ProgramId,
     UTCDateTime,
@@ -188,83 +185,108 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 
 
 # PostgreSQL, a hit on an entry version this process has validated before: one statement,
-# sent in autocommit, so one round trip. It reads the entry; if it is that version, valid and
-# written since `written_since`, it copies the entry's program into history and logs the
-# event. It returns the entry (its program only if it is another version) and the new row's
-# id (NULL when nothing was saved). Latencies include the statement's own time up to the copy.
-def _read_entry_copying_known() -> Any:
-    version = sql_cast(literal_column("ai_coach_cache.xmin"), Text)
-    entry = (
-        select(cache.data, version.label("version"), *ENTRY_COLUMNS)
-        .where(cache.cache_key == bindparam("entry_key"))
-        .cte("entry")
-    )
-    is_known = entry.c.version == bindparam("known", type_=Text)
+# sent in autocommit, so one round trip. If the entry is still that version, valid, made by
+# the wanted generator and written since `written_since`, it copies the entry's program into
+# history and logs the hit's event; otherwise it changes nothing and returns no row. It binds
+# only what a hit knows (a dozen values) and returns four: on the hot path every parameter
+# and column costs the client more than the database. Latencies include the statement's own
+# time up to the copy.
+@dataclass(frozen=True)
+class KnownHit:
+    program_id: ProgramId
+    expires_at: datetime
+    model: str | None
+    generator_version: str | None
+
+
+def _save_known_hit() -> Any:
+    key, user_id = bindparam("cache_key", type_=Text), bindparam("user_id", type_=programs.user_id.type)
     # NULL accepts an entry of any generator (CACHE_ON_GENERATOR_CHANGE=serve).
     wanted_generator = bindparam("generator_version", type_=Text)
-    usable = and_(
-        is_known,
-        or_(wanted_generator.is_(None), entry.c.generator_version == wanted_generator),
-        entry.c.expires_at > bindparam("now", type_=UTCDateTime()),
-        entry.c.created_at >= bindparam("written_since", type_=UTCDateTime()),
+    now = bindparam("now", type_=UTCDateTime())
+    entry = (
+        select(cache.data, cache.expires_at, *(cache[column] for column in _EVENT_FROM_ENTRY.values()))
+        .where(
+            cache.cache_key == key,
+            sql_cast(literal_column("ai_coach_cache.xmin"), Text) == bindparam("known", type_=Text),
+            or_(wanted_generator.is_(None), cache.generator_version == wanted_generator),
+            cache.expires_at > now,
+            cache.created_at >= bindparam("written_since", type_=UTCDateTime()),
+        )
+        .cte("entry")
     )
     elapsed_ms = extract("epoch", func.clock_timestamp() - func.statement_timestamp()) * 1000
-    copied: dict[str, Any] = {name: bindparam(name, type_=programs[name].type) for name in _COPIED}
-    copied["latency_ms"] = bindparam("latency_ms", type_=Float) + elapsed_ms
+    latency_ms = bindparam("latency_ms", type_=Float) + elapsed_ms
+    copied: dict[str, Any] = {
+        "program": entry.c.data,
+        "model": entry.c.model,
+        "generator_version": entry.c.generator_version,
+        "user_id": user_id,
+        "onboarding_responses": bindparam("onboarding_responses", type_=programs.onboarding_responses.type),
+        "has_paid_access": bindparam("has_paid_access", type_=programs.has_paid_access.type),
+        "source": literal_column("'cache'"),
+        "cache_key": key,
+        "created_at": bindparam("created_at", type_=UTCDateTime()),
+        "latency_ms": latency_ms,
+    }
     saved = (
         insert(training_programs)
-        .from_select(
-            ["program", "model", "generator_version", *copied],
-            select(*(entry.c[name] for name in _FROM_ENTRY), *copied.values()).where(usable),
-        )
+        .from_select(list(copied), select(*copied.values()))
         .returning(programs.id)
         .cte("saved")
     )
     logged: dict[str, Any] = {
-        name: bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS
+        "created_at": now,
+        "user_id": user_id,
+        "cache_key": key,
+        "outcome": literal_column("'hit'"),
+        "latency_ms": latency_ms,
+        "cache_read_error": bindparam("cache_read_error", type_=generation_events.c.cache_read_error.type),
+        "key_sample": bindparam("key_sample", type_=generation_events.c.key_sample.type),
+        **{name: entry.c[column] for name, column in _EVENT_FROM_ENTRY.items()},
     }
-    logged["latency_ms"] = bindparam("event_latency_ms", type_=Float) + elapsed_ms
-    logged.update({name: entry.c[column] for name, column in _EVENT_FROM_ENTRY.items()})
-    log_event = (
-        insert(generation_events)
-        .from_select(list(logged), select(*logged.values()).where(exists(select(saved.c.id))))
-        .cte("logged")
-    )
-    program = case((is_known, null()), else_=sql_cast(entry.c.data, Text))
-    entry_columns = [entry.c[column.name] for column in ENTRY_COLUMNS]
-    return select(program, entry.c.version, *entry_columns, select(saved.c.id).scalar_subquery()).add_cte(log_event)
+    log_event = insert(generation_events).from_select(list(logged), select(*logged.values())).cte("logged")
+    served = select(saved.c.id, entry.c.expires_at, entry.c.model, entry.c.generator_version)
+    return served.select_from(saved.join(entry, true())).add_cte(log_event)
 
 
-_READ_ENTRY_COPYING_KNOWN = _read_entry_copying_known()
+_SAVE_KNOWN_HIT = _save_known_hit()
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def read_entry_copying_known(
+def save_known_hit(
     connection: Connection,
-    key: str,
     *,
+    key: str,
     known_version: str,
-    record: HistoryRecord,
-    event: GenerationEvent,
+    user_id: str,
+    onboarding_responses: dict[str, Any],
+    has_paid_access: bool,
+    requested_at: datetime,
+    latency_ms: float,
+    cache_read_error: bool,
     now: datetime,
     written_since: datetime | None,
     generator_version: str | None,
-) -> tuple[CacheEntry | None, ProgramId | None]:
-    """PostgreSQL: the entry under `key`, and the id of the history row saved from it when it
-    was `known_version` and usable (see the statement above)."""
+) -> KnownHit | None:
+    """PostgreSQL: save the hit on `key` if its entry is still `known_version` and usable
+    (see the statement above); None, with nothing written, if it is not."""
     params = {
-        **{name: getattr(record, name) for name in _COPIED},
-        **_event_values(event, prefix="event_"),
-        "entry_key": key,
+        "cache_key": key,
         "known": known_version,
+        "user_id": user_id,
+        "onboarding_responses": onboarding_responses,
+        "has_paid_access": has_paid_access,
+        "created_at": requested_at,
+        "latency_ms": latency_ms,
+        "cache_read_error": cache_read_error,
+        "key_sample": key_sample(key),
         "now": now,
         "written_since": written_since or EARLIEST,
         "generator_version": generator_version,
     }
-    row = connection.execute(_READ_ENTRY_COPYING_KNOWN, params).first()
-    if row is None:
-        return None, None
-    return CacheEntry(*row[:-1]), row[-1]
+    row = connection.execute(_SAVE_KNOWN_HIT, params).first()
+    return KnownHit(*row) if row else None
 
 
 def insert_program_and_event(

@@ -303,28 +303,39 @@ class ProgramService:
         except DBAPIError as exc:
             return self._read_failed(request, exc)
         with connection:
-            hit_event = GenerationEvent(
-                user_id=request.user_id,
-                cache_key=request.key,
-                outcome="hit",
-                latency_ms=request.elapsed_ms(),
-                cache_read_error=request.cache_read_error,
-            )
-            known_version = known[0] if known else None
             try:
-                if postgres and known_version is not None:
-                    entry, saved_id = history.read_entry_copying_known(
+                if postgres and known is not None and known[0] is not None:
+                    saved = history.save_known_hit(
                         connection,
-                        request.key,
-                        known_version=known_version,
-                        record=request.record("", "cache"),
-                        event=hit_event,
+                        key=request.key,
+                        known_version=known[0],
+                        user_id=request.user_id,
+                        onboarding_responses=request.answers,
+                        has_paid_access=request.has_paid_access,
+                        requested_at=request.requested_at,
+                        latency_ms=request.elapsed_ms(),
+                        cache_read_error=request.cache_read_error,
                         now=now,
                         written_since=written_since,
                         generator_version=None if self.serve_other_generators else self.generator.identity.version,
                     )
-                else:
-                    entry, saved_id = cache_store.read_entry(connection, request.key, known_version), None
+                    if saved is not None:
+                        return GenerationResult(
+                            program_json=known[1],
+                            cache_hit=True,
+                            cache_key=request.key,
+                            latency_ms=request.elapsed_ms(),
+                            requested_at=request.requested_at,
+                            onboarding_responses=request.answers,
+                            training_program_id=saved.program_id,
+                            expires_at=saved.expires_at,
+                            model=saved.model,
+                            generator_version=saved.generator_version,
+                            warnings=tuple(request.warnings),
+                        )
+                    # The entry changed, expired, went or is another generator's: read it
+                    # to serve it or say why not.
+                entry = cache_store.read_entry(connection, request.key, known[0] if known else None)
             except DBAPIError as exc:
                 connection.rollback()
                 return self._read_failed(request, exc)
@@ -358,9 +369,13 @@ class ProgramService:
                 model=entry.model,
                 generator_version=entry.generator_version,
             )
-            if saved_id is not None:
-                return replace(result, training_program_id=saved_id, warnings=tuple(request.warnings))
-            event = replace(hit_event.served_from(entry), latency_ms=result.latency_ms)
+            event = GenerationEvent(
+                user_id=request.user_id,
+                cache_key=request.key,
+                outcome="hit",
+                latency_ms=result.latency_ms,
+                cache_read_error=request.cache_read_error,
+            ).served_from(entry)
             record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
             return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
 
