@@ -215,7 +215,7 @@ def _save_known_hit() -> Any:
         )
         .cte("entry")
     )
-    elapsed_ms = extract("epoch", func.clock_timestamp() - func.statement_timestamp()) * 1000
+    elapsed_ms = extract("epoch", func.clock_timestamp() - func.statement_timestamp()) * literal_column("1000")
     latency_ms = bindparam("latency_ms", type_=Float) + elapsed_ms
     copied: dict[str, Any] = {
         "program": entry.c.data,
