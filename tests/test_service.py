@@ -374,6 +374,21 @@ def test_an_entry_changed_after_a_validated_hit_is_validated_again(service: Prog
     assert again.program == first.program
 
 
+def test_an_entry_rewritten_after_a_validated_hit_is_served_as_it_now_is(service: ProgramService) -> None:
+    # Another instance rewrote the entry with a valid program: the version this instance
+    # validated is gone, so its one-statement hit copies nothing, and the entry is read,
+    # validated and served as a hit all the same, its new program saved to history.
+    first = generate(service)
+    assert generate(service).cache_hit
+    rewritten = {**first.program, "title": "Rewritten by another instance"}
+    set_entry(service.engine, first.cache_key, data=rewritten)
+    served = generate(service)
+    assert (served.cache_hit, served.program) == (True, rewritten)
+    assert programs(service.engine)[-1]["program"] == rewritten
+    assert [e["outcome"] for e in events(service.engine)] == ["miss", "hit", "hit"]
+    assert generate(service).program == rewritten  # and this version is the one remembered now
+
+
 def test_a_hit_on_a_validated_entry_is_one_statement_on_postgresql(pg_url: str) -> None:
     # One round trip: no BEGIN or COMMIT, and the read, the history row and the event in
     # one statement. A hit that leaves out the row or the event would fail below.
