@@ -127,6 +127,31 @@ class _Request:
         """The normalized answers, as stored and compared."""
         return self.profile.normalized()
 
+    def served(
+        self,
+        program_json: str,
+        expires_at: datetime,
+        model: str | None,
+        generator_version: str | None,
+        *,
+        training_program_id: ProgramId | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> GenerationResult:
+        """This request served from the cache entry that expires at `expires_at`."""
+        return GenerationResult(
+            program_json=program_json,
+            cache_hit=True,
+            cache_key=self.key,
+            latency_ms=self.elapsed_ms(),
+            requested_at=self.requested_at,
+            onboarding_responses=self.answers,
+            training_program_id=training_program_id,
+            expires_at=expires_at,
+            model=model,
+            generator_version=generator_version,
+            warnings=warnings,
+        )
+
     def record(
         self,
         program_json: str,
@@ -320,17 +345,12 @@ class ProgramService:
                         generator_version=None if self.serve_other_generators else self.generator.identity.version,
                     )
                     if saved is not None:
-                        return GenerationResult(
-                            program_json=known[1],
-                            cache_hit=True,
-                            cache_key=request.key,
-                            latency_ms=request.elapsed_ms(),
-                            requested_at=request.requested_at,
-                            onboarding_responses=request.answers,
+                        return request.served(
+                            known[1],
+                            saved.expires_at,
+                            saved.model,
+                            saved.generator_version,
                             training_program_id=saved.program_id,
-                            expires_at=saved.expires_at,
-                            model=saved.model,
-                            generator_version=saved.generator_version,
                             warnings=tuple(request.warnings),
                         )
                     # The entry changed, expired, went or is another generator's: read it
@@ -358,17 +378,7 @@ class ProgramService:
                     log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
                     return _Lookup(entry, invalid=True)
                 self.validated.remember(request.key, entry.row_version, program_json)
-            result = GenerationResult(
-                program_json=program_json,
-                cache_hit=True,
-                cache_key=request.key,
-                latency_ms=request.elapsed_ms(),
-                requested_at=request.requested_at,
-                onboarding_responses=request.answers,
-                expires_at=entry.expires_at,
-                model=entry.model,
-                generator_version=entry.generator_version,
-            )
+            result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
             event = GenerationEvent(
                 user_id=request.user_id,
                 cache_key=request.key,
