@@ -410,7 +410,12 @@ def test_a_hit_on_a_validated_entry_is_one_statement_on_postgresql(pg_url: str) 
     saved = programs(service.engine)[-1]
     assert (saved["source"], saved["program"], saved["cache_key"]) == ("cache", first.program, first.cache_key)
     assert saved["latency_ms"] > 0
-    assert [(e["outcome"], e["latency_ms"] > 0) for e in events(service.engine)][-1] == ("hit", True)
+    logged = events(service.engine)
+    assert [e["outcome"] for e in logged] == ["miss", "hit", "hit"]
+    hot_event = logged[-1]
+    assert hot_event["latency_ms"] > 0 and hot_event["user_id"] == "coach-client-1"
+    assert (hot_event["cache_key"], hot_event["generator_version"]) == (first.cache_key, first.generator_version)
+    assert hot_event["created_at"] >= hot.requested_at
 
 
 def test_entries_of_the_same_answers_share_their_onboarding_hash_whatever_the_access(engine: Engine) -> None:
