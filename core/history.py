@@ -188,7 +188,7 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 # sent in autocommit, so one round trip. If the entry is still that version, valid, made by
 # the wanted generator and written since `written_since`, it copies the entry's program into
 # history and logs the hit's event; otherwise it changes nothing and returns no row. It binds
-# only what a hit knows (a dozen values) and returns four: on the hot path every parameter
+# only what a hit knows (13 values) and returns four: on the hot path every parameter
 # and column costs the client more than the database. Latencies include the statement's own
 # time up to the copy.
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class KnownHit:
 
 
 def _save_known_hit() -> Any:
-    key, user_id = bindparam("cache_key", type_=Text), bindparam("user_id", type_=programs.user_id.type)
+    key = bindparam("cache_key", type_=Text)
     # NULL accepts an entry of any generator (CACHE_ON_GENERATOR_CHANGE=serve).
     wanted_generator = bindparam("generator_version", type_=Text)
     now = bindparam("now", type_=UTCDateTime())
@@ -221,7 +221,9 @@ def _save_known_hit() -> Any:
         "program": entry.c.data,
         "model": entry.c.model,
         "generator_version": entry.c.generator_version,
-        "user_id": user_id,
+        # Bound untyped, as the table stores it (an adopted table may hold uuids); the event
+        # log's user_id is text, so the event binds the same value apart.
+        "user_id": bindparam("user_id", type_=programs.user_id.type),
         "onboarding_responses": bindparam("onboarding_responses", type_=programs.onboarding_responses.type),
         "has_paid_access": bindparam("has_paid_access", type_=programs.has_paid_access.type),
         "source": literal_column("'cache'"),
@@ -237,7 +239,7 @@ def _save_known_hit() -> Any:
     )
     logged: dict[str, Any] = {
         "created_at": now,
-        "user_id": user_id,
+        "user_id": bindparam("event_user_id", type_=generation_events.c.user_id.type),
         "cache_key": key,
         "outcome": literal_column("'hit'"),
         "latency_ms": latency_ms,
@@ -275,6 +277,7 @@ def save_known_hit(
         "cache_key": key,
         "known": known_version,
         "user_id": user_id,
+        "event_user_id": user_id,
         "onboarding_responses": onboarding_responses,
         "has_paid_access": has_paid_access,
         "created_at": requested_at,

@@ -14,7 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from core.db import Database, make_engine
 from core.schema import VERSION_TABLE
+from core.service import ProgramService
+from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer
 from tests.helpers import PROFILE, start_cli
 
@@ -191,6 +194,34 @@ def test_existing_tables_are_adopted_and_every_row_outlives_the_whole_flow(
     # Columns Coach Cache added are NULL (or their default) in the rows it did not write.
     assert product.run("SELECT count(*) FROM training_programs WHERE source IS NULL") == [(2,)]
     assert product.run("SELECT DISTINCT size_bytes FROM ai_coach_cache") == [(0,)]
+
+
+def test_hits_in_one_process_are_saved_in_one_statement_on_adopted_tables(product: ProductDatabase) -> None:
+    # The hit after the first one runs as one statement, whose user id goes both into
+    # training_programs (uuid or text here) and into Coach Cache's event log (text). Had it
+    # failed, the hit would have fallen back to generating with a warning.
+    database = Database(make_engine(product.url))
+    database.ensure_schema()
+    generator = CountingGenerator()
+    service = ProgramService(engine=database.engine, generator=generator, user_id_check=database.check_user_id)
+    try:
+        results = [service.generate(user_id=USER, onboarding_responses=PROFILE, has_paid_access=True) for _ in range(4)]
+    finally:
+        database.dispose()
+    assert [(r.cache_hit, r.warnings) for r in results] == [(False, ())] + [(True, ())] * 3
+    assert generator.calls == 1
+    ids = [str(r.training_program_id) for r in results]
+    assert len(set(ids)) == 4
+    assert (
+        product.run("SELECT outcome, user_id, cache_read_error FROM generation_events ORDER BY id")
+        == [("miss", USER, False)] + [("hit", USER, False)] * 3
+    )
+    # The product's own rows have no source: these are the four this test saved.
+    saved = product.run(
+        "SELECT user_id::text, source FROM training_programs WHERE source IS NOT NULL ORDER BY created_at"
+    )
+    assert saved == [(USER, "offline")] + [(USER, "cache")] * 3
+    assert product.rows() == product.rows_before
 
 
 def test_migrating_an_adopted_database_again_changes_nothing(product: ProductDatabase) -> None:
