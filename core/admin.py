@@ -9,10 +9,10 @@ from sqlalchemy import Engine, insert, select
 
 from core import cache_store
 from core.cache_key import check_user_id
-from core.entry_fate import UNKNOWN_GENERATOR
 from core.schema import admin_actions, utcnow
 
 actions = admin_actions.c
+UNKNOWN_GENERATOR = "unknown"  # how an action names entries made before identities were recorded
 
 
 def _record(engine: Engine, *, actor: str, action: str, target: str | None, removal: cache_store.Removal) -> None:
@@ -30,14 +30,14 @@ def _record(engine: Engine, *, actor: str, action: str, target: str | None, remo
 
 
 def delete_expired_entries(engine: Engine, *, actor: str) -> cache_store.Removal:
-    removal = cache_store.delete_expired(engine)
+    removal = cache_store.delete_expired(engine, actor=actor)
     _record(engine, actor=actor, action="cleanup", target="expired program entries", removal=removal)
     return removal
 
 
 def invalidate_user(engine: Engine, *, actor: str, user_id: str) -> cache_store.Removal:
     check_user_id(user_id)
-    removal = cache_store.delete_user_entries(engine, user_id)
+    removal = cache_store.delete_user_entries(engine, user_id, actor=actor)
     _record(engine, actor=actor, action="invalidate_user", target=user_id, removal=removal)
     return removal
 
@@ -46,7 +46,7 @@ def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> c
     """Invalidate every program entry made by one generator identity (`generator_version`
     as `python -m core generate` prints it, or "unknown")."""
     version = None if generator_version == UNKNOWN_GENERATOR else generator_version
-    removal = cache_store.delete_generator_entries(engine, version)
+    removal = cache_store.delete_generator_entries(engine, version, actor=actor)
     _record(engine, actor=actor, action="retire_generator", target=generator_version, removal=removal)
     return removal
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Text, bindparam, case, cast, delete, func, literal_column, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core import entry_fate
 from core.cache_key import key_sample
 from core.db import connect_to_write
 from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, json_text, utcnow
@@ -136,6 +137,7 @@ def upsert_entry(
             "completion_tokens": completion_tokens,
         },
     )
+    entry_fate.record(connection, key=key, fate="written", at=now, entry_expires_at=now + ttl)
 
 
 @dataclass(frozen=True)
@@ -144,23 +146,30 @@ class Removal:
     bytes_reclaimed: int
 
 
-def delete_expired(engine: Engine, *, now: datetime | None = None, batch_size: int = CLEANUP_BATCH_SIZE) -> Removal:
-    """Delete expired program entries."""
-    return _delete_in_batches(engine, (_is_program_entry(), cache.expires_at <= (now or utcnow())), batch_size)
+def delete_expired(
+    engine: Engine, *, actor: str, now: datetime | None = None, batch_size: int = CLEANUP_BATCH_SIZE
+) -> Removal:
+    """Delete expired program entries, recording each key's entry as expired."""
+    now = now or utcnow()
+    conditions = (_is_program_entry(), cache.expires_at <= now)
+    return _delete_in_batches(engine, conditions, entry_fate.Removed("expired", now, actor), batch_size)
 
 
 def delete_generator_entries(
-    engine: Engine, generator_version: str | None, batch_size: int = CLEANUP_BATCH_SIZE
+    engine: Engine, generator_version: str | None, *, actor: str, batch_size: int = CLEANUP_BATCH_SIZE
 ) -> Removal:
     """Delete the program entries made by one generator identity (None: those made before
-    identities were recorded)."""
+    identities were recorded), recording each key's entry as invalidated by `actor`."""
     made_by = (
         cache.generator_version.is_(None) if generator_version is None else cache.generator_version == generator_version
     )
-    return _delete_in_batches(engine, (_is_program_entry(), made_by), batch_size)
+    fate = entry_fate.Removed("invalidated", utcnow(), actor)
+    return _delete_in_batches(engine, (_is_program_entry(), made_by), fate, batch_size)
 
 
-def _delete_in_batches(engine: Engine, conditions: tuple[Any, ...], batch_size: int) -> Removal:
+def _delete_in_batches(
+    engine: Engine, conditions: tuple[Any, ...], fate: entry_fate.Removed, batch_size: int
+) -> Removal:
     """One short transaction per batch, so that writers (misses upserting their entry) never
     wait long on a bulk deletion."""
     deleted = reclaimed = 0
@@ -169,32 +178,40 @@ def _delete_in_batches(engine: Engine, conditions: tuple[Any, ...], batch_size: 
         # The conditions are checked again on the row deleted: an entry rewritten meanwhile stays.
         statement = delete(ai_coach_cache).where(cache.id.in_(batch), *conditions)
         with connect_to_write(engine) as connection, connection.begin():
-            count, size = _delete_counting(connection, statement)
+            count, size = _delete_counting(connection, statement, fate)
         deleted += count
         reclaimed += size
         if count < batch_size:
             return Removal(deleted, reclaimed)
 
 
-def _delete_counting(connection: Connection, statement: Any) -> tuple[int, int]:
-    """Run a DELETE of cache rows; how many went and their bytes, summed in the database
-    so that a batch of thousands hands one row, not thousands, to Python."""
-    if connection.dialect.name == "postgresql":
-        removed = statement.returning(cache.size_bytes).cte("removed")
-        row = connection.execute(select(func.count(), func.coalesce(func.sum(removed.c.size_bytes), 0))).one()
+def _delete_counting(connection: Connection, statement: Any, fate: entry_fate.Removed) -> tuple[int, int]:
+    """Run a DELETE of cache rows and record each key's `fate`; how many went and
+    their bytes, summed in the database so that a batch of thousands hands one row, not
+    thousands, to Python."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        removed = statement.returning(cache.cache_key, cache.expires_at, cache.size_bytes).cte("removed")
+        recorded = fate.statement(dialect, removed).cte("recorded")
+        total = select(func.count(), func.coalesce(func.sum(removed.c.size_bytes), 0)).add_cte(recorded)
+        row = connection.execute(total).one()
         return int(row[0]), int(row[1])
     # SQLite cannot DELETE in a CTE; the transaction holds the write lock from its start
-    # (connect_to_write), so counting the same rows first is exact.
-    matched = select(cache.size_bytes).where(*statement.whereclause.clauses).subquery()
+    # (connect_to_write), so counting and recording the same rows first is exact.
+    matched = (
+        select(cache.cache_key, cache.expires_at, cache.size_bytes).where(*statement.whereclause.clauses).subquery()
+    )
     row = connection.execute(select(func.count(), func.coalesce(func.sum(matched.c.size_bytes), 0))).one()
+    connection.execute(fate.statement(dialect, matched))
     connection.execute(statement)
     return int(row[0]), int(row[1])
 
 
-def delete_user_entries(engine: Engine, user_id: str) -> Removal:
+def delete_user_entries(engine: Engine, user_id: str, *, actor: str) -> Removal:
+    """Delete a user's program entries, recording each key's entry as invalidated by `actor`."""
     statement = delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id)
     with connect_to_write(engine) as connection, connection.begin():
-        return Removal(*_delete_counting(connection, statement))
+        return Removal(*_delete_counting(connection, statement, entry_fate.Removed("invalidated", utcnow(), actor)))
 
 
 @dataclass(frozen=True)

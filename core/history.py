@@ -30,6 +30,7 @@ from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
 from core.cache_store import CacheEntry
+from core.models import PAID_ACCESS
 from core.schema import (
     ProgramId,
     UTCDateTime,
@@ -372,9 +373,6 @@ class Change:
     field: str
     before: Any
     after: Any
-
-
-PAID_ACCESS = "has_paid_access"
 
 
 def changed_answers(before: Answers, after: dict[str, Any], has_paid_access: bool) -> list[Change]:

@@ -42,6 +42,8 @@ Equipment = Literal[
 GOALS: tuple[Goal, ...] = get_args(Goal)
 EXPERIENCE_LEVELS: tuple[ExperienceLevel, ...] = get_args(ExperienceLevel)
 EQUIPMENT: tuple[Equipment, ...] = get_args(Equipment)
+# The paid-access flag, named as an answer is when what changed between two requests is listed.
+PAID_ACCESS = "has_paid_access"
 
 
 def _integral_float_to_int(value: Any) -> Any:

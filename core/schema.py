@@ -201,6 +201,22 @@ admin_actions = Table(
 )
 
 
+# What last happened to each program key's cache entry, recorded when it happened: one row
+# per key, replaced by each write, failed write, invalidation or cleanup of its entry. Miss
+# reasons are read from it, never from the request log (core/entry_fate.py).
+cache_entry_fates = Table(
+    "cache_entry_fates",
+    metadata,
+    Column("cache_key", String(512), primary_key=True),
+    Column("fate", String(16), nullable=False),  # written | not_cached | invalidated | expired
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    # Until when the entry was (or would have been) valid; NULL when no entry was written.
+    Column("entry_expires_at", UTCDateTime(), nullable=True),
+    # Who removed it (an admin's e-mail, `dashboard` or `cli`; for cleanup, who ran it).
+    Column("actor", String(320), nullable=True),
+)
+
+
 # Who is generating each key right now, until when (renewed while the generation runs).
 generation_leases = Table(
     "generation_leases",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from time import perf_counter
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from core import cache_store, entry_fate, history, single_flight
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error, is_postgres
+from core.entry_fate import Lookup, MissReason
 from core.generators import Generation, GenerationError, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord, Source
 from core.logs import FIELDS
@@ -41,18 +42,6 @@ from core.single_flight import SingleFlightTimeout
 
 log = logging.getLogger(__name__)
 
-MissReason = Literal[
-    "first_generation",
-    "expired",
-    "profile_changed",
-    "access_changed",
-    "forced_refresh",
-    "cache_unavailable",
-    "invalid_entry",
-    "generator_changed",
-    "invalidated",
-    "not_cached",
-]
 # What each reason means, as a coach reads it beside "Cache miss".
 MISS_REASON_TEXT: dict[MissReason, str] = {
     "first_generation": "first program for this user",
@@ -64,6 +53,7 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "invalid_entry": "the cached program no longer passed validation",
     "generator_changed": "it was made by another generator (model, prompt or rules)",
     "invalidated": "its cached program was invalidated by an admin",
+    "removed": "its cached program was deleted outside Coach Cache before it expired",
     "not_cached": "the last program for these answers could not be cached",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
@@ -210,17 +200,6 @@ class ValidatedPrograms:
                 self._bytes -= len(evicted)
 
 
-@dataclass(frozen=True)
-class _Lookup:
-    """Why the cache could not serve: no entry, an expired or invalid one, or a failed read."""
-
-    entry: cache_store.CacheEntry | None = None
-    invalid: bool = False
-    failed: bool = False
-    # A valid entry made by another generator identity (CACHE_ON_GENERATOR_CHANGE=regenerate).
-    generator_changed: bool = False
-
-
 @dataclass
 class ProgramService:
     engine: Engine
@@ -264,7 +243,7 @@ class ProgramService:
         profile = parse_onboarding(onboarding_responses)
         key = cache_key(user_id, profile, has_paid_access, self.key_secret)
         request = _Request(user_id, profile, has_paid_access, key, force_refresh)
-        lookup = _Lookup() if force_refresh else self._try_cache(request)
+        lookup = Lookup() if force_refresh else self._try_cache(request)
         if isinstance(lookup, GenerationResult):
             return self._logged(request, lookup)
         reason, changed = self._miss_reason(request, lookup)
@@ -314,7 +293,7 @@ class ProgramService:
         served = self._try_cache(request, written_since)
         return served if isinstance(served, GenerationResult) else None
 
-    def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | _Lookup:
+    def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
         """Serve a hit, or say why not. A hit is one connection: look up, save to history,
         log the event. On PostgreSQL a hit on an entry version validated here before is one
         statement in autocommit (one round trip); otherwise one transaction."""
@@ -360,11 +339,11 @@ class ProgramService:
                 connection.rollback()
                 return self._read_failed(request, exc)
             if entry is None or not entry.is_valid(now):
-                return _Lookup(entry)
+                return Lookup(entry)
             if written_since is not None and entry.created_at < written_since:
-                return _Lookup(entry)
+                return Lookup(entry)
             if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
-                return _Lookup(entry, generator_changed=True)
+                return Lookup(entry, generator_changed=True)
             if known is not None and entry.data_json in (None, known[1]):
                 # Validated here before: this very row version (PostgreSQL sent no program),
                 # or this very text (SQLite has no row versions; comparing 36 KB costs
@@ -376,7 +355,7 @@ class ProgramService:
                     parse_program_json(program_json, request.profile)
                 except ContractError as exc:
                     log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
-                    return _Lookup(entry, invalid=True)
+                    return Lookup(entry, invalid=True)
                 self.validated.remember(request.key, entry.row_version, program_json)
             result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
             event = GenerationEvent(
@@ -389,47 +368,32 @@ class ProgramService:
             record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
             return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
 
-    def _read_failed(self, request: _Request, exc: DBAPIError) -> _Lookup:
+    def _read_failed(self, request: _Request, exc: DBAPIError) -> Lookup:
         log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
         request.cache_read_error = True
         warning = "The cache could not be read; the program was generated instead."
         if warning not in request.warnings:  # a waiter may fail to read more than once
             request.warnings.append(warning)
-        return _Lookup(failed=True)
+        return Lookup(failed=True)
 
-    def _miss_reason(self, request: _Request, lookup: _Lookup) -> tuple[MissReason, tuple[str, ...]]:
-        if request.force_refresh:
-            return "forced_refresh", ()
-        if lookup.failed:
-            return "cache_unavailable", ()
-        if lookup.invalid:
-            return "invalid_entry", ()
-        if lookup.generator_changed:
-            return "generator_changed", ()
-        # From what the database recorded, so the same situation gives the same reason
-        # whether or not cleanup has deleted an expired entry yet.
-        try:
-            with self.engine.connect() as connection:
-                fate = (
-                    "expired"
-                    if lookup.entry is not None  # still there, expired
-                    else entry_fate.why_no_entry(connection, key=request.key, user_id=request.user_id, now=utcnow())
-                )
-                baseline = history.latest_answers(connection, request.user_id)
-        except DBAPIError as exc:
-            log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
-            return "cache_unavailable", ()
-        if baseline is not None:
-            answers = request.profile.normalized()
-            changed = tuple(c.field for c in history.changed_answers(baseline, answers, request.has_paid_access))
-            if changed == (history.PAID_ACCESS,):
-                return "access_changed", changed
-            if changed:
-                return "profile_changed", changed
-        if fate is not None:
-            return fate, ()
-        # Programs of this user from before requests were recorded per key: the likeliest.
-        return ("first_generation", ()) if baseline is None else ("expired", ())
+    def _miss_reason(self, request: _Request, lookup: Lookup) -> tuple[MissReason, tuple[str, ...]]:
+        """Why the cache did not serve, from what the database recorded about this key (and,
+        for a key that never had an entry, the user's previous program): entry_fate decides."""
+        record, changed = None, None
+        if not (request.force_refresh or lookup.failed):
+            try:
+                with self.engine.connect() as connection:
+                    record = entry_fate.read_record(connection, request.key)
+                    previous = history.latest_answers(connection, request.user_id)
+            except DBAPIError as exc:
+                log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
+                return "cache_unavailable", ()
+            if previous is not None:
+                changes = history.changed_answers(previous, request.answers, request.has_paid_access)
+                changed = tuple(c.field for c in changes)
+        return entry_fate.miss_reason(
+            forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=utcnow()
+        )
 
     def _generate_and_store(
         self,
@@ -478,6 +442,7 @@ class ProgramService:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
             request.warnings.append("The program could not be cached; the next request will generate again.")
             written_at = None
+            self._record_not_cached(request.key, now)
 
         identity = self.generator.identity
         record = request.record(program_json, identity.source, generation, generator_version=identity.version)
@@ -575,6 +540,14 @@ class ProgramService:
                 model=self.generator.identity.model,
             )
         )
+
+    def _record_not_cached(self, key: str, at: datetime) -> None:
+        """The key's next miss says so; the same fault may well stop this record too."""
+        try:
+            with self.engine.begin() as connection:
+                entry_fate.record(connection, key=key, fate="not_cached", at=at)
+        except DBAPIError as exc:
+            log.warning("Could not record that %s was not cached: %s", key, describe_db_error(exc))
 
     def _record_event(self, event: GenerationEvent) -> None:
         # Monitoring must never turn a served request into a failed one.

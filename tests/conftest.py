@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -16,6 +18,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
+from core.cli import main as cli_main
 from core.db import make_engine, migrate
 from core.service import ProgramService
 from testkit.counting import CountingGenerator
@@ -164,6 +167,41 @@ def app_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]
 
     yield make
     st.cache_resource.clear()  # releases (disposes) the app's engine
+
+
+@dataclass(frozen=True)
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        assert self.code == 0, self.stderr
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
+    """`python -m core ARGS` on `database_url` in this process (`core.cli.main`), for tests
+    where the process boundary is not the point: its exit code, stdout and stderr."""
+
+    def run(database_url: str, *args: str, **env: str) -> CliRun:
+        core_logger = logging.getLogger("core")
+        kept = (core_logger.handlers[:], core_logger.level, core_logger.propagate)
+        capsys.readouterr()
+        try:
+            with monkeypatch.context() as patch:
+                patch.setenv("DATABASE_URL", database_url)
+                for name, value in env.items():
+                    patch.setenv(name, value)
+                code = cli_main(list(args))
+        finally:
+            # main() points the `core` loggers at stderr; the next test's caplog needs them back.
+            core_logger.handlers[:], core_logger.level, core_logger.propagate = kept[0], kept[1], kept[2]
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err)
+
+    return run
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, insert, select, update
 
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS
-from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
+from core.schema import ai_coach_cache, cache_entry_fates, generation_events, training_programs, utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 # Settings read a `.env` from the working directory: the checkout's (a developer's own)
@@ -82,14 +82,14 @@ def insert_entries(engine: Engine, keys: list[str], *, expired: bool) -> None:
 
 def expire_entries(engine: Engine, *where: Any, ago: timedelta = timedelta(hours=1)) -> None:
     """Make the cache entries matching `where` (all when none) expired `ago`, as time would:
-    the entry and the record of the miss that wrote it (its event) alike."""
+    the entry and the record of its key's fate alike."""
     expired_at = utcnow() - ago
     with engine.begin() as connection:
         keys = connection.execute(select(ai_coach_cache.c.cache_key).where(*where)).scalars().all()
         connection.execute(update(ai_coach_cache).where(*where).values(expires_at=expired_at))
         connection.execute(
-            update(generation_events)
-            .where(generation_events.c.cache_key.in_(keys), generation_events.c.entry_expires_at.is_not(None))
+            update(cache_entry_fates)
+            .where(cache_entry_fates.c.cache_key.in_(keys), cache_entry_fates.c.entry_expires_at.is_not(None))
             .values(entry_expires_at=expired_at)
         )
 

@@ -127,7 +127,7 @@ def test_cleanup_works_in_batches(engine: Engine) -> None:
 
     for i in range(10):
         insert_entries(engine, [f"program:uu{i}:paidfalse:dx"], expired=True)
-    removal = delete_expired(engine, batch_size=3)
+    removal = delete_expired(engine, actor="test", batch_size=3)
     assert (removal.deleted, removal.bytes_reclaimed) == (10, 1000)
 
 

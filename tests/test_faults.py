@@ -81,7 +81,7 @@ def test_cleanup_while_hits_are_served_fails_no_request_and_keeps_valid_entries(
     reader.start()
     cleaning.set()
     try:
-        removal = delete_expired(engine, batch_size=500)
+        removal = delete_expired(engine, actor="test", batch_size=500)
     finally:
         cleaning.clear()
         reader.join()

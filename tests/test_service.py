@@ -464,27 +464,7 @@ def test_with_serve_an_entry_of_another_generator_is_still_a_hit_that_says_who_m
     assert programs(service.engine)[-1]["model"] == "offline-rules-v1"
 
 
-# Miss reasons from what the database recorded about the key, whether or not cleanup ran.
-
-
-@pytest.mark.parametrize("cleanup", [False, True], ids=["before-cleanup", "after-cleanup"])
-def test_an_expired_entry_is_expired_before_and_after_cleanup(service: ProgramService, cleanup: bool) -> None:
-    generate(service)
-    expire_entries(service.engine)
-    if cleanup:
-        assert cache_store.delete_expired(service.engine).deleted == 1
-    assert generate(service).miss_reason == "expired"
-
-
-@pytest.mark.parametrize("cleanup", [False, True], ids=["before-cleanup", "after-cleanup"])
-def test_a_change_of_access_is_named_before_and_after_cleanup(service: ProgramService, cleanup: bool) -> None:
-    generate(service, has_paid_access=False)
-    generate(service, has_paid_access=True)
-    expire_entries(service.engine)
-    if cleanup:
-        assert cache_store.delete_expired(service.engine).deleted == 2
-    again = generate(service, has_paid_access=False)
-    assert (again.miss_reason, again.changed_fields) == ("access_changed", ("has_paid_access",))
+# Miss reasons from what the database recorded about the key (more in test_miss_reasons.py).
 
 
 @pytest.mark.parametrize("how", ["user", "generator"])
