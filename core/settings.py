@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,6 +18,12 @@ from core.logs import LEVELS, LogFormat
 OFFLINE_MODEL = "offline-rules-v1"
 
 DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
+# Bounds that keep every setting a value the code can compute with: an expiry a year ahead
+# is still a date, a price above $10,000 per million tokens is a typo.
+MAX_TTL_HOURS = 24 * 366
+MAX_PRICE_PER_MILLION = 10_000.0
+MAX_MODEL_PRICES_BYTES = 64 * 1024
+SHOWN_VALUE_CHARS = 60
 
 
 class ModelPrice(BaseModel):
@@ -23,8 +31,8 @@ class ModelPrice(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    input: float = Field(ge=0, le=MAX_PRICE_PER_MILLION, allow_inf_nan=False)
+    output: float = Field(ge=0, le=MAX_PRICE_PER_MILLION, allow_inf_nan=False)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
@@ -57,7 +65,7 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
-    cache_ttl_hours: float = Field(default=24.0, gt=0)
+    cache_ttl_hours: float = Field(default=24.0, gt=0, le=MAX_TTL_HOURS, allow_inf_nan=False)
     # Keys the cache key's digest (HMAC-SHA-256) so it cannot be reversed by trying answers.
     # Every instance must share it; changing it starts a new cache (old entries just expire).
     cache_key_secret: SecretStr | None = None
@@ -67,20 +75,20 @@ class Settings(BaseSettings):
     # One attempt may take as long as the largest program takes to write: 16 k tokens at a
     # slow 150 tokens/s is about 110 s. Each retry can be billed again (a timed-out
     # generation usually still runs to its end on the server), hence one retry by default.
-    llm_timeout_seconds: float = Field(default=120.0, gt=0)
-    llm_max_retries: int = Field(default=1, ge=0)
+    llm_timeout_seconds: float = Field(default=120.0, gt=0, le=3600, allow_inf_nan=False)
+    llm_max_retries: int = Field(default=1, ge=0, le=10)
     # The largest valid program (8 weeks x 7 sessions, long notes) is about 43 KB of JSON,
     # 11-12 k tokens; the cap leaves room for wordier exercise notes.
-    llm_max_completion_tokens: int = Field(default=16_000, ge=1_000)
+    llm_max_completion_tokens: int = Field(default=16_000, ge=1_000, le=1_000_000)
     # USD per million tokens by model, for monitoring's spend and savings: MODEL_PRICES (JSON,
     # e.g. {"my-model": {"input": 1.0, "output": 2.0}}) adds models or overrides listed ones.
     model_prices: Annotated[dict[str, ModelPrice], NoDecode] = DEFAULT_MODEL_PRICES
     # How long a request waits for a concurrent identical generation; None derives it
     # from the LLM's own worst case so a waiter never gives up on a call still in flight.
-    single_flight_wait_seconds: float | None = Field(default=None, gt=0)
+    single_flight_wait_seconds: float | None = Field(default=None, gt=0, le=24 * 3600, allow_inf_nan=False)
     # A second identical click on "Generate program" this soon after the first one's request
     # was served is the rest of a double click: it shows that result, it does not generate.
-    double_click_seconds: float = Field(default=1.0, ge=0)
+    double_click_seconds: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
     # One line per request at INFO; WARNING keeps only problems. `json` for log shippers.
     log_level: str = "INFO"
     log_format: LogFormat = "text"
@@ -102,14 +110,36 @@ class Settings(BaseSettings):
             raise ValueError("not a database URL (sqlite:///path or postgresql://user@host/db)") from None
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{backend} is not supported (sqlite:///path or postgresql://user@host/db)")
+        if "@" in (make_url(url).host or ""):
+            # The value is not repeated: what looks like a host holds the end of a password.
+            raise ValueError("its host part holds an '@': write an '@' in the password as %40")
+        return url
+
+    @field_validator("openai_api_key")
+    @classmethod
+    def _printable_key(cls, key: SecretStr | None) -> SecretStr | None:
+        # An HTTP header is ASCII: a pasted curly quote or non-breaking space fails every call.
+        if key is not None and not re.fullmatch(r"[\x21-\x7e]*", key.get_secret_value()):
+            raise ValueError("must be printable ASCII with no spaces (check for a pasted quote or space)")
+        return key
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not (urlsplit(url).scheme in ("http", "https") and urlsplit(url).hostname):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1")
         return url
 
     @field_validator("model_prices", mode="before")
     @classmethod
     def _parse_prices(cls, value: object) -> object:
         if isinstance(value, str):
+            if len(value.encode()) > MAX_MODEL_PRICES_BYTES:
+                raise ValueError(f"must be at most {MAX_MODEL_PRICES_BYTES // 1024} KB of JSON")
             try:
                 value = json.loads(value)
+            except RecursionError:
+                raise ValueError("is nested too deeply: a model's price is one level down") from None
             except ValueError:
                 raise ValueError('must be JSON like {"gpt-4.1": {"input": 2.0, "output": 8.0}}') from None
         return value
@@ -167,7 +197,17 @@ class Settings(BaseSettings):
     def describe_generator(self) -> str:
         if not self.uses_openai:
             return "Offline rule-based generator"
-        return f"OpenAI {self.openai_model} at {self.openai_base_url or 'api.openai.com'}"
+        return f"OpenAI {self.openai_model} at {_without_userinfo(self.openai_base_url or 'https://api.openai.com/v1')}"
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL as the UI may show it: a `user:password@` in it is left out."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # Values never repeated in an error message: they may hold a password or a key.
@@ -182,7 +222,10 @@ def describe_configuration_error(exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else ""
         # Inside a JSON value, the path to the bad part: MODEL_PRICES.gpt-4.1.input=-1.
         path = "".join(f".{part}" for part in error["loc"][1:])
-        shown = "" if field in _SECRET_FIELDS or error["type"] == "missing" else f"={error['input']}"
+        value = str(error["input"])
+        if len(value) > SHOWN_VALUE_CHARS:
+            value = value[: SHOWN_VALUE_CHARS - 1] + "…"
+        shown = "" if field in _SECRET_FIELDS or error["type"] == "missing" else f"={value}"
         rule = error["msg"].removeprefix("Value error, ")
         problems.append(f"{field.upper()}{path}{shown}: {rule}")
     return "configuration: " + "; ".join(problems)

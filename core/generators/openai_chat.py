@@ -142,8 +142,7 @@ class OpenAIChatGenerator:
         if isinstance(exc, openai.APIConnectionError):
             return "could not connect to the LLM server"
         if isinstance(exc, openai.APIStatusError):
-            said = _server_message(exc.body)
-            said = said.replace(self._api_key, "[key]") if self._api_key else said
+            said = _one_line(_redacted(_server_message(exc.body), self._api_key))
             return f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
         return f"the LLM call failed: {type(exc).__name__}"
 
@@ -172,8 +171,21 @@ def _server_message(body: object) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         message = inner.get("message") or inner.get("detail") if isinstance(inner, dict) else inner
-        return _one_line(str(message)) if message else ""
-    return _one_line(body) if isinstance(body, str) else ""
+        return str(message) if message else ""
+    return body if isinstance(body, str) else ""
+
+
+_ESCAPED = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|%([0-9a-fA-F]{2})")
+
+
+def _redacted(text: str, secret: str) -> str:
+    """`text` without `secret`, also where it was written escaped (`sk\\u002d…`, `sk%2D…`): a
+    server may echo the key it was sent. Redacted whole before the text is shortened, so no
+    prefix of the key survives a cut either."""
+    if not secret:
+        return text
+    decoded = _ESCAPED.sub(lambda m: chr(int(next(g for g in m.groups() if g), 16)), text)
+    return decoded.replace(secret, "[key]")
 
 
 def _one_line(text: str) -> str:

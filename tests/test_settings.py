@@ -1,0 +1,116 @@
+"""Settings an operator can get wrong: every one is refused in one line naming the variable
+and the rule (exit 2, nothing written), and nothing secret is ever shown."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import Engine
+from streamlit.testing.v1 import AppTest
+
+from core.generators import OpenAIChatGenerator
+from core.generators.openai_chat import SERVER_MESSAGE_CHARS
+from core.service import GenerationFailed, ProgramService
+from core.settings import Settings
+from tests.conftest import CliRun
+from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.helpers import PROFILE
+
+NESTED = "[" * 5_000 + "]" * 5_000
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"CACHE_TTL_HOURS": "1e9"}, "CACHE_TTL_HOURS=1e9: Input should be less than or equal to 8784"),
+        ({"CACHE_TTL_HOURS": "1e12"}, "CACHE_TTL_HOURS=1e12: Input should be less than or equal to 8784"),
+        ({"CACHE_TTL_HOURS": "inf"}, "CACHE_TTL_HOURS=inf: Input should be a finite number"),
+        ({"CACHE_TTL_HOURS": "nan"}, "CACHE_TTL_HOURS=nan: Input should be a finite number"),
+        ({"LLM_TIMEOUT_SECONDS": "inf"}, "LLM_TIMEOUT_SECONDS=inf: Input should be a finite number"),
+        ({"OPENAI_API_KEY": "sk-t\u00e9st"}, "OPENAI_API_KEY: must be printable ASCII with no spaces"),
+        ({"OPENAI_API_KEY": "\u201csk-test\u201d"}, "OPENAI_API_KEY: must be printable ASCII with no spaces"),
+        ({"OPENAI_BASE_URL": "127.0.0.1:8000/v1"}, "OPENAI_BASE_URL=127.0.0.1:8000/v1: must be an http://"),
+        ({"MODEL_PRICES": NESTED}, "MODEL_PRICES=" + "[" * 59 + "…: is nested too deeply"),
+        (
+            {"MODEL_PRICES": '{"gpt-4.1": {"input": Infinity, "output": 8}}'},
+            "MODEL_PRICES.gpt-4.1.input=inf: Input should be a finite number",
+        ),
+        (
+            {"MODEL_PRICES": '{"gpt-4.1": {"input": 1e308, "output": 8}}'},
+            "MODEL_PRICES.gpt-4.1.input=1e+308: Input should be less than or equal to 10000",
+        ),
+        (
+            {"MODEL_PRICES": json.dumps({f"model-{i}": {"input": 1, "output": 2} for i in range(2_000)})},
+            "must be at most 64 KB of JSON",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://coach:Pg@Pw_Z9q@127.0.0.1:5432/coach"},
+            "DATABASE_URL: its host part holds an '@': write an '@' in the password as %40",
+        ),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_a_bad_setting_is_one_short_line_naming_it(
+    cli: Callable[..., CliRun], tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE))
+    url = env.pop("DATABASE_URL", f"sqlite:///{tmp_path}/coach.db")
+    for args in (["stats"], ["generate", "--user-id", "u1", "--profile", str(profile)]):
+        done = cli(url, *args, **env)
+        assert (done.code, done.stdout) == (2, "")
+        [line] = done.stderr.splitlines()
+        assert line.startswith("error: configuration: ") and says in line
+        assert len(line) < 300
+        for secret in ("t\u00e9st", "Pw_Z9q", "sk-test"):
+            assert secret not in line
+    assert not (tmp_path / "coach.db").exists()
+
+
+def test_the_generator_is_described_without_the_base_urls_password() -> None:
+    settings = Settings(openai_api_key="sk-test", openai_base_url="http://user:pa55word@127.0.0.1:8000/v1")
+    assert settings.describe_generator() == "OpenAI gpt-4o-mini at http://127.0.0.1:8000/v1"
+    assert Settings(openai_api_key="sk-test").describe_generator() == "OpenAI gpt-4o-mini at https://api.openai.com/v1"
+
+
+def test_the_sidebar_never_shows_the_base_urls_password(
+    app_test: Callable[..., AppTest], tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    with_password = fake_openai.base_url.replace("http://", "http://user:pa55word@")
+    app = app_test(f"sqlite:///{tmp_path}/coach.db", OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=with_password)
+    app.run()
+    sidebar = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"{urlsplit(fake_openai.base_url).port}/v1" in sidebar  # the server is named (escaped markdown)
+    assert "pa55word" not in sidebar and "user:" not in sidebar and "sk-test" not in sidebar
+
+
+@pytest.mark.parametrize(
+    "echoed", ["sk\\u002dtest-secret-key-0123", "sk%2Dtest-secret-key-0123", "sk-test-secret-key-0123"]
+)
+def test_an_api_key_the_server_echoes_is_never_shown_however_it_is_escaped(
+    engine: Engine, fake_openai: FakeOpenAI, echoed: str
+) -> None:
+    key = "sk-test-secret-key-0123"
+    # The key across the cut that keeps a message to one line: not even its start may show.
+    said_before = "Incorrect API key provided: "
+    message = said_before + "x" * (SERVER_MESSAGE_CHARS - len(said_before) - 12) + echoed
+    fake_openai.reset(Behaviour(mode="status", status=401, message=message))
+    generator = OpenAIChatGenerator(
+        api_key=key,
+        model="gpt-test",
+        base_url=fake_openai.base_url,
+        timeout_seconds=5,
+        max_retries=0,
+        max_completion_tokens=16_000,
+    )
+    service = ProgramService(engine=engine, generator=generator)
+    with pytest.raises(GenerationFailed) as failed:
+        service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    said = str(failed.value)
+    assert "HTTP 401" in said
+    for piece in ("sk-test", "secret-key", "sk\\u002d", "sk%2D"):
+        assert piece not in said
