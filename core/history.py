@@ -310,12 +310,6 @@ def insert_program_and_event(
     return program_id
 
 
-def save_program(engine: Engine, record: HistoryRecord) -> ProgramId:
-    """Save again a program whose first save failed."""
-    with engine.begin() as connection:
-        return insert_program(connection, record)
-
-
 @dataclass(frozen=True)
 class ProgramRow:
     # Rows written before an adopted table was adopted have no source, answers or latency.

@@ -87,9 +87,11 @@ class GenerationResult:
     generator_version: str | None = None
     warnings: tuple[str, ...] = ()
     # Set when the program was produced but saving it to history failed: `unsaved` is what
-    # `ProgramService.save_again` saves.
+    # `ProgramService.save_again` saves, with the request's event if that could not be
+    # recorded either (a miss's event carries the tokens it was billed).
     history_error: str | None = None
     unsaved: HistoryRecord | None = None
+    unsaved_event: GenerationEvent | None = None
 
     @cached_property
     def program(self) -> TrainingProgram:
@@ -279,15 +281,19 @@ class ProgramService:
         return result
 
     def save_again(self, result: GenerationResult) -> GenerationResult:
-        """Save a program whose history save failed; the result says whether it worked."""
+        """Save a program whose history save failed, with its event if that is still to be
+        recorded, in one transaction; the result says whether it worked."""
         if result.unsaved is None:
             return result
         try:
-            program_id = history.save_program(self.engine, result.unsaved)
+            with self.engine.begin() as connection:
+                program_id = history.insert_program(connection, result.unsaved)
+                if result.unsaved_event is not None:
+                    history.insert_event(connection, result.unsaved_event)
         except DBAPIError as exc:
             message = f"The program could not be saved to history ({describe_db_error(exc)})."
             return replace(result, history_error=message)
-        return replace(result, training_program_id=program_id, history_error=None, unsaved=None)
+        return replace(result, training_program_id=program_id, history_error=None, unsaved=None, unsaved_event=None)
 
     def _hit_or_none(self, request: _Request, written_since: datetime | None) -> GenerationResult | None:
         served = self._try_cache(request, written_since)
@@ -504,8 +510,9 @@ class ProgramService:
         except DBAPIError as exc:
             message = f"The program could not be saved to history ({describe_db_error(exc)})."
             log.error("History save failed for %s: %s", request.key, message)
-            self._record_event(replace(event, history_error=True, error=message))
-            return replace(result, history_error=message, unsaved=record)
+            failed = replace(event, history_error=True, error=message)
+            pending = None if self._record_event(failed) else failed
+            return replace(result, history_error=message, unsaved=record, unsaved_event=pending)
         return replace(result, training_program_id=program_id)
 
     def _record_failure(
@@ -549,10 +556,12 @@ class ProgramService:
         except DBAPIError as exc:
             log.warning("Could not record that %s was not cached: %s", key, describe_db_error(exc))
 
-    def _record_event(self, event: GenerationEvent) -> None:
-        # Monitoring must never turn a served request into a failed one.
+    def _record_event(self, event: GenerationEvent) -> bool:
+        """Whether it was recorded: monitoring must never turn a served request into a failed one."""
         try:
             with self.engine.begin() as connection:
                 history.insert_event(connection, event)
         except DBAPIError as exc:
             log.warning("Could not record the generation event: %s", describe_db_error(exc))
+            return False
+        return True

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, event, select, update
 
 from core import admin, cache_store, history
 from core.db import make_engine
-from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator
+from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator, OpenAIChatGenerator
 from core.history import HistoryFilter
 from core.models import ContractError, OnboardingResponses
 from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
@@ -20,6 +20,7 @@ from core.service import MISS_REASON_TEXT, MISS_REASONS, GenerationFailed, Progr
 from core.single_flight import SingleFlightTimeout
 from testkit.counting import CountingGenerator
 from tests.conftest import Faults
+from tests.fake_openai import FakeOpenAI
 from tests.helpers import PROFILE, count_rows, expire_entries, table_counts
 
 
@@ -268,6 +269,34 @@ def test_history_save_error_is_reported_with_the_program_and_can_be_saved_again(
     assert saved.history_error is None and saved.unsaved is None
     assert programs(faults.engine)[0]["id"] == saved.training_program_id
     assert programs(faults.engine)[0]["program"] == result.program
+    assert len(events(faults.engine)) == 1  # the request's event was recorded the first time
+
+
+def test_a_billed_miss_whose_event_could_not_be_recorded_is_recorded_when_its_program_is_saved(
+    faults: Faults, fake_openai: FakeOpenAI
+) -> None:
+    generator = OpenAIChatGenerator(
+        api_key="sk-test",
+        model="gpt-test",
+        base_url=fake_openai.base_url,
+        timeout_seconds=5,
+        max_retries=0,
+        max_completion_tokens=16_000,
+    )
+    service = ProgramService(engine=faults.engine, generator=generator)
+    faults.deny("training_programs", "INSERT")
+    faults.deny("generation_events", "INSERT")
+    result = generate(service)
+    assert result.history_error and result.program["weeks"] and events(faults.engine) == []
+
+    faults.allow("training_programs", "INSERT")
+    faults.allow("generation_events", "INSERT")
+    saved = service.save_again(result)
+    [event] = events(faults.engine)
+    assert saved.history_error is None and saved.unsaved_event is None
+    assert (event["outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("miss", 420, 1800)
+    assert event["history_error"] is True
+    assert service.save_again(saved) is saved and len(programs(faults.engine)) == 1
 
 
 def test_every_miss_reason_has_the_text_a_coach_reads() -> None:
