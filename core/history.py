@@ -14,18 +14,10 @@ from typing import Any, BinaryIO, Literal, cast, get_args
 from sqlalchemy import (
     Connection,
     Engine,
-    Float,
-    Text,
     bindparam,
-    extract,
-    func,
     insert,
-    literal_column,
-    or_,
     select,
-    true,
 )
-from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
@@ -33,7 +25,6 @@ from core.cache_store import CacheEntry
 from core.models import PAID_ACCESS
 from core.schema import (
     ProgramId,
-    UTCDateTime,
     ai_coach_cache,
     generation_events,
     json_text,
@@ -74,8 +65,7 @@ class GenerationEvent:
         return replace(self, **{name: getattr(entry, field) for name, field in _EVENT_FROM_ENTRY.items()})
 
 
-# A hit event's columns taken from the entry it served (here, and inside PostgreSQL's
-# one-statement hit).
+# A hit event's columns taken from the entry it served.
 _EVENT_FROM_ENTRY = {
     "generator_version": "generator_version",
     "model": "model",
@@ -185,114 +175,6 @@ _PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).
 )
 
 
-# PostgreSQL, a hit on an entry version this process has validated before: one statement,
-# sent in autocommit, so one round trip. If the entry is still that version, valid, made by
-# the wanted generator and written since `written_since`, it copies the entry's program into
-# history and logs the hit's event; otherwise it changes nothing and returns no row. It binds
-# only what a hit knows (13 values) and returns four: on the hot path every parameter
-# and column costs the client more than the database. Latencies include the statement's own
-# time up to the copy.
-@dataclass(frozen=True)
-class KnownHit:
-    program_id: ProgramId
-    expires_at: datetime
-    model: str | None
-    generator_version: str | None
-
-
-def _save_known_hit() -> Any:
-    key = bindparam("cache_key", type_=Text)
-    # NULL accepts an entry of any generator (CACHE_ON_GENERATOR_CHANGE=serve).
-    wanted_generator = bindparam("generator_version", type_=Text)
-    now = bindparam("now", type_=UTCDateTime())
-    entry = (
-        select(cache.data, cache.expires_at, *(cache[column] for column in _EVENT_FROM_ENTRY.values()))
-        .where(
-            cache.cache_key == key,
-            sql_cast(literal_column("ai_coach_cache.xmin"), Text) == bindparam("known", type_=Text),
-            or_(wanted_generator.is_(None), cache.generator_version == wanted_generator),
-            cache.expires_at > now,
-            cache.created_at >= bindparam("written_since", type_=UTCDateTime()),
-        )
-        .cte("entry")
-    )
-    elapsed_ms = extract("epoch", func.clock_timestamp() - func.statement_timestamp()) * literal_column("1000")
-    latency_ms = bindparam("latency_ms", type_=Float) + elapsed_ms
-    copied: dict[str, Any] = {
-        "program": entry.c.data,
-        "model": entry.c.model,
-        "generator_version": entry.c.generator_version,
-        # Bound untyped, as the table stores it (an adopted table may hold uuids); the event
-        # log's user_id is text, so the event binds the same value apart.
-        "user_id": bindparam("user_id", type_=programs.user_id.type),
-        "onboarding_responses": bindparam("onboarding_responses", type_=programs.onboarding_responses.type),
-        "has_paid_access": bindparam("has_paid_access", type_=programs.has_paid_access.type),
-        "source": literal_column("'cache'"),
-        "cache_key": key,
-        "created_at": bindparam("created_at", type_=UTCDateTime()),
-        "latency_ms": latency_ms,
-    }
-    saved = (
-        insert(training_programs)
-        .from_select(list(copied), select(*copied.values()))
-        .returning(programs.id)
-        .cte("saved")
-    )
-    logged: dict[str, Any] = {
-        "created_at": now,
-        "user_id": bindparam("event_user_id", type_=generation_events.c.user_id.type),
-        "cache_key": key,
-        "outcome": literal_column("'hit'"),
-        "latency_ms": latency_ms,
-        "cache_read_error": bindparam("cache_read_error", type_=generation_events.c.cache_read_error.type),
-        "key_sample": bindparam("key_sample", type_=generation_events.c.key_sample.type),
-        **{name: entry.c[column] for name, column in _EVENT_FROM_ENTRY.items()},
-    }
-    log_event = insert(generation_events).from_select(list(logged), select(*logged.values())).cte("logged")
-    served = select(saved.c.id, entry.c.expires_at, entry.c.model, entry.c.generator_version)
-    return served.select_from(saved.join(entry, true())).add_cte(log_event)
-
-
-_SAVE_KNOWN_HIT = _save_known_hit()
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def save_known_hit(
-    connection: Connection,
-    *,
-    key: str,
-    known_version: str,
-    user_id: str,
-    onboarding_responses: dict[str, Any],
-    has_paid_access: bool,
-    requested_at: datetime,
-    latency_ms: float,
-    cache_read_error: bool,
-    now: datetime,
-    written_since: datetime | None,
-    generator_version: str | None,
-) -> KnownHit | None:
-    """PostgreSQL: save the hit on `key` if its entry is still `known_version` and usable
-    (see the statement above); None, with nothing written, if it is not."""
-    params = {
-        "cache_key": key,
-        "known": known_version,
-        "user_id": user_id,
-        "event_user_id": user_id,
-        "onboarding_responses": onboarding_responses,
-        "has_paid_access": has_paid_access,
-        "created_at": requested_at,
-        "latency_ms": latency_ms,
-        "cache_read_error": cache_read_error,
-        "key_sample": key_sample(key),
-        "now": now,
-        "written_since": written_since or EARLIEST,
-        "generator_version": generator_version,
-    }
-    row = connection.execute(_SAVE_KNOWN_HIT, params).first()
-    return KnownHit(*row) if row else None
-
-
 def insert_program_and_event(
     connection: Connection, record: HistoryRecord, event: GenerationEvent, *, entry_written_at: datetime | None
 ) -> ProgramId:
@@ -303,7 +185,8 @@ def insert_program_and_event(
         row = connection.execute(_PROGRAM_AND_EVENT, params).first()
         if row is not None:
             return row[0]
-        # The entry changed since it was read; the event is in, the program goes as sent.
+        # The entry was rewritten since it was read: the event is in, the program (the one
+        # validated and served) is sent; the caller's transaction commits both or neither.
         return insert_program(connection, record)
     program_id = insert_program(connection, record, entry_written_at=entry_written_at)
     insert_event(connection, event)

@@ -10,7 +10,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -18,15 +17,15 @@ from time import perf_counter
 from typing import Any, get_args
 
 from pydantic_core import from_json
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from core import cache_store, entry_fate, history, single_flight
 from core.cache_key import cache_key, check_user_id, onboarding_hash
-from core.db import Database, connect_to_write, describe_db_error, is_postgres
+from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
 from core.generators import Generation, GenerationError, ProgramGenerator
-from core.history import GenerationEvent, HistoryRecord, Source
+from core.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.logs import FIELDS
 from core.models import (
     ContractError,
@@ -142,6 +141,17 @@ class _Request:
             model=model,
             generator_version=generator_version,
             warnings=warnings,
+        )
+
+    def event(self, outcome: Outcome, *, latency_ms: float, **details: Any) -> GenerationEvent:
+        """This request's event: what happened (`outcome` and its details) and how long it took."""
+        return GenerationEvent(
+            user_id=self.user_id,
+            cache_key=self.key,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            cache_read_error=self.cache_read_error,
+            **details,
         )
 
     def record(
@@ -300,79 +310,44 @@ class ProgramService:
         return served if isinstance(served, GenerationResult) else None
 
     def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
-        """Serve a hit, or say why not. A hit is one connection: look up, save to history,
-        log the event. On PostgreSQL a hit on an entry version validated here before is one
-        statement in autocommit (one round trip); otherwise one transaction."""
+        """Serve a hit, or say why not: read the entry (without its program when this process
+        has validated that very row version), validate a new version, then save the history
+        row and the event together. `written_since`: only an entry written since then serves."""
         known = self.validated.known(request.key)
-        postgres = is_postgres(self.engine)
-        now = utcnow()  # one instant for the database's checks and ours
+        now = utcnow()  # one instant for every check of this lookup
         try:
-            connection = self.engine.connect() if postgres else connect_to_write(self.engine)
-            if postgres:
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            entry = cache_store.read_entry(self.engine, request.key, known[0] if known else None)
         except DBAPIError as exc:
             return self._read_failed(request, exc)
-        with connection:
-            try:
-                if postgres and known is not None and known[0] is not None:
-                    saved = history.save_known_hit(
-                        connection,
-                        key=request.key,
-                        known_version=known[0],
-                        user_id=request.user_id,
-                        onboarding_responses=request.answers,
-                        has_paid_access=request.has_paid_access,
-                        requested_at=request.requested_at,
-                        latency_ms=request.elapsed_ms(),
-                        cache_read_error=request.cache_read_error,
-                        now=now,
-                        written_since=written_since,
-                        generator_version=None if self.serve_other_generators else self.generator.identity.version,
-                    )
-                    if saved is not None:
-                        return request.served(
-                            known[1],
-                            saved.expires_at,
-                            saved.model,
-                            saved.generator_version,
-                            training_program_id=saved.program_id,
-                            warnings=tuple(request.warnings),
-                        )
-                    # The entry changed, expired, went or is another generator's: read it
-                    # to serve it or say why not.
-                entry = cache_store.read_entry(connection, request.key, known[0] if known else None)
-            except DBAPIError as exc:
-                connection.rollback()
-                return self._read_failed(request, exc)
-            if entry is None or not entry.is_valid(now):
-                return Lookup(entry)
-            if written_since is not None and entry.created_at < written_since:
-                return Lookup(entry)
-            if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
-                return Lookup(entry, generator_changed=True)
-            if known is not None and entry.data_json in (None, known[1]):
-                # Validated here before: this very row version (PostgreSQL sent no program),
-                # or this very text (SQLite has no row versions; comparing 36 KB costs
-                # microseconds, validating it again milliseconds).
-                program_json = known[1]
-            else:
-                program_json = entry.data_json or ""
-                try:
-                    parse_program_json(program_json, request.profile)
-                except ContractError as exc:
-                    log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
-                    return Lookup(entry, invalid=True)
-                self.validated.remember(request.key, entry.row_version, program_json)
-            result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
-            event = GenerationEvent(
-                user_id=request.user_id,
-                cache_key=request.key,
-                outcome="hit",
-                latency_ms=result.latency_ms,
-                cache_read_error=request.cache_read_error,
-            ).served_from(entry)
-            record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
-            return self._save(connection, request, result, record, event, entry_written_at=entry.updated_at)
+        if entry is None or not entry.is_valid(now) or (written_since and entry.created_at < written_since):
+            return Lookup(entry)
+        if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
+            return Lookup(entry, generator_changed=True)
+        program_json = self._validated_program(request, entry, known)
+        if program_json is None:
+            return Lookup(entry, invalid=True)
+        result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
+        event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
+        record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
+        return self._save(request, result, record, event, entry_written_at=entry.updated_at)
+
+    def _validated_program(
+        self, request: _Request, entry: cache_store.CacheEntry, known: tuple[str | None, str] | None
+    ) -> str | None:
+        """The entry's program, validated against the contract and the profile; None if it
+        no longer passes. A version validated here before is not validated again: this very
+        row version (PostgreSQL sent no program), or this very text (SQLite has no row
+        versions; comparing 36 KB costs microseconds, validating it again milliseconds)."""
+        if known is not None and entry.data_json in (None, known[1]):
+            return known[1]
+        program_json = entry.data_json or ""
+        try:
+            parse_program_json(program_json, request.profile)
+        except ContractError as exc:
+            log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
+            return None
+        self.validated.remember(request.key, entry.row_version, program_json)
+        return program_json
 
     def _read_failed(self, request: _Request, exc: DBAPIError) -> Lookup:
         log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
@@ -465,27 +440,23 @@ class ProgramService:
             model=generation.model,
             generator_version=identity.version,
         )
-        event = GenerationEvent(
-            user_id=request.user_id,
-            cache_key=request.key,
-            outcome="bypass" if request.force_refresh else "miss",
-            miss_reason=reason,
+        event = request.event(
+            "bypass" if request.force_refresh else "miss",
             latency_ms=record.latency_ms,
+            miss_reason=reason,
             llm_latency_ms=llm_latency_ms,
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
-            cache_read_error=request.cache_read_error,
             cache_write_error=written_at is None,
             entry_expires_at=now + self.ttl if written_at else None,
             generator_version=identity.version,
             model=generation.model,
         )
         # Copied from the entry just written rather than sent, parsed and compressed again.
-        return self._save(None, request, result, record, event, entry_written_at=written_at)
+        return self._save(request, result, record, event, entry_written_at=written_at)
 
     def _save(
         self,
-        connection: Connection | None,
         request: _Request,
         result: GenerationResult,
         record: HistoryRecord,
@@ -493,20 +464,15 @@ class ProgramService:
         *,
         entry_written_at: datetime | None,
     ) -> GenerationResult:
-        """History row and event in one transaction, committed here: on the hit's own
-        connection, or on a new one. `entry_written_at` is the cache entry's `updated_at`
-        when the program can be copied from that very write of the entry."""
+        """The history row and the request's event in one transaction: both or neither.
+        `entry_written_at` is the cache entry's `updated_at` when the program can be copied
+        from that very write of the entry."""
         result = replace(result, warnings=tuple(request.warnings))
         try:
-            with nullcontext(connection) if connection else self.engine.connect() as conn:
-                try:
-                    program_id = history.insert_program_and_event(
-                        conn, record, event, entry_written_at=entry_written_at
-                    )
-                    conn.commit()
-                except DBAPIError:
-                    conn.rollback()
-                    raise
+            with connect_to_write(self.engine) as connection, connection.begin():
+                program_id = history.insert_program_and_event(
+                    connection, record, event, entry_written_at=entry_written_at
+                )
         except DBAPIError as exc:
             message = f"The program could not be saved to history ({describe_db_error(exc)})."
             log.error("History save failed for %s: %s", request.key, message)
@@ -532,15 +498,12 @@ class ProgramService:
         }
         log.warning("Cache miss failed: %s", message, extra={FIELDS: fields})
         self._record_event(
-            GenerationEvent(
-                user_id=request.user_id,
-                cache_key=request.key,
-                outcome="error",
-                miss_reason=reason,
+            request.event(
+                "error",
                 latency_ms=request.elapsed_ms(),
+                miss_reason=reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                cache_read_error=request.cache_read_error,
                 error=message,
                 # Whose tokens these are: a failed generation is billed too.
                 generator_version=self.generator.identity.version,

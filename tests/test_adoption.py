@@ -196,8 +196,9 @@ def test_existing_tables_are_adopted_and_every_row_outlives_the_whole_flow(
     assert product.run("SELECT DISTINCT size_bytes FROM ai_coach_cache") == [(0,)]
 
 
-def test_hits_in_one_process_are_saved_in_one_statement_on_adopted_tables(product: ProductDatabase) -> None:
-    # The hit after the first one runs as one statement, whose user id goes both into
+def test_repeated_hits_in_one_process_are_saved_on_adopted_tables(product: ProductDatabase) -> None:
+    # The hits after the first read the entry without its program (this process validated
+    # that version) and copy it into history inside the database; the user id goes both into
     # training_programs (uuid or text here) and into Coach Cache's event log (text). Had it
     # failed, the hit would have fallen back to generating with a warning.
     database = Database(make_engine(product.url))

@@ -8,10 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select, update
+from sqlalchemy import Engine, select, update
 
 from core import admin, cache_store, history
-from core.db import make_engine
 from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator, OpenAIChatGenerator
 from core.history import HistoryFilter
 from core.models import ContractError, OnboardingResponses
@@ -418,33 +417,43 @@ def test_an_entry_rewritten_after_a_validated_hit_is_served_as_it_now_is(service
     assert generate(service).program == rewritten  # and this version is the one remembered now
 
 
-def test_a_hit_on_a_validated_entry_is_one_statement_on_postgresql(pg_url: str) -> None:
-    # One round trip: no BEGIN or COMMIT, and the read, the history row and the event in
-    # one statement. A hit that leaves out the row or the event would fail below.
-    engine = make_engine(pg_url)
-    service = ProgramService(engine=engine, generator=CountingGenerator())
+def test_a_hit_on_an_entry_validated_before_is_saved_like_any_other(service: ProgramService) -> None:
     first = generate(service)
     assert generate(service).cache_hit  # validates this version of the entry
-    sent: list[tuple[str, bool]] = []
-
-    def record(connection: Any, _cursor: Any, sql: str, *_: Any) -> None:
-        # In autocommit psycopg sends no BEGIN or COMMIT: the statement is the round trip.
-        sent.append((sql.split()[0], connection.connection.dbapi_connection.autocommit))
-
-    event.listen(engine, "before_cursor_execute", record)
-    hot = generate(service)
-    engine.dispose()
-    assert hot.cache_hit and hot.training_program_id == first.training_program_id + 2
-    assert sent == [("WITH", True)]
+    hot = generate(service)  # reads the entry without its program (PostgreSQL) and copies it
+    assert hot.cache_hit and hot.program == first.program
     saved = programs(service.engine)[-1]
+    assert saved["id"] == hot.training_program_id
     assert (saved["source"], saved["program"], saved["cache_key"]) == ("cache", first.program, first.cache_key)
-    assert saved["latency_ms"] > 0
+    assert saved["latency_ms"] > 0 and saved["generator_version"] == first.generator_version
     logged = events(service.engine)
     assert [e["outcome"] for e in logged] == ["miss", "hit", "hit"]
     hot_event = logged[-1]
     assert hot_event["latency_ms"] > 0 and hot_event["user_id"] == "coach-client-1"
     assert (hot_event["cache_key"], hot_event["generator_version"]) == (first.cache_key, first.generator_version)
     assert hot_event["created_at"] >= hot.requested_at
+
+
+@pytest.mark.parametrize("validated_before", [False, True], ids=["first-hit", "validated-hit"])
+@pytest.mark.parametrize("refused", ["generation_events", "training_programs"])
+def test_a_hit_saves_its_history_row_and_its_event_together_or_neither(
+    faults: Faults, validated_before: bool, refused: str
+) -> None:
+    service = ProgramService(engine=faults.engine, generator=CountingGenerator())
+    generate(service)
+    if validated_before:
+        assert generate(service).cache_hit
+    before = len(programs(faults.engine)), len(events(faults.engine))
+    faults.deny(refused, "INSERT")
+    hit = generate(service)
+    assert hit.cache_hit and hit.history_error and hit.training_program_id is None
+    # The event of the failed save is the one row that may land (when its table accepts it).
+    failure_events = 0 if refused == "generation_events" else 1
+    assert (len(programs(faults.engine)), len(events(faults.engine))) == (before[0], before[1] + failure_events)
+    faults.allow(refused, "INSERT")
+    saved = service.save_again(hit)
+    assert saved.training_program_id is not None
+    assert (len(programs(faults.engine)), len(events(faults.engine))) == (before[0] + 1, before[1] + 1)
 
 
 def test_entries_of_the_same_answers_share_their_onboarding_hash_whatever_the_access(engine: Engine) -> None:
