@@ -20,10 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from bench.measure import summarize
+from bench.measure import recorded_statements, round_trips, summarize
 from core.db import make_engine, migrate
 from core.generators import OfflineGenerator
 from core.models import parse_onboarding
@@ -177,7 +177,8 @@ def single_hit(url: str, keys: dict[str, str], repetitions: int) -> dict[str, An
     floors: list[float] = []
     for _ in range(50):
         hit(), floor()
-    statements = _statements_per_hit(engine, hit)
+    with recorded_statements(engine) as statements:
+        assert hit().cache_hit
     for _ in range(repetitions):  # alternated, so drift in the machine hits both alike
         for call, samples in ((hit, hits), (floor, floors)):
             started = time.perf_counter()
@@ -192,26 +193,9 @@ def single_hit(url: str, keys: dict[str, str], repetitions: int) -> dict[str, An
         "hit": hit_summary,
         "floor_one_statement": floor_summary,
         "hit_over_floor_ratio": round(hit_summary["p50_ms"] / floor_summary["p50_ms"], 3),
-        "statements_per_hit": statements["statements"],
-        "round_trips_per_hit": statements["round_trips"],
+        "statements_per_hit": len(statements),
+        "round_trips_per_hit": round_trips(statements),
     }
-
-
-def _statements_per_hit(engine: Engine, hit: Callable[[], Any]) -> dict[str, int]:
-    """Statements a hit sends, and its round trips: outside autocommit psycopg sends BEGIN
-    and COMMIT each as a round trip of its own."""
-    sent: list[bool] = []
-
-    def statement(connection: Any, *_args: Any) -> None:
-        sent.append(connection.connection.dbapi_connection.autocommit)
-
-    event.listen(engine, "before_cursor_execute", statement)
-    try:
-        assert hit().cache_hit
-    finally:
-        event.remove(engine, "before_cursor_execute", statement)
-    in_transaction = not all(sent)
-    return {"statements": len(sent), "round_trips": len(sent) + (2 if in_transaction else 0)}
 
 
 def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -16,8 +17,6 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from core.db import is_postgres
-
-AUTOCOMMIT = "-- autocommit"
 
 
 def summarize(samples_ms: list[float]) -> dict[str, float]:
@@ -41,17 +40,24 @@ def time_calls(call: Callable[[], Any], repetitions: int, warmup: int = 20) -> d
     return summarize(samples)
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A statement as the engine sent it: its text, its driver-level parameters, and whether
+    its connection was in autocommit (a statement of its own) or in a transaction."""
+
+    statement: str
+    parameters: Any
+    autocommit: bool
+
+
 @contextmanager
-def recorded_statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement and its driver-level parameters that `engine` sends meanwhile. On
-    PostgreSQL, a hit sent in autocommit is recorded with an AUTOCOMMIT marker first, so the
-    floor replays it the same way."""
-    statements: list[tuple[str, Any]] = []
+def recorded_statements(engine: Engine) -> Iterator[list[Sent]]:
+    """Every statement `engine` sends meanwhile, so that the floor replays them alike."""
+    statements: list[Sent] = []
 
     def record(conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-        if not statements and getattr(conn.connection.dbapi_connection, "autocommit", False) is True:
-            statements.append((AUTOCOMMIT, None))
-        statements.append((statement, parameters))
+        autocommit = getattr(conn.connection.dbapi_connection, "autocommit", False) is True
+        statements.append(Sent(statement, parameters, autocommit))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -60,38 +66,56 @@ def recorded_statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def floor(engine: Engine, statements: list[tuple[str, Any]], repetitions: int) -> dict[str, float]:
-    """The same statements through the bare driver (psycopg 3 or sqlite3), one transaction
-    per repetition (or in autocommit, as they were sent): what the database costs for a hit."""
-    url = make_url(engine.url)
-    autocommit = bool(statements) and statements[0][0] == AUTOCOMMIT
-    statements = statements[1:] if autocommit else statements
-    if is_postgres(engine):
-        connection: Any = psycopg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            dbname=url.database,
-            autocommit=autocommit,
-            prepare_threshold=None,  # as the app's engine
-        )
-    else:
-        connection = sqlite3.connect(url.database or ":memory:", isolation_level=None)
-        connection.execute("PRAGMA busy_timeout=30000")
+def round_trips(statements: list[Sent]) -> int:
+    """What the statements cost in round trips on PostgreSQL: each one, plus a BEGIN and a
+    COMMIT for each run of statements sent in a transaction."""
+    transactions = sum(
+        1 for i, sent in enumerate(statements) if not sent.autocommit and (i == 0 or statements[i - 1].autocommit)
+    )
+    return len(statements) + 2 * transactions
 
-    def transaction() -> None:
-        cursor = connection.cursor()
-        for statement, parameters in statements:
-            cursor.execute(statement, parameters)
+
+def floor(engine: Engine, statements: list[Sent], repetitions: int) -> dict[str, float]:
+    """The same statements through the bare driver (psycopg 3 or sqlite3), each in autocommit
+    or in a transaction as it was sent: what the database costs for a hit."""
+    url = make_url(engine.url)
+    if is_postgres(engine):
+
+        def connect(autocommit: bool) -> Any:
+            return psycopg.connect(
+                host=url.host,
+                port=url.port,
+                user=url.username,
+                password=url.password,
+                dbname=url.database,
+                autocommit=autocommit,
+                prepare_threshold=None,  # as the app's engine
+            )
+
+        connections = {True: connect(True), False: connect(False)}
+    else:
+        # sqlite3 in its own autocommit mode: the engine's BEGIN statements are recorded too.
+        bare = sqlite3.connect(url.database or ":memory:", isolation_level=None)
+        bare.execute("PRAGMA busy_timeout=30000")
+        connections = {True: bare, False: bare}
+
+    def hit() -> None:
+        for i, sent in enumerate(statements):
+            connection = connections[sent.autocommit]
+            if sent.statement.startswith("BEGIN") and connection.in_transaction:
+                connection.commit()  # SQLite: the read's transaction ended where the write's began
+            cursor = connection.cursor()
+            cursor.execute(sent.statement, sent.parameters)
             if cursor.description is not None:
                 cursor.fetchall()
-        connection.commit()
+            if not sent.autocommit and (i + 1 == len(statements) or statements[i + 1].autocommit):
+                connection.commit()
 
     try:
-        return time_calls(transaction, repetitions)
+        return time_calls(hit, repetitions)
     finally:
-        connection.close()
+        for connection in set(connections.values()):
+            connection.close()
 
 
 class PeakMemory:

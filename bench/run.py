@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from bench.measure import AUTOCOMMIT, PeakMemory, floor, recorded_statements, summarize, time_calls
+from bench.measure import PeakMemory, floor, recorded_statements, round_trips, summarize, time_calls
 from bench.workload import seed_cache, seed_events, seed_programs
 from core import admin, history, monitoring
 from core.cache_key import cache_key
@@ -84,7 +84,8 @@ def hit_path(engine: Engine, sizes: dict[str, int], reps: int, log: Callable[[st
     return {
         "hit_path": hit,
         "floor": db_floor,
-        "floor_statements": [s.split()[0] if s != AUTOCOMMIT else "(autocommit)" for s, _ in statements],
+        "statements_per_hit": [s.statement.split()[0] + (" (autocommit)" if s.autocommit else "") for s in statements],
+        "round_trips_per_hit": round_trips(statements) if is_postgres(engine) else None,
         "hit_over_floor_ratio": round(hit["p50_ms"] / db_floor["p50_ms"], 3),
         "hit_path_revalidating": revalidating,
         "floor_revalidating": revalidating_floor,
