@@ -1,0 +1,86 @@
+"""The history page's CSV export and the admin page's invalidation, in Chromium, on SQLite
+and PostgreSQL: the file a coach downloads, and the first click after typing a user id."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import Engine
+
+from core.history import CSV_COLUMNS, HistoryRecord, insert_program
+from core.schema import utcnow
+from testkit.browser import dashboard
+from tests.helpers import app_environment
+from tests.test_browser import browser, go_to, grid_cells, settle
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["browser"]  # the fixture, shared with the other browser tests
+
+
+@pytest.fixture
+def server(database_url: str, engine: Engine) -> Iterator[str]:
+    """The dashboard with the offline generator on `database_url`, already migrated."""
+    with dashboard(ROOT / "app.py", app_environment(database_url)) as url:
+        yield url
+
+
+def save_programs(engine: Engine, *user_ids: str) -> list[str]:
+    """A history row per user id, a minute apart, oldest first; their ids as the CSV has them."""
+    start = utcnow() - timedelta(hours=1)
+    ids = []
+    with engine.begin() as connection:
+        for minute, user_id in enumerate(user_ids):
+            record = HistoryRecord(
+                user_id=user_id,
+                program_json='{"title": "t"}',
+                onboarding_responses={"goal": "strength"},
+                has_paid_access=False,
+                source="offline",
+                cache_key=f"program:u{user_id}:paidfalse:dx",
+                latency_ms=12.5,
+                created_at=start + timedelta(minutes=minute),
+            )
+            ids.append(str(insert_program(connection, record)))
+    return ids
+
+
+def export(page: Page) -> list[dict[str, str]]:
+    """Click "Export CSV" and read the file the browser received."""
+    with page.expect_download() as downloading:
+        page.get_by_role("button", name="Export CSV").click()
+    download = downloading.value
+    assert download.suggested_filename == "training_programs.csv"
+    with open(download.path(), encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == CSV_COLUMNS
+    return [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows[1:]]
+
+
+def test_export_csv_downloads_the_rows_the_page_shows(server: str, browser: Browser, engine: Engine) -> None:
+    ids = save_programs(engine, "csv-ann", "csv-bob", "csv-ann")
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Program history")
+    expect(grid_cells(page, "csv-ann")).to_have_count(2)
+    expect(grid_cells(page, "csv-bob")).to_have_count(1)
+    rows = export(page)
+    assert [(r["id"], r["user_id"]) for r in rows] == list(zip(ids, ["csv-ann", "csv-bob", "csv-ann"], strict=True))[
+        ::-1
+    ]
+    assert {(r["source"], r["latency_ms"], r["has_paid_access"]) for r in rows} == {("offline", "12.5", "False")}
+
+    user = page.get_by_role("textbox", name="User")
+    user.fill("csv-bob")
+    user.press("Enter")
+    settle(page)
+    expect(grid_cells(page, "csv-ann")).to_have_count(0)
+    expect(grid_cells(page, "csv-bob")).to_have_count(1)
+    assert [(r["id"], r["user_id"]) for r in export(page)] == [(ids[1], "csv-bob")]
+    page.close()
