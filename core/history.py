@@ -462,6 +462,19 @@ def iter_programs(engine: Engine, flt: HistoryFilter, *, chunk: int = 5_000) -> 
 
 
 CSV_COLUMNS = ["id", "created_at", "user_id", "source", "has_paid_access", "latency_ms", "model", "cache_key"]
+# What Excel, LibreOffice and Google Sheets take as the start of a formula in a cell
+# (OWASP, "CSV Injection"): a user id typed as `=HYPERLINK(...)` would run when opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """`value` as a CSV cell that no spreadsheet runs, as OWASP advises: a number stays a
+    number; anything else is text, with a leading `'` when it would start a formula (the
+    writer quotes every cell too)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def export_csv(engine: Engine, flt: HistoryFilter) -> bytes:
@@ -470,9 +483,9 @@ def export_csv(engine: Engine, flt: HistoryFilter) -> bytes:
     download is asked for (the button's callable), never as a list of rows."""
     buffer = io.BytesIO()
     text = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
-    writer = csv.writer(text)
+    writer = csv.writer(text, quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
-    writer.writerows([getattr(row, c) for c in CSV_COLUMNS] for row in iter_programs(engine, flt))
+    writer.writerows([spreadsheet_cell(getattr(row, c)) for c in CSV_COLUMNS] for row in iter_programs(engine, flt))
     text.flush()
     text.detach()
     return buffer.getvalue()
