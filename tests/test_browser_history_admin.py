@@ -13,9 +13,9 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine
 
 from core.history import CSV_COLUMNS, HistoryRecord, insert_program
-from core.schema import utcnow
+from core.schema import ai_coach_cache, utcnow
 from testkit.browser import dashboard
-from tests.helpers import app_environment
+from tests.helpers import app_environment, count_rows, insert_entries
 from tests.test_browser import browser, go_to, grid_cells, settle
 
 pytestmark = pytest.mark.browser
@@ -95,4 +95,40 @@ def test_a_spreadsheet_formula_in_a_user_id_arrives_as_text(server: str, browser
     go_to(page, "Program history")
     expect(grid_cells(page, "-1+2")).to_have_count(1)
     assert [r["user_id"] for r in export(page)] == ["'-1+2", '\'=HYPERLINK("http://x","click")']
+    page.close()
+
+
+@pytest.mark.parametrize("how", ["fill", "keystrokes"])
+def test_the_first_click_on_invalidate_counts_right_after_typing(
+    server: str, browser: Browser, engine: Engine, how: str
+) -> None:
+    users = [f"u{attempt}" for attempt in range(5)]  # the users insert_entries names
+    insert_entries(engine, [f"program:u{user}:paidfalse:dx" for user in users], expired=False)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache admin")
+    box = page.get_by_role("textbox", name="User ID to invalidate")
+    for user in users:
+        if how == "fill":
+            box.fill(user)
+        else:
+            box.press_sequentially(user)
+        page.get_by_role("button", name="Invalidate").click()  # at once: no pause, Enter or Tab
+        expect(page.get_by_text(f"Delete every cached program of {user}?")).to_be_visible()
+        page.get_by_role("button", name="Yes, invalidate").click()
+        expect(page.get_by_text(f"Invalidated 1 entry of {user}.")).to_be_visible()
+        assert count_rows(engine, ai_coach_cache, ai_coach_cache.c.user_id == user) == 0, user
+        box.clear()
+    assert count_rows(engine, ai_coach_cache) == 0
+    page.close()
+
+
+def test_invalidate_with_no_user_id_says_to_type_one(server: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache admin")
+    page.get_by_role("button", name="Invalidate").click()
+    expect(page.get_by_text("Type a user id first.")).to_be_visible()
     page.close()
