@@ -229,6 +229,9 @@ class EntrySummary:
     size_bytes: int
     hit_count: int
 
+    def is_valid(self, now: datetime) -> bool:
+        return self.expires_at > now
+
 
 def list_entries(engine: Engine, *, user_id: str | None = None, limit: int = 200) -> list[EntrySummary]:
     query = (

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, BinaryIO, Literal, cast, get_args
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     Connection,
@@ -338,18 +337,30 @@ def iter_programs(engine: Engine, flt: HistoryFilter, *, chunk: int = 5_000) -> 
 
 
 CSV_COLUMNS = ["id", "created_at", "user_id", "source", "has_paid_access", "latency_ms", "model", "cache_key"]
+# What Excel, LibreOffice and Google Sheets take as the start of a formula in a cell
+# (OWASP, "CSV Injection"): a user id typed as `=HYPERLINK(...)` would run when opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def export_csv(engine: Engine, flt: HistoryFilter) -> BinaryIO:
-    """The filtered rows as CSV, streamed to a temporary file (spilled to disk past 8 MB)
-    so that a large export never sits in memory whole. The caller reads and closes it."""
-    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - handed to the caller
-    text = io.TextIOWrapper(spool, encoding="utf-8", newline="")
-    writer = csv.writer(text)
+def spreadsheet_cell(value: object) -> object:
+    """`value` as a CSV cell that no spreadsheet runs, as OWASP advises: a number stays a
+    number; anything else is text, with a leading `'` when it would start a formula (the
+    writer quotes every cell too)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def export_csv(engine: Engine, flt: HistoryFilter) -> bytes:
+    """The filtered rows as CSV. Streamlit holds a download as bytes whatever it is given,
+    so the rows are streamed from the database into one buffer, built only when the
+    download is asked for (the button's callable), never as a list of rows."""
+    buffer = io.BytesIO()
+    text = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    writer = csv.writer(text, quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
-    for row in iter_programs(engine, flt):
-        writer.writerow([getattr(row, c) for c in CSV_COLUMNS])
+    writer.writerows([spreadsheet_cell(getattr(row, c)) for c in CSV_COLUMNS] for row in iter_programs(engine, flt))
     text.flush()
     text.detach()
-    spool.seek(0)
-    return cast(BinaryIO, spool)
+    return buffer.getvalue()

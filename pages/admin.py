@@ -12,7 +12,17 @@ import streamlit as st
 from core import admin, cache_store
 from core.formatting import format_bytes
 from core.models import ContractError
-from pages.common import current_actor, get_database, get_engine, get_service, may_administer, user_filter
+from core.schema import utcnow
+from pages.common import (
+    current_actor,
+    escape_markdown,
+    get_database,
+    get_engine,
+    get_service,
+    get_settings,
+    may_administer,
+    user_filter,
+)
 
 
 def counts() -> None:
@@ -24,6 +34,17 @@ def counts() -> None:
     cols[3].metric("Expired storage", format_bytes(summary["expired_bytes"]), border=True)
 
 
+def entries_text(count: int, kind: str = "") -> str:
+    """`1 entry`, `2 entries`, `1 expired entry`."""
+    return " ".join(filter(None, (f"{count:,}", kind, "entry" if count == 1 else "entries")))
+
+
+def regenerated() -> str:
+    """What follows an invalidation: a new program, from the generator this app runs."""
+    generator = escape_markdown(get_settings().describe_generator())
+    return f"Their next request will generate a new program with the current generator, {generator}."
+
+
 def short_key(key: str) -> str:
     return key if len(key) <= 48 else f"{key[:38]}…{key[-8:]}"
 
@@ -33,8 +54,9 @@ def entries() -> None:
     user = user_filter("Filter by user", key="admin_user")
     rows = cache_store.list_entries(get_engine(), user_id=user)
     if not rows:
-        st.info("The cache holds no program entries" + (f" for {user}." if user else "."))
+        st.info("The cache holds no program entries" + (f" for {escape_markdown(user)}." if user else "."))
         return
+    now = utcnow()
     st.dataframe(
         pd.DataFrame(
             {
@@ -42,6 +64,7 @@ def entries() -> None:
                 "User": [r.user_id for r in rows],
                 "Created (UTC)": [r.created_at.strftime("%Y-%m-%d %H:%M") for r in rows],
                 "Expires (UTC)": [r.expires_at.strftime("%Y-%m-%d %H:%M") for r in rows],
+                "Status": ["valid" if r.is_valid(now) else "expired" for r in rows],
                 "Size": [format_bytes(r.size_bytes) for r in rows],
                 "Hits": [r.hit_count for r in rows],
             }
@@ -49,7 +72,7 @@ def entries() -> None:
         hide_index=True,
         width="stretch",
     )
-    st.caption(f"Newest {len(rows)} entries.")
+    st.caption(f"Newest {entries_text(len(rows))}.")
 
 
 def confirm(name: str, question: str, yes_label: str, act: Callable[[Any], str]) -> None:
@@ -61,10 +84,7 @@ def confirm(name: str, question: str, yes_label: str, act: Callable[[Any], str])
     st.warning(question)
     yes, no = st.columns([1, 5])
     if yes.button(yes_label, type="primary", key=f"{name}_yes"):
-        try:
-            st.session_state.admin_notice = act(pending)
-        except ContractError as exc:
-            st.session_state.admin_notice = str(exc)
+        st.session_state.admin_notice = act(pending)
         st.session_state[f"confirm_{name}"] = None
         st.rerun()
     if no.button("Cancel", key=f"{name}_no"):
@@ -82,26 +102,44 @@ def cleanup(allowed: bool) -> None:
 
         def delete(_: object) -> str:
             removal = admin.delete_expired_entries(get_engine(), actor=current_actor())
-            return f"Deleted {removal.deleted:,} expired entries, reclaimed {format_bytes(removal.bytes_reclaimed)}."
+            deleted = entries_text(removal.deleted, "expired")
+            return f"Deleted {deleted}, reclaimed {format_bytes(removal.bytes_reclaimed)}."
 
-        confirm("cleanup", f"Delete {expired:,} expired entries? Valid entries are kept.", "Yes, delete", delete)
+        question = f"Delete {entries_text(expired, 'expired')}? Valid entries are kept."
+        confirm("cleanup", question, "Yes, delete", delete)
 
 
 def invalidate(allowed: bool) -> None:
     st.subheader("Invalidate a user's entries", anchor=False)
-    user = st.text_input("User ID to invalidate", key="invalidate_user").strip()
-    if st.button("Invalidate", disabled=not (user and allowed), icon=":material/person_remove:"):
-        st.session_state.confirm_invalidate = user
+    # The field and its button are one form, as on the generate page: a click right after
+    # typing carries what was typed, where a button enabled only once the field commits
+    # would drop that first click (streamlit#8725).
+    with st.form("invalidate", border=False, enter_to_submit=False):
+        typed = st.text_input("User ID to invalidate", key="invalidate_user").strip()
+        asked = st.form_submit_button("Invalidate", disabled=not allowed, icon=":material/person_remove:")
+    if asked:
+        st.session_state.confirm_invalidate = checked_user_id(typed)
     pending = st.session_state.get("confirm_invalidate") if allowed else None
     if pending:
 
-        def invalidate_user(user: str) -> str:
-            user_id = get_database().check_user_id(user)
+        def invalidate_user(user_id: str) -> str:
             removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=user_id)
-            return f"Invalidated {removal.deleted:,} entries of {user}."
+            return f"Invalidated {entries_text(removal.deleted)} of {escape_markdown(user_id)}."
 
-        question = f"Delete every cached program of {pending}? Their next request will call the LLM."
+        question = f"Delete every cached program of {escape_markdown(pending)}? {regenerated()}"
         confirm("invalidate", question, "Yes, invalidate", invalidate_user)
+
+
+def checked_user_id(typed: str) -> str | None:
+    """The user id to ask about, as the database stores it; None, saying why, if there is none."""
+    if not typed:
+        st.warning("Type a user id first.", icon=":material/person_search:")
+        return None
+    try:
+        return get_database().check_user_id(typed)
+    except ContractError as exc:
+        st.error(escape_markdown(str(exc)), icon=":material/person_off:")
+        return None
 
 
 def generators(allowed: bool) -> None:
@@ -136,9 +174,9 @@ def generators(allowed: bool) -> None:
 
         def retire(version: str) -> str:
             removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=version)
-            return f"Retired {removal.deleted:,} entries made by {version}."
+            return f"Retired {entries_text(removal.deleted)} made by {escape_markdown(version)}."
 
-        question = f"Delete every cached program made by {pending}? Their next requests will generate again."
+        question = f"Delete every cached program made by {escape_markdown(pending)}? {regenerated()}"
         confirm("retire", question, "Yes, retire", retire)
 
 
@@ -171,8 +209,11 @@ if not allowed:
         "You can look but not change: cleanup and invalidation are limited to the admin e-mails (ADMIN_EMAILS).",
         icon=":material/lock:",
     )
-if notice := st.session_state.pop("admin_notice", None):
-    st.success(notice, icon=":material/check_circle:")
+# One slot for the notice, shown or not: a notice appearing above the widgets would move
+# each to a new place in the page, and the browser would show it twice until the run ends.
+notice = st.empty()
+if text := st.session_state.pop("admin_notice", None):
+    notice.success(text, icon=":material/check_circle:")
 counts()
 left, right = st.columns(2)
 with left:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -96,7 +97,8 @@ else:
     nav[2].caption(f"Page {len(cursors)} · {PAGE_SIZE} per page")
     nav[3].download_button(
         "Export CSV",
-        lambda: history.export_csv(get_engine(), flt),
+        # Run on click, outside this script run: the engine and the filters shown are bound now.
+        partial(history.export_csv, get_engine(), flt),
         file_name="training_programs.csv",
         mime="text/csv",
         icon=":material/download:",

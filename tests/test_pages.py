@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.generators import OfflineGenerator
 from core.schema import ai_coach_cache, training_programs
+from tests.fake_openai import FakeOpenAI
 from tests.helpers import count_rows, expire_entries, insert_entries
 
 
@@ -155,9 +156,9 @@ def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, ap
     app.switch_page("pages/admin.py").run()
     next(b for b in app.button if b.label == "Delete expired entries").click().run()
     assert count_rows(engine, ai_coach_cache) == 2  # nothing yet: a confirmation is asked
-    assert "Delete 1 expired entries?" in app.warning[0].value
+    assert "Delete 1 expired entry?" in app.warning[0].value
     app.button(key="cleanup_yes").click().run()
-    assert "Deleted 1 expired entries" in app.success[0].value
+    assert "Deleted 1 expired entry," in app.success[0].value
     assert count_rows(engine, ai_coach_cache) == 1
     assert list(app.dataframe[-1].value["Action"]) == ["cleanup"]
 
@@ -165,15 +166,70 @@ def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, ap
 def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -> None:
     submit(fill(app, "leaving-user"))
     app.switch_page("pages/admin.py").run()
-    app.text_input(key="invalidate_user").set_value("leaving-user").run()
+    app.text_input(key="invalidate_user").set_value("leaving-user")  # in a form: sent with the click
     next(b for b in app.button if b.label == "Invalidate").click().run()
     app.button(key="invalidate_no").click().run()
     engine = app_engine
     assert count_rows(engine, ai_coach_cache) == 1
     next(b for b in app.button if b.label == "Invalidate").click().run()
     app.button(key="invalidate_yes").click().run()
-    assert "Invalidated 1 entries of leaving-user" in app.success[0].value
+    assert app.success[0].value == "Invalidated 1 entry of leaving-user."
     assert count_rows(engine, ai_coach_cache) == 0
+
+
+def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
+    app: AppTest, tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
+) -> None:
+    app.switch_page("pages/admin.py").run()
+    app.text_input(key="invalidate_user").set_value("leaving-user")
+    next(b for b in app.button if b.label == "Invalidate").click().run()
+    question = app.warning[0].value
+    assert question.startswith("Delete every cached program of leaving-user?")
+    assert "will generate a new program with the current generator, Offline rule-based generator." in question
+    assert "LLM" not in question
+    online = app_test(
+        f"sqlite:///{tmp_path}/online.db",
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        OPENAI_MODEL="gpt-e2e",
+    ).run()
+    online.switch_page("pages/admin.py").run()
+    online.text_input(key="invalidate_user").set_value("leaving-user")
+    next(b for b in online.button if b.label == "Invalidate").click().run()
+    shown = online.warning[0].value.replace("\\", "")  # markdown escapes
+    assert f"the current generator, OpenAI gpt-e2e at {fake_openai.base_url}." in shown
+
+
+@pytest.mark.parametrize(("typed", "said"), [("", "Type a user id first."), ("bad:id", "1-128 characters")])
+def test_invalidate_without_a_usable_user_id_says_why_and_asks_nothing(app: AppTest, typed: str, said: str) -> None:
+    app.switch_page("pages/admin.py").run()
+    app.text_input(key="invalidate_user").set_value(typed)
+    next(b for b in app.button if b.label == "Invalidate").click().run()
+    assert said in " ".join(m.value for m in [*app.warning, *app.error])
+    assert not [b for b in app.button if b.label == "Yes, invalidate"]
+
+
+def test_a_user_id_is_named_as_typed_never_as_markdown(app: AppTest, app_engine: Engine) -> None:
+    submit(fill(app, "__bold__"))
+    app.switch_page("pages/admin.py").run()
+    app.text_input(key="invalidate_user").set_value("__bold__")
+    next(b for b in app.button if b.label == "Invalidate").click().run()
+    assert app.warning[0].value.startswith("Delete every cached program of \\_\\_bold\\_\\_?")
+    app.button(key="invalidate_yes").click().run()
+    assert app.success[0].value == "Invalidated 1 entry of \\_\\_bold\\_\\_."
+
+
+def test_the_entries_table_marks_expired_entries_and_counts_in_words(app: AppTest, app_engine: Engine) -> None:
+    submit(fill(app, "gone-user"))
+    app.switch_page("pages/admin.py").run()
+    assert "Newest 1 entry." in [c.value for c in app.caption]
+    app.switch_page("pages/generate.py").run()
+    submit(fill(app, "staying-user"))
+    expire_entries(app_engine, ai_coach_cache.c.user_id == "gone-user")
+    app.switch_page("pages/admin.py").run()
+    assert "Newest 2 entries." in [c.value for c in app.caption]
+    table = next(d.value for d in app.dataframe if "Status" in d.value)
+    assert dict(zip(table["User"], table["Status"], strict=True)) == {"gone-user": "expired", "staying-user": "valid"}
 
 
 def test_a_program_opens_from_a_link_and_a_missing_one_is_named(app: AppTest) -> None:
@@ -225,7 +281,7 @@ def test_entries_are_grouped_by_generator_and_one_can_be_retired(app: AppTest, a
     app.selectbox(key="retire_choice").set_value("unknown").run()
     next(b for b in app.button if b.label == "Retire its entries").click().run()
     app.button(key="retire_yes").click().run()
-    assert "Retired 1 entries made by unknown" in app.success[0].value
+    assert "Retired 1 entry made by unknown" in app.success[0].value
     # The other namespace's row and the current generator's entries stay.
     assert count_rows(app_engine, ai_coach_cache) == 3
     assert list(app.dataframe[-1].value["Action"]) == ["retire generator"]

@@ -315,8 +315,7 @@ def test_history_filters_are_whole_utc_days_and_open_ended_while_one_day_is_pick
 def test_the_csv_export_holds_the_filtered_rows(service: ProgramService) -> None:
     generate(service)
     generate(service)
-    with history.export_csv(service.engine, HistoryFilter(source="cache")) as exported:
-        rows = list(csv.reader(io.TextIOWrapper(exported, encoding="utf-8")))
+    rows = list(csv.reader(io.StringIO(history.export_csv(service.engine, HistoryFilter(source="cache")).decode())))
     assert rows[0] == history.CSV_COLUMNS
     assert [r[history.CSV_COLUMNS.index("source")] for r in rows[1:]] == ["cache"]
 

@@ -1,0 +1,134 @@
+"""The history page's CSV export and the admin page's invalidation, in Chromium, on SQLite
+and PostgreSQL: the file a coach downloads, and the first click after typing a user id."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import Engine
+
+from core.history import CSV_COLUMNS, HistoryRecord, insert_program
+from core.schema import ai_coach_cache, utcnow
+from testkit.browser import dashboard
+from tests.helpers import app_environment, count_rows, insert_entries
+from tests.test_browser import browser, go_to, grid_cells, settle
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["browser"]  # the fixture, shared with the other browser tests
+
+
+@pytest.fixture
+def server(database_url: str, engine: Engine) -> Iterator[str]:
+    """The dashboard with the offline generator on `database_url`, already migrated."""
+    with dashboard(ROOT / "app.py", app_environment(database_url)) as url:
+        yield url
+
+
+def save_programs(engine: Engine, *user_ids: str) -> list[str]:
+    """A history row per user id, a minute apart, oldest first; their ids as the CSV has them."""
+    start = utcnow() - timedelta(hours=1)
+    ids = []
+    with engine.begin() as connection:
+        for minute, user_id in enumerate(user_ids):
+            record = HistoryRecord(
+                user_id=user_id,
+                program_json='{"title": "t"}',
+                onboarding_responses={"goal": "strength"},
+                has_paid_access=False,
+                source="offline",
+                cache_key=f"program:u{user_id}:paidfalse:dx",
+                latency_ms=12.5,
+                created_at=start + timedelta(minutes=minute),
+            )
+            ids.append(str(insert_program(connection, record)))
+    return ids
+
+
+def export(page: Page) -> list[dict[str, str]]:
+    """Click "Export CSV" and read the file the browser received."""
+    with page.expect_download() as downloading:
+        page.get_by_role("button", name="Export CSV").click()
+    download = downloading.value
+    assert download.suggested_filename == "training_programs.csv"
+    with open(download.path(), encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == CSV_COLUMNS
+    return [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows[1:]]
+
+
+def test_export_csv_downloads_the_rows_the_page_shows(server: str, browser: Browser, engine: Engine) -> None:
+    ids = save_programs(engine, "csv-ann", "csv-bob", "csv-ann")
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Program history")
+    expect(grid_cells(page, "csv-ann")).to_have_count(2)
+    expect(grid_cells(page, "csv-bob")).to_have_count(1)
+    rows = export(page)
+    assert [(r["id"], r["user_id"]) for r in rows] == list(zip(ids, ["csv-ann", "csv-bob", "csv-ann"], strict=True))[
+        ::-1
+    ]
+    assert {(r["source"], r["latency_ms"], r["has_paid_access"]) for r in rows} == {("offline", "12.5", "False")}
+
+    user = page.get_by_role("textbox", name="User")
+    user.fill("csv-bob")
+    user.press("Enter")
+    settle(page)
+    expect(grid_cells(page, "csv-ann")).to_have_count(0)
+    expect(grid_cells(page, "csv-bob")).to_have_count(1)
+    assert [(r["id"], r["user_id"]) for r in export(page)] == [(ids[1], "csv-bob")]
+    page.close()
+
+
+def test_a_spreadsheet_formula_in_a_user_id_arrives_as_text(server: str, browser: Browser, engine: Engine) -> None:
+    # An adopted table holds the product's earlier rows, whose user ids Coach Cache never checked.
+    save_programs(engine, '=HYPERLINK("http://x","click")', "-1+2")
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Program history")
+    expect(grid_cells(page, "-1+2")).to_have_count(1)
+    assert [r["user_id"] for r in export(page)] == ["'-1+2", '\'=HYPERLINK("http://x","click")']
+    page.close()
+
+
+@pytest.mark.parametrize("how", ["fill", "keystrokes"])
+def test_the_first_click_on_invalidate_counts_right_after_typing(
+    server: str, browser: Browser, engine: Engine, how: str
+) -> None:
+    users = [f"u{attempt}" for attempt in range(5)]  # the users insert_entries names
+    insert_entries(engine, [f"program:u{user}:paidfalse:dx" for user in users], expired=False)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache admin")
+    box = page.get_by_role("textbox", name="User ID to invalidate")
+    for user in users:
+        if how == "fill":
+            box.fill(user)
+        else:
+            box.press_sequentially(user)
+        page.get_by_role("button", name="Invalidate").click()  # at once: no pause, Enter or Tab
+        expect(page.get_by_text(f"Delete every cached program of {user}?")).to_be_visible()
+        page.get_by_role("button", name="Yes, invalidate").click()
+        expect(page.get_by_text(f"Invalidated 1 entry of {user}.")).to_be_visible()
+        assert count_rows(engine, ai_coach_cache, ai_coach_cache.c.user_id == user) == 0, user
+        box.clear()
+    assert count_rows(engine, ai_coach_cache) == 0
+    page.close()
+
+
+def test_invalidate_with_no_user_id_says_to_type_one(server: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache admin")
+    page.get_by_role("button", name="Invalidate").click()
+    expect(page.get_by_text("Type a user id first.")).to_be_visible()
+    page.close()
