@@ -7,13 +7,26 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, bindparam, case, cast, delete, func, literal_column, null, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    literal_column,
+    null,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core import entry_fate
 from core.cache_key import key_sample
 from core.db import connect_to_write
-from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, generation_events, json_text, utcnow
+from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, database_now, generation_events, json_text
 
 cache = ai_coach_cache.c
 events = generation_events.c
@@ -41,12 +54,11 @@ class CacheEntry:
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Whether it had not expired when read, by the database's clock.
+    valid: bool = False
 
-    def is_valid(self, now: datetime) -> bool:
-        return self.expires_at > now
 
-
-# The columns a CacheEntry is read from, after its program and row version.
+# The columns a CacheEntry is read from, between its program and row version and its validity.
 ENTRY_COLUMNS = (
     cache.expires_at,
     cache.created_at,
@@ -69,7 +81,8 @@ def _read_entry(dialect: str) -> Any:
     # The program travels only if the row changed since the version the caller knows: a
     # hot entry costs a few bytes per hit, not a serialization of the whole program.
     data = case((version == bindparam("known", type_=Text), null()), else_=cast(cache.data, Text))
-    return select(data, version, *ENTRY_COLUMNS).where(cache.cache_key == bindparam("key"))
+    valid = cache.expires_at > database_now(dialect)
+    return select(data, version, *ENTRY_COLUMNS, valid).where(cache.cache_key == bindparam("key"))
 
 
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
@@ -88,10 +101,24 @@ def read_entry(engine: Engine, key: str, known_row_version: str | None = None) -
     return CacheEntry(*row) if row else None
 
 
+def database_time(engine: Engine) -> datetime:
+    """Now, by the database's clock."""
+    with engine.connect() as connection:
+        now: datetime = connection.execute(select(database_now(connection.dialect.name))).scalar_one()
+        return now
+
+
 def _upsert(dialect: str) -> Any:
     # Both dialects speak INSERT ... ON CONFLICT, each through its own construct.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(ai_coach_cache).values(data=json_text("data_json", dialect))
+    # Written and valid until by the database's clock, as expiry is judged.
+    now = database_now(dialect)
+    statement = insert(ai_coach_cache).values(
+        data=json_text("data_json", dialect),
+        created_at=now,
+        updated_at=now,
+        expires_at=database_now(dialect, bindparam("ttl_seconds", type_=Float)),
+    )
     changed = (
         "data",
         "onboarding_hash",
@@ -106,7 +133,7 @@ def _upsert(dialect: str) -> Any:
     )
     return statement.on_conflict_do_update(
         index_elements=["cache_key"], set_={name: statement.excluded[name] for name in changed}
-    )
+    ).returning(cache.updated_at, cache.expires_at)
 
 
 _UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
@@ -119,31 +146,40 @@ def upsert_entry(
     user_id: str,
     onboarding_hash: str,
     program_json: str,
-    now: datetime,
     ttl: timedelta,
     model: str,
     generator_version: str,
     prompt_tokens: int | None,
     completion_tokens: int | None,
-) -> None:
-    connection.execute(
+) -> Written:
+    """Write the key's entry, valid for `ttl` from now by the database's clock, and record
+    that it was written."""
+    row = connection.execute(
         _UPSERT[connection.dialect.name],
         {
             "cache_key": key,
             "user_id": user_id,
             "data_json": program_json,
             "onboarding_hash": onboarding_hash,
-            "expires_at": now + ttl,
-            "created_at": now,
-            "updated_at": now,
+            "ttl_seconds": ttl.total_seconds(),
             "size_bytes": len(program_json.encode()),
             "model": model,
             "generator_version": generator_version,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
         },
-    )
-    entry_fate.record(connection, key=key, fate="written", at=now, entry_expires_at=now + ttl)
+    ).one()
+    written = Written(*row)
+    entry_fate.record(connection, key=key, fate="written", entry_expires_at=written.expires_at)
+    return written
+
+
+@dataclass(frozen=True)
+class Written:
+    """When an entry was written and until when it is valid, as the database stored them."""
+
+    updated_at: datetime
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -152,13 +188,11 @@ class Removal:
     bytes_reclaimed: int
 
 
-def delete_expired(
-    engine: Engine, *, actor: str, now: datetime | None = None, batch_size: int = CLEANUP_BATCH_SIZE
-) -> Removal:
-    """Delete expired program entries, recording each key's entry as expired."""
-    now = now or utcnow()
-    conditions = (_is_program_entry(), cache.expires_at <= now)
-    return _delete_in_batches(engine, conditions, entry_fate.Removed("expired", now, actor), batch_size)
+def delete_expired(engine: Engine, *, actor: str, batch_size: int = CLEANUP_BATCH_SIZE) -> Removal:
+    """Delete the program entries expired by the database's clock, recording each key's
+    entry as expired."""
+    conditions = (_is_program_entry(), cache.expires_at <= database_now(engine.dialect.name))
+    return _delete_in_batches(engine, conditions, entry_fate.Removed("expired", actor), batch_size)
 
 
 def delete_generator_entries(
@@ -169,7 +203,7 @@ def delete_generator_entries(
     made_by = (
         cache.generator_version.is_(None) if generator_version is None else cache.generator_version == generator_version
     )
-    fate = entry_fate.Removed("invalidated", utcnow(), actor)
+    fate = entry_fate.Removed("invalidated", actor)
     return _delete_in_batches(engine, (_is_program_entry(), made_by), fate, batch_size)
 
 
@@ -217,7 +251,7 @@ def delete_user_entries(engine: Engine, user_id: str, *, actor: str) -> Removal:
     """Delete a user's program entries, recording each key's entry as invalidated by `actor`."""
     statement = delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id)
     with connect_to_write(engine) as connection, connection.begin():
-        return Removal(*_delete_counting(connection, statement, entry_fate.Removed("invalidated", utcnow(), actor)))
+        return Removal(*_delete_counting(connection, statement, entry_fate.Removed("invalidated", actor)))
 
 
 @dataclass(frozen=True)
@@ -227,15 +261,20 @@ class EntrySummary:
     created_at: datetime
     expires_at: datetime
     size_bytes: int
+    valid: bool  # not expired, by the database's clock
     hit_count: int
-
-    def is_valid(self, now: datetime) -> bool:
-        return self.expires_at > now
 
 
 def list_entries(engine: Engine, *, user_id: str | None = None, limit: int = 200) -> list[EntrySummary]:
     query = (
-        select(cache.cache_key, cache.user_id, cache.created_at, cache.expires_at, cache.size_bytes)
+        select(
+            cache.cache_key,
+            cache.user_id,
+            cache.created_at,
+            cache.expires_at,
+            cache.size_bytes,
+            (cache.expires_at > database_now(engine.dialect.name)).label("valid"),
+        )
         .where(_is_program_entry())
         .order_by(cache.created_at.desc())
         .limit(limit)
@@ -297,9 +336,8 @@ def entries_by_generator(engine: Engine) -> list[GeneratorGroup]:
         return [GeneratorGroup(*row) for row in connection.execute(query)]
 
 
-def count_entries(engine: Engine, now: datetime | None = None) -> dict[str, int]:
-    now = now or utcnow()
-    is_valid = cache.expires_at > now
+def count_entries(engine: Engine) -> dict[str, int]:
+    is_valid = cache.expires_at > database_now(engine.dialect.name)
     query = select(
         func.count().filter(is_valid).label("valid_entries"),
         func.count().filter(~is_valid).label("expired_entries"),

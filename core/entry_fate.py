@@ -17,7 +17,7 @@ from sqlalchemy import Connection, case, literal, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.models import PAID_ACCESS
-from core.schema import cache_entry_fates
+from core.schema import cache_entry_fates, database_now
 
 if TYPE_CHECKING:
     from core.cache_store import CacheEntry
@@ -104,11 +104,13 @@ def miss_reason(
     return "expired", ()
 
 
-def read_record(connection: Connection, key: str) -> KeyRecord | None:
-    row = connection.execute(
+def read_record(connection: Connection, key: str) -> tuple[KeyRecord | None, datetime]:
+    """The key's record, and the time by the database's clock, which judges its expiry."""
+    now = database_now(connection.dialect.name)
+    record = connection.execute(
         select(fates.fate, fates.recorded_at, fates.entry_expires_at, fates.actor).where(fates.cache_key == key)
     ).first()
-    return KeyRecord(*row) if row else None
+    return (KeyRecord(*record) if record else None), connection.execute(select(now)).scalar_one()
 
 
 def _upsert(dialect: str) -> Any:
@@ -122,36 +124,38 @@ def record(
     *,
     key: str,
     fate: Fate,
-    at: datetime,
     entry_expires_at: datetime | None = None,
     actor: str | None = None,
 ) -> None:
-    """Replace the key's record: its entry was written, or its write failed."""
+    """Replace the key's record, as of now by the database's clock: its entry was written
+    (valid until `entry_expires_at`), or its write failed."""
     statement, replaced = _upsert(connection.dialect.name)
+    values = {"cache_key": key, "fate": fate, "entry_expires_at": entry_expires_at, "actor": actor}
     connection.execute(
-        statement.values(
-            cache_key=key, fate=fate, recorded_at=at, entry_expires_at=entry_expires_at, actor=actor
-        ).on_conflict_do_update(index_elements=["cache_key"], set_=replaced)
+        statement.values(**values, recorded_at=database_now(connection.dialect.name)).on_conflict_do_update(
+            index_elements=["cache_key"], set_=replaced
+        )
     )
 
 
 @dataclass(frozen=True)
 class Removed:
     """What a deletion of entries records for each key it removes: `fate` (`expired` for
-    cleanup, `invalidated` for an admin's invalidation), when and by whom."""
+    cleanup, `invalidated` for an admin's invalidation) and by whom, as of now by the
+    database's clock."""
 
     fate: Fate
-    at: datetime
     actor: str
 
     def statement(self, dialect: str, rows: Any) -> Any:
         """Record the removal of the entries `rows` selects (`cache_key`, `expires_at`); an
         entry that had expired already is recorded `expired`, which happened to it first."""
         statement, replaced = _upsert(dialect)
+        now = database_now(dialect)
         values = select(
             rows.c.cache_key,
-            case((rows.c.expires_at <= self.at, literal("expired")), else_=literal(self.fate)),
-            literal(self.at, fates.recorded_at.type),
+            case((rows.c.expires_at <= now, literal("expired")), else_=literal(self.fate)),
+            now,
             rows.c.expires_at,
             literal(self.actor),
         )

@@ -484,8 +484,8 @@ class Storage:
         return (self.valid_bytes + self.expired_bytes) / self.entries if self.entries else None
 
 
-def storage(engine: Engine, now: datetime | None = None) -> Storage:
-    counts = count_entries(engine, now)
+def storage(engine: Engine) -> Storage:
+    counts = count_entries(engine)
     if is_postgres(engine):
         with engine.connect() as connection:
             table_bytes = connection.execute(text("SELECT pg_total_relation_size('ai_coach_cache')")).scalar_one()

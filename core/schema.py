@@ -27,6 +27,9 @@ from sqlalchemy import (
     bindparam,
     cast,
     false,
+    func,
+    literal,
+    type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import UserDefinedType
@@ -236,3 +239,19 @@ def json_text(name: str, dialect: str) -> Any:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def database_now(dialect: str, later_by_seconds: Any = None) -> Any:
+    """The time by the database's clock, inside a statement, `later_by_seconds` later (a
+    number or a bound parameter). Expiry, cleanup and leases are judged by it, so instances
+    whose hosts' clocks disagree still agree on them. PostgreSQL's `now()` (the transaction's
+    start); SQLite's own time, which is this host's (its database lives here), written as
+    SQLAlchemy stores times there (microseconds) so that it compares with stored ones."""
+    if dialect == "postgresql":
+        now: Any = func.now()
+        if later_by_seconds is not None:
+            now = now + func.make_interval(0, 0, 0, 0, 0, 0, later_by_seconds)
+        return type_coerce(now, UTCDateTime())
+    later = literal("+0") if later_by_seconds is None else literal("+").concat(cast(later_by_seconds, Text))
+    text = func.strftime("%Y-%m-%d %H:%M:%f", "now", later.concat(" seconds")).concat("000")
+    return type_coerce(text, UTCDateTime())

@@ -260,7 +260,7 @@ class ProgramService:
             return self._logged(request, lookup)
         reason, changed = self._miss_reason(request, lookup)
         # A forced refresh accepts only an entry written after it was asked for.
-        written_since = request.requested_at if force_refresh else None
+        written_since = self._database_time(request) if force_refresh else None
         try:
             result = single_flight.once(
                 self.engine,
@@ -305,6 +305,14 @@ class ProgramService:
             return replace(result, history_error=message)
         return replace(result, training_program_id=program_id, history_error=None, unsaved=None, unsaved_event=None)
 
+    def _database_time(self, request: _Request) -> datetime:
+        """Now by the database's clock, by which entries' times are written; this host's when
+        the database does not answer (then no entry can be read either)."""
+        try:
+            return cache_store.database_time(self.engine)
+        except DBAPIError:
+            return request.requested_at
+
     def _hit_or_none(self, request: _Request, written_since: datetime | None) -> GenerationResult | None:
         served = self._try_cache(request, written_since)
         return served if isinstance(served, GenerationResult) else None
@@ -314,12 +322,11 @@ class ProgramService:
         has validated that very row version), validate a new version, then save the history
         row and the event together. `written_since`: only an entry written since then serves."""
         known = self.validated.known(request.key)
-        now = utcnow()  # one instant for every check of this lookup
         try:
             entry = cache_store.read_entry(self.engine, request.key, known[0] if known else None)
         except DBAPIError as exc:
             return self._read_failed(request, exc)
-        if entry is None or not entry.is_valid(now) or (written_since and entry.created_at < written_since):
+        if entry is None or not entry.valid or (written_since and entry.created_at < written_since):
             return Lookup(entry)
         if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
             return Lookup(entry, generator_changed=True)
@@ -360,11 +367,11 @@ class ProgramService:
     def _miss_reason(self, request: _Request, lookup: Lookup) -> tuple[MissReason, tuple[str, ...]]:
         """Why the cache did not serve, from what the database recorded about this key (and,
         for a key that never had an entry, the user's previous program): entry_fate decides."""
-        record, changed = None, None
+        record, changed, now = None, None, request.requested_at
         if not (request.force_refresh or lookup.failed):
             try:
                 with self.engine.connect() as connection:
-                    record = entry_fate.read_record(connection, request.key)
+                    record, now = entry_fate.read_record(connection, request.key)
                     previous = history.latest_answers(connection, request.user_id)
             except DBAPIError as exc:
                 log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
@@ -373,7 +380,7 @@ class ProgramService:
                 changes = history.changed_answers(previous, request.answers, request.has_paid_access)
                 changed = tuple(c.field for c in changes)
         return entry_fate.miss_reason(
-            forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=utcnow()
+            forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=now
         )
 
     def _generate_and_store(
@@ -402,17 +409,15 @@ class ProgramService:
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
 
-        now = utcnow()
-        written_at: datetime | None = now
+        written: cache_store.Written | None = None
         try:
             with self.engine.begin() as connection:
-                cache_store.upsert_entry(
+                written = cache_store.upsert_entry(
                     connection,
                     key=request.key,
                     user_id=request.user_id,
                     onboarding_hash=onboarding_hash(request.profile, self.key_secret),
                     program_json=program_json,
-                    now=now,
                     ttl=self.ttl,
                     model=generation.model,
                     generator_version=self.generator.identity.version,
@@ -422,8 +427,7 @@ class ProgramService:
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
             request.warnings.append("The program could not be cached; the next request will generate again.")
-            written_at = None
-            self._record_not_cached(request.key, now)
+            self._record_not_cached(request.key)
 
         identity = self.generator.identity
         record = request.record(program_json, identity.source, generation, generator_version=identity.version)
@@ -434,7 +438,7 @@ class ProgramService:
             latency_ms=record.latency_ms,
             requested_at=request.requested_at,
             onboarding_responses=request.answers,
-            expires_at=now + self.ttl if written_at else None,
+            expires_at=written.expires_at if written else None,
             miss_reason=reason,
             changed_fields=changed,
             model=generation.model,
@@ -447,13 +451,13 @@ class ProgramService:
             llm_latency_ms=llm_latency_ms,
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
-            cache_write_error=written_at is None,
-            entry_expires_at=now + self.ttl if written_at else None,
+            cache_write_error=written is None,
+            entry_expires_at=written.expires_at if written else None,
             generator_version=identity.version,
             model=generation.model,
         )
         # Copied from the entry just written rather than sent, parsed and compressed again.
-        return self._save(request, result, record, event, entry_written_at=written_at)
+        return self._save(request, result, record, event, entry_written_at=written.updated_at if written else None)
 
     def _save(
         self,
@@ -511,11 +515,11 @@ class ProgramService:
             )
         )
 
-    def _record_not_cached(self, key: str, at: datetime) -> None:
+    def _record_not_cached(self, key: str) -> None:
         """The key's next miss says so; the same fault may well stop this record too."""
         try:
             with self.engine.begin() as connection:
-                entry_fate.record(connection, key=key, fate="not_cached", at=at)
+                entry_fate.record(connection, key=key, fate="not_cached")
         except DBAPIError as exc:
             log.warning("Could not record that %s was not cached: %s", key, describe_db_error(exc))
 

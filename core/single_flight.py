@@ -6,8 +6,10 @@ renewed while the generation runs, deleted when it ends. It lives in the databas
 holds on SQLite across processes and on PostgreSQL directly or through a transaction-mode
 pooler (where a session-level advisory lock may be released on another server connection,
 or never). A holder that dies stops renewing: its lease lapses within LEASE_SECONDS.
-Expiry is judged by the clocks of the app hosts; a skew of a few seconds only shortens or
-lengthens that bound.
+Every expiry is set and judged by the database's clock in the statement itself, so hosts
+whose clocks disagree agree on who holds a lease, and a renewal held up (by a lock, a slow
+network) still extends the lease from when it is written. A renewal that finds the lease
+taken over says so in the log: a second generation of that key is running.
 
 The waiting policy: a request that does not get the lease polls the cache for the winner's
 entry (20 ms, doubling to 250 ms), trying the lease again each time, and gives up after a
@@ -23,16 +25,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from time import perf_counter
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, update
+from sqlalchemy import Engine, Float, bindparam, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from core.db import connect_to_write, describe_db_error
-from core.schema import UTCDateTime, generation_leases, utcnow
+from core.schema import database_now, generation_leases
 
 log = logging.getLogger(__name__)
 POLL_FIRST_SECONDS = 0.02
@@ -77,19 +78,36 @@ def once(
             return served
 
 
+def _lease_end(dialect: str) -> Any:
+    return database_now(dialect, bindparam("seconds", type_=Float))
+
+
 def _claim_statement(dialect: str) -> Any:
     """Insert the lease, or take over one that has expired; RETURNING gives a row only if
     this statement wrote it, i.e. if the caller now holds the lease."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(generation_leases)
+    statement = insert(generation_leases).values(expires_at=_lease_end(dialect))
     return statement.on_conflict_do_update(
         index_elements=["cache_key"],
         set_={"owner": statement.excluded.owner, "expires_at": statement.excluded.expires_at},
-        where=leases.expires_at <= bindparam("now", type_=UTCDateTime()),
+        where=leases.expires_at <= database_now(dialect),
     ).returning(leases.owner)
 
 
+def _renew_statement(dialect: str) -> Any:
+    """Extend the caller's lease from now; RETURNING gives no row if it was taken over."""
+    owned = (leases.cache_key == bindparam("key"), leases.owner == bindparam("lease_owner"))
+    return update(generation_leases).where(*owned).values(expires_at=_lease_end(dialect)).returning(leases.owner)
+
+
 _CLAIM = {dialect: _claim_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_RENEW = {dialect: _renew_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_RELEASE = dict.fromkeys(
+    ("postgresql", "sqlite"),
+    delete(generation_leases)
+    .where(leases.cache_key == bindparam("key"), leases.owner == bindparam("lease_owner"))
+    .returning(leases.owner),
+)
 
 
 class Lease:
@@ -105,12 +123,10 @@ class Lease:
         """The lease on `key` if nobody holds a live one, else None at once. A database
         that refuses gives a lease that locks nothing (fail open)."""
         owner = uuid.uuid4().hex
-        now = utcnow()
         try:
             with connect_to_write(engine) as connection, connection.begin():
                 claimed = connection.execute(
-                    _CLAIM[connection.dialect.name],
-                    {"cache_key": key, "owner": owner, "expires_at": now + timedelta(seconds=seconds), "now": now},
+                    _CLAIM[connection.dialect.name], {"cache_key": key, "owner": owner, "seconds": seconds}
                 ).first()
         except DBAPIError as exc:
             log.warning("Single-flight lease unavailable for %s: %s", key, describe_db_error(exc))
@@ -127,23 +143,26 @@ class Lease:
             return
         self._done.set()
         self._renewer.join()
-        self._run(delete(generation_leases).where(leases.cache_key == self._key, leases.owner == self._owner))
+        self._run(_RELEASE, {"key": self._key, "lease_owner": self._owner})
 
     def _renew_until_done(self) -> None:
         while not self._done.wait(self._seconds / 3):
-            expires_at = utcnow() + timedelta(seconds=self._seconds)
-            self._run(
-                update(generation_leases)
-                .where(leases.cache_key == self._key, leases.owner == self._owner)
-                .values(expires_at=expires_at)
-            )
+            renewed = self._run(_RENEW, {"key": self._key, "lease_owner": self._owner, "seconds": self._seconds})
+            if renewed is False:
+                log.warning(
+                    "Generation lease for %s was taken over while this generation ran (a renewal came "
+                    "too late): an identical generation may be running too",
+                    self._key,
+                )
 
-    def _run(self, statement: Any) -> None:
-        # Losing the lease (a renewal or release that fails) only lets a second generation
-        # start: it is logged, never raised into the request.
+    def _run(self, statements: dict[str, Any], params: dict[str, Any]) -> bool | None:
+        """Whether the statement changed a row; None if it failed. Losing the lease (a renewal
+        or release that fails) only lets a second generation start: it is logged, never
+        raised into the request."""
         assert self._engine is not None
         try:
             with connect_to_write(self._engine) as connection, connection.begin():
-                connection.execute(statement)
+                return connection.execute(statements[connection.dialect.name], params).first() is not None
         except DBAPIError as exc:
             log.warning("Generation lease for %s: %s", self._key, describe_db_error(exc))
+            return None

@@ -12,7 +12,6 @@ import streamlit as st
 from core import admin, cache_store
 from core.formatting import format_bytes
 from core.models import ContractError
-from core.schema import utcnow
 from pages.common import (
     current_actor,
     escape_markdown,
@@ -56,7 +55,6 @@ def entries() -> None:
     if not rows:
         st.info("The cache holds no program entries" + (f" for {escape_markdown(user)}." if user else "."))
         return
-    now = utcnow()
     st.dataframe(
         pd.DataFrame(
             {
@@ -64,7 +62,7 @@ def entries() -> None:
                 "User": [r.user_id for r in rows],
                 "Created (UTC)": [r.created_at.strftime("%Y-%m-%d %H:%M") for r in rows],
                 "Expires (UTC)": [r.expires_at.strftime("%Y-%m-%d %H:%M") for r in rows],
-                "Status": ["valid" if r.is_valid(now) else "expired" for r in rows],
+                "Status": ["valid" if r.valid else "expired" for r in rows],
                 "Size": [format_bytes(r.size_bytes) for r in rows],
                 "Hits": [r.hit_count for r in rows],
             }

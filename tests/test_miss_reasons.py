@@ -26,7 +26,7 @@ from tests.helpers import PROFILE, expire_entries
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 EXPIRED_ENTRY = CacheEntry(None, None, expires_at=NOW - HOUR, created_at=NOW - 25 * HOUR, updated_at=NOW - 25 * HOUR)
-VALID_ENTRY = CacheEntry(None, None, expires_at=NOW + HOUR, created_at=NOW - HOUR, updated_at=NOW - HOUR)
+VALID_ENTRY = CacheEntry(None, None, NOW + HOUR, NOW - HOUR, NOW - HOUR, valid=True)
 WRITTEN_EXPIRED = KeyRecord("written", NOW - 25 * HOUR, entry_expires_at=NOW - HOUR)
 WRITTEN_VALID = KeyRecord("written", NOW - HOUR, entry_expires_at=NOW + 23 * HOUR)
 DAYS = ("days_per_week",)
