@@ -556,6 +556,22 @@ def _epoch_microseconds(engine: Engine, column: Any) -> Any:
     return seconds * 1_000_000 + cast(func.substr(column, 21, 6), BigInteger)
 
 
+INVALIDATIONS = ("invalidate_user", "retire_generator")
+
+
+def _invalidated(engine: Engine, since: datetime | None) -> dict[str, list[str]]:
+    """Whom the window's invalidations named, by action: user ids, generator versions."""
+    query = _since(
+        select(actions.action, actions.target).where(actions.action.in_(INVALIDATIONS)).distinct(),
+        actions.created_at,
+        since,
+    )
+    named: dict[str, list[str]] = {action: [] for action in INVALIDATIONS}
+    for row in _rows(engine, query):
+        named[row["action"]].append(row["target"])
+    return named
+
+
 def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int | None) -> Any:
     """The served requests (errors served nothing, as in `Summary.hit_rate`), key by key in
     time order: (first of its key, microseconds, a generation no TTL can skip). That is a
@@ -584,23 +600,27 @@ def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int 
     if key_samples is not None:
         served = served.where(events.key_sample < key_samples)
     r = served.subquery()
-    invalidated = (
+    entry_generator = func.coalesce(r.c.previous_version, UNKNOWN_GENERATOR)
+    invalidated_since_previous = (
         select(literal(1))
         .where(
             actions.created_at > r.c.previous_at,
             actions.created_at <= r.c.created_at,
             or_(
                 (actions.action == "invalidate_user") & (actions.target == r.c.user_id),
-                (actions.action == "retire_generator")
-                & (actions.target == func.coalesce(r.c.previous_version, UNKNOWN_GENERATOR)),
+                (actions.action == "retire_generator") & (actions.target == entry_generator),
             ),
         )
         .exists()
     )
+    # Looked up only for the requests of a user or generator an invalidation named: the
+    # others, nearly all, cost one comparison with a short list.
+    named = _invalidated(engine, since)
+    affected = or_(r.c.user_id.in_(named["invalidate_user"]), entry_generator.in_(named["retire_generator"]))
     return select(
         func.coalesce(r.c.cache_key != r.c.previous_key, True),
         _epoch_microseconds(engine, r.c.created_at),
-        (r.c.outcome == "bypass") | invalidated,
+        (r.c.outcome == "bypass") | case((affected, invalidated_since_previous), else_=False),
     ).order_by(r.c.key_sample, r.c.cache_key, r.c.created_at, r.c.id)
 
 
