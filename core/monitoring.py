@@ -10,16 +10,31 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 import numpy as np
-from sqlalchemy import BigInteger, Engine, case, cast, func, literal, select, text, true, type_coerce, union_all
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core.admin import UNKNOWN_GENERATOR
 from core.cache_store import count_entries
 from core.db import is_postgres
 from core.formatting import format_duration
-from core.schema import UTCDateTime, ai_coach_cache, generation_events, generation_stats_hourly, utcnow
+from core.schema import UTCDateTime, admin_actions, ai_coach_cache, generation_events, generation_stats_hourly, utcnow
 from core.settings import OFFLINE_MODEL, ModelPrice, Settings
 
 events = generation_events.c
+actions = admin_actions.c
 stats = generation_stats_hourly
 Granularity = Literal["hour", "day"]
 GRANULARITIES: tuple[Granularity, ...] = get_args(Granularity)
@@ -38,6 +53,10 @@ def hit_rate(hits: int, served: int) -> float | None:
 def latency_bin_label(upper_ms: int | None) -> str:
     """`< 5 ms` for a bin, `≥ 20.0 s` for the open last one."""
     return f"< {format_duration(upper_ms)}" if upper_ms is not None else f"≥ {format_duration(LATENCY_BINS_MS[-1])}"
+
+
+# Fastest first: the order of a latency chart's axis, whatever order the bars are drawn in.
+LATENCY_BIN_LABELS = tuple(latency_bin_label(upper) for upper in (*LATENCY_BINS_MS, None))
 
 
 def time_bucket(engine: Engine, column: Any, granularity: Granularity) -> Any:
@@ -537,35 +556,93 @@ def _epoch_microseconds(engine: Engine, column: Any) -> Any:
     return seconds * 1_000_000 + cast(func.substr(column, 21, 6), BigInteger)
 
 
+INVALIDATIONS = ("invalidate_user", "retire_generator")
+
+
+def _invalidated(engine: Engine, since: datetime | None) -> dict[str, list[str]]:
+    """Whom the window's invalidations named, by action: user ids, generator versions."""
+    query = _since(
+        select(actions.action, actions.target).where(actions.action.in_(INVALIDATIONS)).distinct(),
+        actions.created_at,
+        since,
+    )
+    named: dict[str, list[str]] = {action: [] for action in INVALIDATIONS}
+    for row in _rows(engine, query):
+        named[row["action"]].append(row["target"])
+    return named
+
+
+def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int | None) -> Any:
+    """The served requests (errors served nothing, as in `Summary.hit_rate`), key by key in
+    time order: (first of its key, microseconds, a generation no TTL can skip). That is a
+    forced refresh, or the first request after an admin invalidated the key's entry: its
+    user's entries (`invalidate_user`), or its generator's (`retire_generator`; the entry's
+    generator is the one the key's previous event names, the hit's entry's or the miss's)."""
+    # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
+    # in time are taken in the order they were logged.
+    in_order = (events.key_sample, events.cache_key, events.created_at, events.id)
+
+    def previous(column: Any, name: str) -> Any:
+        return func.lag(column).over(order_by=in_order).label(name)
+
+    served = _since(
+        select(
+            *in_order,
+            events.outcome,
+            events.user_id,
+            previous(events.cache_key, "previous_key"),
+            previous(events.created_at, "previous_at"),
+            previous(events.generator_version, "previous_version"),
+        ).where(events.outcome != "error"),
+        events.created_at,
+        since,
+    )
+    if key_samples is not None:
+        served = served.where(events.key_sample < key_samples)
+    r = served.subquery()
+    entry_generator = func.coalesce(r.c.previous_version, UNKNOWN_GENERATOR)
+    invalidated_since_previous = (
+        select(literal(1))
+        .where(
+            actions.created_at > r.c.previous_at,
+            actions.created_at <= r.c.created_at,
+            or_(
+                (actions.action == "invalidate_user") & (actions.target == r.c.user_id),
+                (actions.action == "retire_generator") & (actions.target == entry_generator),
+            ),
+        )
+        .exists()
+    )
+    # Looked up only for the requests of a user or generator an invalidation named: the
+    # others, nearly all, cost one comparison with a short list.
+    named = _invalidated(engine, since)
+    affected = or_(r.c.user_id.in_(named["invalidate_user"]), entry_generator.in_(named["retire_generator"]))
+    return select(
+        func.coalesce(r.c.cache_key != r.c.previous_key, True),
+        _epoch_microseconds(engine, r.c.created_at),
+        (r.c.outcome == "bypass") | case((affected, invalidated_since_previous), else_=False),
+    ).order_by(r.c.key_sample, r.c.cache_key, r.c.created_at, r.c.id)
+
+
 def replay_ttls(
     engine: Engine,
     ttl_hours: Sequence[float],
     since: datetime | None = None,
     max_requests: int = REPLAY_MAX_REQUESTS,
 ) -> list[TtlOutcome]:
-    """Replay the recorded requests (key, time) against each TTL: a request is a hit when
-    its key's last generation is younger than the TTL; forced refreshes always generate.
-    Requests before `since` are not seen, so the window starts with a cold cache. Above
+    """Replay the served requests (key, time) against each TTL: a request is a hit when its
+    key's last generation is younger than the TTL, unless it was forced or its entry was
+    invalidated since the key's previous request (see `_replayed_requests`). Requests
+    before `since` are not seen, so the window starts with a cold cache. Above
     `max_requests`, a uniform sample of keys is replayed, so the cost stays bounded."""
     summary_ = summary(engine, since)
     total = summary_.hits + summary_.generations
-    share = 1.0 if total <= max_requests else max_requests / total
-    # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
-    # in time are taken in the order they were logged.
-    in_order = (events.key_sample, events.cache_key, events.created_at, events.id)
-    new_key = events.cache_key != func.lag(events.cache_key).over(order_by=in_order)
-    query = _since(
-        select(func.coalesce(new_key, True), _epoch_microseconds(engine, events.created_at), events.outcome == "bypass")
-        .where(events.outcome != "error")
-        .order_by(*in_order),
-        events.created_at,
-        since,
-    )
-    if share < 1.0:
+    share, key_samples = 1.0, None
+    if total > max_requests:
         # Each key_sample value holds 1/64 of the keys, uniformly (the digest decides it).
-        buckets = max(1, math.ceil(64 * share))
-        share = buckets / 64
-        query = query.where(events.key_sample < buckets)
+        key_samples = max(1, math.ceil(64 * max_requests / total))
+        share = key_samples / 64
+    query = _replayed_requests(engine, since, key_samples)
     with engine.connect() as connection:
         rows = connection.execute(query).all()
     if not rows:
@@ -578,7 +655,7 @@ def replay_ttls(
     span = int(micros.max() - micros.min()) + max(ttls) + 1
     axis = np.cumsum(new_keys) * span + (micros - micros.min())
     n = len(axis)
-    # The first forced refresh after each request: a generation no TTL can skip.
+    # The first request after each one that generates whatever the TTL.
     forced_at = np.where(forced == 1, np.arange(n), n)
     next_forced = np.append(np.minimum.accumulate(forced_at[::-1])[::-1][1:], n)
     outcomes = []

@@ -10,14 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import streamlit
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from core.db import make_engine
+from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.schema import ai_coach_cache, training_programs
 from testkit.browser import CHROMIUM, CHROMIUM_ARGS, dashboard
 from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import app_environment, count_rows, expire_entries
+from tests.helpers import PROFILE, app_environment, count_rows, expire_entries
+from tests.test_formatting import DOLLARS_SHOWN
+from tests.test_openai_generator import openai_service
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +76,34 @@ def shot(page: Page, name: str) -> None:
 def grid_cells(page: Page, text: str) -> Locator:
     # st.dataframe draws on a canvas; its accessible grid holds the cell text, visually hidden.
     return page.locator("[role='gridcell']", has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+def streamlit_sprintf(page: Page, template: str, values: list[float]) -> list[str]:
+    """What the dataframe draws for `values` in a column of printf format `template`: the
+    installed Streamlit's own sprintf module, imported in the page as the grid imports it."""
+    static = Path(streamlit.__file__).parent / "static" / "static" / "js"
+    [module] = static.glob("sprintfjs.*.js")
+    return page.evaluate(
+        "async ([path, template, values]) => {"
+        " const sprintf = Object.values(await import(path))[0];"
+        " return values.map(v => sprintf(template, v)); }",
+        [f"/static/js/{module.name}", template, values],
+    )
+
+
+def cut_off(page: Page) -> list[str]:
+    """Text the page does not show whole: metric labels wider than their box (an ellipsis),
+    and segmented-control options drawn past their control's edge (under the next column)."""
+    return page.evaluate(
+        """() => {
+        const labels = [...document.querySelectorAll("[data-testid='stMetricLabel'], [data-testid='stMetricLabel'] *")]
+            .filter(e => e.scrollWidth > e.clientWidth);
+        const options = [...document.querySelectorAll("[data-testid='stButtonGroup']")].flatMap(group =>
+            [...group.querySelectorAll("button")].filter(
+                b => b.getBoundingClientRect().right > group.getBoundingClientRect().right + 0.5));
+        return [...labels, ...options].map(e => e.textContent);
+        }"""
+    )
 
 
 def generate(page: Page) -> None:
@@ -294,3 +326,62 @@ def test_the_dashboard_starts_without_its_database_and_saves_once_it_is_back(
             assert fake_openai.calls == 1
     finally:
         postgres.stop()
+
+
+def test_the_monitoring_page_reads_in_full_and_its_tables_show_the_headlines_costs(
+    browser: Browser, fake_openai: FakeOpenAI, database: str
+) -> None:
+    fake_openai.reset()
+    engine = make_engine(database)
+    service = openai_service(engine, fake_openai, model="gpt-4o-mini")  # a priced model
+    for user_id in ("u1", "u1", "u1", "u1", "u2"):  # two generations, three hits
+        service.generate(user_id=user_id, onboarding_responses=PROFILE, has_paid_access=False)
+    engine.dispose()
+    env = app_environment(
+        database,
+        OPENAI_API_KEY=API_KEY,
+        OPENAI_BASE_URL=fake_openai.base_url,
+        OPENAI_MODEL="gpt-4o-mini",
+        LLM_MAX_RETRIES="0",
+    )
+    with dashboard(ROOT / "app.py", env) as url:
+        for width in (1280, 1920):
+            page = browser.new_page(viewport={"width": width, "height": 1000})
+            page.goto(url)
+            settle(page)
+            go_to(page, "Cache monitoring")
+            metrics = page.get_by_test_id("stMetric")
+            expect(metrics.filter(has_text="Hit rate")).to_contain_text("60.0%")
+            assert cut_off(page) == [], width
+            shot(page, f"7-monitoring-{width}-headline")
+
+            spent, saved = (
+                metrics.filter(has_text=label).get_by_test_id("stMetricValue").inner_text()
+                for label in ("LLM spend", "Cost saved")
+            )
+            assert (spent, saved) == ("$0.002286", "$0.003429")  # 2 and 3 x (420 x $0.15 + 1,800 x $0.60) / 1 M
+            # The grid's accessible cells hold its values; it draws them with Streamlit's sprintf.
+            generators = page.get_by_test_id("stDataFrame").first
+            generators.scroll_into_view_if_needed()  # the grid fills its cells where it is seen
+            expect(generators.locator("[role='gridcell']").first).to_have_text(re.compile("gpt-4o-mini"))
+            row = dict(
+                zip(
+                    generators.locator("[role='columnheader']").all_inner_texts(),
+                    generators.locator("[role='gridcell']").all_inner_texts(),
+                    strict=True,
+                )
+            )
+            drawn = streamlit_sprintf(page, DOLLAR_PRINTF, [float(row["LLM spend"]), float(row["Cost saved"])])
+            assert drawn == [spent, saved]
+            # And for amounts of every size, the grid's rule is the headline's.
+            amounts = [amount for amount, _ in DOLLARS_SHOWN]
+            assert streamlit_sprintf(page, DOLLAR_PRINTF, amounts) == [format_dollars(a) for a in amounts]
+            what_if = page.get_by_test_id("stDataFrame").last
+            what_if.scroll_into_view_if_needed()
+            expect(what_if.locator("[role='gridcell']").first).to_have_text("1 h")
+            shot(page, f"7-monitoring-{width}-ttl")
+            # Every table whole: none scrolls sideways to show its last columns.
+            for table in page.get_by_test_id("stDataFrame").all():
+                scroller = table.locator(".dvn-scroller")
+                assert scroller.evaluate("e => e.scrollWidth - e.clientWidth") <= 0, width
+            page.close()

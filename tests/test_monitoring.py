@@ -10,11 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
-from core import monitoring
+from core import admin, monitoring
 from core.cache_key import DIGEST_ALPHABET
 from core.db import make_engine, migrate
 from core.history import GenerationEvent, insert_event
 from core.schema import generation_events, generation_stats_hourly, utcnow
+from core.service import ProgramService
+from testkit.counting import CountingGenerator
+from tests.helpers import PROFILE
 from tests.test_cli import run
 
 
@@ -168,6 +171,34 @@ def test_ttl_replay_is_exact(engine: Engine) -> None:
     assert {h: o.generations for h, o in outcomes.items()} == {0.25: 6, 1: 4, 24: 3}
     assert outcomes[24].requests == 7
     assert outcomes[24].hit_rate == 4 / 7
+
+
+def test_the_configured_ttl_replays_forced_refreshes_and_invalidations_as_the_headline_counts_them(
+    service: ProgramService, generator: CountingGenerator
+) -> None:
+    def ask(user_id: str, *, force: bool = False) -> bool:
+        return service.generate(
+            user_id=user_id, onboarding_responses=PROFILE, has_paid_access=False, force_refresh=force
+        ).cache_hit
+
+    version = service.generator.identity.version
+    served = [ask("u1"), ask("u1"), ask("u1", force=True), ask("u1")]
+    admin.invalidate_user(service.engine, actor="test", user_id="u1")
+    served += [ask("u1"), ask("u1"), ask("u2")]
+    admin.retire_generator(service.engine, actor="test", generator_version=version)  # u1's and u2's entries
+    served += [ask("u2"), ask("u2"), ask("u1")]
+    with service.engine.begin() as connection:  # served nothing: not a request in either
+        insert_event(
+            connection,
+            GenerationEvent(user_id="u3", cache_key="program:uu3:paidfalse:dk", outcome="error", latency_ms=1.0),
+        )
+    assert served == [False, True, False, True, False, True, False, False, True, False]
+
+    headline = monitoring.summary(service.engine)
+    configured, longer = monitoring.replay_ttls(service.engine, [24, 24 * 30])
+    assert headline.hit_rate == configured.hit_rate == 4 / 10
+    # Nothing expired: a longer TTL saves nothing more, and every generation is one that happened.
+    assert configured.generations == longer.generations == generator.calls == 6
 
 
 def reference_replay(requests: list[tuple[str, float, bool]], ttl_seconds: float) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,10 +10,15 @@ import pytest
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
+from core import monitoring
+from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.generators import OfflineGenerator
+from core.history import GenerationEvent, insert_event
 from core.schema import ai_coach_cache, training_programs
+from core.settings import Settings
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import count_rows, expire_entries, insert_entries
+from tests.test_generator_monitoring import bill
 
 
 @pytest.fixture
@@ -285,3 +291,57 @@ def test_entries_are_grouped_by_generator_and_one_can_be_retired(app: AppTest, a
     # The other namespace's row and the current generator's entries stay.
     assert count_rows(app_engine, ai_coach_cache) == 3
     assert list(app.dataframe[-1].value["Action"]) == ["retire generator"]
+
+
+def chart_spec(at: AppTest, title: str) -> dict:
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return next(s for s in specs if s["layout"]["title"]["text"] == title)
+
+
+def test_latency_bins_read_fastest_first_whichever_outcome_is_drawn_first(app: AppTest, app_engine: Engine) -> None:
+    # Hits drawn first have no 3 ms or 8 s bar: the axis must not list their bins first.
+    with app_engine.begin() as connection:
+        for outcome, latency_ms in [("hit", 1.5), ("hit", 30.0), ("miss", 3.0), ("miss", 8000.0)]:
+            event = GenerationEvent(
+                user_id="u", cache_key="program:uu:paidfalse:dk", outcome=outcome, latency_ms=latency_ms
+            )
+            insert_event(connection, event)
+    app.switch_page("pages/monitoring.py").run()
+    spec = chart_spec(app, "Latency: hits and misses")
+    assert [trace["x"] for trace in spec["data"]] == [["< 2.0 ms", "< 50.0 ms"], ["< 5.0 ms", "< 10.0 s"]]
+    assert spec["layout"]["xaxis"]["categoryarray"] == ["< 2.0 ms", "< 5.0 ms", "< 50.0 ms", "< 10.0 s"]
+    assert list(monitoring.LATENCY_BIN_LABELS[:3]) == ["< 1.0 ms", "< 2.0 ms", "< 5.0 ms"]
+
+
+def test_costs_read_in_the_tables_as_in_the_headline(
+    tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
+) -> None:
+    model = "gpt-4o-mini"
+    app = app_test(
+        f"sqlite:///{tmp_path}/coach.db",
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        OPENAI_MODEL=model,
+        LLM_MAX_RETRIES="0",
+    ).run()
+    bill(fake_openai, 420, 1800)
+    submit(fill(app, "priced-client"))
+    submit(app)
+    app.switch_page("pages/monitoring.py").run()
+    assert not app.exception
+    price = Settings().price_of(model)
+    assert price is not None
+    cost = price.cost(420, 1800)
+    metrics = {m.label: m.value for m in app.metric}
+    # Cents would read $0.00: the figure keeps its four significant digits.
+    assert metrics["LLM spend"] == metrics["Cost saved"] == format_dollars(cost) == "$0.001143"
+    tables = {frozenset(d.value.columns): d for d in app.dataframe}
+    generators = next(d for cols, d in tables.items() if "Generator" in cols)
+    what_if = next(d for cols, d in tables.items() if "TTL" in cols)
+    [row] = generators.value.to_dict("records")
+    assert row["LLM spend"] == row["Cost saved"] == pytest.approx(cost)
+    configured = what_if.value[what_if.value["Configured"]].to_dict("records")
+    assert [(r["TTL"], r["LLM cost"]) for r in configured] == [("24 h", pytest.approx(cost))]
+    # The tables keep numbers (they sort) and show them with the headline's rule.
+    for table, column in [(generators, "LLM spend"), (generators, "Cost saved"), (what_if, "LLM cost")]:
+        assert json.loads(table.proto.columns)[column]["type_config"]["format"] == DOLLAR_PRINTF
