@@ -218,6 +218,7 @@ class ProgramService:
     generator: ProgramGenerator
     ttl: timedelta = timedelta(hours=24)
     lock_wait_seconds: float = 120.0
+    lease_seconds: float = single_flight.LEASE_SECONDS
     # The user id as the database stores it, or ContractError (Database.check_user_id: a
     # table with uuid user ids accepts only UUIDs).
     user_id_check: Callable[[Any], str] = check_user_id
@@ -233,6 +234,7 @@ class ProgramService:
             generator=generator,
             ttl=timedelta(hours=settings.cache_ttl_hours),
             lock_wait_seconds=settings.lock_wait_seconds,
+            lease_seconds=settings.generation_lease_seconds,
             user_id_check=database.check_user_id,
             key_secret=settings.key_secret,
             serve_other_generators=settings.cache_on_generator_change == "serve",
@@ -266,6 +268,7 @@ class ProgramService:
                 self.engine,
                 key,
                 wait_seconds=self.lock_wait_seconds,
+                lease_seconds=self.lease_seconds,
                 from_cache=lambda: self._hit_or_none(request, written_since),
                 produce=lambda: self._generate_and_store(request, reason, changed, on_generating),
             )
