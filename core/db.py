@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
+from core import waits
 from core.adoption import SchemaRefused, uuid_user_ids
 from core.cache_key import check_user_id
 from core.schema import VERSION_TABLE
@@ -46,6 +47,7 @@ def make_engine(database_url: str) -> Engine:
         skip_autocommit_rollback=True,
     )
     event.listen(engine, "checkout", _discard_if_closed_by_server)
+    waits.bound_postgres(engine)
     return engine
 
 
@@ -61,7 +63,8 @@ def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: An
 def _sqlite_engine(database_url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
+    # The busy timeout is set before each statement (core.waits), to what is left of its time.
+    engine = create_engine(database_url, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -71,7 +74,6 @@ def _sqlite_engine(database_url: str, database: str | None) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -80,6 +82,7 @@ def _sqlite_engine(database_url: str, database: str | None) -> Engine:
         # upgraded later fails at once (SQLITE_BUSY) if another connection wrote meanwhile.
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITES) else "BEGIN")
 
+    waits.bound_sqlite(engine)
     return engine
 
 
@@ -111,8 +114,12 @@ def migrate(engine: Engine, target: str = "head") -> str:
     lock, taken up front (BEGIN IMMEDIATE) so a second instance waits instead of failing
     with "database is locked" when it upgrades its read to a write. Raises SchemaRefused
     (nothing changed) when existing tables cannot be adopted."""
-    with connect_to_write(engine) as connection, connection.begin():
+    with _migrating(engine) as connection, connection.begin():
         return _upgrade(connection, target)
+
+
+def _migrating(engine: Engine) -> Connection:
+    return connect_to_write(engine).execution_options(**{waits.LIMIT: waits.MIGRATION_SECONDS})
 
 
 def pending_ddl(engine: Engine) -> list[str]:
@@ -124,7 +131,7 @@ def pending_ddl(engine: Engine) -> list[str]:
         if not statement.lstrip().upper().startswith(("SELECT", "PRAGMA", "SHOW", "WITH")):
             statements.append(" ".join(statement.split()))
 
-    with connect_to_write(engine) as connection:
+    with _migrating(engine) as connection:
         transaction = connection.begin()
         event.listen(connection, "before_cursor_execute", record)
         try:

@@ -20,7 +20,7 @@ from pydantic_core import from_json
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, entry_fate, history, single_flight
+from core import cache_store, entry_fate, history, single_flight, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
@@ -219,6 +219,7 @@ class ProgramService:
     ttl: timedelta = timedelta(hours=24)
     lock_wait_seconds: float = 120.0
     lease_seconds: float = single_flight.LEASE_SECONDS
+    database_wait_seconds: float = 5.0  # all one request may wait on the database
     # The user id as the database stores it, or ContractError (Database.check_user_id: a
     # table with uuid user ids accepts only UUIDs).
     user_id_check: Callable[[Any], str] = check_user_id
@@ -235,6 +236,7 @@ class ProgramService:
             ttl=timedelta(hours=settings.cache_ttl_hours),
             lock_wait_seconds=settings.lock_wait_seconds,
             lease_seconds=settings.generation_lease_seconds,
+            database_wait_seconds=settings.database_wait_seconds,
             user_id_check=database.check_user_id,
             key_secret=settings.key_secret,
             serve_other_generators=settings.cache_on_generator_change == "serve",
@@ -252,7 +254,19 @@ class ProgramService:
         """Raises ContractError for invalid input (nothing written), GenerationFailed or
         SingleFlightTimeout when no program could be had (nothing cached or saved).
         `on_generating(reason)` is called when the LLM is about to be asked, so a caller
-        can say what is happening while it works."""
+        can say what is happening while it works. All its statements together wait
+        `database_wait_seconds` at most (core.waits): a stalled database costs that much."""
+        with waits.request_budget(self.database_wait_seconds):
+            return self._generate(user_id, onboarding_responses, has_paid_access, force_refresh, on_generating)
+
+    def _generate(
+        self,
+        user_id: str,
+        onboarding_responses: Any,
+        has_paid_access: bool,
+        force_refresh: bool,
+        on_generating: Callable[[MissReason], None] | None,
+    ) -> GenerationResult:
         user_id = self.user_id_check(user_id)
         profile = parse_onboarding(onboarding_responses)
         key = cache_key(user_id, profile, has_paid_access, self.key_secret)
@@ -299,7 +313,7 @@ class ProgramService:
         if result.unsaved is None:
             return result
         try:
-            with self.engine.begin() as connection:
+            with waits.request_budget(self.database_wait_seconds), self.engine.begin() as connection:
                 program_id = history.insert_program(connection, result.unsaved)
                 if result.unsaved_event is not None:
                     history.insert_event(connection, result.unsaved_event)

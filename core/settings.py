@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # How long a request waits for a concurrent identical generation; None derives it
     # from the LLM's own worst case so a waiter never gives up on a call still in flight.
     single_flight_wait_seconds: float | None = Field(default=None, gt=0, le=24 * 3600, allow_inf_nan=False)
+    # All that one coach's request may wait on the database (a stalled server, a held lock),
+    # over all its statements: then it goes on as if the database were down.
+    database_wait_seconds: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
     # A generation's lease on its key, renewed three times per period while it runs: a
     # holder that dies blocks its key at most this long.
     generation_lease_seconds: float = Field(default=15.0, ge=0.5, le=600, allow_inf_nan=False)

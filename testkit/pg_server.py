@@ -6,12 +6,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import psycopg
 
 
@@ -66,6 +70,20 @@ class PostgresServer:
                 self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.datadir))
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextmanager
+    def stalled(self) -> Iterator[None]:
+        """Every server process stopped (SIGSTOP), as a hung host or a network partition
+        looks to a client: connections stay open and nothing answers. Resumed on exit."""
+        postmaster = psutil.Process(int((self.datadir / "postmaster.pid").read_text().split()[0]))
+        pids = [postmaster.pid, *(child.pid for child in postmaster.children())]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
 
     def url(self, database: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}"

@@ -1,0 +1,208 @@
+"""Bounded waits on the database: a stalled server (its processes stopped, a network gone
+quiet) or a lock held for minutes must cost a coach seconds, not the whole stall.
+
+Every statement has a deadline. A coach's request shares one budget (`request_budget`) among
+all its statements: what they wait adds up, the LLM's time between them does not. Any other
+statement (a page's query, a lease renewal) gets STATEMENT_SECONDS, a migration's
+MIGRATION_SECONDS (`LIMIT`, an execution option: a lock wait or an index build on an adopted
+table may be long).
+
+On PostgreSQL a watchdog thread shuts down the socket of a statement past its deadline: a
+stopped server cannot enforce its own `statement_timeout`, and its kernel still acknowledges
+TCP keepalives. The driver then fails as for a lost connection, which the pool discards. On
+SQLite the only wait is for the write lock: its busy timeout is set to what is left before
+each statement. A budget spent fails the next statement (or connection) at once, as an
+OperationalError, which callers treat as the database being unavailable."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
+
+STATEMENT_SECONDS = 60.0
+MIGRATION_SECONDS = 600.0
+LIMIT = "coach_cache_statement_seconds"  # execution option: this connection's own limit
+MIN_CONNECT_SECONDS = 2  # libpq's connect_timeout is whole seconds, at least 2
+
+
+class DatabaseTooSlow(Exception):
+    """The database did not answer within the time this request had for it."""
+
+
+@dataclass
+class Budget:
+    """Seconds a request may spend waiting on the database, its statements' time added up
+    (not its own work between them, such as the LLM's generation)."""
+
+    seconds: float
+    spent: float = 0.0
+
+    def left(self) -> float:
+        return self.seconds - self.spent
+
+
+_budget: ContextVar[Budget | None] = ContextVar("database_budget", default=None)
+
+
+@contextmanager
+def request_budget(seconds: float) -> Iterator[Budget]:
+    """Everything this thread asks of the database inside the block, connections included,
+    waits `seconds` in all at most."""
+    budget = Budget(seconds)
+    token = _budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _budget.reset(token)
+
+
+def _seconds_left(options: dict[str, Any] | None = None) -> float:
+    if options and LIMIT in options:
+        return float(options[LIMIT])
+    budget = _budget.get()
+    return STATEMENT_SECONDS if budget is None else min(STATEMENT_SECONDS, budget.left())
+
+
+def _started(info: dict[str, Any]) -> None:
+    info["started"] = time.monotonic()
+
+
+def _charge(info: dict[str, Any]) -> None:
+    started = info.pop("started", None)
+    budget = _budget.get()
+    if started is not None and budget is not None:
+        budget.spent += time.monotonic() - started
+
+
+def _spent(statement: str | None) -> OperationalError:
+    budget = _budget.get()
+    seconds = budget.seconds if budget else STATEMENT_SECONDS
+    return OperationalError(statement, None, DatabaseTooSlow(f"the database did not answer within {seconds:g} s"))
+
+
+class _Watchdog:
+    """One thread per engine, asleep until the earliest deadline of a statement in flight."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int]] = []
+        self._live: dict[int, int] = {}  # ticket -> socket file descriptor
+        self._tickets = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, fileno: int, seconds: float) -> int:
+        ticket = next(self._tickets)
+        with self._wake:
+            self._live[ticket] = fileno
+            heapq.heappush(self._heap, (time.monotonic() + seconds, ticket, fileno))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="database watchdog", daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == ticket:
+                self._wake.notify()
+        return ticket
+
+    def done(self, ticket: int) -> None:
+        with self._wake:
+            self._live.pop(ticket, None)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                deadline, ticket, fileno = self._heap[0]
+                if deadline > time.monotonic():
+                    self._wake.wait(deadline - time.monotonic())
+                    continue
+                heapq.heappop(self._heap)
+                del self._live[ticket]
+                _shut_down(fileno)
+
+
+def _shut_down(fileno: int) -> None:
+    """End the connection's socket under the driver's feet: its wait returns at once with
+    'server closed the connection'. A duplicate descriptor is shut down and closed; the
+    driver's own is left for the driver to close."""
+    try:
+        with socket.socket(fileno=os.dup(fileno)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # finished or closed meanwhile
+
+
+def bound_postgres(engine: Engine) -> None:
+    watchdog = _Watchdog()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect_within_budget(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # A server that accepts the connection and never answers costs connect_timeout.
+        left = _seconds_left()
+        if left <= 0:
+            raise _spent(None)
+        cparams["connect_timeout"] = max(MIN_CONNECT_SECONDS, min(int(cparams.get("connect_timeout", left)), int(left)))
+        info: dict[str, Any] = {}
+        _started(info)
+        try:
+            return dialect.connect(*cargs, **cparams)
+        finally:
+            _charge(info)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        left = _seconds_left(conn.get_execution_options())
+        if left <= 0:
+            raise _spent(statement)
+        fileno = conn.connection.dbapi_connection.pgconn.socket
+        conn.info["watch"] = watchdog.watch(fileno, left)
+        _started(conn.info)
+
+    def _finish(info: dict[str, Any]) -> None:
+        _charge(info)
+        ticket = info.pop("watch", None)
+        if ticket is not None:
+            watchdog.done(ticket)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _finished(conn: Any, *_args: Any) -> None:
+        _finish(conn.info)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context: Any) -> None:
+        if context.connection is not None:
+            _finish(context.connection.info)
+
+
+def bound_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _busy_within_budget(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        left = _seconds_left(conn.get_execution_options())
+        if left <= 0:
+            raise _spent(statement)
+        # The only wait SQLite has is for another connection's write lock.
+        conn.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+        _started(conn.info)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _finished(conn: Any, *_args: Any) -> None:
+        _charge(conn.info)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context: Any) -> None:
+        if context.connection is not None:
+            _charge(context.connection.info)
