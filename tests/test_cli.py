@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,33 @@ def profile_file(tmp_path: Path) -> Path:
 
 def test_migrate_is_idempotent(database_url: str) -> None:
     assert output(run(database_url, "migrate"))["revision"] == output(run(database_url, "migrate"))["revision"]
+
+
+def test_migrate_check_on_an_up_to_date_schema_says_so(database_url: str) -> None:
+    output(run(database_url, "migrate"))
+    done = run(database_url, "migrate", "--check")
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert one_line(done) == "The schema is up to date; nothing to run."
+
+
+def test_migrate_check_on_a_sqlite_file_not_there_yet_creates_nothing_and_prints_the_whole_migration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new" / "coach.db"
+    done = run(f"sqlite:///{path}", "migrate", "--check")
+    assert done.returncode == 0
+    assert list(tmp_path.iterdir()) == []
+    says = f"{path} does not exist yet: migrate would create it and run the SQL printed; nothing was created."
+    assert one_line(done) == says
+    # The SQL printed is all of it: run by hand on a new file, it leaves nothing to migrate.
+    by_hand = tmp_path / "by-hand.db"
+    connection = sqlite3.connect(by_hand)
+    connection.executescript(done.stdout.decode())
+    connection.close()
+    again = run(f"sqlite:///{by_hand}", "migrate", "--check")
+    assert (again.returncode, again.stdout, one_line(again)) == (0, b"", "The schema is up to date; nothing to run.")
+    output(run(f"sqlite:///{path}", "migrate"))  # which creates the file, and its directory
+    assert path.exists()
 
 
 def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
