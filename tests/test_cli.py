@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 
 from core.db import make_engine
 from core.generators import OfflineGenerator
+from core.models import load_contract
 from core.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, insert_entries, start_cli, table_counts
+from tests.helpers import PROFILE, ROOT, insert_entries, start_cli, table_counts
 
 
 def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
@@ -81,6 +84,23 @@ def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
         run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid", "--force-refresh")
     )
     assert (forced["cache_hit"], forced["miss_reason"]) == (False, "forced_refresh")
+
+
+def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(tmp_path: Path) -> None:
+    [line] = [
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(".venv/bin/python -m core generate ")
+    ]
+    words = shlex.split(line)[3:]  # after `.venv/bin/python -m core`
+    profile = ROOT / words[words.index("--profile") + 1]  # a path in the checkout, where the README runs it
+    jsonschema.Draft202012Validator(load_contract("onboarding_responses")).validate(json.loads(profile.read_text()))
+    url = f"sqlite:///{tmp_path}/coach.db"
+    # Without the options in brackets, then with them.
+    for args in ([w for w in words if not w.startswith("[")], [w.strip("[]") for w in words]):
+        args[args.index("--profile") + 1] = str(profile)
+        printed = output(run(url, *args))
+        assert printed["program"]["goal"] == "fat_loss" and printed["program"]["weeks"], args
 
 
 @pytest.mark.parametrize(
