@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.generators import OfflineGenerator
 from core.schema import ai_coach_cache, training_programs
+from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import count_rows, expire_entries, insert_entries
 
 
@@ -98,6 +99,22 @@ def test_a_refused_forced_request_keeps_the_box_ticked(app: AppTest) -> None:
     assert "User ID" in app.error[0].value
     assert app.checkbox(key="force_refresh").value is True
     submit(fill(app, "good-id"))
+    assert "a refresh was forced" in app.info[0].value
+    assert app.checkbox(key="force_refresh").value is False
+
+
+def test_a_failed_forced_request_keeps_the_box_ticked(
+    tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
+) -> None:
+    llm = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "LLM_MAX_RETRIES": "0"}
+    app = app_test(f"sqlite:///{tmp_path}/coach.db", **llm).run()
+    fake_openai.reset(Behaviour(mode="status", status=500))
+    app.session_state["force_refresh"] = True
+    submit(fill(app))
+    assert "Generation failed" in app.error[0].value
+    assert app.checkbox(key="force_refresh").value is True
+    fake_openai.reset()
+    submit(app)
     assert "a refresh was forced" in app.info[0].value
     assert app.checkbox(key="force_refresh").value is False
 
