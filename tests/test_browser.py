@@ -300,7 +300,7 @@ def test_every_week_of_a_paid_program_can_be_opened_beside_the_form(server: str,
     type_id(page, "fill", f"paid-client-{width}")
     page.get_by_text("Paid access").click()
     generate(page)
-    expect(page.get_by_text("8-week")).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile("^8-week "))).to_be_visible()
     weeks = page.get_by_test_id("stButtonGroup")
     column = page.get_by_test_id("stColumn").filter(has=weeks).last
     viewport = {"x": 0, "y": 0, "width": width, "height": 1200}
