@@ -1,5 +1,5 @@
-"""`python -m core`: migrate, generate, cleanup, invalidate, stats, rollup. JSON on stdout; errors on
-stderr, one line each, never a traceback or a password."""
+"""`python -m core`: migrate, generate, cleanup, invalidate, stats, rollup. JSON on stdout (SQL for
+`migrate --check`); errors and notes on stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
 
@@ -130,6 +130,21 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
     return EXIT_OK
 
 
+def _check_migrations(database: Database) -> int:
+    """The SQL `migrate` would run, on stdout (to read or to hand to psql), and on stderr
+    what it amounts to when that is not plain from the SQL."""
+    statements = database.pending_ddl()
+    print("".join(f"{statement};\n" for statement in statements), end="")
+    if (missing := database.missing_file()) is not None:
+        print(
+            f"{missing} does not exist yet: migrate would create it and run the SQL printed; nothing was created.",
+            file=sys.stderr,
+        )
+    elif not statements:
+        print("The schema is up to date; nothing to run.", file=sys.stderr)
+    return EXIT_OK
+
+
 def _migrate(_args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
     return {"revision": database.ensure_schema(), "database": settings.describe_database()}
 
@@ -217,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args, settings, database)
         if args.command == "migrate" and args.check:
-            print("".join(f"{statement};\n" for statement in database.pending_ddl()), end="")
-            return EXIT_OK
+            return _check_migrations(database)
         _emit(REPORTS[args.command](args, settings, database))
         return EXIT_OK
     except SchemaRefused as exc:

@@ -32,7 +32,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 def make_engine(database_url: str) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(database_url, url.database)
+        return _sqlite_engine(database_url)
     engine = create_engine(
         database_url,
         pool_size=10,
@@ -60,11 +60,15 @@ def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: An
         raise DisconnectionError("connection closed by the server")
 
 
-def _sqlite_engine(database_url: str, database: str | None) -> Engine:
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+def _sqlite_engine(database_url: str) -> Engine:
     # The busy timeout is set before each statement (core.waits), to what is left of its time.
     engine = create_engine(database_url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "do_connect")
+    def _make_directory(*_args: Any) -> None:
+        # On the first connection, not before: `migrate --check` creates nothing.
+        if (missing := missing_sqlite_file(engine)) is not None:
+            missing.parent.mkdir(parents=True, exist_ok=True)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -84,6 +88,15 @@ def _sqlite_engine(database_url: str, database: str | None) -> Engine:
 
     waits.bound_sqlite(engine)
     return engine
+
+
+def missing_sqlite_file(engine: Engine) -> Path | None:
+    """The SQLite file this engine would create on connecting, when there is none yet."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    path = Path(database)
+    return None if path.exists() else path
 
 
 def connect_to_write(engine: Engine) -> Connection:
@@ -124,7 +137,14 @@ def _migrating(engine: Engine) -> Connection:
 
 def pending_ddl(engine: Engine) -> list[str]:
     """The statements `migrate` would run now, found by running them in a transaction that
-    is rolled back (DDL is transactional on both databases): nothing is changed."""
+    is rolled back (DDL is transactional on both databases): nothing is changed. A SQLite
+    file that does not exist yet is not created: a fresh database in memory stands for it."""
+    if missing_sqlite_file(engine) is not None:
+        fresh = make_engine("sqlite://")
+        try:
+            return pending_ddl(fresh)
+        finally:
+            fresh.dispose()
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -207,6 +227,10 @@ class Database:
 
     def pending_ddl(self) -> list[str]:
         return self._with_migrations_engine(pending_ddl)
+
+    def missing_file(self) -> Path | None:
+        """The SQLite file migrations would create, when there is none yet."""
+        return self._with_migrations_engine(missing_sqlite_file)
 
     def unavailable(self) -> str | None:
         """None when the schema is ready, else why the database cannot be used (one line)."""

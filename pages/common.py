@@ -133,7 +133,8 @@ def render_program(program: dict[str, Any], *, user_id: str, created_at: datetim
     with st.expander("Markdown to copy", icon=":material/content_copy:"):
         st.code(markdown, language="markdown")
     # One week at a time: a click sends the browser one week's tables, not all of them
-    # (the Markdown download has every week, to print).
+    # (the Markdown download has every week, to print). Placed directly in a column, the
+    # weeks would stay on one row and scroll, hiding week 8 without a visible scrollbar.
     weeks = {week["week"]: week for week in program["weeks"]}
     shown = st.segmented_control(
         "Week",
@@ -143,6 +144,7 @@ def render_program(program: dict[str, Any], *, user_id: str, created_at: datetim
         required=True,
         key=f"week-{key}-{len(weeks)}",
         label_visibility="collapsed",
+        wrap=True,
     )
     week = weeks[shown if shown in weeks else min(weeks)]
     st.caption(escape_markdown(week["theme"]))

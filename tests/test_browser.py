@@ -38,13 +38,20 @@ def database(pg: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def server(database: str, fake_openai: FakeOpenAI) -> Iterator[str]:
+def server_settings() -> dict[str, str]:
+    """More of the dashboard's environment, for a test that parametrizes it."""
+    return {}
+
+
+@pytest.fixture
+def server(database: str, fake_openai: FakeOpenAI, server_settings: dict[str, str]) -> Iterator[str]:
     env = app_environment(
         database,
         OPENAI_API_KEY=API_KEY,
         OPENAI_BASE_URL=fake_openai.base_url,
         OPENAI_MODEL="gpt-e2e",
         LLM_MAX_RETRIES="0",
+        **server_settings,
     )
     ARTIFACTS.mkdir(exist_ok=True)
     with open(ARTIFACTS / "streamlit-e2e.log", "ab") as log, dashboard(ROOT / "app.py", env, log) as url:
@@ -267,6 +274,84 @@ def test_a_double_click_is_one_generation_one_llm_call_one_result(
     assert fake_openai.calls == 1
     expect(page.get_by_text("Program #1.")).to_have_count(1)
     engine.dispose()
+
+
+# No double-click window: the second click, made once the first is served, is a new request.
+@pytest.mark.parametrize("server_settings", [{"DOUBLE_CLICK_SECONDS": "0"}])
+def test_force_refresh_is_for_the_click_it_was_ticked_for(
+    server: str, context: BrowserContext, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset()
+    page = open_fresh(context, server)
+    type_id(page, "fill", "forcing-client")
+    force = page.get_by_role("checkbox", name="Force refresh")
+    page.get_by_text("Force refresh", exact=True).click()
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text("Cache miss: a refresh was forced")).to_be_visible(timeout=20_000)
+    expect(force).not_to_be_checked()
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text("Cache hit")).to_be_visible(timeout=20_000)
+    expect(force).not_to_be_checked()
+    assert fake_openai.calls == 1
+
+
+def test_a_double_click_with_force_refresh_ticked_is_one_generation(
+    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset()
+    engine = make_engine(database)
+    page = open_fresh(context, server)
+    type_id(page, "fill", "double-forcer")
+    force = page.get_by_role("checkbox", name="Force refresh")
+    page.get_by_text("Force refresh", exact=True).click()
+    page.get_by_role("button", name="Generate program").dblclick()
+    expect(page.get_by_text("Cache miss: a refresh was forced")).to_be_visible(timeout=20_000)
+    settle(page)
+    assert count_rows(engine, training_programs, training_programs.c.user_id == "double-forcer") == 1
+    assert fake_openai.calls == 1
+    expect(page.get_by_text("Program #1.")).to_have_count(1)
+    expect(force).not_to_be_checked()
+    engine.dispose()
+
+
+def inside(inner: dict[str, float] | None, outer: dict[str, float] | None) -> bool:
+    assert inner is not None and outer is not None
+    return (
+        outer["x"] <= inner["x"]
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"]
+        and outer["y"] <= inner["y"]
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"]
+    )
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1920])
+def test_every_week_of_a_paid_program_can_be_opened_beside_the_form(server: str, browser: Browser, width: int) -> None:
+    page = browser.new_page(viewport={"width": width, "height": 1200})
+    page.goto(server)
+    settle(page)
+    type_id(page, "fill", f"paid-client-{width}")
+    page.get_by_text("Paid access").click()
+    generate(page)
+    expect(page.get_by_role("heading", name=re.compile("^8-week "))).to_be_visible()
+    weeks = page.get_by_test_id("stButtonGroup")
+    column = page.get_by_test_id("stColumn").filter(has=weeks).last
+    viewport = {"x": 0, "y": 0, "width": width, "height": 1200}
+    for number in range(1, 9):
+        # A week scrolled out of its row still counts as visible: its box must lie within.
+        box = page.get_by_role("radio", name=f"Week {number}").bounding_box()
+        assert inside(box, weeks.bounding_box()) and inside(box, column.bounding_box()), number
+        assert inside(box, viewport), number
+    shot(page, f"7-eight-weeks-{width}")
+    theme = page.get_by_test_id("stCaptionContainer")
+    expect(theme.filter(has_text="Foundation: learn the movements")).to_be_visible()
+    page.get_by_role("radio", name="Week 8").click()
+    settle(page)
+    expect(page.get_by_role("radio", name="Week 8")).to_be_checked()
+    expect(theme.filter(has_text="Deload: lighter loads")).to_be_visible()
+    # Its three sessions' tables, with the deload's notes rather than week 1's.
+    expect(page.get_by_role("table")).to_have_count(3)
+    expect(page.get_by_role("cell", name="About 60% of last week's load").first).to_be_visible()
+    expect(page.get_by_role("cell", name="Pick a load you could lift 3 more times")).to_have_count(0)
 
 
 def test_a_miss_says_what_is_happening_and_for_how_long(

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 
 from core.db import make_engine
 from core.generators import OfflineGenerator
+from core.models import load_contract
 from core.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, insert_entries, start_cli, table_counts
+from tests.helpers import PROFILE, ROOT, insert_entries, start_cli, table_counts
 
 
 def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
@@ -40,6 +44,33 @@ def test_migrate_is_idempotent(database_url: str) -> None:
     assert output(run(database_url, "migrate"))["revision"] == output(run(database_url, "migrate"))["revision"]
 
 
+def test_migrate_check_on_an_up_to_date_schema_says_so(database_url: str) -> None:
+    output(run(database_url, "migrate"))
+    done = run(database_url, "migrate", "--check")
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert one_line(done) == "The schema is up to date; nothing to run."
+
+
+def test_migrate_check_on_a_sqlite_file_not_there_yet_creates_nothing_and_prints_the_whole_migration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new" / "coach.db"
+    done = run(f"sqlite:///{path}", "migrate", "--check")
+    assert done.returncode == 0
+    assert list(tmp_path.iterdir()) == []
+    says = f"{path} does not exist yet: migrate would create it and run the SQL printed; nothing was created."
+    assert one_line(done) == says
+    # The SQL printed is all of it: run by hand on a new file, it leaves nothing to migrate.
+    by_hand = tmp_path / "by-hand.db"
+    connection = sqlite3.connect(by_hand)
+    connection.executescript(done.stdout.decode())
+    connection.close()
+    again = run(f"sqlite:///{by_hand}", "migrate", "--check")
+    assert (again.returncode, again.stdout, one_line(again)) == (0, b"", "The schema is up to date; nothing to run.")
+    output(run(f"sqlite:///{path}", "migrate"))  # which creates the file, and its directory
+    assert path.exists()
+
+
 def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
     first = output(run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid"))
     second = output(run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid"))
@@ -53,6 +84,23 @@ def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
         run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid", "--force-refresh")
     )
     assert (forced["cache_hit"], forced["miss_reason"]) == (False, "forced_refresh")
+
+
+def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(tmp_path: Path) -> None:
+    [line] = [
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(".venv/bin/python -m core generate ")
+    ]
+    words = shlex.split(line)[3:]  # after `.venv/bin/python -m core`
+    profile = ROOT / words[words.index("--profile") + 1]  # a path in the checkout, where the README runs it
+    jsonschema.Draft202012Validator(load_contract("onboarding_responses")).validate(json.loads(profile.read_text()))
+    url = f"sqlite:///{tmp_path}/coach.db"
+    # Without the options in brackets, then with them.
+    for args in ([w for w in words if not w.startswith("[")], [w.strip("[]") for w in words]):
+        args[args.index("--profile") + 1] = str(profile)
+        printed = output(run(url, *args))
+        assert printed["program"]["goal"] == "fat_loss" and printed["program"]["weeks"], args
 
 
 @pytest.mark.parametrize(
