@@ -220,8 +220,19 @@ REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, 
 }
 
 
+def _with_values_attached(argv: list[str]) -> list[str]:
+    """`--user-id -A1` as `--user-id=-A1`: a user id may begin with '-', which argparse
+    would otherwise take for an option and refuse."""
+    attached: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        value = next(rest, None) if arg == "--user-id" else None
+        attached.append(arg if value is None else f"{arg}={value}")
+    return attached
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_with_values_attached(sys.argv[1:] if argv is None else argv))
     try:
         settings = Settings()
     except ValidationError as exc:

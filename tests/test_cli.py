@@ -6,6 +6,7 @@ import json
 import shlex
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from core.generators import OfflineGenerator
 from core.models import load_contract
 from core.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
+from tests.conftest import CliRun
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, ROOT, insert_entries, start_cli, table_counts
 
@@ -318,3 +320,11 @@ def test_invalidate_a_user_or_a_generator_from_the_command_line(database_url: st
     ]
     refused = run(database_url, "invalidate", "--user-id", "a:b")
     assert refused.returncode == 2 and "user_id" in one_line(refused)
+
+
+def test_a_user_id_that_begins_with_a_dash_is_the_value_of_user_id(
+    cli: Callable[..., CliRun], database_url: str, profile_file: Path
+) -> None:
+    done = cli(database_url, "generate", "--user-id", "-A1", "--profile", str(profile_file))
+    assert done.json()["cache_key"].startswith("program:u-A1:paidfalse:d")
+    assert cli(database_url, "invalidate", "--user-id", "-A1").json()["deleted"] == 1
