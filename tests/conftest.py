@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sqlite3
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -185,7 +187,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
     """`python -m core ARGS` on `database_url` in this process (`core.cli.main`), for tests
     where the process boundary is not the point: its exit code, stdout and stderr."""
 
-    def run(database_url: str, *args: str, **env: str) -> CliRun:
+    def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> CliRun:
         core_logger = logging.getLogger("core")
         kept = (core_logger.handlers[:], core_logger.level, core_logger.propagate)
         capsys.readouterr()
@@ -194,7 +196,11 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
                 patch.setenv("DATABASE_URL", database_url)
                 for name, value in env.items():
                     patch.setenv(name, value)
-                code = cli_main(list(args))
+                patch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin or b"")))
+                try:
+                    code = cli_main(list(args))
+                except SystemExit as exit:  # argparse: --help, or arguments it refuses
+                    code = int(exit.code or 0)
         finally:
             # main() points the `core` loggers at stderr; the next test's caplog needs them back.
             core_logger.handlers[:], core_logger.level, core_logger.propagate = kept[0], kept[1], kept[2]

@@ -1,4 +1,6 @@
-"""`python -m core` as cron and operators run it: a real process, JSON on stdout."""
+"""`python -m core` as cron and operators run it: JSON on stdout, one line on stderr, exit codes.
+Run in this process (`core.cli.main`), as the process boundary is not what these tests are
+about; a few run the real entry point (`run_process`) where it is."""
 
 from __future__ import annotations
 
@@ -23,11 +25,24 @@ from tests.conftest import CliRun
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, ROOT, insert_entries, start_cli, table_counts
 
+Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
-def run(database_url: str, *args: str, stdin: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
+
+def run_process(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
     process = start_cli(database_url, *args, **env)
-    stdout, stderr = process.communicate(stdin, timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def run(cli: Callable[..., CliRun]) -> Run:
+    """`python -m core ARGS` in this process, as a finished process would be seen."""
+
+    def in_process(database_url: str, *args: str, **options: Any) -> subprocess.CompletedProcess[bytes]:
+        done = cli(database_url, *args, **options)
+        return subprocess.CompletedProcess(args, done.code, done.stdout.encode(), done.stderr.encode())
+
+    return in_process
 
 
 def output(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
@@ -42,11 +57,11 @@ def profile_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_migrate_is_idempotent(database_url: str) -> None:
+def test_migrate_is_idempotent(run: Run, database_url: str) -> None:
     assert output(run(database_url, "migrate"))["revision"] == output(run(database_url, "migrate"))["revision"]
 
 
-def test_migrate_check_on_an_up_to_date_schema_says_so(database_url: str) -> None:
+def test_migrate_check_on_an_up_to_date_schema_says_so(run: Run, database_url: str) -> None:
     output(run(database_url, "migrate"))
     done = run(database_url, "migrate", "--check")
     assert (done.returncode, done.stdout) == (0, b"")
@@ -54,6 +69,7 @@ def test_migrate_check_on_an_up_to_date_schema_says_so(database_url: str) -> Non
 
 
 def test_migrate_check_on_a_sqlite_file_not_there_yet_creates_nothing_and_prints_the_whole_migration(
+    run: Run,
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "new" / "coach.db"
@@ -73,7 +89,7 @@ def test_migrate_check_on_a_sqlite_file_not_there_yet_creates_nothing_and_prints
     assert path.exists()
 
 
-def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
+def test_generate_miss_then_hit(run: Run, database_url: str, profile_file: Path) -> None:
     first = output(run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid"))
     second = output(run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file), "--paid"))
     for key in ("cache_hit", "cache_key", "training_program_id", "latency_ms", "miss_reason", "program"):
@@ -88,7 +104,7 @@ def test_generate_miss_then_hit(database_url: str, profile_file: Path) -> None:
     assert (forced["cache_hit"], forced["miss_reason"]) == (False, "forced_refresh")
 
 
-def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(tmp_path: Path) -> None:
+def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(run: Run, tmp_path: Path) -> None:
     [line] = [
         line
         for line in (ROOT / "README.md").read_text().splitlines()
@@ -120,7 +136,7 @@ def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(t
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
-    database_url: str, args: list[str], stdin: bytes | None, says: str
+    run: Run, database_url: str, args: list[str], stdin: bytes | None, says: str
 ) -> None:
     output(run(database_url, "migrate"))
     done = run(database_url, "generate", *args, stdin=stdin)
@@ -134,7 +150,7 @@ def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
 
 
 def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(
-    database_url: str, profile_file: Path, fake_openai: FakeOpenAI
+    run: Run, database_url: str, profile_file: Path, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset(Behaviour(mode="status", status=500))
     done = run(
@@ -156,7 +172,7 @@ def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(
     engine.dispose()
 
 
-def test_cleanup_deletes_only_expired_program_entries(engine: Engine, database_url: str) -> None:
+def test_cleanup_deletes_only_expired_program_entries(run: Run, engine: Engine, database_url: str) -> None:
     for i in range(7):
         insert_entries(engine, [f"program:uu{i}:paidfalse:dexpired"], expired=True)
     insert_entries(engine, ["program:uvalid:paidfalse:dvalid"], expired=False)
@@ -181,7 +197,7 @@ def test_cleanup_works_in_batches(engine: Engine) -> None:
     assert (removal.deleted, removal.bytes_reclaimed) == (10, 1000)
 
 
-def test_stats(database_url: str, profile_file: Path) -> None:
+def test_stats(run: Run, database_url: str, profile_file: Path) -> None:
     run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
     run(database_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
     stats = output(run(database_url, "stats"))
@@ -225,7 +241,7 @@ def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
 )
 @pytest.mark.parametrize("command", ["stats", "generate"])
 def test_a_bad_setting_exits_2_with_one_line_naming_it(
-    tmp_path: Path, profile_file: Path, env: dict[str, str], says: str, command: str
+    run: Run, tmp_path: Path, profile_file: Path, env: dict[str, str], says: str, command: str
 ) -> None:
     env = dict(env)  # shared by both commands' runs
     url = env.pop("DATABASE_URL", f"sqlite:///{tmp_path}/coach.db")
@@ -237,6 +253,21 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(
     assert "s3cret" not in line
 
 
+def test_the_entry_point_refuses_a_bad_setting_in_one_line_with_exit_2(tmp_path: Path, profile_file: Path) -> None:
+    done = run_process(
+        f"sqlite:///{tmp_path}/coach.db",
+        "generate",
+        "--user-id",
+        "u1",
+        "--profile",
+        str(profile_file),
+        CACHE_TTL_HOURS="1e9",
+    )
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert one_line(done).startswith("error: configuration: CACHE_TTL_HOURS=1e9: Input should be less than or equal")
+    assert not (tmp_path / "coach.db").exists()
+
+
 @pytest.fixture
 def unreachable_url() -> str:
     # A port nothing listens on, and a password that must never be printed.
@@ -244,7 +275,7 @@ def unreachable_url() -> str:
 
 
 @pytest.mark.parametrize("command", ["stats", "cleanup", "migrate", "rollup"])
-def test_an_unreachable_database_exits_1_with_one_line(unreachable_url: str, command: str) -> None:
+def test_an_unreachable_database_exits_1_with_one_line(run: Run, unreachable_url: str, command: str) -> None:
     done = run(unreachable_url, command)
     assert done.returncode == 1 and done.stdout == b""
     line = one_line(done)
@@ -253,7 +284,7 @@ def test_an_unreachable_database_exits_1_with_one_line(unreachable_url: str, com
 
 
 def test_generate_without_its_database_prints_the_program_and_exits_3(unreachable_url: str, profile_file: Path) -> None:
-    done = run(unreachable_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
+    done = run_process(unreachable_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
     assert done.returncode == 3
     printed = json.loads(done.stdout)
     assert printed["program"]["weeks"] and printed["training_program_id"] is None
@@ -264,20 +295,20 @@ def test_generate_without_its_database_prints_the_program_and_exits_3(unreachabl
 
 
 def test_the_exit_codes_are_in_the_help() -> None:
-    done = run("sqlite:///unused.db", "--help")
+    done = run_process("sqlite:///unused.db", "--help")
     assert done.returncode == 0
     for code in ("0  done", "1  failed", "2  invalid input or configuration", "3  generate only"):
         assert code in done.stdout.decode()
 
 
-def test_a_profile_file_with_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+def test_a_profile_file_with_a_byte_order_mark_is_accepted(run: Run, tmp_path: Path) -> None:
     profile = tmp_path / "profile.json"
     profile.write_bytes(b"\xef\xbb\xbf" + json.dumps(PROFILE).encode())
     url = f"sqlite:///{tmp_path}/coach.db"
     assert output(run(url, "generate", "--user-id", "u1", "--profile", str(profile)))["program"]["weeks"]
 
 
-def test_each_request_is_one_log_line_without_the_answers(tmp_path: Path) -> None:
+def test_each_request_is_one_log_line_without_the_answers(run: Run, tmp_path: Path) -> None:
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps({**PROFILE, "injuries": "torn ACL, left knee"}))
     url = f"sqlite:///{tmp_path}/coach.db"
@@ -299,7 +330,9 @@ def test_each_request_is_one_log_line_without_the_answers(tmp_path: Path) -> Non
         assert "ACL" not in done.stderr.decode() and "strength" not in done.stderr.decode()
 
 
-def test_invalidate_a_user_or_a_generator_from_the_command_line(database_url: str, profile_file: Path) -> None:
+def test_invalidate_a_user_or_a_generator_from_the_command_line(
+    run: Run, database_url: str, profile_file: Path
+) -> None:
     for user in ("u1", "u2"):
         output(run(database_url, "generate", "--user-id", user, "--profile", str(profile_file)))
     engine = make_engine(database_url)
