@@ -104,27 +104,18 @@ _INSERT_PROGRAM = {
     dialect: insert(training_programs).values(program=json_text("program_json", dialect)).returning(programs.id)
     for dialect in ("postgresql", "sqlite")
 }
-_COPIED = (
-    "user_id",
-    "onboarding_responses",
-    "has_paid_access",
-    "source",
-    "cache_key",
-    "created_at",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-)
-# ...and from the entry itself, with its program: which generator made it.
-_FROM_ENTRY = ("data", "model", "generator_version")
+# A hit's history row takes its program and the generator that made it from the entry
+# (history column: entry column), and everything else from its HistoryRecord.
+_FROM_ENTRY = {"program": "data", "model": "model", "generator_version": "generator_version"}
+_COPIED = tuple(f.name for f in fields(HistoryRecord) if f.name not in ("program_json", *_FROM_ENTRY))
 # A hit's program copied inside the database from the very entry version that was
 # validated: nothing is sent back, and PostgreSQL neither parses nor compresses it again.
 _INSERT_PROGRAM_FROM_CACHE = (
     insert(training_programs)
     .from_select(
-        ["program", "model", "generator_version", *_COPIED],
+        [*_FROM_ENTRY, *_COPIED],
         select(
-            *(ai_coach_cache.c[name] for name in _FROM_ENTRY),
+            *(ai_coach_cache.c[name] for name in _FROM_ENTRY.values()),
             *(bindparam(name, type_=programs[name].type) for name in _COPIED),
         ).where(
             ai_coach_cache.c.cache_key == bindparam("entry_key"),
