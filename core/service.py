@@ -124,9 +124,6 @@ class _Request:
         expires_at: datetime,
         model: str | None,
         generator_version: str | None,
-        *,
-        training_program_id: ProgramId | None = None,
-        warnings: tuple[str, ...] = (),
     ) -> GenerationResult:
         """This request served from the cache entry that expires at `expires_at`."""
         return GenerationResult(
@@ -136,11 +133,9 @@ class _Request:
             latency_ms=self.elapsed_ms(),
             requested_at=self.requested_at,
             onboarding_responses=self.answers,
-            training_program_id=training_program_id,
             expires_at=expires_at,
             model=model,
             generator_version=generator_version,
-            warnings=warnings,
         )
 
     def event(self, outcome: Outcome, *, latency_ms: float, **details: Any) -> GenerationEvent:
