@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -163,46 +163,47 @@ def bound_postgres(engine: Engine) -> None:
         finally:
             _charge(info)
 
+    def watch(conn: Any, seconds: float) -> None:
+        conn.info["watch"] = watchdog.watch(conn.connection.dbapi_connection.pgconn.socket, seconds)
+
+    def unwatch(info: dict[str, Any]) -> None:
+        if (ticket := info.pop("watch", None)) is not None:
+            watchdog.done(ticket)
+
+    _limit_statements(engine, watch, unwatch)
+
+
+def _limit_statements(
+    engine: Engine, begin: Callable[[Any, float], None], end: Callable[[dict[str, Any]], None]
+) -> None:
+    """Before each statement, `begin(connection, seconds it may take)`, or fail at once if
+    none are left; after it (or its failure), charge its time and `end(connection info)`."""
+
     @event.listens_for(engine, "before_cursor_execute")
-    def _start(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def _before(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         left = _seconds_left(conn.get_execution_options())
         if left <= 0:
             raise _spent(statement)
-        fileno = conn.connection.dbapi_connection.pgconn.socket
-        conn.info["watch"] = watchdog.watch(fileno, left)
+        begin(conn, left)
         _started(conn.info)
 
-    def _finish(info: dict[str, Any]) -> None:
+    def _ended(info: dict[str, Any]) -> None:
         _charge(info)
-        ticket = info.pop("watch", None)
-        if ticket is not None:
-            watchdog.done(ticket)
+        end(info)
 
     @event.listens_for(engine, "after_cursor_execute")
-    def _finished(conn: Any, *_args: Any) -> None:
-        _finish(conn.info)
+    def _after(conn: Any, *_args: Any) -> None:
+        _ended(conn.info)
 
     @event.listens_for(engine, "handle_error")
     def _failed(context: Any) -> None:
         if context.connection is not None:
-            _finish(context.connection.info)
+            _ended(context.connection.info)
 
 
 def bound_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "before_cursor_execute")
-    def _busy_within_budget(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        left = _seconds_left(conn.get_execution_options())
-        if left <= 0:
-            raise _spent(statement)
+    def busy_timeout(conn: Any, seconds: float) -> None:
         # The only wait SQLite has is for another connection's write lock.
-        conn.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
-        _started(conn.info)
+        conn.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
-    @event.listens_for(engine, "after_cursor_execute")
-    def _finished(conn: Any, *_args: Any) -> None:
-        _charge(conn.info)
-
-    @event.listens_for(engine, "handle_error")
-    def _failed(context: Any) -> None:
-        if context.connection is not None:
-            _charge(context.connection.info)
+    _limit_statements(engine, busy_timeout, lambda _info: None)
