@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import streamlit
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocket, expect, sync_playwright
 
 from core.db import make_engine
 from core.formatting import DOLLAR_PRINTF, format_dollars
@@ -21,6 +21,7 @@ from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, app_environment, count_rows, expire_entries
 from tests.test_formatting import DOLLARS_SHOWN
+from tests.test_generator_monitoring import bill
 from tests.test_openai_generator import openai_service
 
 pytestmark = pytest.mark.browser
@@ -385,3 +386,49 @@ def test_the_monitoring_page_reads_in_full_and_its_tables_show_the_headlines_cos
                 scroller = table.locator(".dvn-scroller")
                 assert scroller.evaluate("e => e.scrollWidth - e.clientWidth") <= 0, width
             page.close()
+
+
+def served_requests(database: str, fake_openai: FakeOpenAI, model: str = "gpt-e2e") -> None:
+    """A generation billed by `model`, and a hit on it."""
+    engine = make_engine(database)
+    bill(fake_openai, 420, 1800)
+    service = openai_service(engine, fake_openai, model=model)
+    for _ in range(2):
+        service.generate(user_id="watched", onboarding_responses=PROFILE, has_paid_access=False)
+    engine.dispose()
+
+
+def frames_received(page: Page) -> list[bytes]:
+    """Every websocket frame the server sends `page` from now on."""
+    frames: list[bytes] = []
+
+    def on_socket(socket: WebSocket) -> None:
+        socket.on("framereceived", lambda frame: frames.append(frame if isinstance(frame, bytes) else frame.encode()))
+
+    page.on("websocket", on_socket)
+    return frames
+
+
+def test_another_custom_ttl_reruns_only_the_what_if(
+    server: str, browser: Browser, fake_openai: FakeOpenAI, database: str
+) -> None:
+    served_requests(database, fake_openai)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    # A full run sends the page every element, a fragment's run only the fragment's.
+    received = frames_received(page)
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache monitoring")
+    assert any(b"LLM calls avoided" in frame for frame in received)  # the headline, as a full run sends it
+    received.clear()
+    custom = page.get_by_role("spinbutton", name="Custom TTL (hours)")
+    custom.fill("7")
+    custom.press("Enter")
+    what_if = page.get_by_test_id("stDataFrame").last
+    what_if.scroll_into_view_if_needed()
+    expect(what_if.locator("[role='gridcell']", has_text=re.compile("^7 h$"))).to_have_count(1)
+    settle(page)
+    # The what-if was sent again, the headline (written before it in a full run) was not.
+    assert any(b"Custom TTL" in frame for frame in received)
+    assert not any(b"LLM calls avoided" in frame for frame in received)
+    page.close()
