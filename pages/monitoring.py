@@ -4,6 +4,9 @@ a minute; the rollup is cron's (`python -m core rollup`) or the Refresh button's
 
 from __future__ import annotations
 
+import html
+import re
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -28,6 +31,20 @@ def frame(rows: list[dict], granularity: monitoring.Granularity) -> pd.DataFrame
     if not df.empty:
         df["bucket"] = pd.to_datetime(df["bucket"], utc=True).dt.strftime(LABEL_FORMAT[granularity])
     return df
+
+
+def code_span(text: str) -> str:
+    """`text` as a Markdown code span: shown as it is, never as Markdown, HTML or a link. (Escaped
+    with backslashes, a bare URL is still made a link by GitHub's autolinks.) The fence is longer
+    than any run of backticks in it; the spaces inside it are the syntax's, not shown."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def plotly_text(value: str) -> str:
+    """A value from the database as Plotly text: Plotly draws some HTML in legends and hover
+    labels (<a href>, <b>, <br>) and reads entities, so a model name is shown as it is."""
+    return html.escape(value, quote=False)
 
 
 @st.cache_data(ttl=FRESH_SECONDS, show_spinner="Reading the figures…")
@@ -79,9 +96,10 @@ def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: moni
         help=f"{storage.valid_entries:,} valid and {storage.expired_entries:,} expired entries",
     )
     if costs.unpriced_models:
+        # Model names are the LLM server's: shown as they are, never as Markdown or a link.
+        unpriced = ", ".join(code_span(model) for model in costs.unpriced_models)
         st.warning(
-            f"No price for {', '.join(costs.unpriced_models)}: its tokens are left out of LLM spend and cost "
-            "saved. Add it to `MODEL_PRICES`.",
+            f"No price for {unpriced}: its tokens are left out of LLM spend and cost saved. Add it to `MODEL_PRICES`.",
             icon=":material/price_change:",
         )
     if costs.hits_saving_unknown:
@@ -230,7 +248,7 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
         [
             {
                 "bucket": bucket,
-                "generator": u.label,
+                "generator": plotly_text(u.label),
                 "hit rate": u.hit_rate,
                 "LLM calls": u.llm_calls,
                 "tokens": u.prompt_tokens + u.completion_tokens,

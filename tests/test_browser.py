@@ -5,8 +5,10 @@ Screenshots of each page land in test-artifacts/."""
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -431,4 +433,51 @@ def test_another_custom_ttl_reruns_only_the_what_if(
     # The what-if was sent again, the headline (written before it in a full run) was not.
     assert any(b"Custom TTL" in frame for frame in received)
     assert not any(b"LLM calls avoided" in frame for frame in received)
+    page.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server that records every request: what a hostile link or image would reach."""
+    heard: list[str] = []
+
+    class Recording(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            heard.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_address[1]}", heard
+    http.shutdown()
+    http.server_close()
+    thread.join()
+
+
+def test_a_hostile_model_name_is_shown_as_text_and_fetches_nothing(
+    server: str, browser: Browser, fake_openai: FakeOpenAI, database: str, listener: tuple[str, list[str]]
+) -> None:
+    origin, heard = listener
+    hostile = f'![p]({origin}/pixel.png) <a href="{origin}/x">click</a> :red[boom] **bold** `tick`'
+    served_requests(database, fake_openai, model=hostile)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache monitoring")
+    expect(page.get_by_text(f"No price for {hostile}: its tokens")).to_be_visible()
+    legends = page.locator(".legendtext", has_text=hostile)
+    expect(legends.first).to_be_visible()
+    shot(page, "8-monitoring-hostile-model")
+    linked = page.evaluate(
+        """origin => [...document.querySelectorAll("img, a, image")]
+            .filter(e => [...e.attributes].some(a => a.value.includes(origin))).map(e => e.outerHTML)""",
+        origin,
+    )
+    assert linked == [], "\n".join(linked)
+    assert heard == []
     page.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -397,3 +398,18 @@ def test_the_figures_are_shared_for_a_minute_and_refresh_reads_them_again(app: A
     assert as_of in [c.value for c in app.caption]
     refresh(app)
     assert hit_rate_shown(app) == "66.7%"
+
+
+def test_a_model_name_from_the_llm_server_is_shown_as_text(app: AppTest, app_engine: Engine) -> None:
+    hostile = "![p](http://127.0.0.1:9/pixel.png) <a href='http://127.0.0.1:9/x'>click</a> **bold** ``x`"
+    log_requests(app_engine, (3, "miss"), (2.5, "hit"), model=hostile)
+    app.switch_page("pages/monitoring.py").run()
+    [warning] = app.warning
+    # In a code span, fenced by more backticks than the name holds: no Markdown, HTML or link.
+    assert warning.value.startswith(f"No price for ``` {hostile} ```: ")
+    # Plotly draws <a href> and <b> in legends and hover labels, and reads entities: no tag
+    # in any chart's text, and the name's own characters as entities.
+    texts = [json.dumps(json.loads(c.proto.spec), ensure_ascii=False) for c in app.get("plotly_chart")]
+    assert texts and not [text for text in texts if "<a " in text or "</a>" in text]
+    legend = chart_spec(app, "Hit rate by generator")["data"][0]["name"]
+    assert legend == f"{html.escape(hostile, quote=False)} · openai-p1-test"
