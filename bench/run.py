@@ -161,18 +161,29 @@ def single_flight_processes(url: str, generator_seconds: float, processes: int =
 
 def monitoring_queries(engine: Engine, reps: int) -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(days=30)
+    what_if = [*monitoring.WHAT_IF_TTLS, 12.0]  # and the page's default custom TTL
+    # Each query of a view, apart; the TTL replay here reads its requests and replays them.
     queries: dict[str, Callable[[], Any]] = {
-        "refresh_rollup": lambda: monitoring.refresh_rollup(engine),
         "summary": lambda: monitoring.summary(engine, since),
+        "usage_by_generator": lambda: monitoring.usage_by_generator(engine, since),
+        "usage_over_time": lambda: monitoring.usage_over_time(engine, since, "day"),
         "storage": lambda: monitoring.storage(engine),
         "requests_over_time": lambda: monitoring.requests_over_time(engine, since, "day"),
+        "traffic_over_time": lambda: monitoring.traffic_over_time(engine, since, "day"),
         "errors_over_time": lambda: monitoring.errors_over_time(engine, since, "day"),
         "latency_histogram": lambda: monitoring.latency_histogram(engine, since),
         "entries_written_over_time": lambda: monitoring.entries_written_over_time(engine, since, "day"),
-        "ttl_replay": lambda: monitoring.replay_ttls(engine, [1, 6, 12, 24, 72, 168], since),
+        "ttl_replay": lambda: monitoring.replay_ttls(engine, what_if, since),
     }
     results: dict[str, Any] = {name: time_calls(query, reps, warmup=1) for name, query in queries.items()}
-    results["page_total_p50_ms"] = round(sum(r["p50_ms"] for r in results.values()), 1)
+    # A view as the page runs it when its figures are not cached: one overview, and the
+    # what-if's replay of the requests it read.
+    results["page_view"] = time_calls(
+        lambda: monitoring.overview(engine, "30d", "day").served.replay(what_if), reps, warmup=1
+    )
+    results["page_total_p50_ms"] = results["page_view"]["p50_ms"]
+    # The Refresh button and cron, not a view: nothing new has settled here, so its floor.
+    results["refresh_rollup"] = time_calls(lambda: monitoring.refresh_rollup(engine), reps, warmup=1)
     return results
 
 
@@ -285,7 +296,7 @@ def table(results: dict[str, Any]) -> str:
         for name, figure in r["monitoring"].items():
             if isinstance(figure, dict):
                 lines.append(row(f"monitoring: {name}", figure))
-        lines.append(f"{'monitoring page, all queries (p50 sum)':<44} {r['monitoring']['page_total_p50_ms']:>12.1f}")
+        lines.append(f"{'monitoring page, a view not cached (p50)':<44} {r['monitoring']['page_total_p50_ms']:>12.1f}")
         for name, figure in r["history"].items():
             lines.append(row(f"history: {name}", figure))
         mem = r["monitoring_and_history_memory_mb"]

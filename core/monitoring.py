@@ -541,6 +541,19 @@ class TtlOutcome:
     def hit_rate(self) -> float | None:
         return (self.requests - self.generations) / self.requests if self.requests else None
 
+    @property
+    def estimated_generations(self) -> float:
+        """The window's generations: a sample's scaled up to every key."""
+        return self.generations / self.sampled_share
+
+    def cost(self, costs: Costs) -> float:
+        """What those generations would have been billed, each at the window's average cost
+        of a generation that produced a program."""
+        return self.estimated_generations * costs.per_generation
+
+
+# The TTLs the what-if always compares, beside the configured one and the one asked for.
+WHAT_IF_TTLS = (1.0, 6.0, 24.0, 72.0, 168.0)
 
 # Replaying 20 000 requests estimates a hit rate to about a percentage point.
 REPLAY_MAX_REQUESTS = 20_000
@@ -624,6 +637,59 @@ def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int 
     ).order_by(r.c.key_sample, r.c.cache_key, r.c.created_at, r.c.id)
 
 
+@dataclass(frozen=True)
+class ServedRequests:
+    """The window's served requests as the TTL replay reads them, key by key in time order
+    (see `_replayed_requests`): read once, replayed against any TTL without the database."""
+
+    new_key: np.ndarray  # 1 for the first request of its key
+    micros: np.ndarray  # whole microseconds since 1970
+    forced: np.ndarray  # 1 for a request that generates whatever the TTL
+    # Share of cache keys read: 1.0, or a uniform sample when the window is large.
+    sampled_share: float
+
+    def replay(self, ttl_hours: Sequence[float]) -> list[TtlOutcome]:
+        """A request is a hit when its key's last generation is younger than the TTL, unless
+        it is forced (see `_replayed_requests`). The window starts with a cold cache."""
+        n = len(self.micros)
+        if not n:
+            return [TtlOutcome(h, 0, 0, self.sampled_share) for h in ttl_hours]
+        # One sorted axis for all keys: each key's times shifted past the previous key's, so a
+        # search from inside one key never skips the next key's first request.
+        ttls = [round(hours * 3_600_000_000) for hours in ttl_hours]
+        start = int(self.micros.min())
+        span = int(self.micros.max()) - start + max(ttls) + 1
+        axis = np.cumsum(self.new_key) * span + (self.micros - start)
+        # The first request after each one that generates whatever the TTL.
+        forced_at = np.where(self.forced == 1, np.arange(n), n)
+        next_forced = np.append(np.minimum.accumulate(forced_at[::-1])[::-1][1:], n)
+        outcomes = []
+        for hours, ttl in zip(ttl_hours, ttls, strict=True):
+            following = np.minimum(np.searchsorted(axis, axis + ttl, side="left"), next_forced).tolist()
+            calls, i = 0, 0
+            while i < n:  # from each generation straight to the next one
+                calls += 1
+                i = following[i]
+            outcomes.append(TtlOutcome(hours, n, calls, self.sampled_share))
+        return outcomes
+
+
+def _served_requests(engine: Engine, since: datetime | None, totals: Summary, max_requests: int) -> ServedRequests:
+    """Above `max_requests` served in the window (`totals`), a uniform sample of keys, so the
+    cost stays bounded. Requests before `since` are not read."""
+    served = totals.hits + totals.generations
+    share, key_samples = 1.0, None
+    if served > max_requests:
+        # Each key_sample value holds 1/64 of the keys, uniformly (the digest decides it).
+        key_samples = max(1, math.ceil(64 * max_requests / served))
+        share = key_samples / 64
+    with engine.connect() as connection:
+        rows = connection.execute(_replayed_requests(engine, since, key_samples)).all()
+    # Plain tuples: numpy reads Rows slowly.
+    table = np.array([tuple(row) for row in rows], dtype=np.int64).reshape(len(rows), 3)
+    return ServedRequests(new_key=table[:, 0], micros=table[:, 1], forced=table[:, 2], sampled_share=share)
+
+
 def replay_ttls(
     engine: Engine,
     ttl_hours: Sequence[float],
@@ -632,43 +698,49 @@ def replay_ttls(
 ) -> list[TtlOutcome]:
     """Replay the served requests (key, time) against each TTL: a request is a hit when its
     key's last generation is younger than the TTL, unless it was forced or its entry was
-    invalidated since the key's previous request (see `_replayed_requests`). Requests
-    before `since` are not seen, so the window starts with a cold cache. Above
-    `max_requests`, a uniform sample of keys is replayed, so the cost stays bounded."""
-    summary_ = summary(engine, since)
-    total = summary_.hits + summary_.generations
-    share, key_samples = 1.0, None
-    if total > max_requests:
-        # Each key_sample value holds 1/64 of the keys, uniformly (the digest decides it).
-        key_samples = max(1, math.ceil(64 * max_requests / total))
-        share = key_samples / 64
-    query = _replayed_requests(engine, since, key_samples)
-    with engine.connect() as connection:
-        rows = connection.execute(query).all()
-    if not rows:
-        return [TtlOutcome(h, 0, 0, share) for h in ttl_hours]
-    table = np.array([tuple(row) for row in rows], dtype=np.int64)  # plain tuples: numpy reads Rows slowly
-    new_keys, micros, forced = table[:, 0], table[:, 1], table[:, 2]
-    # One sorted axis for all keys: each key's times shifted past the previous key's, so a
-    # search from inside one key never skips the next key's first request.
-    ttls = [round(hours * 3_600_000_000) for hours in ttl_hours]
-    span = int(micros.max() - micros.min()) + max(ttls) + 1
-    axis = np.cumsum(new_keys) * span + (micros - micros.min())
-    n = len(axis)
-    # The first request after each one that generates whatever the TTL.
-    forced_at = np.where(forced == 1, np.arange(n), n)
-    next_forced = np.append(np.minimum.accumulate(forced_at[::-1])[::-1][1:], n)
-    outcomes = []
-    for hours, ttl in zip(ttl_hours, ttls, strict=True):
-        following = np.minimum(np.searchsorted(axis, axis + ttl, side="left"), next_forced).tolist()
-        calls, i = 0, 0
-        while i < n:  # from each generation straight to the next one
-            calls += 1
-            i = following[i]
-        outcomes.append(TtlOutcome(hours, n, calls, share))
-    return outcomes
+    invalidated since the key's previous request (see `_replayed_requests`)."""
+    return _served_requests(engine, since, summary(engine, since), max_requests).replay(ttl_hours)
 
 
 def window_start(window: str, now: datetime | None = None) -> datetime | None:
     spans = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
     return None if window == "all" else (now or utcnow()) - spans[window]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything the Cache monitoring page shows of a window, read at one moment: what a
+    view costs the database (the what-if replays `served` without it)."""
+
+    as_of: datetime
+    summary: Summary
+    usage: list[GeneratorUsage]
+    usage_over_time: list[tuple[datetime, GeneratorUsage]]
+    storage: Storage
+    requests: list[dict[str, Any]]
+    traffic: list[Traffic]
+    latency: list[dict[str, Any]]
+    entries_written: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    served: ServedRequests
+
+
+def overview(engine: Engine, window: str, granularity: Granularity, now: datetime | None = None) -> Overview:
+    """The window's figures, read only: hours not rolled up yet are read from the raw events
+    (see `_hourly`), so they are whole whether or not the rollup has run."""
+    as_of = now or utcnow()
+    since = window_start(window, as_of)
+    totals = summary(engine, since)
+    return Overview(
+        as_of=as_of,
+        summary=totals,
+        usage=usage_by_generator(engine, since),
+        usage_over_time=usage_over_time(engine, since, granularity),
+        storage=storage(engine),
+        requests=requests_over_time(engine, since, granularity),
+        traffic=traffic_over_time(engine, since, granularity),
+        latency=latency_histogram(engine, since),
+        entries_written=entries_written_over_time(engine, since, granularity),
+        errors=errors_over_time(engine, since, granularity),
+        served=_served_requests(engine, since, totals, REPLAY_MAX_REQUESTS),
+    )

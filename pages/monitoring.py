@@ -1,9 +1,11 @@
 """Cache monitoring: hit rate, LLM calls avoided, latency, storage, errors and a TTL what-if,
-all aggregated in SQL by `core.monitoring`."""
+all aggregated in SQL by `core.monitoring`. A view only reads, and its figures are shared for
+a minute; the rollup is cron's (`python -m core rollup`) or the Refresh button's."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import html
+import re
 
 import pandas as pd
 import plotly.express as px
@@ -15,8 +17,10 @@ from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_
 from pages.common import get_engine, get_settings
 
 OUTCOME_COLORS = {"hit": "#2e9e6b", "miss": "#4063d8", "bypass": "#c28a1e", "error": "#c8423b"}
-WHAT_IF_TTLS = [1.0, 6.0, 24.0, 72.0, 168.0]
-ROLLUP_HOURS_PER_VIEW = 72
+# How long the figures of a window are shared by every view before they are read again.
+FRESH_SECONDS = 60
+# What one click on Refresh rolls up at most: a bounded wait (cron rolls up the rest).
+ROLLUP_HOURS_PER_REFRESH = 72
 LABEL_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}
 
 
@@ -27,6 +31,26 @@ def frame(rows: list[dict], granularity: monitoring.Granularity) -> pd.DataFrame
     if not df.empty:
         df["bucket"] = pd.to_datetime(df["bucket"], utc=True).dt.strftime(LABEL_FORMAT[granularity])
     return df
+
+
+def code_span(text: str) -> str:
+    """`text` as a Markdown code span: shown as it is, never as Markdown, HTML or a link. (Escaped
+    with backslashes, a bare URL is still made a link by GitHub's autolinks.) The fence is longer
+    than any run of backticks in it; the spaces inside it are the syntax's, not shown."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def plotly_text(value: str) -> str:
+    """A value from the database as Plotly text: Plotly draws some HTML in legends and hover
+    labels (<a href>, <b>, <br>) and reads entities, so a model name is shown as it is."""
+    return html.escape(value, quote=False)
+
+
+@st.cache_data(ttl=FRESH_SECONDS, show_spinner="Reading the figures…")
+def read_overview(database_url: str, window: str, granularity: monitoring.Granularity) -> monitoring.Overview:
+    # Keyed by the URL's text: the engine (one per process, in pages.common) is not hashable.
+    return monitoring.overview(get_engine(), window, granularity)
 
 
 def chart(figure: go.Figure, *, key: str) -> None:
@@ -72,9 +96,10 @@ def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: moni
         help=f"{storage.valid_entries:,} valid and {storage.expired_entries:,} expired entries",
     )
     if costs.unpriced_models:
+        # Model names are the LLM server's: shown as they are, never as Markdown or a link.
+        unpriced = ", ".join(code_span(model) for model in costs.unpriced_models)
         st.warning(
-            f"No price for {', '.join(costs.unpriced_models)}: its tokens are left out of LLM spend and cost "
-            "saved. Add it to `MODEL_PRICES`.",
+            f"No price for {unpriced}: its tokens are left out of LLM spend and cost saved. Add it to `MODEL_PRICES`.",
             icon=":material/price_change:",
         )
     if costs.hits_saving_unknown:
@@ -84,8 +109,8 @@ def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: moni
         )
 
 
-def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitoring.Granularity) -> None:
-    buckets = frame([vars(t) for t in monitoring.traffic_over_time(get_engine(), since, granularity)], granularity)
+def traffic(figures: monitoring.Overview, requests: pd.DataFrame, granularity: monitoring.Granularity) -> None:
+    buckets = frame([vars(t) for t in figures.traffic], granularity)
     rates = buckets[["bucket", "hit_rate"]]
     left, right = st.columns(2)
     with left:
@@ -132,7 +157,7 @@ def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitor
             key="calls",
         )
     with right:
-        latency = pd.DataFrame(monitoring.latency_histogram(get_engine(), since))
+        latency = pd.DataFrame(figures.latency)
         present = set(latency["label"])
         chart(
             px.bar(
@@ -151,9 +176,8 @@ def traffic(requests: pd.DataFrame, since: datetime | None, granularity: monitor
         )
 
 
-def storage_and_errors(
-    storage: monitoring.Storage, since: datetime | None, granularity: monitoring.Granularity
-) -> None:
+def storage_and_errors(figures: monitoring.Overview, granularity: monitoring.Granularity) -> None:
+    storage = figures.storage
     left, right = st.columns(2)
     with left:
         st.markdown("**Storage**")
@@ -161,7 +185,7 @@ def storage_and_errors(
         cols[0].metric("Valid entries", f"{storage.valid_entries:,}")
         cols[1].metric("Expired entries", f"{storage.expired_entries:,}")
         cols[2].metric("Average entry", format_bytes(storage.average_entry_bytes))
-        written = frame(monitoring.entries_written_over_time(get_engine(), since, granularity), granularity)
+        written = frame(figures.entries_written, granularity)
         if written.empty:
             st.caption("No entries in the cache.")
         else:
@@ -176,7 +200,7 @@ def storage_and_errors(
                 key="storage",
             )
     with right:
-        errors = frame(monitoring.errors_over_time(get_engine(), since, granularity), granularity)
+        errors = frame(figures.errors, granularity)
         if errors.empty:
             st.markdown("**Cache errors**")
             st.success("No cache read or write errors in this window.")
@@ -189,9 +213,8 @@ def storage_and_errors(
             )
 
 
-def by_generator(
-    usage: list[monitoring.GeneratorUsage], since: datetime | None, granularity: monitoring.Granularity
-) -> None:
+def by_generator(figures: monitoring.Overview, granularity: monitoring.Granularity) -> None:
+    usage = figures.usage
     st.subheader("By generator", anchor=False)
     st.caption(
         "Each generator identity (model, prompt and rules version) apart, so a model or prompt change shows, "
@@ -225,13 +248,13 @@ def by_generator(
         [
             {
                 "bucket": bucket,
-                "generator": u.label,
+                "generator": plotly_text(u.label),
                 "hit rate": u.hit_rate,
                 "LLM calls": u.llm_calls,
                 "tokens": u.prompt_tokens + u.completion_tokens,
                 "cost": u.cost_spent(settings),
             }
-            for bucket, u in monitoring.usage_over_time(get_engine(), since, granularity)
+            for bucket, u in figures.usage_over_time
         ],
         granularity,
     )
@@ -255,7 +278,9 @@ def by_generator(
         st.caption("No LLM tokens were billed in this window: the offline generator makes no LLM call.")
 
 
-def ttl_what_if(costs: monitoring.Costs, since: datetime | None) -> None:
+@st.fragment
+def ttl_what_if(served: monitoring.ServedRequests, costs: monitoring.Costs) -> None:
+    """A fragment: another custom TTL reruns only this, replaying the requests already read."""
     st.subheader("TTL what-if", anchor=False)
     st.caption(
         "The served requests of the window replayed against other expiries: what hit rate and LLM cost each TTL "
@@ -266,8 +291,8 @@ def ttl_what_if(costs: monitoring.Costs, since: datetime | None) -> None:
     )
     settings = get_settings()
     custom = st.number_input("Custom TTL (hours)", min_value=0.1, max_value=24.0 * 90, value=12.0, step=1.0)
-    ttls = sorted({*WHAT_IF_TTLS, settings.cache_ttl_hours, float(custom)})
-    outcomes = monitoring.replay_ttls(get_engine(), ttls, since)
+    ttls = sorted({*monitoring.WHAT_IF_TTLS, settings.cache_ttl_hours, float(custom)})
+    outcomes = served.replay(ttls)
     if outcomes and outcomes[0].sampled_share < 1:
         st.caption(f"Estimated from a uniform sample of {outcomes[0].sampled_share:.0%} of the cache keys.")
     table = pd.DataFrame(
@@ -275,8 +300,8 @@ def ttl_what_if(costs: monitoring.Costs, since: datetime | None) -> None:
             "TTL": [f"{o.ttl_hours:g} h" for o in outcomes],
             "Configured": [o.ttl_hours == settings.cache_ttl_hours for o in outcomes],
             "Hit rate": [o.hit_rate or 0.0 for o in outcomes],
-            "Generations": [o.generations for o in outcomes],
-            "LLM cost": [o.generations * costs.per_generation for o in outcomes],
+            "Generations": [round(o.estimated_generations) for o in outcomes],
+            "LLM cost": [o.cost(costs) for o in outcomes],
         }
     )
     chart(
@@ -302,7 +327,7 @@ def ttl_what_if(costs: monitoring.Costs, since: datetime | None) -> None:
 
 st.title("Cache monitoring")
 # Wide enough for the window's four options at 1280 px: narrower, "All" slid under the next column.
-controls = st.columns([4, 2, 4])
+controls = st.columns([4, 2, 4], vertical_alignment="bottom")
 window = controls[0].segmented_control(
     "Window",
     ["24h", "7d", "30d", "all"],
@@ -320,18 +345,20 @@ granularity = controls[1].segmented_control(
     required=True,
     format_func=str.capitalize,
 )
-since = monitoring.window_start(window)
-engine = get_engine()
-# Settled hours into the hourly rollup, a bounded amount per view (cron runs `python -m core
-# rollup` for the rest); a no-op most of the time.
-monitoring.refresh_rollup(engine, max_hours=ROLLUP_HOURS_PER_VIEW)
-summary = monitoring.summary(engine, since)
-usage = monitoring.usage_by_generator(engine, since)
+if controls[2].button(
+    "Refresh",
+    icon=":material/refresh:",
+    help="Roll up the hours that have settled and read every figure again",
+):
+    monitoring.refresh_rollup(get_engine(), max_hours=ROLLUP_HOURS_PER_REFRESH)
+    read_overview.clear()
+figures = read_overview(get_settings().database_url, window, granularity)
+controls[2].caption(f"As of {figures.as_of:%H:%M:%S} UTC, read again after a minute or on Refresh.")
+usage = figures.usage
 costs = monitoring.costs(usage, get_settings())
-storage = monitoring.storage(engine)
-headline(summary, costs, storage)
+headline(figures.summary, costs, figures.storage)
 
-requests = frame(monitoring.requests_over_time(engine, since, granularity), granularity)
+requests = frame(figures.requests, granularity)
 if requests.empty:
     st.info(
         "No requests in this window yet. Generate a program on the **Generate program** page and the charts "
@@ -339,8 +366,8 @@ if requests.empty:
         icon=":material/insights:",
     )
 else:
-    traffic(requests, since, granularity)
-    by_generator(usage, since, granularity)
-storage_and_errors(storage, since, granularity)
+    traffic(figures, requests, granularity)
+    by_generator(figures, granularity)
+storage_and_errors(figures, granularity)
 if not requests.empty:
-    ttl_what_if(costs, since)
+    ttl_what_if(figures.served, costs)

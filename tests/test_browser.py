@@ -5,13 +5,15 @@ Screenshots of each page land in test-artifacts/."""
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import streamlit
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocket, expect, sync_playwright
 
 from core.db import make_engine
 from core.formatting import DOLLAR_PRINTF, format_dollars
@@ -21,6 +23,7 @@ from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, app_environment, count_rows, expire_entries
 from tests.test_formatting import DOLLARS_SHOWN
+from tests.test_generator_monitoring import bill
 from tests.test_openai_generator import openai_service
 
 pytestmark = pytest.mark.browser
@@ -470,3 +473,96 @@ def test_the_monitoring_page_reads_in_full_and_its_tables_show_the_headlines_cos
                 scroller = table.locator(".dvn-scroller")
                 assert scroller.evaluate("e => e.scrollWidth - e.clientWidth") <= 0, width
             page.close()
+
+
+def served_requests(database: str, fake_openai: FakeOpenAI, model: str = "gpt-e2e") -> None:
+    """A generation billed by `model`, and a hit on it."""
+    engine = make_engine(database)
+    bill(fake_openai, 420, 1800)
+    service = openai_service(engine, fake_openai, model=model)
+    for _ in range(2):
+        service.generate(user_id="watched", onboarding_responses=PROFILE, has_paid_access=False)
+    engine.dispose()
+
+
+def frames_received(page: Page) -> list[bytes]:
+    """Every websocket frame the server sends `page` from now on."""
+    frames: list[bytes] = []
+
+    def on_socket(socket: WebSocket) -> None:
+        socket.on("framereceived", lambda frame: frames.append(frame if isinstance(frame, bytes) else frame.encode()))
+
+    page.on("websocket", on_socket)
+    return frames
+
+
+def test_another_custom_ttl_reruns_only_the_what_if(
+    server: str, browser: Browser, fake_openai: FakeOpenAI, database: str
+) -> None:
+    served_requests(database, fake_openai)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    # A full run sends the page every element, a fragment's run only the fragment's.
+    received = frames_received(page)
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache monitoring")
+    assert any(b"LLM calls avoided" in frame for frame in received)  # the headline, as a full run sends it
+    received.clear()
+    custom = page.get_by_role("spinbutton", name="Custom TTL (hours)")
+    custom.fill("7")
+    custom.press("Enter")
+    what_if = page.get_by_test_id("stDataFrame").last
+    what_if.scroll_into_view_if_needed()
+    expect(what_if.locator("[role='gridcell']", has_text=re.compile("^7 h$"))).to_have_count(1)
+    settle(page)
+    # The what-if was sent again, the headline (written before it in a full run) was not.
+    assert any(b"Custom TTL" in frame for frame in received)
+    assert not any(b"LLM calls avoided" in frame for frame in received)
+    page.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server that records every request: what a hostile link or image would reach."""
+    heard: list[str] = []
+
+    class Recording(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            heard.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_address[1]}", heard
+    http.shutdown()
+    http.server_close()
+    thread.join()
+
+
+def test_a_hostile_model_name_is_shown_as_text_and_fetches_nothing(
+    server: str, browser: Browser, fake_openai: FakeOpenAI, database: str, listener: tuple[str, list[str]]
+) -> None:
+    origin, heard = listener
+    hostile = f'![p]({origin}/pixel.png) <a href="{origin}/x">click</a> :red[boom] **bold** `tick`'
+    served_requests(database, fake_openai, model=hostile)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Cache monitoring")
+    expect(page.get_by_text(f"No price for {hostile}: its tokens")).to_be_visible()
+    legends = page.locator(".legendtext", has_text=hostile)
+    expect(legends.first).to_be_visible()
+    shot(page, "8-monitoring-hostile-model")
+    linked = page.evaluate(
+        """origin => [...document.querySelectorAll("img, a, image")]
+            .filter(e => [...e.attributes].some(a => a.value.includes(origin))).map(e => e.outerHTML)""",
+        origin,
+    )
+    assert linked == [], "\n".join(linked)
+    assert heard == []
+    page.close()

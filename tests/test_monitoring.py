@@ -16,6 +16,7 @@ from core.db import make_engine, migrate
 from core.history import GenerationEvent, insert_event
 from core.schema import generation_events, generation_stats_hourly, utcnow
 from core.service import ProgramService
+from core.settings import Settings
 from testkit.counting import CountingGenerator
 from tests.helpers import PROFILE
 from tests.test_cli import run
@@ -250,3 +251,45 @@ def test_a_large_window_is_replayed_on_a_uniform_sample_of_keys(engine: Engine) 
     outcome = monitoring.replay_ttls(engine, [24], max_requests=16)[0]
     assert outcome.sampled_share == 16 / 64
     assert (outcome.requests, outcome.generations) == (16, 16)
+    assert outcome.estimated_generations == 64  # the window's, not the sample's
+
+
+def test_a_ttls_llm_cost_is_the_windows_generations_at_the_average_generation_cost() -> None:
+    settings = Settings()
+    usage = monitoring.GeneratorUsage(
+        "openai-p1-test",
+        "gpt-4o-mini",
+        hits=3,
+        generations=2,
+        prompt_tokens=1_200,  # a failed generation's 400 too: billed, but it produced nothing
+        completion_tokens=3_000,
+        generation_prompt_tokens=800,
+        generation_completion_tokens=2_000,
+    )
+    costs = monitoring.costs([usage], settings)
+    price = settings.price_of("gpt-4o-mini")
+    assert price is not None
+    per_generation = price.cost(400, 1_000)
+    assert costs.per_generation == pytest.approx(per_generation)
+    assert monitoring.TtlOutcome(24, requests=5, generations=3).cost(costs) == pytest.approx(3 * per_generation)
+    # Replayed on a quarter of the keys: the sample's generations stand for four times as many.
+    sampled = monitoring.TtlOutcome(24, requests=5, generations=3, sampled_share=0.25)
+    assert sampled.cost(costs) == pytest.approx(12 * per_generation)
+
+
+def test_the_overview_reads_what_each_figure_reads_and_replays_without_the_database(engine: Engine) -> None:
+    seed(engine)
+    now = utcnow()
+    since = now - timedelta(days=7)
+    figures = monitoring.overview(engine, "7d", "hour", now=now)
+    assert figures.as_of == now
+    assert figures.summary == monitoring.summary(engine, since)
+    assert figures.usage == monitoring.usage_by_generator(engine, since)
+    assert figures.traffic == monitoring.traffic_over_time(engine, since, "hour")
+    assert figures.errors == monitoring.errors_over_time(engine, since, "hour")
+    ttls = [0.25, 24, 168]
+    replayed = monitoring.replay_ttls(engine, ttls, since)
+    with engine.begin() as connection:  # the what-if replays what the overview read
+        connection.execute(generation_events.delete())
+    assert figures.served.replay(ttls) == replayed
+    assert [o.generations for o in replayed] == [6, 3, 2]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from core import monitoring
 from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.generators import OfflineGenerator
 from core.history import GenerationEvent, insert_event
-from core.schema import ai_coach_cache, training_programs
+from core.schema import ai_coach_cache, generation_stats_hourly, training_programs, utcnow
 from core.settings import Settings
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import count_rows, expire_entries, insert_entries
@@ -392,3 +394,69 @@ def test_costs_read_in_the_tables_as_in_the_headline(
     # The tables keep numbers (they sort) and show them with the headline's rule.
     for table, column in [(generators, "LLM spend"), (generators, "Cost saved"), (what_if, "LLM cost")]:
         assert json.loads(table.proto.columns)[column]["type_config"]["format"] == DOLLAR_PRINTF
+
+
+def log_requests(engine: Engine, *requests: tuple[float, str], model: str = "gpt-4o-mini") -> None:
+    """Events of (hours ago, outcome), as the service logs them."""
+    with engine.begin() as connection:
+        for hours, outcome in requests:
+            event = GenerationEvent(
+                user_id="u",
+                cache_key="program:uu:paidfalse:dk",
+                outcome=outcome,  # type: ignore[arg-type]
+                latency_ms=5.0,
+                generator_version="openai-p1-test",
+                model=model,
+                prompt_tokens=None if outcome == "hit" else 400,
+                completion_tokens=None if outcome == "hit" else 1000,
+                created_at=utcnow() - timedelta(hours=hours),
+            )
+            insert_event(connection, event)
+
+
+def refresh(at: AppTest) -> AppTest:
+    return next(b for b in at.button if b.label == "Refresh").click().run()
+
+
+def hit_rate_shown(at: AppTest) -> str:
+    return {m.label: m.value for m in at.metric}["Hit rate"]
+
+
+def test_a_view_only_reads_and_counts_every_request_before_any_rollup(app: AppTest, app_engine: Engine) -> None:
+    # Settled hours a rollup would write, and the last hour's request it would leave raw.
+    log_requests(app_engine, (5, "miss"), (4.5, "hit"), (3, "hit"), (0.1, "hit"))
+    app.switch_page("pages/monitoring.py").run()
+    assert not app.exception
+    assert hit_rate_shown(app) == "75.0%"
+    assert count_rows(app_engine, generation_stats_hourly) == 0
+    refresh(app)
+    assert count_rows(app_engine, generation_stats_hourly) > 0
+    assert hit_rate_shown(app) == "75.0%"
+
+
+def test_the_figures_are_shared_for_a_minute_and_refresh_reads_them_again(app: AppTest, app_engine: Engine) -> None:
+    log_requests(app_engine, (3, "miss"), (2.5, "hit"))
+    app.switch_page("pages/monitoring.py").run()
+    as_of = next(c.value for c in app.caption if c.value.startswith("As of "))
+    assert as_of.endswith(" UTC, read again after a minute or on Refresh.")
+    log_requests(app_engine, (0, "hit"))
+    app.run()  # another view, or a change of any widget
+    assert hit_rate_shown(app) == "50.0%"
+    assert as_of in [c.value for c in app.caption]
+    refresh(app)
+    assert hit_rate_shown(app) == "66.7%"
+
+
+def test_a_model_name_from_the_llm_server_is_shown_as_text(app: AppTest, app_engine: Engine) -> None:
+    hostile = "![p](http://127.0.0.1:9/pixel.png) <a href='http://127.0.0.1:9/x'>click</a> **bold** ``x`"
+    log_requests(app_engine, (3, "miss"), (2.5, "hit"), model=hostile)
+    app.switch_page("pages/monitoring.py").run()
+    [warning] = app.warning
+    # In a code span, fenced by more backticks than the name holds: no Markdown, HTML or link.
+    assert warning.value.startswith(f"No price for ``` {hostile} ```: ")
+    # Plotly draws <a href> and <b> in legends and hover labels, and reads entities: no tag
+    # in any chart's text, and the name's own characters as entities.
+    texts = [json.dumps(json.loads(c.proto.spec), ensure_ascii=False) for c in app.get("plotly_chart")]
+    assert texts and not [text for text in texts if "<a " in text or "</a>" in text]
+    legend = chart_spec(app, "Hit rate by generator")["data"][0]["name"]
+    assert legend == f"{html.escape(hostile, quote=False)} · openai-p1-test"
