@@ -121,7 +121,9 @@ def invalidate(allowed: bool) -> None:
     if pending:
 
         def invalidate_user(user_id: str) -> str:
-            removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=user_id)
+            removal = admin.invalidate_user(
+                get_engine(), actor=current_actor(), user_id=user_id, user_id_check=get_database().check_user_id
+            )
             return f"Invalidated {entries_text(removal.deleted)} of {escape_markdown(user_id)}."
 
         question = f"Delete every cached program of {escape_markdown(pending)}? {regenerated()}"

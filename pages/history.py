@@ -7,12 +7,10 @@ from functools import partial
 
 import pandas as pd
 import streamlit as st
-from pydantic import ValidationError
 
 from core import history
 from core.formatting import format_duration
 from core.history import HistoryFilter, ProgramRow
-from core.models import PROGRAM
 from pages.common import escape_markdown, get_engine, render_program, user_filter
 
 PAGE_SIZE = 50
@@ -56,10 +54,7 @@ def show_program(requested: str) -> None:
         f"Program #{row.id} for {row.user_id}, {row.source or 'not from Coach Cache'}, "
         f"{row.created_at:%Y-%m-%d %H:%M} UTC"
     )
-    try:
-        PROGRAM.validate_python(row.program)
-    except ValidationError:
-        # A row the product wrote before Coach Cache adopted the table, in its own format.
+    if not history.in_coach_cache_format(row):
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)
         return
