@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from core import history
-from core.formatting import format_duration
+from core.formatting import format_duration, markdown_code
 from core.history import HistoryFilter, ProgramRow
-from pages.common import escape_markdown, get_engine, render_program, user_filter
+from pages.common import get_engine, render_program, user_filter
 
 PAGE_SIZE = 50
 
@@ -48,12 +48,10 @@ def show_program(requested: str) -> None:
     st.divider()
     row = history.get_program(get_engine(), requested)
     if row is None or row.program is None:
-        st.warning(f"There is no program #{escape_markdown(requested)}.", icon=":material/search_off:")
+        st.warning(f"There is no program #{markdown_code(requested)}.", icon=":material/search_off:")
         return
-    st.caption(
-        f"Program #{row.id} for {row.user_id}, {row.source or 'not from Coach Cache'}, "
-        f"{row.created_at:%Y-%m-%d %H:%M} UTC"
-    )
+    source = markdown_code(row.source) if row.source else "not from Coach Cache"
+    st.caption(f"Program #{row.id} for {markdown_code(row.user_id)}, {source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
     if not history.in_coach_cache_format(row):
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)
