@@ -135,8 +135,24 @@ def test_history_lists_programs_and_shows_one(app: AppTest) -> None:
     app.switch_page("pages/history.py").run()
     table = app.dataframe[0].value
     assert list(table["Source"]) == ["cache", "offline"]
-    app.selectbox(key="history_source").set_value("offline").run()
+    app.selectbox(key="history_source").set_value("offline")  # in a form: sent with the click
+    apply_filters(app)
     assert list(app.dataframe[0].value["Source"]) == ["offline"]
+
+
+def apply_filters(at: AppTest) -> AppTest:
+    return at.button(key="FormSubmitter:history_filters-Apply filters").click().run()
+
+
+def test_a_refused_user_filter_can_be_corrected_and_applied(app: AppTest) -> None:
+    submit(fill(app, "kept-client"))
+    app.switch_page("pages/history.py").run()
+    app.text_input(key="history_user").set_value("bad:id")  # in a form: sent with the click
+    apply_filters(app)
+    assert "1-128 characters" in app.error[0].value and not app.dataframe
+    app.text_input(key="history_user").set_value("kept-client")
+    apply_filters(app)
+    assert not app.error and list(app.dataframe[0].value["User"]) == ["kept-client"]
 
 
 def test_monitoring_shows_hit_rate_and_charts(app: AppTest) -> None:
