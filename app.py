@@ -5,6 +5,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from core.db import describe_db_error
+from core.formatting import markdown_code
 from core.settings import describe_configuration_error
 from pages.common import (
     auth_enabled,
@@ -30,7 +31,7 @@ def sidebar() -> None:
         identity = get_service().generator.identity
         st.markdown(
             f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}  \n"
-            f"model `{identity.model}` · version `{identity.version}`"
+            f"model {markdown_code(identity.model)} · version {markdown_code(identity.version)}"
         )
         if warning := get_generator_warning():
             st.warning(escape_markdown(warning), icon=":material/warning:")

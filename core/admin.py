@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
@@ -35,8 +37,13 @@ def delete_expired_entries(engine: Engine, *, actor: str) -> cache_store.Removal
     return removal
 
 
-def invalidate_user(engine: Engine, *, actor: str, user_id: str) -> cache_store.Removal:
-    check_user_id(user_id)
+def invalidate_user(
+    engine: Engine, *, actor: str, user_id: str, user_id_check: Callable[[Any], str] = check_user_id
+) -> cache_store.Removal:
+    """Delete one user's program entries. `user_id_check` is the database's rule for user ids
+    (`Database.check_user_id`: a UUID, in its canonical form, where `user_id` is a uuid
+    column): a user id it refuses is a ContractError, never a statement the database refuses."""
+    user_id = user_id_check(user_id)
     removal = cache_store.delete_user_entries(engine, user_id, actor=actor)
     _record(engine, actor=actor, action="invalidate_user", target=user_id, removal=removal)
     return removal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
 # Costs are fractions of a cent a program: four significant digits keep them readable at
@@ -37,3 +38,18 @@ def format_dollars(amount: float) -> str:
     decimals = max(0, DOLLAR_DIGITS - 1 - math.floor(math.log10(abs(rounded))))
     text = f"{rounded:,.{decimals}f}"
     return f"${text.rstrip('0').rstrip('.') if '.' in text else text}"
+
+
+def markdown_code(value: object) -> str:
+    """`value` as a Markdown code span, on one line: an id, model, version, source, key or
+    name from the database or a user, shown exactly as text wherever Markdown is rendered.
+    Escaping with backslashes is not enough for these: GitHub-flavoured Markdown turns a
+    bare `http://…`, `www.…` or e-mail address into a link even when escaped, and decodes
+    `&amp;`; nothing inside a code span is read, and a longer fence than any run of
+    backticks in the value keeps it inside."""
+    text = " ".join(str(value).split()) or " "  # `` would be shown as two backticks
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    # A value starting or ending with a backtick would merge with the fence; CommonMark
+    # drops one space on each side, so the padding is not shown.
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

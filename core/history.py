@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, get_args
 
+from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
     Engine,
@@ -21,7 +22,7 @@ from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
 from core.cache_store import CacheEntry
-from core.models import PAID_ACCESS
+from core.models import PAID_ACCESS, PROGRAM
 from core.schema import (
     ProgramId,
     ai_coach_cache,
@@ -355,3 +356,15 @@ def export_csv(engine: Engine, flt: HistoryFilter) -> bytes:
     text.flush()
     text.detach()
     return buffer.getvalue()
+
+
+def in_coach_cache_format(row: ProgramRow) -> bool:
+    """Whether the row's program is in Coach Cache's program contract. An adopted table's
+    earlier rows hold the product's programs in its own format: they are shown as stored."""
+    if row.program is None:
+        return False
+    try:
+        PROGRAM.validate_python(row.program)
+    except ValidationError:
+        return False
+    return True

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import admin, cache_store
-from core.formatting import format_bytes
+from core.formatting import format_bytes, markdown_code
 from core.models import ContractError
 from pages.common import (
     current_actor,
@@ -53,7 +53,7 @@ def entries() -> None:
     user = user_filter("Filter by user", key="admin_user")
     rows = cache_store.list_entries(get_engine(), user_id=user)
     if not rows:
-        st.info("The cache holds no program entries" + (f" for {escape_markdown(user)}." if user else "."))
+        st.info("The cache holds no program entries" + (f" for {markdown_code(user)}." if user else "."))
         return
     st.dataframe(
         pd.DataFrame(
@@ -121,10 +121,12 @@ def invalidate(allowed: bool) -> None:
     if pending:
 
         def invalidate_user(user_id: str) -> str:
-            removal = admin.invalidate_user(get_engine(), actor=current_actor(), user_id=user_id)
-            return f"Invalidated {entries_text(removal.deleted)} of {escape_markdown(user_id)}."
+            removal = admin.invalidate_user(
+                get_engine(), actor=current_actor(), user_id=user_id, user_id_check=get_database().check_user_id
+            )
+            return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}."
 
-        question = f"Delete every cached program of {escape_markdown(pending)}? {regenerated()}"
+        question = f"Delete every cached program of {markdown_code(pending)}? {regenerated()}"
         confirm("invalidate", question, "Yes, invalidate", invalidate_user)
 
 
@@ -172,9 +174,9 @@ def generators(allowed: bool) -> None:
 
         def retire(version: str) -> str:
             removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=version)
-            return f"Retired {entries_text(removal.deleted)} made by {escape_markdown(version)}."
+            return f"Retired {entries_text(removal.deleted)} made by {markdown_code(version)}."
 
-        question = f"Delete every cached program made by {escape_markdown(pending)}? {regenerated()}"
+        question = f"Delete every cached program made by {markdown_code(pending)}? {regenerated()}"
         confirm("retire", question, "Yes, retire", retire)
 
 

@@ -7,26 +7,32 @@ from functools import partial
 
 import pandas as pd
 import streamlit as st
-from pydantic import ValidationError
 
 from core import history
-from core.formatting import format_duration
+from core.formatting import format_duration, markdown_code
 from core.history import HistoryFilter, ProgramRow
-from core.models import PROGRAM
-from pages.common import escape_markdown, get_engine, render_program, user_filter
+from pages.common import get_engine, render_program, user_filter
 
 PAGE_SIZE = 50
 
 
 def read_filter() -> HistoryFilter:
-    cols = st.columns([2, 2, 1])
-    with cols[0]:
-        user_id = user_filter("User", key="history_user")
-    today = datetime.now(UTC).date()
-    span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
-    source = cols[2].selectbox(
-        "Source", (None, *history.SOURCES), format_func=lambda s: s or "All", key="history_source"
-    )
+    """The filters as last applied. They are one form, so the rows shown, and the Export CSV
+    bound to them, change only when "Apply filters" (or Enter in the user field) sends them
+    all at once: a filter typed just before a click on Export is not half applied, shown but
+    left out of the file (a download button cannot be part of a form)."""
+    with st.form("history_filters", border=False):
+        cols = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
+        # Made first, though shown last: a refused user id stops the page, and the form
+        # must still have its button for the corrected id to be applied.
+        cols[3].form_submit_button("Apply filters", icon=":material/filter_alt:", width="stretch")
+        with cols[0]:
+            user_id = user_filter("User", key="history_user")
+        today = datetime.now(UTC).date()
+        span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
+        source = cols[2].selectbox(
+            "Source", (None, *history.SOURCES), format_func=lambda s: s or "All", key="history_source"
+        )
     days: tuple[date, ...] = span if isinstance(span, tuple) else (span,) if span else ()
     return HistoryFilter.from_form(user_id=user_id or "", days=days, source=source)
 
@@ -50,16 +56,11 @@ def show_program(requested: str) -> None:
     st.divider()
     row = history.get_program(get_engine(), requested)
     if row is None or row.program is None:
-        st.warning(f"There is no program #{escape_markdown(requested)}.", icon=":material/search_off:")
+        st.warning(f"There is no program #{markdown_code(requested)}.", icon=":material/search_off:")
         return
-    st.caption(
-        f"Program #{row.id} for {row.user_id}, {row.source or 'not from Coach Cache'}, "
-        f"{row.created_at:%Y-%m-%d %H:%M} UTC"
-    )
-    try:
-        PROGRAM.validate_python(row.program)
-    except ValidationError:
-        # A row the product wrote before Coach Cache adopted the table, in its own format.
+    source = markdown_code(row.source) if row.source else "not from Coach Cache"
+    st.caption(f"Program #{row.id} for {markdown_code(row.user_id)}, {source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
+    if not history.in_coach_cache_format(row):
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)
         return

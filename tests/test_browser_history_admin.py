@@ -86,6 +86,32 @@ def test_export_csv_downloads_the_rows_the_page_shows(server: str, browser: Brow
     page.close()
 
 
+def test_the_file_holds_the_rows_shown_whatever_was_typed_just_before_export(
+    server: str, browser: Browser, engine: Engine
+) -> None:
+    users = ("csv-ann", "csv-bob", "csv-ann")
+    save_programs(engine, *users)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    go_to(page, "Program history")
+    expect(grid_cells(page, "csv-ann")).to_have_count(2)
+    user = page.get_by_role("textbox", name="User")
+    user.fill("csv-bob")
+    exported = [r["user_id"] for r in export(page)]  # at once: no pause, no Enter
+    settle(page)
+    for name in set(users):
+        expect(grid_cells(page, name)).to_have_count(exported.count(name))
+    assert sorted(exported) == sorted(users)  # typed, not applied: neither the rows nor the file
+    user.fill("csv-ann")
+    page.get_by_role("button", name="Apply filters").click()  # right after typing: applied
+    settle(page)
+    expect(grid_cells(page, "csv-bob")).to_have_count(0)
+    expect(grid_cells(page, "csv-ann")).to_have_count(2)
+    assert [r["user_id"] for r in export(page)] == ["csv-ann", "csv-ann"]
+    page.close()
+
+
 def test_a_spreadsheet_formula_in_a_user_id_arrives_as_text(server: str, browser: Browser, engine: Engine) -> None:
     # An adopted table holds the product's earlier rows, whose user ids Coach Cache never checked.
     save_programs(engine, '=HYPERLINK("http://x","click")', "-1+2")

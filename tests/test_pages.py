@@ -184,8 +184,24 @@ def test_history_lists_programs_and_shows_one(app: AppTest) -> None:
     app.switch_page("pages/history.py").run()
     table = app.dataframe[0].value
     assert list(table["Source"]) == ["cache", "offline"]
-    app.selectbox(key="history_source").set_value("offline").run()
+    app.selectbox(key="history_source").set_value("offline")  # in a form: sent with the click
+    apply_filters(app)
     assert list(app.dataframe[0].value["Source"]) == ["offline"]
+
+
+def apply_filters(at: AppTest) -> AppTest:
+    return at.button(key="FormSubmitter:history_filters-Apply filters").click().run()
+
+
+def test_a_refused_user_filter_can_be_corrected_and_applied(app: AppTest) -> None:
+    submit(fill(app, "kept-client"))
+    app.switch_page("pages/history.py").run()
+    app.text_input(key="history_user").set_value("bad:id")  # in a form: sent with the click
+    apply_filters(app)
+    assert "1-128 characters" in app.error[0].value and not app.dataframe
+    app.text_input(key="history_user").set_value("kept-client")
+    apply_filters(app)
+    assert not app.error and list(app.dataframe[0].value["User"]) == ["kept-client"]
 
 
 def test_monitoring_shows_hit_rate_and_charts(app: AppTest) -> None:
@@ -228,7 +244,7 @@ def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -
     assert count_rows(engine, ai_coach_cache) == 1
     next(b for b in app.button if b.label == "Invalidate").click().run()
     app.button(key="invalidate_yes").click().run()
-    assert app.success[0].value == "Invalidated 1 entry of leaving-user."
+    assert app.success[0].value == "Invalidated 1 entry of `leaving-user`."
     assert count_rows(engine, ai_coach_cache) == 0
 
 
@@ -239,7 +255,7 @@ def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
     app.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in app.button if b.label == "Invalidate").click().run()
     question = app.warning[0].value
-    assert question.startswith("Delete every cached program of leaving-user?")
+    assert question.startswith("Delete every cached program of `leaving-user`?")
     assert "will generate a new program with the current generator, Offline rule-based generator." in question
     assert "LLM" not in question
     online = app_test(
@@ -269,9 +285,9 @@ def test_a_user_id_is_named_as_typed_never_as_markdown(app: AppTest, app_engine:
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value("__bold__")
     next(b for b in app.button if b.label == "Invalidate").click().run()
-    assert app.warning[0].value.startswith("Delete every cached program of \\_\\_bold\\_\\_?")
+    assert app.warning[0].value.startswith("Delete every cached program of `__bold__`?")
     app.button(key="invalidate_yes").click().run()
-    assert app.success[0].value == "Invalidated 1 entry of \\_\\_bold\\_\\_."
+    assert app.success[0].value == "Invalidated 1 entry of `__bold__`."
 
 
 def test_the_entries_table_marks_expired_entries_and_counts_in_words(app: AppTest, app_engine: Engine) -> None:
@@ -292,12 +308,12 @@ def test_a_program_opens_from_a_link_and_a_missing_one_is_named(app: AppTest) ->
     app.switch_page("pages/history.py")
     app.query_params["program"] = "1"
     app.run()
-    assert any(c.value.startswith("Program #1 for linked-client") for c in app.caption)
+    assert any(c.value.startswith("Program #1 for `linked-client`, `offline`,") for c in app.caption)
     downloads = {b.proto.label: b.proto for b in app.get("download_button")}
     assert {"Download Markdown", "Download JSON", "Export CSV"} <= set(downloads)
     app.query_params["program"] = "999"
     app.run()
-    assert app.warning[0].value == "There is no program #999."
+    assert app.warning[0].value == "There is no program #`999`."
     assert not app.exception
 
 
@@ -336,7 +352,7 @@ def test_entries_are_grouped_by_generator_and_one_can_be_retired(app: AppTest, a
     app.selectbox(key="retire_choice").set_value("unknown").run()
     next(b for b in app.button if b.label == "Retire its entries").click().run()
     app.button(key="retire_yes").click().run()
-    assert "Retired 1 entry made by unknown" in app.success[0].value
+    assert app.success[0].value == "Retired 1 entry made by `unknown`."
     # The other namespace's row and the current generator's entries stay.
     assert count_rows(app_engine, ai_coach_cache) == 3
     assert list(app.dataframe[-1].value["Action"]) == ["retire generator"]
