@@ -160,7 +160,12 @@ def render_program(program: dict[str, Any], *, user_id: str, created_at: datetim
             st.markdown(f"- {escape_markdown(note)}")
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:])")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:&])")
+# What GitHub-flavoured Markdown makes a link of even when escaped (it finds them in the text
+# after escapes are read): a scheme before `:`, `www.`, and an e-mail's `@`. A word joiner
+# (U+2060, invisible) inside each keeps them text.
+AUTOLINK_START = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=\\?[:.])|(?=@)")
+WORD_JOINER = "\u2060"
 LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
 ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)
 
@@ -171,8 +176,10 @@ def table_cell(value: object) -> str:
 
 
 def escape_markdown(text: str) -> str:
-    """Text from users or the LLM is shown as text, never as markup (links, images, HTML,
-    Streamlit directives such as :red[...])."""
+    """Text from users, the database or the LLM is shown as text, never as markup (links,
+    bare URLs and e-mail addresses, images, HTML, entities, Streamlit directives such as
+    :red[...])."""
     text = MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = AUTOLINK_START.sub(lambda m: m.group(0) + WORD_JOINER, text)
     text = LIST_MARKER.sub(r"\1\\\2", text)
     return ORDERED_MARKER.sub(r"\1\\.", text)

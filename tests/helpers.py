@@ -101,3 +101,9 @@ def count_rows(engine: Engine, table: Any, *where: Any) -> int:
 
 def table_counts(engine: Engine) -> tuple[int, int, int]:
     return tuple(count_rows(engine, t) for t in (ai_coach_cache, training_programs, generation_events))  # type: ignore[return-value]
+
+
+def as_read(markdown: str) -> str:
+    """Markdown as a reader sees it: without the escapes and the invisible word joiners that
+    keep text from users, the database or the LLM from being read as markup or links."""
+    return markdown.replace("\\", "").replace("\u2060", "")

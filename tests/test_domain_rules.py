@@ -17,7 +17,7 @@ from core.models import ContractError, OnboardingResponses
 from core.schema import utcnow
 from testkit.pg_server import PostgresServer
 from tests.conftest import CliRun
-from tests.helpers import PROFILE
+from tests.helpers import PROFILE, as_read
 from tests.test_adoption import SUPABASE_TABLES, USER, ProductDatabase
 
 
@@ -82,7 +82,7 @@ def test_the_admin_page_and_the_cli_refuse_a_user_id_the_same_way(
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value(NOT_A_UUID)  # in a form: sent with the click
     next(b for b in app.button if b.label == "Invalidate").click().run()
-    [shown] = [e.value.replace("\\", "") for e in app.error]  # markdown escapes
+    [shown] = [as_read(e.value) for e in app.error]
     assert not [b for b in app.button if b.label == "Yes, invalidate"]
 
     done = cli(supabase.url, "invalidate", "--user-id", NOT_A_UUID)

@@ -16,7 +16,10 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, insert
 
 from core.formatting import markdown_code
+from core.generators.offline import build_program
+from core.models import parse_onboarding
 from core.schema import admin_actions, ai_coach_cache, training_programs, utcnow
+from tests.helpers import PROFILE
 from tests.test_browser import grid_cells, settle
 from tests.test_browser_history_admin import browser, server
 
@@ -162,5 +165,44 @@ def test_hostile_text_from_the_database_and_the_url_is_shown_as_text(
     literally(page, "Delete every cached program of www.evil.example?")
     settle(page)
     assert shown_markup(page, listener) == []
+    page.close()
+    assert listener.requests == []
+
+
+def test_program_text_with_addresses_is_shown_as_text_not_links(
+    server: str, browser: Browser, engine: Engine, listener: Listener
+) -> None:
+    # Program text comes from the LLM (and the database): the generate and history pages
+    # render it with one function, escape_markdown, which also keeps bare addresses text.
+    program = build_program(parse_onboarding(PROFILE), False)
+    program["title"] = f"Plan at {listener.base}/title"
+    program["summary"] = f"Read www.evil.example or {listener.base}/summary, mail coach@evil.example &amp; more"
+    program["safety_notes"] = [*program["safety_notes"], f"Visit {listener.base.upper()}/NOTE"]
+    with engine.begin() as connection:
+        program_id = connection.execute(
+            insert(training_programs)
+            .values(
+                user_id="client-9",
+                program=program,
+                onboarding_responses=parse_onboarding(PROFILE).normalized(),
+                has_paid_access=False,
+                source="llm",
+                cache_key="program:uclient-9:paidfalse:dx",
+                latency_ms=1,
+                created_at=utcnow(),
+            )
+            .returning(training_programs.c.id)
+        ).scalar_one()
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(f"{server}/history?program={program_id}")
+    settle(page)
+    shown = page.evaluate(
+        """() => [...document.querySelectorAll("[data-testid='stMarkdownContainer']")]
+            .map(e => e.innerText.replaceAll("\\u2060", "")).join("\\n")"""
+    )
+    assert shown_markup(page, listener) == []
+    assert page.locator("a[href^='mailto:']").count() == 0
+    for text in (program["title"], program["summary"], program["safety_notes"][-1]):
+        assert text in shown
     page.close()
     assert listener.requests == []

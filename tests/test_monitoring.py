@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -18,8 +18,8 @@ from core.schema import generation_events, generation_stats_hourly, utcnow
 from core.service import ProgramService
 from core.settings import Settings
 from testkit.counting import CountingGenerator
+from tests.conftest import CliRun
 from tests.helpers import PROFILE
-from tests.test_cli import run
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,11 @@ def test_a_bounded_rollup_catches_up_in_steps_across_gaps_and_numbers_never_chan
     assert reached[-1] == settled.replace(minute=0, second=0, microsecond=0)
 
 
-def test_the_rollup_command_rolls_up_every_settled_hour(engine: Engine, database_url: str) -> None:
+def test_the_rollup_command_rolls_up_every_settled_hour(
+    cli: Callable[..., CliRun], engine: Engine, database_url: str
+) -> None:
     seed(engine)
-    done = run(database_url, "rollup")
-    assert done.returncode == 0, done.stderr.decode()
+    cli(database_url, "rollup").json()
     with engine.connect() as connection:
         assert connection.execute(select(func.sum(generation_stats_hourly.c.requests))).scalar_one() == 6
 

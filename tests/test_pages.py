@@ -19,7 +19,7 @@ from core.history import GenerationEvent, insert_event
 from core.schema import ai_coach_cache, generation_stats_hourly, training_programs, utcnow
 from core.settings import Settings
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import count_rows, expire_entries, insert_entries
+from tests.helpers import as_read, count_rows, expire_entries, insert_entries
 from tests.test_generator_monitoring import bill
 
 
@@ -41,7 +41,7 @@ def submit(at: AppTest) -> AppTest:
 
 
 def test_shell_shows_four_pages_and_the_active_database_and_generator(app: AppTest) -> None:
-    sidebar = " ".join(m.value for m in app.sidebar.markdown).replace("\\", "")  # markdown escapes
+    sidebar = as_read(" ".join(m.value for m in app.sidebar.markdown))
     assert "SQLite file" in sidebar and "Offline rule-based generator" in sidebar
     assert [t.value for t in app.title] == ["Generate program"]
     assert not app.exception
@@ -50,7 +50,7 @@ def test_shell_shows_four_pages_and_the_active_database_and_generator(app: AppTe
 def test_a_bad_setting_is_one_plain_message_not_a_stack_trace(tmp_path: Path, app_test: Callable[..., AppTest]) -> None:
     at = app_test(f"sqlite:///{tmp_path}/coach.db", CACHE_TTL_HOURS="abc").run()
     assert not at.exception
-    shown = [e.value.replace("\\", "") for e in at.error]  # markdown escapes
+    shown = [as_read(e.value) for e in at.error]
     assert shown == [
         "configuration: CACHE_TTL_HOURS=abc: Input should be a valid number, unable to parse string as a number"
     ]
@@ -267,7 +267,7 @@ def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
     online.switch_page("pages/admin.py").run()
     online.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in online.button if b.label == "Invalidate").click().run()
-    shown = online.warning[0].value.replace("\\", "")  # markdown escapes
+    shown = as_read(online.warning[0].value)
     assert f"the current generator, OpenAI gpt-e2e at {fake_openai.base_url}." in shown
 
 
@@ -332,8 +332,8 @@ def test_a_second_identical_click_right_after_the_first_shows_the_same_result(
 def test_a_refused_answer_is_named_under_its_field_and_every_answer_stays_as_typed(app: AppTest) -> None:
     # The widgets bound every answer; the User ID is what a coach can get wrong.
     submit(fill(app, "bad:id", goal="endurance", days_per_week=6, notes="early mornings"))
-    assert [e.value for e in app.error] == [
-        "**User ID**: must be 1-128 characters of letters, digits, '.', '\\_', '@' or '-'. Nothing was saved."
+    assert [as_read(e.value) for e in app.error] == [
+        "**User ID**: must be 1-128 characters of letters, digits, '.', '_', '@' or '-'. Nothing was saved."
     ]
     kept = [app.session_state[f"form_{f}"] for f in ("goal", "days_per_week", "notes")]
     assert kept == ["endurance", 6, "early mornings"] and app.text_input(key="user_id").value == "bad:id"
