@@ -210,6 +210,20 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
     return run
 
 
+Run = Callable[..., subprocess.CompletedProcess[bytes]]
+
+
+@pytest.fixture
+def run(cli: Callable[..., CliRun]) -> Run:
+    """`python -m core ARGS` in this process, seen as a finished process would be."""
+
+    def in_process(database_url: str, *args: str, **options: Any) -> subprocess.CompletedProcess[bytes]:
+        done = cli(database_url, *args, **options)
+        return subprocess.CompletedProcess(args, done.code, done.stdout.encode(), done.stderr.encode())
+
+    return in_process
+
+
 @pytest.fixture
 def app_engine(tmp_path: Path) -> Iterator[Engine]:
     """The database of an app made on `sqlite:///{tmp_path}/coach.db`, as a test reads it."""

@@ -19,7 +19,8 @@ from core.schema import VERSION_TABLE
 from core.service import ProgramService
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer
-from tests.helpers import PROFILE, start_cli
+from tests.conftest import Run
+from tests.helpers import PROFILE
 
 USER = "3f0c2a6e-8d1b-4c51-9a57-1f2e3d4c5b6a"
 OTHER_USER = "9b1d7c3e-0a2f-4e6d-8c5b-7a9e1f3d2c4b"
@@ -131,26 +132,20 @@ def product(request: pytest.FixtureRequest, pg: PostgresServer) -> Iterator[Prod
     pg.admin(f"DROP DATABASE {database.name} WITH (FORCE)")
 
 
-def cli(url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    process = start_cli(url, *args)
-    stdout, stderr = process.communicate(stdin, timeout=60)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
 def succeeded(done: subprocess.CompletedProcess[bytes]) -> Any:
     assert done.returncode == 0, done.stderr.decode()
     return json.loads(done.stdout)
 
 
-def generate(url: str, tmp_path: Path, user_id: str = USER) -> subprocess.CompletedProcess[bytes]:
+def generate(run: Run, url: str, tmp_path: Path, user_id: str = USER) -> subprocess.CompletedProcess[bytes]:
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps(PROFILE))
-    return cli(url, "generate", "--user-id", user_id, "--profile", str(profile), "--paid")
+    return run(url, "generate", "--user-id", user_id, "--profile", str(profile), "--paid")
 
 
-def test_migrate_check_prints_the_ddl_and_changes_nothing(product: ProductDatabase) -> None:
+def test_migrate_check_prints_the_ddl_and_changes_nothing(run: Run, product: ProductDatabase) -> None:
     schema = product.schema()
-    done = cli(product.url, "migrate", "--check")
+    done = run(product.url, "migrate", "--check")
     assert done.returncode == 0, done.stderr.decode()
     ddl = done.stdout.decode()
     assert "ALTER TABLE ai_coach_cache ADD COLUMN size_bytes INTEGER DEFAULT '0' NOT NULL" in ddl
@@ -170,11 +165,11 @@ def test_migrate_check_prints_the_ddl_and_changes_nothing(product: ProductDataba
 
 
 def test_existing_tables_are_adopted_and_every_row_outlives_the_whole_flow(
-    product: ProductDatabase, tmp_path: Path
+    run: Run, product: ProductDatabase, tmp_path: Path
 ) -> None:
-    succeeded(cli(product.url, "migrate"))
-    miss = succeeded(generate(product.url, tmp_path))
-    hit = succeeded(generate(product.url, tmp_path))
+    succeeded(run(product.url, "migrate"))
+    miss = succeeded(generate(run, product.url, tmp_path))
+    hit = succeeded(generate(run, product.url, tmp_path))
     assert (miss["cache_hit"], hit["cache_hit"]) == (False, True)
     # The ids are the table's own: uuids (as text) or integers.
     ids = [miss["training_program_id"], hit["training_program_id"]]
@@ -184,9 +179,9 @@ def test_existing_tables_are_adopted_and_every_row_outlives_the_whole_flow(
         assert ids == [3, 4]
 
     product.run("UPDATE ai_coach_cache SET expires_at = now() - interval '1 minute' WHERE cache_key LIKE 'program:%'")
-    stats = succeeded(cli(product.url, "stats"))
+    stats = succeeded(run(product.url, "stats"))
     assert stats["entries"] == {"valid": 0, "expired": 1} and stats["hits"] == 1
-    assert succeeded(cli(product.url, "cleanup"))["deleted"] == 1  # the two expired recommendations stay
+    assert succeeded(run(product.url, "cleanup"))["deleted"] == 1  # the two expired recommendations stay
 
     assert product.rows() == product.rows_before
     assert product.run("SELECT count(*) FROM ai_coach_cache") == [(3,)]
@@ -225,11 +220,11 @@ def test_repeated_hits_in_one_process_are_saved_on_adopted_tables(product: Produ
     assert product.rows() == product.rows_before
 
 
-def test_migrating_an_adopted_database_again_changes_nothing(product: ProductDatabase) -> None:
-    first = succeeded(cli(product.url, "migrate"))
+def test_migrating_an_adopted_database_again_changes_nothing(run: Run, product: ProductDatabase) -> None:
+    first = succeeded(run(product.url, "migrate"))
     schema = product.schema()
-    assert succeeded(cli(product.url, "migrate")) == first
-    assert cli(product.url, "migrate", "--check").stdout == b""
+    assert succeeded(run(product.url, "migrate")) == first
+    assert run(product.url, "migrate", "--check").stdout == b""
     assert product.schema() == schema
 
 
@@ -241,18 +236,18 @@ def supabase(pg: PostgresServer) -> Iterator[ProductDatabase]:
 
 
 def test_a_user_id_that_is_not_a_uuid_is_bad_input_when_user_ids_are_uuids(
-    supabase: ProductDatabase, tmp_path: Path
+    run: Run, supabase: ProductDatabase, tmp_path: Path
 ) -> None:
-    succeeded(cli(supabase.url, "migrate"))
-    done = generate(supabase.url, tmp_path, user_id="coach-client-7")
+    succeeded(run(supabase.url, "migrate"))
+    done = generate(run, supabase.url, tmp_path, user_id="coach-client-7")
     assert done.returncode == 2 and done.stdout == b""
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "user_id" in lines[0] and "UUID" in lines[0]
     assert supabase.run("SELECT count(*) FROM training_programs") == [(2,)]
     assert supabase.run("SELECT count(*) FROM ai_coach_cache") == [(3,)]
     # The same user written in capitals is the same user, and the same key.
-    first = succeeded(generate(supabase.url, tmp_path, user_id=USER.upper()))
-    again = succeeded(generate(supabase.url, tmp_path, user_id=USER))
+    first = succeeded(generate(run, supabase.url, tmp_path, user_id=USER.upper()))
+    again = succeeded(generate(run, supabase.url, tmp_path, user_id=USER))
     assert first["cache_key"] == again["cache_key"] and again["cache_hit"]
 
 
@@ -270,12 +265,12 @@ def test_a_user_id_that_is_not_a_uuid_is_bad_input_when_user_ids_are_uuids(
     ],
 )
 def test_tables_that_cannot_be_adopted_are_refused_with_every_reason_and_nothing_changes(
-    supabase: ProductDatabase, change: str, says: str
+    run: Run, supabase: ProductDatabase, change: str, says: str
 ) -> None:
     supabase.run(change)
     schema = supabase.schema()
     for args in (["migrate"], ["migrate", "--check"], ["stats"]):
-        done = cli(supabase.url, *args)
+        done = run(supabase.url, *args)
         assert done.returncode == 1 and done.stdout == b""
         lines = done.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: existing tables cannot be adopted"), lines
@@ -283,11 +278,11 @@ def test_tables_that_cannot_be_adopted_are_refused_with_every_reason_and_nothing
     assert supabase.schema() == schema
 
 
-def test_a_database_migrated_before_the_version_table_was_renamed_keeps_its_state(pg_url: str) -> None:
+def test_a_database_migrated_before_the_version_table_was_renamed_keeps_its_state(run: Run, pg_url: str) -> None:
     dsn = pg_url.replace("postgresql+psycopg", "postgresql")
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f"ALTER TABLE {VERSION_TABLE} RENAME TO alembic_version")
-    revision = succeeded(cli(pg_url, "migrate"))["revision"]
+    revision = succeeded(run(pg_url, "migrate"))["revision"]
     with psycopg.connect(dsn) as connection:
         (moved,) = connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone() or (None,)
         assert connection.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)

@@ -21,28 +21,15 @@ from core.generators import OfflineGenerator
 from core.models import load_contract
 from core.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
-from tests.conftest import CliRun
+from tests.conftest import CliRun, Run
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, ROOT, insert_entries, start_cli, table_counts
-
-Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
 def run_process(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
     process = start_cli(database_url, *args, **env)
     stdout, stderr = process.communicate(timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-@pytest.fixture
-def run(cli: Callable[..., CliRun]) -> Run:
-    """`python -m core ARGS` in this process, as a finished process would be seen."""
-
-    def in_process(database_url: str, *args: str, **options: Any) -> subprocess.CompletedProcess[bytes]:
-        done = cli(database_url, *args, **options)
-        return subprocess.CompletedProcess(args, done.code, done.stdout.encode(), done.stderr.encode())
-
-    return in_process
 
 
 def output(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
