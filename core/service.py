@@ -17,7 +17,7 @@ from time import perf_counter
 from typing import Any, get_args
 
 from pydantic_core import from_json
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from core import cache_store, entry_fate, history, single_flight, waits
@@ -68,6 +68,29 @@ class GenerationFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SincePrevious:
+    """The user's previous program, the newest one before this request (None for a first
+    program), and what changed since: the one comparison a miss reason and the page share."""
+
+    previous: history.Answers | None
+    changes: tuple[history.Change, ...] = ()
+
+
+def _compare(
+    connection: Connection,
+    user_id: str,
+    answers: dict[str, Any],
+    has_paid_access: bool,
+    *,
+    except_program: ProgramId | None = None,
+) -> SincePrevious:
+    previous = history.latest_answers(connection, user_id, except_program=except_program)
+    if previous is None:
+        return SincePrevious(None)
+    return SincePrevious(previous, tuple(history.changed_answers(previous, answers, has_paid_access)))
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     # The validated program as JSON text; `program` decodes it on first use.
     program_json: str
@@ -81,6 +104,9 @@ class GenerationResult:
     expires_at: datetime | None = None
     miss_reason: MissReason | None = None
     changed_fields: tuple[str, ...] = ()
+    # None until compared: a miss compares for its reason, a hit (kept cheap) when asked,
+    # by ProgramService.since_previous.
+    since_previous: SincePrevious | None = None
     # Which generator made the program (for a hit: as the cache entry recorded it).
     model: str | None = None
     generator_version: str | None = None
@@ -109,6 +135,7 @@ class _Request:
     requested_at: datetime = field(default_factory=utcnow)
     warnings: list[str] = field(default_factory=list)
     cache_read_error: bool = False
+    since_previous: SincePrevious | None = None
 
     def elapsed_ms(self) -> float:
         return (perf_counter() - self.started) * 1000
@@ -136,6 +163,7 @@ class _Request:
             expires_at=expires_at,
             model=model,
             generator_version=generator_version,
+            since_previous=self.since_previous,
         )
 
     def event(self, outcome: Outcome, *, latency_ms: float, **details: Any) -> GenerationEvent:
@@ -317,6 +345,25 @@ class ProgramService:
             return replace(result, history_error=message)
         return replace(result, training_program_id=program_id, history_error=None, unsaved=None, unsaved_event=None)
 
+    def since_previous(self, result: GenerationResult, *, user_id: str, has_paid_access: bool) -> SincePrevious | None:
+        """What changed since the user's previous program, as the miss reason compared it;
+        read now for a result that was not compared (a hit, a forced refresh): the newest
+        program other than its own. None when the database cannot tell."""
+        if result.since_previous is not None:
+            return result.since_previous
+        try:
+            with waits.request_budget(self.database_wait_seconds), self.engine.connect() as connection:
+                return _compare(
+                    connection,
+                    self.user_id_check(user_id),
+                    result.onboarding_responses,
+                    has_paid_access,
+                    except_program=result.training_program_id,
+                )
+        except DBAPIError as exc:
+            log.warning("Could not read the previous program: %s", describe_db_error(exc))
+            return None
+
     def _database_time(self, request: _Request) -> datetime:
         """Now by the database's clock, by which entries' times are written; this host's when
         the database does not answer (then no entry can be read either)."""
@@ -384,13 +431,14 @@ class ProgramService:
             try:
                 with self.engine.connect() as connection:
                     record, now = entry_fate.read_record(connection, request.key)
-                    previous = history.latest_answers(connection, request.user_id)
+                    request.since_previous = _compare(
+                        connection, request.user_id, request.answers, request.has_paid_access
+                    )
             except DBAPIError as exc:
                 log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
                 return "cache_unavailable", ()
-            if previous is not None:
-                changes = history.changed_answers(previous, request.answers, request.has_paid_access)
-                changed = tuple(c.field for c in changes)
+            if request.since_previous.previous is not None:
+                changed = tuple(c.field for c in request.since_previous.changes)
         return entry_fate.miss_reason(
             forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=now
         )
@@ -453,6 +501,7 @@ class ProgramService:
             expires_at=written.expires_at if written else None,
             miss_reason=reason,
             changed_fields=changed,
+            since_previous=request.since_previous,
             model=generation.model,
             generator_version=identity.version,
         )

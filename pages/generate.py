@@ -3,25 +3,29 @@
 Every answer, the User ID included, lives in one form, so nothing reruns the page until
 the coach clicks: a text field that commits on blur would rerun it and drop the click
 that caused the blur (streamlit/streamlit#8725, #9363). Enter does not submit; only the
-two buttons do. The form and its result are a fragment: a click reruns only them."""
+two buttons do. The form and its result are a fragment: a click reruns only them.
+
+What the panel shows is one value (core.submissions.CoachPanel) kept under PANEL and replaced
+whole by the callbacks; the widgets keep their own values. While a request is in flight the
+panel runs again every quarter second rather than waiting in one run, because a click in a
+fragment waits for the run in progress: so each click is taken, or refused in words, at once."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 from sqlalchemy.exc import DBAPIError
+from streamlit.errors import StreamlitInvalidLayoutContextError
 
 from core import history
 from core.db import describe_db_error
 from core.formatting import format_duration
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.schema import utcnow
-from core.service import MISS_REASON_TEXT, GenerationFailed, GenerationResult
-from core.single_flight import SingleFlightTimeout
-from core.submissions import Submission
+from core.service import MISS_REASON_TEXT, GenerationResult
+from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Refused, Request, Submission
 from pages.common import (
     database_problem,
     escape_markdown,
@@ -73,34 +77,49 @@ def show_value(field: str, value: Any) -> str:
     return label(value) if field in ("goal", "experience_level") else str(value)
 
 
+PANEL = "coach_panel"  # the session's one value of what the panel shows
+# A request's first tenth of a second is its own, so that a hit is shown before any
+# progress line; then the panel looks again every quarter second.
+FIRST_LOOK_SECONDS = 0.1
+LOOK_AGAIN_SECONDS = 0.25
+
+
+def panel() -> CoachPanel:
+    state: CoachPanel = st.session_state.get(PANEL, CoachPanel())
+    return state
+
+
+def become(state: CoachPanel) -> None:
+    st.session_state[PANEL] = state
+
+
 def load_latest() -> None:
     """The coach asked for the user's latest answers: they replace what the form holds."""
-    st.session_state.pop("errors", None)
     user_id = st.session_state.user_id.strip()
-    latest = None
     try:
+        latest = None
         if user_id:
             checked = get_database().check_user_id(user_id)
             with get_engine().connect() as connection:
                 latest = history.latest_answers(connection, checked)
+        loaded = Loaded(user_id, latest)
     except ContractError as exc:
-        st.session_state.loaded = (user_id, escape_markdown(str(exc)))
-        return
+        loaded = Loaded(user_id, problem=escape_markdown(str(exc)))
     except DBAPIError as exc:
-        st.session_state.loaded = (user_id, unavailable_text(describe_db_error(exc)))
-        return
-    st.session_state.loaded = (user_id, latest)
-    if latest is None:
+        loaded = Loaded(user_id, problem=unavailable_text(describe_db_error(exc)))
+    become(panel().loaded_answers(loaded))
+    if loaded.latest is None:
         return
     for field in ANSWERS:
-        st.session_state[f"form_{field}"] = latest.onboarding_responses.get(field, DEFAULTS[field])
-    st.session_state.form_has_paid_access = latest.has_paid_access
+        st.session_state[f"form_{field}"] = loaded.latest.onboarding_responses.get(field, DEFAULTS[field])
+    st.session_state.form_has_paid_access = loaded.latest.has_paid_access
 
 
 def field_error(field: str) -> None:
     """The error of `field` right under it (errors of fields the form does not show go
     under the User ID)."""
-    errors = st.session_state.get("errors", {})
+    outcome = panel().outcome
+    errors = outcome.errors if isinstance(outcome, FieldErrors) else {}
     shown = [field] if field != "user_id" else ["user_id", *(f for f in errors if f not in FIELD_LABELS)]
     for name in shown:
         if name in errors:
@@ -150,78 +169,105 @@ def questionnaire() -> None:
 def generate_clicked() -> None:
     """Runs before the page does, so the outcome can be written before the form is."""
     answers = {field: st.session_state[f"form_{field}"] for field in ANSWERS}
-    request = {
-        "responses": {k: v for k, v in answers.items() if v is not None and v != ""},
-        "has_paid_access": st.session_state.form_has_paid_access,
-        "force_refresh": st.session_state.force_refresh,
-    }
-    # A forced refresh is for this click only: left ticked, every later click would pay for
-    # a generation. Here, in the callback, is the last moment before the box is drawn again.
-    st.session_state.force_refresh = False
-    submit(st.session_state.user_id.strip(), request)
+    request = Request(
+        user_id=st.session_state.user_id.strip(),
+        responses={k: v for k, v in answers.items() if v is not None and v != ""},
+        has_paid_access=st.session_state.form_has_paid_access,
+        force_refresh=st.session_state.force_refresh,
+    )
+    state = panel().clicked(request, start, window_seconds=get_settings().double_click_seconds)
+    become(state)
+    # A forced refresh is for the request it was taken for: left ticked, every later click
+    # would pay for a generation. Here, in the callback, is the last moment before the box
+    # is drawn again.
+    st.session_state.force_refresh = state.owes_refresh
 
 
-def fingerprints(user_id: str, request: dict[str, Any]) -> list[str]:
-    """What a click asked for, as the second click of a double click would ask for it. The
-    box is unticked by the first click, so the second one may come unticked: an unforced
-    click is also the rest of a forced one."""
-    alike = [request] if request["force_refresh"] else [request, {**request, "force_refresh": True}]
-    return [json.dumps([user_id, r], sort_keys=True, default=str) for r in alike]
-
-
-def submit(user_id: str, request: dict[str, Any]) -> None:
-    """Serve the request the click asked for, unless it is the second click of a double click."""
-    current: Submission[GenerationResult] | None = st.session_state.get("submission")
-    window = get_settings().double_click_seconds
-    if current is not None and any(current.is_repeated_by(f, window) for f in fingerprints(user_id, request)):
-        return
-    for stale in ("result", "errors", "failure", "loaded"):
-        st.session_state.pop(stale, None)
-    st.session_state.sent = {**request, "user_id": user_id}
+def start(request: Request) -> Submission[GenerationResult]:
     service, generator, database = get_service(), get_settings().describe_generator(), get_database()
 
     def work(say: Callable[[str], None]) -> GenerationResult:
         # A database back since the page was drawn gets its pending migrations first.
         database.unavailable()
         return service.generate(
-            user_id=user_id,
-            onboarding_responses=request["responses"],
-            has_paid_access=request["has_paid_access"],
-            force_refresh=request["force_refresh"],
+            user_id=request.user_id,
+            onboarding_responses=request.responses,
+            has_paid_access=request.has_paid_access,
+            force_refresh=request.force_refresh,
             on_generating=lambda reason: say(
                 f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {escape_markdown(generator)} is writing the "
                 "program, which takes 5-15 s"
             ),
         )
 
-    st.session_state.submission = Submission(fingerprints(user_id, request)[0], work, phase="Checking the cache")
+    return Submission(request.fingerprints()[0], work, phase="Checking the cache")
 
 
-def await_submission() -> None:
-    """Wait for the session's request, saying what happens and for how long, then keep its
-    outcome for the page. A hit is served before the first progress line would show."""
-    submission: Submission[GenerationResult] | None = st.session_state.get("submission")
-    if submission is None or st.session_state.get("collected") is submission:
-        return
-    if not submission.wait(0.1):
-        progress = st.empty()
-        while not submission.wait(0.25):
-            progress.info(
-                f"{submission.phase}… {submission.elapsed_seconds():.0f} s so far.", icon=":material/hourglass_top:"
-            )
-        progress.empty()
-    st.session_state.collected = submission
-    if submission.error is not None and st.session_state.sent["force_refresh"]:
-        # Nothing was served: the refresh the coach asked for is still to be had.
-        st.session_state.force_refresh = True
-    if isinstance(submission.error, ContractError):
-        st.session_state.errors = {e.field.split(".")[0]: e.message for e in reversed(submission.error.errors)}
-    elif isinstance(submission.error, (GenerationFailed, SingleFlightTimeout)):
-        st.session_state.failure = str(submission.error)
-    elif submission.error is not None:
-        raise submission.error
+def collect() -> CoachPanel:
+    """The panel with the outcome of the request it waits for, once that has been served."""
+    state = panel()
+    if state.waiting and state.submission is not None:
+        state.submission.wait(max(0.0, FIRST_LOOK_SECONDS - state.submission.elapsed_seconds()))
+        collected = state.collected()
+        if collected is not state:
+            if collected.owes_refresh:
+                st.session_state.force_refresh = True
+            become(collected)
+        return collected
+    return state
+
+
+def look_again(submission: Submission[GenerationResult]) -> None:
+    """End this run and start another in a moment. A click in a fragment waits for the run
+    in progress to end: a run that waited for the whole request would take its clicks only
+    then, several of them merged into the last one (issue 20)."""
+    submission.wait(LOOK_AGAIN_SECONDS)
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitInvalidLayoutContextError:  # the page was opened while waiting: a full run
+        st.rerun()
+
+
+def waiting_note(submission: Submission[GenerationResult]) -> None:
+    st.info(f"{submission.phase}… {submission.elapsed_seconds():.0f} s so far.", icon=":material/hourglass_top:")
+    st.button(
+        "Stop waiting",
+        icon=":material/cancel:",
+        on_click=stop_waiting,
+        help="Stop waiting on this page; the program may still be generated, cached and saved to history",
+    )
+
+
+def stop_waiting() -> None:
+    become(panel().stopped_waiting())
+
+
+def who(user_id: str) -> str:
+    return escape_markdown(user_id) or "an empty User ID"
+
+
+def refused_note(refused: Refused, *, waiting: bool) -> None:
+    clicks = f" ({refused.clicks} clicks)" if refused.clicks > 1 else ""
+    asked, running = who(refused.request.user_id), who(refused.in_flight.user_id)
+    if waiting:
+        why = (
+            f"the one for {running} is being generated (for {refused.in_flight_seconds:.0f} s when you clicked). "
+            "Wait for it, or stop waiting, then click Generate program again: the answers you typed are kept."
+        )
     else:
-        st.session_state.result = submission.outcome
+        why = (
+            f"the one for {running} was being generated. The answers you typed are kept: click Generate "
+            "program to ask for it."
+        )
+    st.warning(f"**Not requested**: the program for {asked}{clicks}, because {why}", icon=":material/block:")
+
+
+def abandoned_note(request: Request) -> None:
+    st.info(
+        f"Stopped waiting for the program for {who(request.user_id)}. It may still be generated and saved: "
+        "it will then be in Program history, and the same answers are served from the cache.",
+        icon=":material/cancel:",
+    )
 
 
 def show_outcome(result: GenerationResult) -> None:
@@ -255,33 +301,36 @@ def show_outcome(result: GenerationResult) -> None:
     if result.history_error and result.unsaved is not None:
         kept = "The program is shown below; nothing is lost until you leave this page."
         st.error(f"{escape_markdown(result.history_error)} {kept}")
-        st.button("Retry saving to history", icon=":material/refresh:", on_click=save_again, args=(result,))
-        if st.session_state.pop("save_failed_again", False):
+        st.button("Retry saving to history", icon=":material/refresh:", on_click=save_again)
+        if panel().save_failed_again:
             st.error("Saving failed again; try once more in a moment.")
     st.caption(f"Cache key `{result.cache_key}`")
 
 
-def save_again(result: GenerationResult) -> None:
+def save_again() -> None:
     database_problem()
-    again = get_service().save_again(result)
-    st.session_state.result = again
-    st.session_state.save_failed_again = again.history_error is not None
+    state = panel()
+    if isinstance(state.outcome, GenerationResult):
+        become(state.save_retried(get_service().save_again(state.outcome)))
 
 
-def since_previous(sent: dict[str, Any], result: GenerationResult) -> None:
-    """For a returning user: the answers that differ from their previous program, and a link to it."""
-    try:
-        with get_engine().connect() as connection:
-            previous = history.latest_answers(connection, sent["user_id"], except_program=result.training_program_id)
-    except DBAPIError:
-        return  # the outcome above already says the database is unavailable
+def since_previous(request: Request, result: GenerationResult) -> None:
+    """For a returning user: the answers that differ from their previous program, as the
+    service compared them, and a link to it. Asked for after the badge is shown, so that
+    a hit's path has no query more."""
+    since = result.since_previous
+    if since is None:
+        since = get_service().since_previous(result, user_id=request.user_id, has_paid_access=request.has_paid_access)
+        if since is None:
+            return  # the outcome above already says the database is unavailable
+        become(panel().compared(since))
+    previous = since.previous
     if previous is None:
         return
-    changes = history.changed_answers(previous, result.onboarding_responses, sent["has_paid_access"])
     lines = [
         f"- {FIELD_LABELS.get(c.field, c.field)}: {escape_markdown(show_value(c.field, c.before))} → "
         f"{escape_markdown(show_value(c.field, c.after))}"
-        for c in changes
+        for c in since.changes
     ]
     with st.container(border=True):
         st.markdown("**Since the previous program**" + ("" if lines else ": the same answers"))
@@ -295,18 +344,40 @@ def since_previous(sent: dict[str, Any], result: GenerationResult) -> None:
         )
 
 
-def loaded_note() -> None:
-    user_id, latest = st.session_state.loaded
-    if isinstance(latest, str):
-        st.error(latest, icon=":material/cloud_off:")
-    elif latest is None:
-        st.info(f"No earlier program for {escape_markdown(user_id) or 'an empty User ID'}: the form is unchanged.")
+def loaded_note(loaded: Loaded) -> None:
+    if loaded.problem is not None:
+        st.error(loaded.problem, icon=":material/cloud_off:")
+    elif loaded.latest is None:
+        st.info(f"No earlier program for {who(loaded.user_id)}: the form is unchanged.")
     else:
         st.info(
-            f"Loaded the answers of {escape_markdown(user_id)}'s latest program, "
-            f"#{latest.program_id} of {latest.created_at:%Y-%m-%d %H:%M} UTC.",
+            f"Loaded the answers of {escape_markdown(loaded.user_id)}'s latest program, "
+            f"#{loaded.latest.program_id} of {loaded.latest.created_at:%Y-%m-%d %H:%M} UTC.",
             icon=":material/download_done:",
         )
+
+
+def outcome(state: CoachPanel) -> None:
+    """What the panel shows beside the form: notes, the request in flight, its outcome."""
+    if state.loaded is not None:
+        loaded_note(state.loaded)
+    if state.refused is not None:
+        refused_note(state.refused, waiting=state.waiting)
+    if state.abandoned is not None:
+        abandoned_note(state.abandoned)
+    if state.waiting and state.submission is not None:
+        waiting_note(state.submission)
+    elif isinstance(state.outcome, Failure):
+        st.error(f"**Generation failed**: {escape_markdown(state.outcome.message)}", icon=":material/error:")
+    elif isinstance(state.outcome, GenerationResult) and state.request is not None:
+        result = state.outcome
+        show_outcome(result)
+        since_previous(state.request, result)
+        render_program(
+            dict(result.program), user_id=state.request.user_id, created_at=result.requested_at, key="generated"
+        )
+    elif state.outcome is None:
+        st.info("The program appears here, with whether it came from the cache.", icon=":material/info:")
 
 
 @st.fragment
@@ -314,20 +385,12 @@ def coach_panel() -> None:
     form_column, result_column = st.columns([5, 7], gap="large")
     # The outcome is written first, so that its badge reaches the browser before the form.
     with result_column:
-        await_submission()
-        if st.session_state.get("loaded"):
-            loaded_note()
-        if st.session_state.get("failure"):
-            st.error(f"**Generation failed**: {escape_markdown(st.session_state.failure)}", icon=":material/error:")
-        if (result := st.session_state.get("result")) is not None:
-            sent = st.session_state.sent
-            show_outcome(result)
-            since_previous(sent, result)
-            render_program(result.program, user_id=sent["user_id"], created_at=result.requested_at, key="generated")
-        elif not st.session_state.get("errors") and not st.session_state.get("failure"):
-            st.info("The program appears here, with whether it came from the cache.", icon=":material/info:")
+        state = collect()
+        outcome(state)
     with form_column:
         questionnaire()
+    if state.waiting and state.submission is not None:
+        look_again(state.submission)
 
 
 st.title("Generate program")

@@ -73,9 +73,12 @@ def browser() -> Iterator[Browser]:
 
 
 def settle(page: Page) -> None:
-    """Wait for the script run the last action started to finish."""
+    """Wait for the script run the last action started to finish, and for the request it
+    made, if any: while one is in flight the generate page runs again every quarter second,
+    not running for a moment between runs."""
     page.wait_for_timeout(300)
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    expect(page.get_by_role("button", name="Stop waiting")).to_have_count(0, timeout=60_000)
 
 
 def shot(page: Page, name: str) -> None:
@@ -316,6 +319,62 @@ def test_a_double_click_with_force_refresh_ticked_is_one_generation(
     assert fake_openai.calls == 1
     expect(page.get_by_text("Program #1.")).to_have_count(1)
     expect(force).not_to_be_checked()
+    engine.dispose()
+
+
+def test_a_click_while_a_program_is_generated_is_refused_in_words_and_every_click_is_accounted_for(
+    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(delay_seconds=3))
+    engine = make_engine(database)
+    page = open_fresh(context, server)
+    generate_button, force = (
+        page.get_by_role("button", name="Generate program"),
+        page.get_by_role("checkbox", name="Force refresh"),
+    )
+
+    type_id(page, "fill", "client-1")
+    generate_button.click()
+    expect(page.get_by_text("Cache miss (first program for this user): OpenAI")).to_be_visible()
+    type_id(page, "fill", "client-2")
+    page.get_by_text("Force refresh", exact=True).click()
+    generate_button.click()
+    refused = "Not requested: the program for client-2, because the one for client-1"
+    expect(page.get_by_text(f"{refused} is being generated")).to_be_visible()
+    expect(force).to_be_checked()  # the refresh it asked for is still to be had
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    expect(page.get_by_text(f"{refused} was being generated")).to_be_visible()
+    expect(page.get_by_role("textbox", name="User ID")).to_have_value("client-2")
+    expect(force).to_be_checked()
+    # The next click, once client-1's program is shown, is taken: with the refresh it asked for.
+    generate_button.click()
+    expect(page.get_by_text("Cache miss: a refresh was forced")).to_be_visible(timeout=20_000)
+    expect(page.get_by_text("Not requested")).to_have_count(0)
+    expect(force).not_to_be_checked()
+
+    # Waiting can be stopped, and the next click is taken; the generation goes on and is cached.
+    type_id(page, "fill", "client-3")
+    generate_button.click()
+    page.get_by_role("button", name="Stop waiting").click()
+    expect(page.get_by_text("Stopped waiting for the program for client-3")).to_be_visible()
+    type_id(page, "fill", "client-4")
+    generate_button.click()
+    # Away and back while it is generated: the page waits for it still.
+    go_to(page, "Program history")
+    go_to(page, "Generate program")
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    type_id(page, "fill", "client-3")
+    generate_button.click()
+    expect(page.get_by_text("Cache hit")).to_be_visible(timeout=20_000)
+    settle(page)
+
+    def programs(user_id: str) -> int:
+        return count_rows(engine, training_programs, training_programs.c.user_id == user_id)
+
+    # What the page said: client-1 generated; client-2 refused, then generated; client-3
+    # left to run, then served from the cache; client-4 generated.
+    assert fake_openai.calls == 4
+    assert [programs(f"client-{n}") for n in range(1, 5)] == [1, 1, 2, 1]
     engine.dispose()
 
 

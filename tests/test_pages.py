@@ -17,6 +17,7 @@ from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.generators import OfflineGenerator
 from core.history import GenerationEvent, insert_event
 from core.schema import ai_coach_cache, generation_stats_hourly, training_programs, utcnow
+from core.service import ProgramService
 from core.settings import Settings
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import as_read, count_rows, expire_entries, insert_entries
@@ -156,6 +157,35 @@ def test_a_returning_users_changes_are_listed_with_a_link_to_the_previous_progra
     assert since == "- Days per week: 3 → 4\n- Goal: Endurance → Strength"
     link = app.get("page_link")[0]
     assert link.proto.label.startswith("Previous program #1 (") and link.proto.query_string == "program=1"
+
+
+def since_previous(at: AppTest) -> list[str]:
+    """The box's heading and its list of changes."""
+    shown = [m.value for m in at.markdown]
+    heading = next(i for i, text in enumerate(shown) if text.startswith("**Since the previous program"))
+    return shown[heading : heading + 2]
+
+
+def test_the_changes_listed_are_the_ones_the_service_compared(app: AppTest, app_engine: Engine) -> None:
+    submit(fill(app, "changing-client", days_per_week=3))
+    submit(fill(app, "changing-client", days_per_week=4))
+    assert "the profile changed (Days per week)" in app.info[0].value
+    assert since_previous(app) == ["**Since the previous program**", "- Days per week: 3 → 4"]
+    # Another coach's program for the user lands meanwhile: this result was compared with
+    # the program before it, and says so on every run.
+    answers = {"goal": "general_fitness", "experience_level": "beginner", "days_per_week": 6}
+    answers |= {"session_minutes": 45, "equipment": ["bodyweight"]}
+    ProgramService(app_engine, OfflineGenerator()).generate(
+        user_id="changing-client", onboarding_responses=answers, has_paid_access=False
+    )
+    app.run()
+    assert since_previous(app) == ["**Since the previous program**", "- Days per week: 3 → 4"]
+    assert app.get("page_link")[0].proto.label.startswith("Previous program #1 (")
+    # A hit, compared when shown, with the newest program before it: the other coach's.
+    submit(app)
+    assert "Cache hit" in app.success[0].value
+    assert since_previous(app) == ["**Since the previous program**", "- Days per week: 6 → 4"]
+    assert app.get("page_link")[0].proto.label.startswith("Previous program #3 (")
 
 
 @pytest.mark.parametrize("user_id", ["bad:id", "", "two words"])
