@@ -268,19 +268,25 @@ def test_the_first_click_generates_whatever_the_coach_did_just_before(
     engine.dispose()
 
 
+@pytest.mark.parametrize(("forced", "says"), [(False, "first program for this user"), (True, "a refresh was forced")])
 def test_a_double_click_is_one_generation_one_llm_call_one_result(
-    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
+    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI, forced: bool, says: str
 ) -> None:
     fake_openai.reset()
     engine = make_engine(database)
     page = open_fresh(context, server)
-    type_id(page, "fill", "double-clicker")
+    user_id = f"double-clicker-{forced}"
+    type_id(page, "fill", user_id)
+    force = page.get_by_role("checkbox", name="Force refresh")
+    if forced:
+        page.get_by_text("Force refresh", exact=True).click()
     page.get_by_role("button", name="Generate program").dblclick()
-    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    expect(page.get_by_text(f"Cache miss: {says}")).to_be_visible(timeout=20_000)
     settle(page)
-    assert count_rows(engine, training_programs, training_programs.c.user_id == "double-clicker") == 1
+    assert count_rows(engine, training_programs, training_programs.c.user_id == user_id) == 1
     assert fake_openai.calls == 1
     expect(page.get_by_text("Program #1.")).to_have_count(1)
+    expect(force).not_to_be_checked()  # a refresh is for the click it was ticked for
     engine.dispose()
 
 
@@ -301,25 +307,6 @@ def test_force_refresh_is_for_the_click_it_was_ticked_for(
     expect(page.get_by_text("Cache hit")).to_be_visible(timeout=20_000)
     expect(force).not_to_be_checked()
     assert fake_openai.calls == 1
-
-
-def test_a_double_click_with_force_refresh_ticked_is_one_generation(
-    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
-) -> None:
-    fake_openai.reset()
-    engine = make_engine(database)
-    page = open_fresh(context, server)
-    type_id(page, "fill", "double-forcer")
-    force = page.get_by_role("checkbox", name="Force refresh")
-    page.get_by_text("Force refresh", exact=True).click()
-    page.get_by_role("button", name="Generate program").dblclick()
-    expect(page.get_by_text("Cache miss: a refresh was forced")).to_be_visible(timeout=20_000)
-    settle(page)
-    assert count_rows(engine, training_programs, training_programs.c.user_id == "double-forcer") == 1
-    assert fake_openai.calls == 1
-    expect(page.get_by_text("Program #1.")).to_have_count(1)
-    expect(force).not_to_be_checked()
-    engine.dispose()
 
 
 def test_a_click_while_a_program_is_generated_is_refused_in_words_and_every_click_is_accounted_for(
