@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # The largest valid program (8 weeks x 7 sessions, long notes) is about 43 KB of JSON,
     # 11-12 k tokens; the cap leaves room for wordier exercise notes.
     llm_max_completion_tokens: int = Field(default=16_000, ge=1_000, le=1_000_000)
+    # Sent only when set (0 for the most repeatable answers); unset, the server's default
+    # applies, and OpenAI's reasoning models accept no other.
+    llm_temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
     # USD per million tokens by model, for monitoring's spend and savings: MODEL_PRICES (JSON,
     # e.g. {"my-model": {"input": 1.0, "output": 2.0}}) adds models or overrides listed ones.
     model_prices: Annotated[dict[str, ModelPrice], NoDecode] = DEFAULT_MODEL_PRICES

@@ -69,20 +69,21 @@ class OpenAIChatGenerator:
         timeout_seconds: float,
         max_retries: int,
         max_completion_tokens: int,
+        temperature: float | None = None,
     ) -> None:
         self.model = model
         self.max_completion_tokens = max_completion_tokens
+        self.temperature = temperature
         self._api_key = api_key
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
         )
         self._response_format = program_response_format(model)
-        # The model, the prompt and the response schema decide what comes back (no sampling
-        # settings are sent: the server's defaults apply).
+        # The model, the prompt, the response schema and the temperature (when one is sent;
+        # else the server's default applies) decide what comes back.
+        shaped_by = (model, SYSTEM_PROMPT, self._response_format, temperature)
         self.identity = GeneratorIdentity(
-            kind="openai",
-            model=model,
-            version=f"openai-{PROMPT_VERSION}-{fingerprint(model, SYSTEM_PROMPT, self._response_format)}",
+            kind="openai", model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}"
         )
 
     @property
@@ -104,6 +105,7 @@ class OpenAIChatGenerator:
                 ],
                 response_format=self._response_format,
                 max_completion_tokens=self.max_completion_tokens,
+                temperature=openai.omit if self.temperature is None else self.temperature,
             )
         except openai.APIError as exc:
             raise GenerationError(self._describe(exc)) from None
