@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # Sent only when set (0 for the most repeatable answers); unset, the server's default
     # applies, and OpenAI's reasoning models accept no other.
     llm_temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    # How much of JSON Schema the server enforces: `strict` (OpenAI's subset, no string
+    # lengths) or `full` (llama.cpp's and vLLM's grammars); unset, `full` exactly when
+    # OPENAI_BASE_URL names another server.
+    llm_schema: Literal["strict", "full"] | None = None
     # USD per million tokens by model, for monitoring's spend and savings: MODEL_PRICES (JSON,
     # e.g. {"my-model": {"input": 1.0, "output": 2.0}}) adds models or overrides listed ones.
     model_prices: Annotated[dict[str, ModelPrice], NoDecode] = DEFAULT_MODEL_PRICES
@@ -175,6 +179,10 @@ class Settings(BaseSettings):
     @property
     def uses_openai(self) -> bool:
         return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
+
+    @property
+    def schema_flavour(self) -> Literal["strict", "full"]:
+        return self.llm_schema or ("full" if self.openai_base_url else "strict")
 
     def price_of(self, model: str) -> ModelPrice | None:
         """The model's price, or that of the longest listed name it is a dated snapshot of

@@ -60,6 +60,7 @@ def llama_generator(llama: LlamaServer, **options: Any) -> OpenAIChatGenerator:
         "max_completion_tokens": settings.llm_max_completion_tokens,
         # Greedy decoding: the same answer every run, so the test knows what to expect.
         "temperature": 0,
+        "schema": settings.schema_flavour,
     }
     return OpenAIChatGenerator(**(chosen | options))
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 from sqlalchemy import Engine, select
 
 from core import monitoring
-from core.generators import OpenAIChatGenerator, startup_warning
+from core.generators import OpenAIChatGenerator, openai_chat, startup_warning
 from core.generators.offline import build_program
-from core.generators.openai_chat import program_response_format
-from core.models import parse_onboarding
+from core.generators.openai_chat import numbered, program_response_format
+from core.models import parse_onboarding, parse_program
 from core.schema import ai_coach_cache, generation_events, training_programs
 from core.service import GenerationFailed, ProgramService
 from core.settings import Settings
@@ -119,12 +121,23 @@ def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
     assert openai_strict.violations(sent["response_format"], fine_tuned=model.startswith("ft:")) == []
     assert sent["max_completion_tokens"] == 16_000
     # The bounds left out are stated in words, for the model to follow.
-    title = sent["response_format"]["json_schema"]["schema"]["properties"]["title"]
-    assert "at most 120 characters" in title["description"]
+    schema = sent["response_format"]["json_schema"]["schema"]
+    assert "at most 120 characters" in schema["properties"]["title"]["description"]
+    # The profile's shape is fixed in the request: 8 weeks of 3 sessions, numbered by us.
+    weeks = schema["properties"]["weeks"]
+    assert schema["properties"]["days_per_week"]["enum"] == [3] and schema["properties"]["duration_weeks"]["enum"] == [
+        8
+    ]
+    assert "week" not in weeks["items"]["properties"]
+    sessions = weeks["items"]["properties"]["sessions"]
+    if model.startswith("ft:"):
+        assert "exactly 8 items" in weeks["description"] and "exactly 3 items" in sessions["description"]
+    else:
+        assert (weeks["minItems"], weeks["maxItems"], sessions["minItems"], sessions["maxItems"]) == (8, 8, 3, 3)
 
 
 def _valid_format() -> dict[str, Any]:
-    return program_response_format("gpt-test")
+    return program_response_format("gpt-test", days_per_week=3, weeks=8)
 
 
 def _schema(rf: dict[str, Any]) -> dict[str, Any]:
@@ -235,3 +248,77 @@ def test_a_server_that_does_not_serve_the_model_is_named_at_start(fake_openai: F
     assert warning == "the LLM server does not list OPENAI_MODEL=gpt-4o-mini; it serves: llama3.1:8b, qwen2.5:7b"
     fake_openai.reset(Behaviour(served_models=("gpt-4o-mini",)))
     assert startup_warning(openai_generator(fake_openai, model="gpt-4o-mini")) is None
+
+
+def _answer_to(profile: dict[str, Any], paid: bool) -> dict[str, Any]:
+    """The offline coach's program for `profile`, as an answer to the request: unnumbered."""
+    program = build_program(parse_onboarding(profile), paid)
+    return {**program, "weeks": [{k: v for k, v in w.items() if k != "week"} for w in program["weeks"]]}
+
+
+BREAKS_THE_SHAPE = {
+    "a session too few": lambda a: a["weeks"][0]["sessions"].pop(),
+    "a week too few": lambda a: a["weeks"].pop(),
+    "other days a week": lambda a: a.update(days_per_week=a["days_per_week"] % 7 + 1),
+    "another duration": lambda a: a.update(duration_weeks=a["duration_weeks"] + 1),
+    "a week number asked for": lambda a: a["weeks"][0].update(week=1),
+    "a rambling note": lambda a: a["weeks"][0]["sessions"][0]["exercises"][0].update(notes="x" * 161),
+}
+
+
+@pytest.mark.parametrize("days", range(1, 8))
+@pytest.mark.parametrize("paid", [False, True])
+def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid: bool) -> None:
+    """What the service checks beyond the contract is in the request itself, for a server that
+    enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through
+    is a valid program once numbered, and each way of breaking the shape is refused by it."""
+    profile = {**PROFILE, "days_per_week": days}
+    schema = program_response_format("smollm2", days_per_week=days, weeks=8 if paid else 4, flavour="full")
+    validator = jsonschema.Draft202012Validator(schema["json_schema"]["schema"])
+    answer = _answer_to(profile, paid)
+    assert list(validator.iter_errors(answer)) == []
+    parse_program(numbered(answer), parse_onboarding(profile))
+    for name, breaking in BREAKS_THE_SHAPE.items():
+        broken = copy.deepcopy(answer)
+        breaking(broken)
+        assert list(validator.iter_errors(broken)) != [], name
+
+
+def test_the_full_request_bounds_every_string_and_list_so_none_runs_to_the_cap() -> None:
+    schema = program_response_format("smollm2", days_per_week=7, weeks=8, flavour="full")["json_schema"]["schema"]
+    unbounded: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if node["type"] == "string" and "maxLength" not in node and "enum" not in node:
+            unbounded.append(path)
+        if node["type"] == "array":
+            if "maxItems" not in node:
+                unbounded.append(path)
+            walk(node["items"], path + "[]")
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+
+    walk(schema, "")
+    assert unbounded == []
+
+
+def test_the_generator_identity_changes_with_whatever_the_request_asks(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def version(**options: Any) -> str:
+        chosen = {
+            "api_key": API_KEY,
+            "model": "gpt-test",
+            "base_url": fake_openai.base_url,
+            "timeout_seconds": 5,
+            "max_retries": 0,
+            "max_completion_tokens": 16_000,
+        }
+        return OpenAIChatGenerator(**(chosen | options)).identity.version
+
+    base = version()
+    assert version() == base  # nothing else moves it
+    others = [version(model="gpt-other"), version(temperature=0), version(schema="full")]
+    monkeypatch.setitem(openai_chat.ANSWER_LIMITS, "summary", {"maxLength": 500})
+    others.append(version())
+    assert len({base, *others}) == 1 + len(others)

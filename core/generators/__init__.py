@@ -17,6 +17,7 @@ def make_generator(settings: Settings) -> ProgramGenerator:
         max_retries=settings.llm_max_retries,
         max_completion_tokens=settings.llm_max_completion_tokens,
         temperature=settings.llm_temperature,
+        schema=settings.schema_flavour,
     )
 
 
