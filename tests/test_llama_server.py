@@ -61,6 +61,7 @@ def llama_generator(llama: LlamaServer, **options: Any) -> OpenAIChatGenerator:
         # Greedy decoding: the same answer every run, so the test knows what to expect.
         "temperature": 0,
         "schema": settings.schema_flavour,
+        "cap_parameter": settings.token_cap_parameter,
     }
     return OpenAIChatGenerator(**(chosen | options))
 

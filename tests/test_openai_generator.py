@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core import monitoring
-from core.generators import OpenAIChatGenerator, openai_chat, startup_warning
+from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
 from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
 from core.models import parse_onboarding, parse_program
@@ -322,3 +322,53 @@ def test_the_generator_identity_changes_with_whatever_the_request_asks(
     monkeypatch.setitem(openai_chat.ANSWER_LIMITS, "summary", {"maxLength": 500})
     others.append(version())
     assert len({base, *others}) == 1 + len(others)
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({}, "max_completion_tokens"),  # OpenAI: its reasoning models refuse max_tokens
+        ({"openai_base_url": "http://127.0.0.1:11434/v1"}, "max_tokens"),  # Ollama drops the other
+        (
+            {"openai_base_url": "http://127.0.0.1:8000/v1", "llm_token_cap_parameter": "max_completion_tokens"},
+            "max_completion_tokens",
+        ),
+    ],
+)
+def test_the_cap_goes_by_the_name_the_server_takes(settings: dict[str, Any], name: str) -> None:
+    assert Settings(**settings).token_cap_parameter == name
+
+
+@pytest.mark.parametrize("chosen", [None, "max_completion_tokens"])
+def test_the_cap_is_sent_under_that_name_alone(engine: Engine, fake_openai: FakeOpenAI, chosen: str | None) -> None:
+    settings = Settings(
+        openai_api_key=API_KEY,
+        openai_base_url=fake_openai.base_url,
+        llm_schema="strict",  # the stand-in holds requests to OpenAI's rules
+        llm_token_cap_parameter=chosen,  # type: ignore[arg-type]
+    )
+    ProgramService(engine=engine, generator=make_generator(settings)).generate(
+        user_id="u1", onboarding_responses=PROFILE, has_paid_access=False
+    )
+    request = fake_openai.requests[0]
+    sent = [name for name in ("max_tokens", "max_completion_tokens") if name in request]
+    assert sent == [chosen or "max_tokens"] and request[sent[0]] == 16_000
+
+
+def test_the_model_check_understands_ollamas_name_and_tag(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reset(Behaviour(served_models=("llama3.2:latest", "qwen2.5:7b")))
+    assert startup_warning(openai_generator(fake_openai, model="llama3.2")) is None
+    assert startup_warning(openai_generator(fake_openai, model="qwen2.5:7b")) is None
+    assert "OPENAI_MODEL=qwen2.5;" in (startup_warning(openai_generator(fake_openai, model="qwen2.5")) or "")
+
+
+def test_a_server_that_cannot_do_structured_output_is_named_as_the_likely_cause(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    # llama-cpp-python's server answers a json_schema response format with a bare 500.
+    fake_openai.reset(Behaviour(mode="status", status=500, message="Internal Server Error"))
+    with pytest.raises(GenerationFailed) as error:
+        openai_service(engine, fake_openai).generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    message = str(error.value)
+    assert "HTTP 500: Internal Server Error (the server may not support a json_schema response format" in message
+    assert "\n" not in message

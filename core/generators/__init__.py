@@ -18,6 +18,7 @@ def make_generator(settings: Settings) -> ProgramGenerator:
         max_completion_tokens=settings.llm_max_completion_tokens,
         temperature=settings.llm_temperature,
         schema=settings.schema_flavour,
+        cap_parameter=settings.token_cap_parameter,
     )
 
 

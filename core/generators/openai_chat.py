@@ -155,11 +155,15 @@ class OpenAIChatGenerator:
         max_completion_tokens: int,
         temperature: float | None = None,
         schema: SchemaFlavour = "strict",
+        cap_parameter: CapParameter = "max_completion_tokens",
     ) -> None:
         self.model = model
         self.max_completion_tokens = max_completion_tokens
         self.temperature = temperature
         self.schema = schema
+        self.cap_parameter = cap_parameter
+        # Whether the server is OpenAI's own: another one's 500 may mean it cannot do structured output.
+        self._elsewhere = base_url is not None
         self._api_key = api_key
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
@@ -195,7 +199,8 @@ class OpenAIChatGenerator:
                     {"role": "user", "content": json.dumps(request)},
                 ],
                 response_format=self._response_format(profile.days_per_week, has_paid_access),
-                max_completion_tokens=self.max_completion_tokens,
+                max_completion_tokens=self._cap("max_completion_tokens"),
+                max_tokens=self._cap("max_tokens"),
                 temperature=openai.omit if self.temperature is None else self.temperature,
             )
         except openai.APIError as exc:
@@ -222,7 +227,7 @@ class OpenAIChatGenerator:
             served = [m.id for m in self._client.with_options(max_retries=0, timeout=5).models.list()]
         except openai.APIError:
             return None
-        if not served or self.model in served:
+        if not served or _serves(served, self.model):
             return None
         shown = ", ".join(sorted(served)[:10])
         return f"the LLM server does not list OPENAI_MODEL={self.model}; it serves: {shown}"
@@ -236,8 +241,27 @@ class OpenAIChatGenerator:
             return "could not connect to the LLM server"
         if isinstance(exc, openai.APIStatusError):
             said = _one_line(_redacted(_server_message(exc.body), self._api_key))
-            return f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
+            line = f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
+            cause = self._likely_cause(exc.status_code, said)
+            return f"{line} ({cause})" if cause else line
         return f"the LLM call failed: {type(exc).__name__}"
+
+    def _cap(self, parameter: CapParameter) -> int | openai.Omit:
+        return self.max_completion_tokens if parameter == self.cap_parameter else openai.omit
+
+    def _likely_cause(self, status: int, said: str) -> str | None:
+        """What an operator pointing Coach Cache at their own server most likely has to change,
+        when the answer says little: llama-cpp-python's server answers a `json_schema` response
+        format with a 500, other servers refuse it with a 4xx naming it."""
+        if not self._elsewhere:
+            return None
+        if status >= 500 or (400 <= status < 500 and re.search(r"json_schema|response_format", said, re.I)):
+            return (
+                "the server may not support a json_schema response format (structured output): "
+                "llama.cpp's llama-server, vLLM and Ollama do; with a server that holds it to OpenAI's "
+                "strict rules, set LLM_SCHEMA=strict"
+            )
+        return None
 
     def _program_from(self, completion: Any) -> Any:
         if not completion.choices:
@@ -247,7 +271,7 @@ class OpenAIChatGenerator:
             raise GenerationError(f"the LLM refused: {_one_line(choice.message.refusal)}")
         if choice.finish_reason == "length":
             raise GenerationError(
-                f"the LLM's answer was cut off at max_completion_tokens={self.max_completion_tokens} "
+                f"the LLM's answer was cut off at {self.cap_parameter}={self.max_completion_tokens} "
                 "(raise LLM_MAX_COMPLETION_TOKENS)"
             )
         if choice.finish_reason == "content_filter":
@@ -256,6 +280,11 @@ class OpenAIChatGenerator:
             return numbered(json.loads(choice.message.content or ""))
         except json.JSONDecodeError:
             raise GenerationError("the LLM answered with malformed JSON") from None
+
+
+def _serves(served: list[str], model: str) -> bool:
+    # Ollama lists `name:tag` and serves a bare name as its `latest` tag.
+    return model in served or (":" not in model and f"{model}:latest" in served)
 
 
 def _server_message(body: object) -> str:
