@@ -109,7 +109,8 @@ def program_response_format(
     service checks beyond the contract (the profile's days a week, the program's weeks, each
     week's sessions) is fixed in it, and the week numbers are left to `numbered` (no schema
     keyword OpenAI takes can demand 1..n in order). In the `strict` flavour OpenAI accepts
-    it for `model` (tests/openai_strict.py checks it against the documented rules)."""
+    it for `model` (tests/openai_strict.py checks it against the documented rules); the
+    `full` one keeps every string length for a server that enforces them."""
     schema = {k: v for k, v in copy.deepcopy(load_contract("training_program")).items() if not k.startswith("$")}
     schema.pop("examples", None)
     for path, limits in ANSWER_LIMITS.items():
@@ -128,7 +129,9 @@ def program_response_format(
     if flavour == "strict":
         fine_tuned = model.startswith(FINE_TUNED_PREFIX)
         _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS} if fine_tuned else STRING_LENGTHS)
-    return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": True, "schema": schema}}
+    # `strict` tells OpenAI to hold the schema to its subset; the servers `full` is for ignore it.
+    strict = flavour == "strict"
+    return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": strict, "schema": schema}}
 
 
 def numbered(answer: Any) -> Any:
