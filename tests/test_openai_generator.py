@@ -122,7 +122,7 @@ def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
     assert sent["max_completion_tokens"] == 16_000
     # The bounds left out are stated in words, for the model to follow.
     schema = sent["response_format"]["json_schema"]["schema"]
-    assert "at most 120 characters" in schema["properties"]["title"]["description"]
+    assert "at most 60 characters" in schema["properties"]["title"]["description"]
     # The profile's shape is fixed in the request: 8 weeks of 3 sessions, numbered by us.
     weeks = schema["properties"]["weeks"]
     assert schema["properties"]["days_per_week"]["enum"] == [3] and schema["properties"]["duration_weeks"]["enum"] == [

@@ -44,15 +44,16 @@ CapParameter = Literal["max_completion_tokens", "max_tokens"]
 # program and no string or list can run on to the token cap. A path names properties, down
 # through arrays' items; "[]" is an array's items themselves.
 ANSWER_LIMITS: dict[str, dict[str, int]] = {
-    "summary": {"maxLength": 600},
-    "weeks.theme": {"minLength": 1, "maxLength": 80},
-    "weeks.sessions.focus": {"minLength": 1, "maxLength": 80},
-    "weeks.sessions.exercises": {"maxItems": 6},
-    "weeks.sessions.exercises.name": {"maxLength": 60},
-    "weeks.sessions.exercises.reps": {"minLength": 1, "maxLength": 20},
-    "weeks.sessions.exercises.notes": {"maxLength": 160},
-    "safety_notes": {"maxItems": 5},
-    "safety_notes.[]": {"maxLength": 200},
+    "title": {"maxLength": 60},
+    "summary": {"maxLength": 200},
+    "weeks.theme": {"minLength": 1, "maxLength": 60},
+    "weeks.sessions.focus": {"minLength": 1, "maxLength": 40},
+    "weeks.sessions.exercises": {"maxItems": 4},
+    "weeks.sessions.exercises.name": {"maxLength": 40},
+    "weeks.sessions.exercises.reps": {"minLength": 1, "maxLength": 12},
+    "weeks.sessions.exercises.notes": {"maxLength": 80},
+    "safety_notes": {"maxItems": 3},
+    "safety_notes.[]": {"maxLength": 100},
 }
 # Strict mode supports no string length keywords, and fine-tuned models refuse number and
 # array bounds too. Such keywords are left out of the request and stated in the node's
