@@ -307,6 +307,13 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _add_to_results(out: Path, name: str, measured: dict[str, Any]) -> None:
+    """One mode's figures under their own key, beside what the other modes wrote."""
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**earlier, name: measured}, indent=2) + "\n")
+    print(f"written to {out} (key '{name}')")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10x smaller tables, fewer repetitions: under a minute")
@@ -324,9 +331,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only hits under load (4 processes x 8 threads), directly and through PgBouncer, beside the floor",
     )
+    parser.add_argument(
+        "--real-llm",
+        action="store_true",
+        help="only generations from a real model (llama.cpp's server, SmolLM2-135M) over 12 small profiles",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
+
+    if args.real_llm:
+        from bench import real_llm
+
+        result = real_llm.measure(log)
+        print(real_llm.table(result))
+        _add_to_results(args.out, "real_llm", result)
+        return 0
 
     if args.browser or args.concurrency:
         from bench import browser, concurrency
@@ -335,9 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = (
             browser.measure(20 if args.quick else 100, log) if args.browser else concurrency.measure(args.quick, log)
         )
-        earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
-        args.out.write_text(json.dumps({**earlier, name: measured}, indent=2) + "\n")
-        print(f"written to {args.out} (key '{name}')")
+        _add_to_results(args.out, name, measured)
         return 0
 
     results: dict[str, Any] = {

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     # The largest valid program (8 weeks x 7 sessions, long notes) is about 43 KB of JSON,
     # 11-12 k tokens; the cap leaves room for wordier exercise notes.
     llm_max_completion_tokens: int = Field(default=16_000, ge=1_000, le=1_000_000)
+    # Sent only when set (0 for the most repeatable answers); unset, the server's default
+    # applies, and OpenAI's reasoning models accept no other.
+    llm_temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    # How much of JSON Schema the server enforces: `strict` (OpenAI's subset, no string
+    # lengths) or `full` (llama.cpp's and vLLM's grammars); unset, `full` exactly when
+    # OPENAI_BASE_URL names another server.
+    llm_schema: Literal["strict", "full"] | None = None
+    # The request parameter that carries LLM_MAX_COMPLETION_TOKENS: OpenAI's reasoning models
+    # refuse `max_tokens`, Ollama silently drops `max_completion_tokens` (ollama#7125) and
+    # older llama.cpp builds ignore it; unset, `max_tokens` exactly when OPENAI_BASE_URL is set.
+    llm_token_cap_parameter: Literal["max_completion_tokens", "max_tokens"] | None = None
     # USD per million tokens by model, for monitoring's spend and savings: MODEL_PRICES (JSON,
     # e.g. {"my-model": {"input": 1.0, "output": 2.0}}) adds models or overrides listed ones.
     model_prices: Annotated[dict[str, ModelPrice], NoDecode] = DEFAULT_MODEL_PRICES
@@ -172,6 +183,14 @@ class Settings(BaseSettings):
     @property
     def uses_openai(self) -> bool:
         return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
+
+    @property
+    def schema_flavour(self) -> Literal["strict", "full"]:
+        return self.llm_schema or ("full" if self.openai_base_url else "strict")
+
+    @property
+    def token_cap_parameter(self) -> Literal["max_completion_tokens", "max_tokens"]:
+        return self.llm_token_cap_parameter or ("max_tokens" if self.openai_base_url else "max_completion_tokens")
 
     def price_of(self, model: str) -> ModelPrice | None:
         """The model's price, or that of the longest listed name it is a dated snapshot of

@@ -93,9 +93,13 @@ class FakeOpenAI:
     def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], call: int) -> None:
         b = self.behaviour
         fine_tuned = str(body.get("model", "")).startswith("ft:")
-        found = openai_strict.violations(body.get("response_format"), fine_tuned=fine_tuned)
+        response_format = body.get("response_format")
+        # As OpenAI does, only a strict schema is held to strict mode's rules; a non-strict one
+        # (LLM_SCHEMA=full, for servers whose grammars enforce all of JSON Schema) is taken as is.
+        strict = not isinstance(response_format, dict) or (response_format.get("json_schema") or {}).get("strict")
+        found = openai_strict.violations(response_format, fine_tuned=fine_tuned) if strict is not False else []
         if found:
-            return _send(handler, 400, openai_strict.error_body(body.get("response_format"), found))
+            return _send(handler, 400, openai_strict.error_body(response_format, found))
         if call <= b.fail_first or b.mode == "status":
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             return _send(handler, b.status, {"error": {"message": b.message, "type": "server_error"}}, headers)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 from sqlalchemy import Engine, select
 
 from core import monitoring
-from core.generators import OpenAIChatGenerator, startup_warning
+from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
 from core.generators.offline import build_program
-from core.generators.openai_chat import program_response_format
-from core.models import parse_onboarding
+from core.generators.openai_chat import numbered, program_response_format
+from core.models import parse_onboarding, parse_program
 from core.schema import ai_coach_cache, generation_events, training_programs
 from core.service import GenerationFailed, ProgramService
 from core.settings import Settings
@@ -119,12 +121,23 @@ def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
     assert openai_strict.violations(sent["response_format"], fine_tuned=model.startswith("ft:")) == []
     assert sent["max_completion_tokens"] == 16_000
     # The bounds left out are stated in words, for the model to follow.
-    title = sent["response_format"]["json_schema"]["schema"]["properties"]["title"]
-    assert "at most 120 characters" in title["description"]
+    schema = sent["response_format"]["json_schema"]["schema"]
+    assert "at most 60 characters" in schema["properties"]["title"]["description"]
+    # The profile's shape is fixed in the request: 8 weeks of 3 sessions, numbered by us.
+    weeks = schema["properties"]["weeks"]
+    assert schema["properties"]["days_per_week"]["enum"] == [3] and schema["properties"]["duration_weeks"]["enum"] == [
+        8
+    ]
+    assert "week" not in weeks["items"]["properties"]
+    sessions = weeks["items"]["properties"]["sessions"]
+    if model.startswith("ft:"):
+        assert "exactly 8 items" in weeks["description"] and "exactly 3 items" in sessions["description"]
+    else:
+        assert (weeks["minItems"], weeks["maxItems"], sessions["minItems"], sessions["maxItems"]) == (8, 8, 3, 3)
 
 
 def _valid_format() -> dict[str, Any]:
-    return program_response_format("gpt-test")
+    return program_response_format("gpt-test", days_per_week=3, weeks=8)
 
 
 def _schema(rf: dict[str, Any]) -> dict[str, Any]:
@@ -235,3 +248,128 @@ def test_a_server_that_does_not_serve_the_model_is_named_at_start(fake_openai: F
     assert warning == "the LLM server does not list OPENAI_MODEL=gpt-4o-mini; it serves: llama3.1:8b, qwen2.5:7b"
     fake_openai.reset(Behaviour(served_models=("gpt-4o-mini",)))
     assert startup_warning(openai_generator(fake_openai, model="gpt-4o-mini")) is None
+
+
+def _answer_to(profile: dict[str, Any], paid: bool) -> dict[str, Any]:
+    """The offline coach's program for `profile`, as an answer to the request: unnumbered."""
+    program = build_program(parse_onboarding(profile), paid)
+    return {**program, "weeks": [{k: v for k, v in w.items() if k != "week"} for w in program["weeks"]]}
+
+
+BREAKS_THE_SHAPE = {
+    "a session too few": lambda a: a["weeks"][0]["sessions"].pop(),
+    "a week too few": lambda a: a["weeks"].pop(),
+    "other days a week": lambda a: a.update(days_per_week=a["days_per_week"] % 7 + 1),
+    "another duration": lambda a: a.update(duration_weeks=a["duration_weeks"] + 1),
+    "a week number asked for": lambda a: a["weeks"][0].update(week=1),
+    "a rambling note": lambda a: a["weeks"][0]["sessions"][0]["exercises"][0].update(notes="x" * 161),
+}
+
+
+@pytest.mark.parametrize("days", range(1, 8))
+@pytest.mark.parametrize("paid", [False, True])
+def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid: bool) -> None:
+    """What the service checks beyond the contract is in the request itself, for a server that
+    enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through
+    is a valid program once numbered, and each way of breaking the shape is refused by it."""
+    profile = {**PROFILE, "days_per_week": days}
+    schema = program_response_format("smollm2", days_per_week=days, weeks=8 if paid else 4, flavour="full")
+    assert schema["json_schema"]["strict"] is False  # not OpenAI's subset: it keeps string lengths
+    validator = jsonschema.Draft202012Validator(schema["json_schema"]["schema"])
+    answer = _answer_to(profile, paid)
+    assert list(validator.iter_errors(answer)) == []
+    parse_program(numbered(answer), parse_onboarding(profile))
+    for name, breaking in BREAKS_THE_SHAPE.items():
+        broken = copy.deepcopy(answer)
+        breaking(broken)
+        assert list(validator.iter_errors(broken)) != [], name
+
+
+def test_the_full_request_bounds_every_string_and_list_so_none_runs_to_the_cap() -> None:
+    schema = program_response_format("smollm2", days_per_week=7, weeks=8, flavour="full")["json_schema"]["schema"]
+    unbounded: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if node["type"] == "string" and "maxLength" not in node and "enum" not in node:
+            unbounded.append(path)
+        if node["type"] == "array":
+            if "maxItems" not in node:
+                unbounded.append(path)
+            walk(node["items"], path + "[]")
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+
+    walk(schema, "")
+    assert unbounded == []
+
+
+def test_the_generator_identity_changes_with_whatever_the_request_asks(
+    fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def version(**options: Any) -> str:
+        chosen = {
+            "api_key": API_KEY,
+            "model": "gpt-test",
+            "base_url": fake_openai.base_url,
+            "timeout_seconds": 5,
+            "max_retries": 0,
+            "max_completion_tokens": 16_000,
+        }
+        return OpenAIChatGenerator(**(chosen | options)).identity.version
+
+    base = version()
+    assert version() == base  # nothing else moves it
+    others = [version(model="gpt-other"), version(temperature=0), version(schema="full")]
+    monkeypatch.setitem(openai_chat.ANSWER_LIMITS, "summary", {"maxLength": 500})
+    others.append(version())
+    assert len({base, *others}) == 1 + len(others)
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({}, "max_completion_tokens"),  # OpenAI: its reasoning models refuse max_tokens
+        ({"openai_base_url": "http://127.0.0.1:11434/v1"}, "max_tokens"),  # Ollama drops the other
+        (
+            {"openai_base_url": "http://127.0.0.1:8000/v1", "llm_token_cap_parameter": "max_completion_tokens"},
+            "max_completion_tokens",
+        ),
+    ],
+)
+def test_the_cap_goes_by_the_name_the_server_takes(settings: dict[str, Any], name: str) -> None:
+    assert Settings(**settings).token_cap_parameter == name
+
+
+@pytest.mark.parametrize("chosen", [None, "max_completion_tokens"])
+def test_the_cap_is_sent_under_that_name_alone(engine: Engine, fake_openai: FakeOpenAI, chosen: str | None) -> None:
+    settings = Settings(
+        openai_api_key=API_KEY,
+        openai_base_url=fake_openai.base_url,
+        llm_schema="strict",  # the stand-in holds requests to OpenAI's rules
+        llm_token_cap_parameter=chosen,  # type: ignore[arg-type]
+    )
+    ProgramService(engine=engine, generator=make_generator(settings)).generate(
+        user_id="u1", onboarding_responses=PROFILE, has_paid_access=False
+    )
+    request = fake_openai.requests[0]
+    sent = [name for name in ("max_tokens", "max_completion_tokens") if name in request]
+    assert sent == [chosen or "max_tokens"] and request[sent[0]] == 16_000
+
+
+def test_the_model_check_understands_ollamas_name_and_tag(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reset(Behaviour(served_models=("llama3.2:latest", "qwen2.5:7b")))
+    assert startup_warning(openai_generator(fake_openai, model="llama3.2")) is None
+    assert startup_warning(openai_generator(fake_openai, model="qwen2.5:7b")) is None
+    assert "OPENAI_MODEL=qwen2.5;" in (startup_warning(openai_generator(fake_openai, model="qwen2.5")) or "")
+
+
+def test_a_server_that_cannot_do_structured_output_is_named_as_the_likely_cause(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    # llama-cpp-python's server answers a json_schema response format with a bare 500.
+    fake_openai.reset(Behaviour(mode="status", status=500, message="Internal Server Error"))
+    with pytest.raises(GenerationFailed) as error:
+        openai_service(engine, fake_openai).generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    message = str(error.value)
+    assert "HTTP 500: Internal Server Error (the server may not support a json_schema response format" in message
+    assert "\n" not in message

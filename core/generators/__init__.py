@@ -16,6 +16,9 @@ def make_generator(settings: Settings) -> ProgramGenerator:
         timeout_seconds=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
         max_completion_tokens=settings.llm_max_completion_tokens,
+        temperature=settings.llm_temperature,
+        schema=settings.schema_flavour,
+        cap_parameter=settings.token_cap_parameter,
     )
 
 

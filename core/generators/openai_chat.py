@@ -6,31 +6,68 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from core.generators.base import Generation, GenerationError, GeneratorIdentity, fingerprint, program_weeks
+from core.generators.base import (
+    Generation,
+    GenerationError,
+    GeneratorIdentity,
+    fingerprint,
+    program_weeks,
+)
 from core.models import OnboardingResponses, load_contract
 
 # Bumped by hand with each change of the prompt; the fingerprint catches the rest.
-PROMPT_VERSION = "p1"
+PROMPT_VERSION = "p2"
 SYSTEM_PROMPT = """You are an experienced strength and conditioning coach.
 Write a personalized training program for the client whose onboarding responses you receive as JSON.
 Rules:
-- duration_weeks is exactly the number of weeks given; weeks are numbered 1..duration_weeks in order.
+- duration_weeks is exactly the number of weeks given; weeks come in order, the first week first.
 - days_per_week equals the client's days_per_week, and every week has exactly that many sessions.
 - Use only the client's equipment (bodyweight is always available); keep each session within session_minutes.
 - Respect injuries and limitations: avoid movements that load them and say so in safety_notes.
+- Be brief: short names and notes.
 Answer with the program as JSON matching the schema, nothing else."""
 
-# Strict mode supports no string length keywords, and fine-tuned models refuse number
-# and array bounds too. The request leaves such keywords out and states them in the
-# node's description instead; the service validates every answer against the contract.
+# How much of JSON Schema the server enforces: `strict`, OpenAI's Structured Outputs subset
+# (no string lengths; fine-tuned models no number or array bounds either), or `full`, as
+# llama.cpp's and vLLM's grammars enforce it (string lengths included).
+SchemaFlavour = Literal["strict", "full"]
+# How the server takes the cap on the answer's length: OpenAI's reasoning models refuse
+# `max_tokens`; Ollama drops `max_completion_tokens` without a word (ollama#7125).
+CapParameter = Literal["max_completion_tokens", "max_tokens"]
+
+# Where the request is tighter than the contract, so that every answer within it is a valid
+# program and no string or list can run on to the token cap. A path names properties, down
+# through arrays' items; "[]" is an array's items themselves.
+ANSWER_LIMITS: dict[str, dict[str, int]] = {
+    "title": {"maxLength": 60},
+    "summary": {"maxLength": 200},
+    "weeks.theme": {"minLength": 1, "maxLength": 60},
+    "weeks.sessions.focus": {"minLength": 1, "maxLength": 40},
+    "weeks.sessions.exercises": {"maxItems": 4},
+    "weeks.sessions.exercises.name": {"maxLength": 40},
+    "weeks.sessions.exercises.reps": {"minLength": 1, "maxLength": 12},
+    "weeks.sessions.exercises.notes": {"maxLength": 80},
+    "safety_notes": {"maxItems": 3},
+    "safety_notes.[]": {"maxLength": 100},
+}
+# Strict mode supports no string length keywords, and fine-tuned models refuse number and
+# array bounds too. Such keywords are left out of the request and stated in the node's
+# description instead; the service validates every answer against the contract.
 STRING_LENGTHS = {"minLength": "at least {} characters", "maxLength": "at most {} characters"}
-BOUNDS = {"minimum": "at least {}", "maximum": "at most {}", "minItems": "at least {} items"}
+BOUNDS = {
+    "minimum": "at least {}",
+    "maximum": "at most {}",
+    "minItems": "at least {} items",
+    "maxItems": "at most {} items",
+}
 FINE_TUNED_PREFIX = "ft:"
+# The days a week the onboarding contract allows: one request schema for each.
+DAYS_PER_WEEK = range(1, 8)
 SERVER_MESSAGE_CHARS = 300
 
 
@@ -41,7 +78,12 @@ def _state_in_words(node: Any, keywords: dict[str, str]) -> None:
         return
     if not isinstance(node, dict):
         return
-    words = [text.format(node.pop(k)) for k, text in keywords.items() if k in node]
+    if "minItems" in keywords and node.get("minItems") is not None and node.get("minItems") == node.get("maxItems"):
+        words = [f"exactly {node.pop('minItems')} items"]
+        node.pop("maxItems")
+    else:
+        words = []
+    words += [text.format(node.pop(k)) for k, text in keywords.items() if k in node]
     if words:
         described = node.get("description")
         node["description"] = f"{described} ({', '.join(words)})" if described else ", ".join(words)
@@ -49,14 +91,60 @@ def _state_in_words(node: Any, keywords: dict[str, str]) -> None:
         _state_in_words(value, keywords)
 
 
-def program_response_format(model: str) -> ResponseFormatJSONSchema:
-    """The program contract as a strict `json_schema` response format that OpenAI accepts
-    for `model` (tests/openai_strict.py checks it against the documented rules)."""
+def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for name in path.split("."):
+        if name == "[]":
+            node = node["items"]
+            continue
+        if node["type"] == "array":
+            node = node["items"]
+        node = node["properties"][name]
+    return node
+
+
+def program_response_format(
+    model: str, *, days_per_week: int, weeks: int, flavour: SchemaFlavour = "strict"
+) -> ResponseFormatJSONSchema:
+    """The program contract for one profile as a `json_schema` response format: what the
+    service checks beyond the contract (the profile's days a week, the program's weeks, each
+    week's sessions) is fixed in it, and the week numbers are left to `numbered` (no schema
+    keyword OpenAI takes can demand 1..n in order). In the `strict` flavour OpenAI accepts
+    it for `model` (tests/openai_strict.py checks it against the documented rules); the
+    `full` one keeps every string length for a server that enforces them."""
     schema = {k: v for k, v in copy.deepcopy(load_contract("training_program")).items() if not k.startswith("$")}
     schema.pop("examples", None)
-    fine_tuned = model.startswith(FINE_TUNED_PREFIX)
-    _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS} if fine_tuned else STRING_LENGTHS)
-    return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": True, "schema": schema}}
+    for path, limits in ANSWER_LIMITS.items():
+        node = _node(schema, path)
+        for keyword, value in limits.items():
+            tighter = max if keyword.startswith("min") else min
+            node[keyword] = tighter(node.get(keyword, value), value)
+    properties = schema["properties"]
+    properties["duration_weeks"] = {"type": "integer", "enum": [weeks]}
+    properties["days_per_week"] = {"type": "integer", "enum": [days_per_week]}
+    properties["weeks"].update(minItems=weeks, maxItems=weeks)
+    week = properties["weeks"]["items"]
+    del week["properties"]["week"]
+    week["required"].remove("week")
+    week["properties"]["sessions"].update(minItems=days_per_week, maxItems=days_per_week)
+    if flavour == "strict":
+        fine_tuned = model.startswith(FINE_TUNED_PREFIX)
+        _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS} if fine_tuned else STRING_LENGTHS)
+    # `strict` tells OpenAI to hold the schema to its subset; the servers `full` is for ignore it.
+    strict = flavour == "strict"
+    return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": strict, "schema": schema}}
+
+
+def numbered(answer: Any) -> Any:
+    """The program an answer to `program_response_format` stands for: its weeks numbered
+    1..n in the order given. Anything else is left for validation to refuse."""
+    if isinstance(answer, dict) and isinstance(answer.get("weeks"), list):
+        weeks = [
+            {"week": i, **{k: v for k, v in week.items() if k != "week"}} if isinstance(week, dict) else week
+            for i, week in enumerate(answer["weeks"], start=1)
+        ]
+        return {**answer, "weeks": weeks}
+    return answer
 
 
 class OpenAIChatGenerator:
@@ -69,25 +157,37 @@ class OpenAIChatGenerator:
         timeout_seconds: float,
         max_retries: int,
         max_completion_tokens: int,
+        temperature: float | None = None,
+        schema: SchemaFlavour = "strict",
+        cap_parameter: CapParameter = "max_completion_tokens",
     ) -> None:
         self.model = model
         self.max_completion_tokens = max_completion_tokens
+        self.temperature = temperature
+        self.schema = schema
+        self.cap_parameter = cap_parameter
+        # Whether the server is OpenAI's own: another one's 500 may mean it cannot do structured output.
+        self._elsewhere = base_url is not None
         self._api_key = api_key
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
         )
-        self._response_format = program_response_format(model)
-        # The model, the prompt and the response schema decide what comes back (no sampling
-        # settings are sent: the server's defaults apply).
+        # The model, the prompt, the response schema and the temperature (when one is sent;
+        # else the server's default applies) decide what comes back. The schema differs by
+        # profile only in its days a week and weeks: every one there can be is fingerprinted.
+        schemas = [self._response_format(days, paid) for days in range(1, 8) for paid in (False, True)]
+        shaped_by = (model, SYSTEM_PROMPT, schemas, temperature)
         self.identity = GeneratorIdentity(
-            kind="openai",
-            model=model,
-            version=f"openai-{PROMPT_VERSION}-{fingerprint(model, SYSTEM_PROMPT, self._response_format)}",
+            kind="openai", model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}"
         )
 
     @property
     def name(self) -> str:
         return f"openai:{self.model}"
+
+    def _response_format(self, days_per_week: int, has_paid_access: bool) -> ResponseFormatJSONSchema:
+        weeks = program_weeks(has_paid_access)
+        return program_response_format(self.model, days_per_week=days_per_week, weeks=weeks, flavour=self.schema)
 
     def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
         request = {
@@ -102,8 +202,10 @@ class OpenAIChatGenerator:
                     {"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": json.dumps(request)},
                 ],
-                response_format=self._response_format,
-                max_completion_tokens=self.max_completion_tokens,
+                response_format=self._response_format(profile.days_per_week, has_paid_access),
+                max_completion_tokens=self._cap("max_completion_tokens"),
+                max_tokens=self._cap("max_tokens"),
+                temperature=openai.omit if self.temperature is None else self.temperature,
             )
         except openai.APIError as exc:
             raise GenerationError(self._describe(exc)) from None
@@ -129,7 +231,7 @@ class OpenAIChatGenerator:
             served = [m.id for m in self._client.with_options(max_retries=0, timeout=5).models.list()]
         except openai.APIError:
             return None
-        if not served or self.model in served:
+        if not served or _serves(served, self.model):
             return None
         shown = ", ".join(sorted(served)[:10])
         return f"the LLM server does not list OPENAI_MODEL={self.model}; it serves: {shown}"
@@ -143,8 +245,27 @@ class OpenAIChatGenerator:
             return "could not connect to the LLM server"
         if isinstance(exc, openai.APIStatusError):
             said = _one_line(_redacted(_server_message(exc.body), self._api_key))
-            return f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
+            line = f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
+            cause = self._likely_cause(exc.status_code, said)
+            return f"{line} ({cause})" if cause else line
         return f"the LLM call failed: {type(exc).__name__}"
+
+    def _cap(self, parameter: CapParameter) -> int | openai.Omit:
+        return self.max_completion_tokens if parameter == self.cap_parameter else openai.omit
+
+    def _likely_cause(self, status: int, said: str) -> str | None:
+        """What an operator pointing Coach Cache at their own server most likely has to change,
+        when the answer says little: llama-cpp-python's server answers a `json_schema` response
+        format with a 500, other servers refuse it with a 4xx naming it."""
+        if not self._elsewhere:
+            return None
+        if status >= 500 or (400 <= status < 500 and re.search(r"json_schema|response_format", said, re.I)):
+            return (
+                "the server may not support a json_schema response format (structured output): "
+                "llama.cpp's llama-server, vLLM and Ollama do; with a server that holds it to OpenAI's "
+                "strict rules, set LLM_SCHEMA=strict"
+            )
+        return None
 
     def _program_from(self, completion: Any) -> Any:
         if not completion.choices:
@@ -154,15 +275,20 @@ class OpenAIChatGenerator:
             raise GenerationError(f"the LLM refused: {_one_line(choice.message.refusal)}")
         if choice.finish_reason == "length":
             raise GenerationError(
-                f"the LLM's answer was cut off at max_completion_tokens={self.max_completion_tokens} "
+                f"the LLM's answer was cut off at {self.cap_parameter}={self.max_completion_tokens} "
                 "(raise LLM_MAX_COMPLETION_TOKENS)"
             )
         if choice.finish_reason == "content_filter":
             raise GenerationError("the LLM server's content filter stopped the answer")
         try:
-            return json.loads(choice.message.content or "")
+            return numbered(json.loads(choice.message.content or ""))
         except json.JSONDecodeError:
             raise GenerationError("the LLM answered with malformed JSON") from None
+
+
+def _serves(served: list[str], model: str) -> bool:
+    # Ollama lists `name:tag` and serves a bare name as its `latest` tag.
+    return model in served or (":" not in model and f"{model}:latest" in served)
 
 
 def _server_message(body: object) -> str:

@@ -1,0 +1,110 @@
+"""The OpenAI path against a real OpenAI-compatible server no one here wrote: llama.cpp's
+`llama-server` with SmolLM2-135M-Instruct (testkit/llama_server.py builds and caches both).
+Few and small profiles: a generation takes seconds here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from core.db import make_engine, migrate
+from core.generators import OpenAIChatGenerator, startup_warning
+from core.models import parse_onboarding, parse_program
+from core.schema import ai_coach_cache, training_programs
+from core.service import GenerationFailed, ProgramService
+from core.settings import Settings
+from testkit.llama_server import LlamaServer
+from tests.helpers import count_rows
+
+# The first run on a machine downloads llama.cpp's source and the model and builds the
+# server (minutes on 2 cores) inside the first test's setup; later runs start it in seconds.
+pytestmark = pytest.mark.timeout(1800)
+
+SMALL = {
+    "goal": "general_fitness",
+    "experience_level": "beginner",
+    "days_per_week": 1,
+    "session_minutes": 30,
+    "equipment": ["bodyweight"],
+}
+
+
+@pytest.fixture(scope="session")
+def llama() -> Iterator[LlamaServer]:
+    server = LlamaServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    # One database is enough: what is under test is the server's side, and each generation costs seconds.
+    engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def llama_generator(llama: LlamaServer, **options: Any) -> OpenAIChatGenerator:
+    settings = Settings(openai_base_url=llama.base_url)
+    chosen: dict[str, Any] = {
+        "api_key": "not-needed",
+        "model": llama.alias,
+        "base_url": llama.base_url,
+        "timeout_seconds": 120,
+        "max_retries": 0,
+        "max_completion_tokens": settings.llm_max_completion_tokens,
+        # Greedy decoding: the same answer every run, so the test knows what to expect.
+        "temperature": 0,
+        "schema": settings.schema_flavour,
+        "cap_parameter": settings.token_cap_parameter,
+    }
+    return OpenAIChatGenerator(**(chosen | options))
+
+
+def test_a_real_server_generates_a_valid_program_that_is_cached_saved_and_then_hit(
+    llama: LlamaServer, sqlite_engine: Engine
+) -> None:
+    service = ProgramService(engine=sqlite_engine, generator=llama_generator(llama), lock_wait_seconds=300)
+    predicted_before = llama.tokens_predicted()
+
+    result = service.generate(user_id="u1", onboarding_responses=SMALL, has_paid_access=False)
+
+    assert result.cache_hit is False and result.training_program_id is not None
+    parse_program(result.program, parse_onboarding(SMALL))
+    assert len(result.program["weeks"]) == 4 and all(len(w["sessions"]) == 1 for w in result.program["weeks"])
+    with sqlite_engine.connect() as connection:
+        row = connection.execute(select(training_programs)).one()
+    # The tokens recorded are the ones the server says it produced for this request.
+    assert row.completion_tokens == llama.tokens_predicted() - predicted_before
+    assert row.prompt_tokens and row.prompt_tokens > 0 and row.model == llama.alias
+    assert count_rows(sqlite_engine, ai_coach_cache) == 1
+
+    again = service.generate(user_id="u1", onboarding_responses=SMALL, has_paid_access=False)
+    assert again.cache_hit and again.program == result.program
+    assert llama.tokens_predicted() - predicted_before == row.completion_tokens  # the server was not asked again
+
+
+def test_an_answer_cut_off_at_the_token_cap_says_so_and_caches_nothing(
+    llama: LlamaServer, sqlite_engine: Engine
+) -> None:
+    generator = llama_generator(llama, max_completion_tokens=40)
+    service = ProgramService(engine=sqlite_engine, generator=generator, lock_wait_seconds=300)
+    predicted_before = llama.tokens_predicted()
+    with pytest.raises(GenerationFailed) as failed:
+        service.generate(user_id="u1", onboarding_responses=SMALL, has_paid_access=False)
+    assert "cut off at max_tokens=40" in str(failed.value)  # the name llama.cpp takes in every build
+    assert "Nothing was cached or saved" in str(failed.value)
+    assert llama.tokens_predicted() - predicted_before == 40  # the cap reached the server
+    assert count_rows(sqlite_engine, ai_coach_cache) == 0
+    assert count_rows(sqlite_engine, training_programs) == 0
+
+
+def test_the_start_up_check_finds_the_served_model_by_its_alias(llama: LlamaServer) -> None:
+    assert startup_warning(llama_generator(llama)) is None
+    warning = startup_warning(llama_generator(llama, model="gpt-4o-mini"))
+    assert warning == f"the LLM server does not list OPENAI_MODEL=gpt-4o-mini; it serves: {llama.alias}"
