@@ -122,7 +122,7 @@ def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
     assert sent["max_completion_tokens"] == 16_000
     # The bounds left out are stated in words, for the model to follow.
     schema = sent["response_format"]["json_schema"]["schema"]
-    assert "at most 60 characters" in schema["properties"]["title"]["description"]
+    assert "at most 120 characters" in schema["properties"]["title"]["description"]  # the contract's own
     # The profile's shape is fixed in the request: 8 weeks of 3 sessions, numbered by us.
     weeks = schema["properties"]["weeks"]
     assert schema["properties"]["days_per_week"]["enum"] == [3] and schema["properties"]["duration_weeks"]["enum"] == [
@@ -321,7 +321,7 @@ def test_the_generator_identity_changes_with_whatever_the_request_asks(
     assert version() == base  # nothing else moves it
     others = [version(model="gpt-other"), version(temperature=0), version(schema="full")]
     monkeypatch.setitem(openai_chat.ANSWER_LIMITS, "summary", {"maxLength": 500})
-    others.append(version())
+    others.append(version(schema="full"))
     assert len({base, *others}) == 1 + len(others)
 
 

@@ -40,8 +40,8 @@ SchemaFlavour = Literal["strict", "full"]
 # `max_tokens`; Ollama drops `max_completion_tokens` without a word (ollama#7125).
 CapParameter = Literal["max_completion_tokens", "max_tokens"]
 
-# Where the request is tighter than the contract, so that every answer within it is a valid
-# program and no string or list can run on to the token cap. A path names properties, down
+# Where the `full` request is tighter than the contract, so that no string or list of a small
+# model's answer can run on to the token cap. A path names properties, down
 # through arrays' items; "[]" is an array's items themselves.
 ANSWER_LIMITS: dict[str, dict[str, int]] = {
     "title": {"maxLength": 60},
@@ -114,11 +114,14 @@ def program_response_format(
     `full` one keeps every string length for a server that enforces them."""
     schema = {k: v for k, v in copy.deepcopy(load_contract("training_program")).items() if not k.startswith("$")}
     schema.pop("examples", None)
-    for path, limits in ANSWER_LIMITS.items():
-        node = _node(schema, path)
-        for keyword, value in limits.items():
-            tighter = max if keyword.startswith("min") else min
-            node[keyword] = tighter(node.get(keyword, value), value)
+    if flavour == "full":
+        # A small model on its own server fills strings and lists to their bounds: these keep
+        # its answer short. OpenAI's models get the contract's own room (an 8-exercise session).
+        for path, limits in ANSWER_LIMITS.items():
+            node = _node(schema, path)
+            for keyword, value in limits.items():
+                tighter = max if keyword.startswith("min") else min
+                node[keyword] = tighter(node.get(keyword, value), value)
     properties = schema["properties"]
     properties["duration_weeks"] = {"type": "integer", "enum": [weeks]}
     properties["days_per_week"] = {"type": "integer", "enum": [days_per_week]}
