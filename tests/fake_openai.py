@@ -11,12 +11,13 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from core.generators.offline import build_program
 from core.models import parse_onboarding
 from tests import openai_strict
+from tests.quiet_http import QuietHTTPServer
 
 # Every answer bills these unless told otherwise, failed ones included.
 PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
@@ -67,8 +68,7 @@ class FakeOpenAI:
                     fake.requests.append(body)
                 fake._answer(self, body, call)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

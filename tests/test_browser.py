@@ -8,7 +8,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from testkit.browser import CHROMIUM, CHROMIUM_ARGS, dashboard
 from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, app_environment, count_rows, expire_entries
+from tests.quiet_http import QuietHTTPServer
 from tests.test_formatting import DOLLARS_SHOWN
 from tests.test_generator_monitoring import bill
 from tests.test_openai_generator import openai_service
@@ -583,7 +584,7 @@ def listener() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    http = QuietHTTPServer(("127.0.0.1", 0), Recording)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{http.server_address[1]}", heard

@@ -8,7 +8,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from core.generators.offline import build_program
 from core.models import parse_onboarding
 from core.schema import admin_actions, ai_coach_cache, training_programs, utcnow
 from tests.helpers import PROFILE
+from tests.quiet_http import QuietHTTPServer
 from tests.test_browser import grid_cells, settle
 from tests.test_browser_history_admin import browser, server
 
@@ -43,7 +44,7 @@ def test_a_value_is_one_code_span_that_holds_it_whole(value: object, span: str) 
     assert markdown_code(value) == span
 
 
-class Listener(ThreadingHTTPServer):
+class Listener(QuietHTTPServer):
     """A host the hostile text points at: any request the browser makes for it is recorded."""
 
     def __init__(self) -> None:
