@@ -143,7 +143,7 @@ def test_reject_from_the_command_line_prints_one_json_object(
     profile.write_text(json.dumps(PROFILE))
     made = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile)).json()
     program_id = str(made["training_program_id"])
-    done = cli(database_url, "reject", "--program-id", program_id, "--reason", "wrong_equipment", "--note", "-3 kg")
+    done = cli(database_url, "reject", "--program-id", program_id, "--reason", "wrong_equipment", "--note", "-3kg")
     printed = done.json()
     assert (printed["training_program_id"], printed["category"], printed["rejected_by"]) == (
         made["training_program_id"],
