@@ -213,6 +213,11 @@ def storage_and_errors(figures: monitoring.Overview, granularity: monitoring.Gra
             )
 
 
+def rejected_text(usage: monitoring.GeneratorUsage) -> str:
+    share = usage.rejected_share
+    return "–" if share is None else f"{usage.rejected:,} ({share:.0%})"
+
+
 def by_generator(figures: monitoring.Overview, granularity: monitoring.Granularity) -> None:
     usage = figures.usage
     st.subheader("By generator", anchor=False)
@@ -234,15 +239,17 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 "Tokens": [u.prompt_tokens + u.completion_tokens for u in usage],
                 "LLM spend": [u.cost_spent(settings) for u in usage],
                 "Cost saved": [u.cost_saved(settings) for u in usage],
-                "Rejected": [u.rejected for u in usage],
-                "Rejected share": [u.rejected_share for u in usage],
+                # One column, count and share: two made the table scroll sideways at 1280 px.
+                "Rejected": [rejected_text(u) for u in usage],
             }
         ),
         hide_index=True,
         width="stretch",
         column_config={
             "Hit rate": st.column_config.NumberColumn(format="percent"),
-            "Rejected share": st.column_config.NumberColumn(format="percent"),
+            "Rejected": st.column_config.TextColumn(
+                help="Programs it handed out that a coach rejected, and their share"
+            ),
             "LLM spend": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model"),
             "Cost saved": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model"),
         },
