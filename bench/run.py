@@ -46,7 +46,9 @@ def fresh_profile(i: int) -> dict[str, Any]:
 
 
 def reset(engine: Engine) -> None:
-    tables = "ai_coach_cache, training_programs, generation_events, admin_actions, generation_leases"
+    tables = (
+        "program_rejections, ai_coach_cache, training_programs, generation_events, admin_actions, generation_leases"
+    )
     with engine.begin() as connection:
         if is_postgres(engine):
             connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))

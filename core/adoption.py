@@ -150,7 +150,7 @@ def problems(connection: Connection, table: str) -> list[str]:
     for name, column in columns.items():
         if name not in written and not column["nullable"] and not _fills_itself(column, inspector, table, dialect):
             found.append(f"{table}.{name} is NOT NULL without a default, and Coach Cache does not write it")
-    if table == "ai_coach_cache" and not _is_unique(inspector, table, "cache_key"):
+    if table == "ai_coach_cache" and not is_unique(inspector, table, "cache_key"):
         found.append("ai_coach_cache.cache_key is not unique (the upsert needs a unique index or constraint)")
     return found
 
@@ -163,7 +163,7 @@ def _fills_itself(column: Any, inspector: Any, table: str, dialect: str) -> bool
     return dialect == "sqlite" and primary == [column["name"]] and isinstance(column["type"], sa.Integer)
 
 
-def _is_unique(inspector: Any, table: str, column: str) -> bool:
+def is_unique(inspector: Any, table: str, column: str) -> bool:
     candidates = [inspector.get_pk_constraint(table)["constrained_columns"]]
     candidates += [c["column_names"] for c in inspector.get_unique_constraints(table)]
     candidates += [i["column_names"] for i in inspector.get_indexes(table) if i["unique"]]

@@ -26,7 +26,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from core import entry_fate
 from core.cache_key import key_sample
 from core.db import connect_to_write
-from core.schema import CACHE_KEY_PREFIX, ai_coach_cache, database_now, generation_events, json_text
+from core.schema import (
+    CACHE_KEY_PREFIX,
+    ProgramId,
+    ai_coach_cache,
+    database_now,
+    generation_events,
+    json_text,
+    training_programs,
+)
 
 cache = ai_coach_cache.c
 events = generation_events.c
@@ -246,6 +254,21 @@ def delete_user_entries(engine: Engine, user_id: str, *, actor: str) -> Removal:
     statement = delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id)
     with connect_to_write(engine) as connection, connection.begin():
         return Removal(*_delete_counting(connection, statement, entry_fate.Removed("invalidated", actor)))
+
+
+def delete_entry_holding(connection: Connection, key: str, program_id: ProgramId, *, actor: str) -> bool:
+    """Delete the entry under `key` if it still holds the program of history row
+    `program_id`, recording it as rejected by `actor`; whether it did. The check is the
+    DELETE's own condition, so an entry another instance rewrote meanwhile stays. In the
+    caller's transaction, which must write (connect_to_write)."""
+    program = select(training_programs.c.program).where(training_programs.c.id == program_id).scalar_subquery()
+    statement = delete(ai_coach_cache).where(_is_program_entry(), cache.cache_key == key, cache.data == program)
+    deleted, _ = _delete_counting(connection, statement, entry_fate.Removed("rejected", actor))
+    return deleted > 0
+
+
+def has_entry(connection: Connection, key: str) -> bool:
+    return connection.execute(select(cache.id).where(cache.cache_key == key)).first() is not None
 
 
 @dataclass(frozen=True)

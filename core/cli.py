@@ -1,4 +1,4 @@
-"""`python -m core`: migrate, generate, cleanup, invalidate, stats, rollup. JSON on stdout (SQL for
+"""`python -m core`: migrate, generate, cleanup, invalidate, reject, stats, rollup. JSON on stdout (SQL for
 `migrate --check`); errors and notes on stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, logs, monitoring
+from core import admin, logs, monitoring, rejections
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
 from core.generators import make_generator, startup_warning
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--generator", metavar="VERSION", help="every entry made by this generator_version (as generate prints it)"
     )
+    reject = commands.add_parser(
+        "reject", help="reject a program handed out; its cache entry is invalidated if it still holds it"
+    )
+    reject.add_argument("--program-id", required=True, help="the training_programs id, as generate prints it")
+    reject.add_argument("--reason", required=True, choices=rejections.CATEGORIES)
+    reject.add_argument("--note", help=f"why, in words (at most {rejections.NOTE_MAX_CHARS} characters)")
     commands.add_parser("stats", help="cache entries, storage and hit rate")
     commands.add_parser("rollup", help="roll settled hours of requests into the monitoring rollup (for cron)")
     return parser
@@ -198,6 +204,7 @@ def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> di
         "completion_tokens": usage.completion_tokens,
         "cost_usd": None if spent is None else round(spent, 6),
         "cost_saved_usd": None if saved is None else round(saved, 6),
+        "rejected": usage.rejected,
     }
 
 
@@ -211,22 +218,42 @@ def _invalidate(args: argparse.Namespace, _settings: Settings, database: Databas
     return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
 
 
+def _reject(args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    outcome = rejections.reject(
+        database.engine, program_id=args.program_id, category=args.reason, note=args.note, actor="cli"
+    )
+    return {
+        "training_program_id": outcome.training_program_id,
+        "category": outcome.category,
+        "rejected_by": outcome.rejected_by,
+        "rejected_at": outcome.rejected_at,
+        "cache_key": outcome.cache_key,
+        "entry": outcome.entry,
+    }
+
+
 REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, Any]]] = {
     "migrate": _migrate,
     "cleanup": _cleanup,
     "invalidate": _invalidate,
+    "reject": _reject,
     "rollup": _rollup,
     "stats": _stats,
 }
 
 
+# Options whose value may begin with '-' (a user id `-A1`, a note `-3 kg too heavy`).
+FREE_VALUES = ("--user-id", "--note")
+
+
 def _with_values_attached(argv: list[str]) -> list[str]:
-    """`--user-id -A1` as `--user-id=-A1`: a user id may begin with '-', which argparse
+    """`--user-id -A1` as `--user-id=-A1`: such a value may begin with '-', which argparse
     would otherwise take for an option and refuse."""
     attached: list[str] = []
     rest = iter(argv)
     for arg in rest:
-        value = next(rest, None) if arg == "--user-id" else None
+        value = next(rest, None) if arg in FREE_VALUES else None
         attached.append(arg if value is None else f"{arg}={value}")
     return attached
 

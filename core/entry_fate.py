@@ -3,9 +3,10 @@ turns those records into a miss reason.
 
 A key's record (`cache_entry_fates`, one row per key) is replaced by whatever changes what
 the key holds: a miss that wrote the entry (`written`, with the entry's expiry), a miss
-whose write failed (`not_cached`), an admin's invalidation (`invalidated`, by whom), cleanup
-(`expired`). A failed generation writes nothing and so changes nothing. The request log is
-never read for a reason, so pruning or rolling up `generation_events` changes none."""
+whose write failed (`not_cached`), an admin's invalidation (`invalidated`, by whom), a
+coach's rejection of the program it held (`rejected`, by whom), cleanup (`expired`). A
+failed generation writes nothing and so changes nothing. The request log is never read
+for a reason, so pruning or rolling up `generation_events` changes none."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from core.schema import cache_entry_fates, database_now
 if TYPE_CHECKING:
     from core.cache_store import CacheEntry
 
-Fate = Literal["written", "not_cached", "invalidated", "expired"]
+Fate = Literal["written", "not_cached", "invalidated", "rejected", "expired"]
 MissReason = Literal[
     "first_generation",
     "expired",
@@ -33,6 +34,7 @@ MissReason = Literal[
     "invalid_entry",
     "generator_changed",
     "invalidated",
+    "rejected",
     "removed",
     "not_cached",
 ]
@@ -141,8 +143,8 @@ def record(
 @dataclass(frozen=True)
 class Removed:
     """What a deletion of entries records for each key it removes: `fate` (`expired` for
-    cleanup, `invalidated` for an admin's invalidation) and by whom, as of now by the
-    database's clock."""
+    cleanup, `invalidated` for an admin's invalidation, `rejected` for a coach's rejection)
+    and by whom, as of now by the database's clock."""
 
     fate: Fate
     actor: str

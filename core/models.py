@@ -56,7 +56,7 @@ def _integral_float_to_int(value: Any) -> Any:
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _collapse_whitespace(value: str) -> str | None:
+def collapse_whitespace(value: str) -> str | None:
     # Control characters count as whitespace: they carry no meaning in free text, and
     # PostgreSQL's JSONB cannot store NUL at all. NFC: "épaule" typed as one character or
     # as "e" and a combining accent is the same answer, with the same key.
@@ -73,7 +73,7 @@ def _bounded_int(ge: int, le: int | None = None) -> Any:
 
 
 def _free_text(max_length: int) -> Any:
-    return Annotated[str, Field(max_length=max_length, strict=True), AfterValidator(_collapse_whitespace)]
+    return Annotated[str, Field(max_length=max_length, strict=True), AfterValidator(collapse_whitespace)]
 
 
 class _Contract(BaseModel):

@@ -31,7 +31,16 @@ from core.admin import UNKNOWN_GENERATOR
 from core.cache_store import count_entries
 from core.db import is_postgres
 from core.formatting import format_duration
-from core.schema import UTCDateTime, admin_actions, ai_coach_cache, generation_events, generation_stats_hourly, utcnow
+from core.schema import (
+    UTCDateTime,
+    admin_actions,
+    ai_coach_cache,
+    generation_events,
+    generation_stats_hourly,
+    program_rejections,
+    training_programs,
+    utcnow,
+)
 from core.settings import OFFLINE_MODEL, ModelPrice, Settings
 
 events = generation_events.c
@@ -264,6 +273,8 @@ class GeneratorUsage:
     saved_prompt_tokens: int = 0
     saved_completion_tokens: int = 0
     hits_without_tokens: int = 0  # hits on entries whose generation's tokens were not recorded
+    # Of the programs it handed out (hits and generations), how many a coach rejected.
+    rejected: int = 0
 
     @property
     def kind(self) -> Literal["openai", "offline"] | None:
@@ -281,6 +292,12 @@ class GeneratorUsage:
     @property
     def hit_rate(self) -> float | None:
         return hit_rate(self.hits, self.hits + self.generations)
+
+    @property
+    def rejected_share(self) -> float | None:
+        """Rejected among the programs it handed out; None before it handed any out."""
+        served = self.hits + self.generations
+        return self.rejected / served if served else None
 
     @property
     def llm_calls(self) -> int:
@@ -358,10 +375,35 @@ def _grouped(rows: list[Row], key: Callable[[Row], tuple[Any, ...]]) -> dict[tup
     return grouped
 
 
+def _rejected(engine: Engine, since: datetime | None, granularity: Granularity | None) -> dict[tuple[Any, ...], int]:
+    """The programs handed out since `since` (rounded down to the hour, as `_hourly` does)
+    that coaches rejected, per generator identity, keyed as `_grouped` keys its usage (and
+    per time bucket of when they were handed out, so that each is a share of that bucket's
+    programs). A program rejected twice counts once."""
+    programs, rejected = training_programs.c, program_rejections.c
+    keys = [
+        func.coalesce(programs.generator_version, "").label("generator_version"),
+        func.coalesce(programs.model, "").label("model"),
+    ]
+    if granularity is not None:
+        keys.insert(0, time_bucket(engine, programs.created_at, granularity).label("bucket"))
+    query = (
+        select(*keys, func.count(func.distinct(programs.id)))
+        .select_from(program_rejections.join(training_programs, programs.id == rejected.training_program_id))
+        .group_by(*keys)
+    )
+    since_hour = since.replace(minute=0, second=0, microsecond=0) if since else None
+    with engine.connect() as connection:
+        return {tuple(row[:-1]): row[-1] for row in connection.execute(_since(query, programs.created_at, since_hour))}
+
+
 def usage_by_generator(engine: Engine, since: datetime | None = None) -> list[GeneratorUsage]:
-    """Each generator identity's requests, tokens and savings in the window, busiest first."""
+    """Each generator identity's requests, tokens, savings and rejections in the window,
+    busiest first."""
     grouped = _grouped(_usage(engine, since, None), lambda r: (r["generator_version"], r["model"]))
-    return sorted(grouped.values(), key=lambda u: -(u.hits + u.generations + u.errors))
+    rejected = _rejected(engine, since, None)
+    usage = [replace(u, rejected=rejected.get(key, 0)) for key, u in grouped.items()]
+    return sorted(usage, key=lambda u: -(u.hits + u.generations + u.errors))
 
 
 def usage_over_time(
@@ -369,7 +411,8 @@ def usage_over_time(
 ) -> list[tuple[datetime, GeneratorUsage]]:
     """Each generator identity's usage per time bucket, in time order."""
     grouped = _grouped(_usage(engine, since, granularity), lambda r: (r["bucket"], r["generator_version"], r["model"]))
-    return [(bucket, usage) for (bucket, _, _), usage in grouped.items()]
+    rejected = _rejected(engine, since, granularity)
+    return [(key[0], replace(usage, rejected=rejected.get(key, 0))) for key, usage in grouped.items()]
 
 
 @dataclass(frozen=True)
@@ -589,9 +632,10 @@ def _invalidated(engine: Engine, since: datetime | None) -> dict[str, list[str]]
 def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int | None) -> Any:
     """The served requests (errors served nothing, as in `Summary.hit_rate`), key by key in
     time order: (first of its key, microseconds, a generation no TTL can skip). That is a
-    forced refresh, or the first request after an admin invalidated the key's entry: its
-    user's entries (`invalidate_user`), or its generator's (`retire_generator`; the entry's
-    generator is the one the key's previous event names, the hit's entry's or the miss's)."""
+    forced refresh, a miss because a coach rejected the entry's program, or the first
+    request after an admin invalidated the key's entry: its user's entries
+    (`invalidate_user`), or its generator's (`retire_generator`; the entry's generator is
+    the one the key's previous event names, the hit's entry's or the miss's)."""
     # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
     # in time are taken in the order they were logged.
     in_order = (events.key_sample, events.cache_key, events.created_at, events.id)
@@ -603,6 +647,7 @@ def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int 
         select(
             *in_order,
             events.outcome,
+            events.miss_reason,
             events.user_id,
             previous(events.cache_key, "previous_key"),
             previous(events.created_at, "previous_at"),
@@ -634,7 +679,9 @@ def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int 
     return select(
         func.coalesce(r.c.cache_key != r.c.previous_key, True),
         _epoch_microseconds(engine, r.c.created_at),
-        (r.c.outcome == "bypass") | case((affected, invalidated_since_previous), else_=False),
+        (r.c.outcome == "bypass")
+        | (func.coalesce(r.c.miss_reason, "") == "rejected")
+        | case((affected, invalidated_since_previous), else_=False),
     ).order_by(r.c.key_sample, r.c.cache_key, r.c.created_at, r.c.id)
 
 

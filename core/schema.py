@@ -16,6 +16,7 @@ from sqlalchemy import (
     Dialect,
     FetchedValue,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -211,12 +212,35 @@ cache_entry_fates = Table(
     "cache_entry_fates",
     metadata,
     Column("cache_key", String(512), primary_key=True),
-    Column("fate", String(16), nullable=False),  # written | not_cached | invalidated | expired
+    Column("fate", String(16), nullable=False),  # written | not_cached | invalidated | rejected | expired
     Column("recorded_at", UTCDateTime(), nullable=False),
     # Until when the entry was (or would have been) valid; NULL when no entry was written.
     Column("entry_expires_at", UTCDateTime(), nullable=True),
     # Who removed it (an admin's e-mail, `dashboard` or `cli`; for cleanup, who ran it).
     Column("actor", String(320), nullable=True),
+)
+
+
+# Coaches' rejections of programs handed out: which history row, who, when (by the
+# database's clock), why. Cleanup never touches them; a history row deleted by the product
+# takes its rejections with it.
+program_rejections = Table(
+    "program_rejections",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # Typed as training_programs.id is (an integer, or an adopted table's uuid).
+    Column(
+        "training_program_id",
+        AsStored("BIGINT"),
+        ForeignKey("training_programs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("cache_key", String(512), nullable=True),  # the history row's, when it has one
+    Column("rejected_by", String(320), nullable=False),
+    Column("rejected_at", UTCDateTime(), nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("note", Text, nullable=True),
+    Index("ix_program_rejections_training_program_id", "training_program_id"),
 )
 
 

@@ -52,6 +52,7 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "invalid_entry": "the cached program no longer passed validation",
     "generator_changed": "it was made by another generator (model, prompt or rules)",
     "invalidated": "its cached program was invalidated by an admin",
+    "rejected": "a coach rejected the cached program",
     "removed": "its cached program was deleted outside Coach Cache before it expired",
     "not_cached": "the last program for these answers could not be cached",
 }

@@ -5,7 +5,7 @@ Streamlit call. A request is therefore served on a thread of its own (`Submissio
 by the session: the page only looks at it, and the run after an interruption goes on
 looking at the same request. What the page shows is one value, `CoachPanel`, replaced
 whole by its transitions (`clicked`, `collected`, `compared`, `loaded`, `save_retried`,
-`stopped_waiting`), so that every click ends in exactly one of three ways:
+`rejected`, `stopped_waiting`), so that every click ends in exactly one of three ways:
 
 - taken: a new request, served on its own thread;
 - the rest of a double click: a click that asks for what the request in flight (or the one
@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from core.history import Answers
 from core.models import ContractError
+from core.rejections import RejectionOutcome
 from core.service import GenerationFailed, GenerationResult, SincePrevious
 from core.single_flight import SingleFlightTimeout
 
@@ -125,6 +126,10 @@ class Loaded:
     problem: str | None = None
 
 
+# What a click on "Reject this program" came to: recorded, refused (by field), or failed.
+Rejected = RejectionOutcome | FieldErrors | Failure
+
+
 @dataclass(frozen=True)
 class CoachPanel:
     # The last request taken and the submission serving it; `waiting` until its outcome is
@@ -138,6 +143,7 @@ class CoachPanel:
     # A request the coach stopped waiting for: it may still be generated and saved.
     abandoned: Request | None = None
     save_failed_again: bool = False
+    rejection: Rejected | None = None  # of the program shown
 
     @property
     def owes_refresh(self) -> bool:
@@ -193,6 +199,15 @@ class CoachPanel:
 
     def save_retried(self, result: GenerationResult) -> CoachPanel:
         return replace(self, outcome=result, save_failed_again=result.history_error is not None)
+
+    def rejected(self, rejection: Rejected) -> CoachPanel:
+        """The coach rejected the program shown. Once it is recorded, the same answers asked
+        again at once are a new request, never the rest of a double click showing the
+        rejected program: its entry may be gone, and a new program is what they ask for."""
+        if not isinstance(self.outcome, GenerationResult):
+            return self
+        recorded = isinstance(rejection, RejectionOutcome)
+        return replace(self, rejection=rejection, submission=None if recorded else self.submission)
 
     def stopped_waiting(self) -> CoachPanel:
         """The page no longer waits for the request in flight; its thread runs on, and what

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import streamlit as st
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
-from core import handover, logs
-from core.db import Database, make_engine
+from core import handover, logs, rejections
+from core.db import Database, describe_db_error, make_engine
+from core.formatting import markdown_code
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
+from core.schema import ProgramId
 from core.service import ProgramService
 from core.settings import Settings
+from core.submissions import Failure, FieldErrors, Rejected
 
 
 @st.cache_resource
@@ -94,6 +99,78 @@ def current_actor() -> str:
     if auth_enabled() and st.user.is_logged_in:
         return str(st.user.get("email") or "unknown")
     return "dashboard"
+
+
+def reject_section(
+    program_id: ProgramId, *, key: str, rejected: Rejected | None, done: Callable[[Rejected], None]
+) -> None:
+    """What the coach's last rejection of this program came to, if any, and the form to
+    reject it, until a rejection is recorded."""
+    if rejected is not None:
+        rejection_note(rejected)
+    if not isinstance(rejected, rejections.RejectionOutcome):
+        reject_form(program_id, key=key, done=done)
+
+
+def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], None]) -> None:
+    """ "Reject this program": a reason and an optional note, one form, so that picking them
+    reruns nothing and the first click on the button is the one that counts; `done` keeps
+    what it came to."""
+    with (
+        st.expander("Reject this program", icon=":material/thumb_down:"),
+        st.form(f"reject-{key}", border=False, enter_to_submit=False),
+    ):
+        st.selectbox(
+            "Reason",
+            rejections.CATEGORIES,
+            index=None,
+            format_func=lambda category: rejections.CATEGORY_TEXT[category].capitalize(),
+            placeholder="Why is it wrong for the client?",
+            key=f"reject-{key}-category",
+        )
+        st.text_area("Note", max_chars=rejections.NOTE_MAX_CHARS, placeholder="Optional", key=f"reject-{key}-note")
+        st.form_submit_button("Reject", type="primary", on_click=lambda: done(_rejected(program_id, key)))
+
+
+REJECTION_FIELDS = {"category": "Reason", "note": "Note", "program_id": "Program"}
+
+
+def _rejected(program_id: ProgramId, key: str) -> Rejected:
+    try:
+        return rejections.reject(
+            get_engine(),
+            program_id=program_id,
+            category=st.session_state[f"reject-{key}-category"],
+            note=st.session_state[f"reject-{key}-note"],
+            actor=current_actor(),
+        )
+    except ContractError as exc:
+        return FieldErrors({e.field: e.message for e in exc.errors})
+    except DBAPIError as exc:
+        return Failure(unavailable_text(describe_db_error(exc)))
+
+
+def rejection_note(rejected: Rejected) -> None:
+    """What a click on "Reject" came to, under the program it rejected."""
+    if isinstance(rejected, rejections.RejectionOutcome):
+        st.success(f"Program #{markdown_code(rejected.training_program_id)} {rejected.text}.", icon=":material/block:")
+    elif isinstance(rejected, FieldErrors):
+        problems = "; ".join(
+            f"{REJECTION_FIELDS.get(field, field)}: {escape_markdown(message)}"
+            for field, message in rejected.errors.items()
+        )
+        st.error(f"**Not rejected**: {problems}. Nothing was recorded.", icon=":material/error:")
+    else:
+        st.error(f"**Not rejected**: {rejected.message}", icon=":material/cloud_off:")
+
+
+def rejected_note(rejection: rejections.Rejection) -> None:
+    """A program a coach rejected, as history shows it."""
+    st.warning(
+        f"**Rejected** by {markdown_code(rejection.rejected_by)} on {rejection.rejected_at:%Y-%m-%d %H:%M} UTC: "
+        f"{escape_markdown(rejection.reason)}",
+        icon=":material/block:",
+    )
 
 
 def may_administer() -> bool:

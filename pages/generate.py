@@ -25,7 +25,7 @@ from core.formatting import format_duration
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.schema import utcnow
 from core.service import MISS_REASON_TEXT, GenerationResult
-from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Refused, Request, Submission
+from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Refused, Rejected, Request, Submission
 from pages.common import (
     database_problem,
     escape_markdown,
@@ -33,6 +33,7 @@ from pages.common import (
     get_engine,
     get_service,
     get_settings,
+    reject_section,
     render_program,
     unavailable_text,
 )
@@ -314,6 +315,10 @@ def save_again() -> None:
         become(state.save_retried(get_service().save_again(state.outcome)))
 
 
+def rejected(rejection: Rejected) -> None:
+    become(panel().rejected(rejection))
+
+
 def since_previous(request: Request, result: GenerationResult) -> None:
     """For a returning user: the answers that differ from their previous program, as the
     service compared them, and a link to it. Asked for after the badge is shown, so that
@@ -373,6 +378,9 @@ def outcome(state: CoachPanel) -> None:
         result = state.outcome
         show_outcome(result)
         since_previous(state.request, result)
+        if result.training_program_id is not None:
+            key = f"generated-{result.training_program_id}"
+            reject_section(result.training_program_id, key=key, rejected=state.rejection, done=rejected)
         render_program(
             dict(result.program), user_id=state.request.user_id, created_at=result.requested_at, key="generated"
         )

@@ -8,12 +8,16 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from core import history
+from core import history, rejections
 from core.formatting import format_duration, markdown_code
 from core.history import HistoryFilter, ProgramRow
-from pages.common import get_engine, render_program, user_filter
+from core.schema import ProgramId
+from core.submissions import Rejected
+from pages.common import get_engine, reject_section, rejected_note, render_program, user_filter
 
 PAGE_SIZE = 50
+# The coach's last click on "Reject" on this page: which program, and what it came to.
+REJECTION = "history_rejection"
 
 
 def read_filter() -> HistoryFilter:
@@ -37,7 +41,7 @@ def read_filter() -> HistoryFilter:
     return HistoryFilter.from_form(user_id=user_id or "", days=days, source=source)
 
 
-def table(rows: list[ProgramRow]) -> pd.DataFrame:
+def table(rows: list[ProgramRow], rejected: dict[ProgramId, rejections.Rejection]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "ID": [r.id for r in rows],
@@ -47,6 +51,7 @@ def table(rows: list[ProgramRow]) -> pd.DataFrame:
             "Paid": [r.has_paid_access for r in rows],
             "Latency": ["–" if r.latency_ms is None else format_duration(r.latency_ms) for r in rows],
             "Model": [r.model or "–" for r in rows],
+            "Rejected": [rejected[r.id].reason if r.id in rejected else "" for r in rows],
         }
     )
 
@@ -64,6 +69,17 @@ def show_program(requested: str) -> None:
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)
         return
+    rejection = rejections.rejections_of(get_engine(), [row.id]).get(row.id)
+    if rejection is not None:
+        rejected_note(rejection)
+    last: tuple[str, Rejected] | None = st.session_state.get(REJECTION)
+    just = last[1] if last and last[0] == str(row.id) else None
+    if rejection is None or just is not None:  # once rejected, what that click did, no form
+
+        def remember(rejected: Rejected) -> None:
+            st.session_state[REJECTION] = (str(row.id), rejected)
+
+        reject_section(row.id, key=f"history-{row.id}", rejected=just, done=remember)
     render_program(row.program, user_id=row.user_id, created_at=row.created_at, key=f"history-{row.id}")
 
 
@@ -81,7 +97,7 @@ if not page.rows:
     st.info("No programs match these filters yet. Generate one on the **Generate program** page.")
 else:
     selection = st.dataframe(
-        table(page.rows),
+        table(page.rows, rejections.rejections_of(get_engine(), [r.id for r in page.rows])),
         hide_index=True,
         width="stretch",
         on_select="rerun",

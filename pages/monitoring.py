@@ -213,13 +213,19 @@ def storage_and_errors(figures: monitoring.Overview, granularity: monitoring.Gra
             )
 
 
+def rejected_text(usage: monitoring.GeneratorUsage) -> str:
+    share = usage.rejected_share
+    return "–" if share is None else f"{usage.rejected:,} ({share:.0%})"
+
+
 def by_generator(figures: monitoring.Overview, granularity: monitoring.Granularity) -> None:
     usage = figures.usage
     st.subheader("By generator", anchor=False)
     st.caption(
         "Each generator identity (model, prompt and rules version) apart, so a model or prompt change shows, "
         "and what it cost. A hit counts for the generator that made the entry it served; an offline "
-        "generation calls no LLM."
+        "generation calls no LLM. Rejected: the programs it handed out that a coach rejected, counted when they "
+        "were handed out."
     )
     settings = get_settings()
     st.dataframe(
@@ -233,12 +239,17 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 "Tokens": [u.prompt_tokens + u.completion_tokens for u in usage],
                 "LLM spend": [u.cost_spent(settings) for u in usage],
                 "Cost saved": [u.cost_saved(settings) for u in usage],
+                # One column, count and share: two made the table scroll sideways at 1280 px.
+                "Rejected": [rejected_text(u) for u in usage],
             }
         ),
         hide_index=True,
         width="stretch",
         column_config={
             "Hit rate": st.column_config.NumberColumn(format="percent"),
+            "Rejected": st.column_config.TextColumn(
+                help="Programs it handed out that a coach rejected, and their share"
+            ),
             "LLM spend": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model"),
             "Cost saved": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model"),
         },
@@ -253,28 +264,31 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 "LLM calls": u.llm_calls,
                 "tokens": u.prompt_tokens + u.completion_tokens,
                 "cost": u.cost_spent(settings),
+                "rejected share": u.rejected_share,
             }
             for bucket, u in figures.usage_over_time
         ],
         granularity,
     )
     charts = [("hit rate", "Hit rate by generator", px.line)]
+    if any(u.rejected for u in usage):
+        charts += [("rejected share", "Programs rejected by coaches, by generator", px.line)]
     if over_time["tokens"].sum() > 0:
         charts += [
             ("LLM calls", "LLM calls by generator", px.bar),
             ("tokens", "Tokens billed by generator", px.bar),
             ("cost", "LLM spend by generator (USD)", px.bar),
         ]
-    for row in (charts[:2], charts[2:]):
+    for row in (charts[start : start + 2] for start in range(0, len(charts), 2)):
         for column, (measure, title, plot) in zip(st.columns(2), row, strict=False):
             with column:
                 figure = plot(over_time, x="bucket", y=measure, color="generator", title=title, labels={"bucket": ""})
                 # Generator labels are long: the legend goes under the plot, not beside it.
                 figure.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.15})
-                if measure == "hit rate":
+                if measure in ("hit rate", "rejected share"):
                     figure.update_traces(mode="lines+markers").update_yaxes(tickformat=".0%", range=[0, 1.05])
                 chart(figure, key=f"generator_{measure}")
-    if len(charts) == 1:
+    if over_time["tokens"].sum() == 0:
         st.caption("No LLM tokens were billed in this window: the offline generator makes no LLM call.")
 
 
@@ -284,10 +298,11 @@ def ttl_what_if(served: monitoring.ServedRequests, costs: monitoring.Costs) -> N
     st.subheader("TTL what-if", anchor=False)
     st.caption(
         "The served requests of the window replayed against other expiries: what hit rate and LLM cost each TTL "
-        "would have given. A forced refresh, and the first request after an invalidation (admin page or CLI), "
-        "generate whatever the TTL; errors served nothing and are left out, as in the hit rate above; other "
-        "misses (another generator, an entry that failed validation or could not be read or written) are "
-        "replayed as the TTL decides. The window starts with a cold cache."
+        "would have given. A forced refresh, the first request after an invalidation (admin page or CLI), and "
+        "a miss because a coach rejected the cached program generate whatever the TTL; errors served nothing "
+        "and are left out, as in the hit rate above; other misses (another generator, an entry that failed "
+        "validation or could not be read or written) are replayed as the TTL decides. The window starts with a "
+        "cold cache."
     )
     settings = get_settings()
     custom = st.number_input("Custom TTL (hours)", min_value=0.1, max_value=24.0 * 90, value=12.0, step=1.0)

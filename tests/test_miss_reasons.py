@@ -63,6 +63,13 @@ CASES: dict[str, tuple[Lookup, KeyRecord | None, tuple[str, ...] | None, MissRea
         "invalidated",
         (),
     ),
+    "rejected by a coach, answers changed since": (
+        Lookup(),
+        KeyRecord("rejected", NOW - HOUR, NOW + HOUR, "coach@example.com"),
+        DAYS,
+        "rejected",
+        (),
+    ),
     "removed by cleanup, answers changed since": (
         Lookup(),
         KeyRecord("expired", NOW - HOUR, NOW - 2 * HOUR, "cli"),

@@ -347,6 +347,38 @@ def test_a_program_opens_from_a_link_and_a_missing_one_is_named(app: AppTest) ->
     assert not app.exception
 
 
+def reject_in_history(at: AppTest, program_id: str, reason: str | None, note: str = "") -> AppTest:
+    at.selectbox(key=f"reject-history-{program_id}-category").set_value(reason)  # in a form: sent with the click
+    at.text_area(key=f"reject-history-{program_id}-note").set_value(note)
+    return at.button(key=f"FormSubmitter:reject-history-{program_id}-Reject").click().run()
+
+
+def test_a_program_rejected_in_history_shows_as_rejected_with_its_reason(app: AppTest, app_engine: Engine) -> None:
+    submit(fill(app, "rejected-client"))
+    app.switch_page("pages/history.py")
+    app.query_params["program"] = "1"
+    app.run()
+    reject_in_history(app, "1", None)
+    assert app.error[0].value == "**Not rejected**: Reason: is required. Nothing was recorded."
+    reject_in_history(app, "1", "wrong_equipment", "no *barbell* at home")
+    assert not app.exception
+    assert [s.value for s in app.success] == [
+        "Program #`1` rejected; the cached entry was invalidated, the next request generates anew."
+    ]
+    [rejected] = [w.value for w in app.warning]
+    assert rejected.startswith("**Rejected** by `dashboard` on ")
+    assert as_read(rejected).endswith("UTC: wrong equipment: no *barbell* at home")  # as text, not Markdown
+    assert count_rows(app_engine, ai_coach_cache) == 0
+    table = next(d.value for d in app.dataframe if "Rejected" in d.value.columns)
+    assert table["Rejected"].tolist() == ["wrong equipment: no *barbell* at home"]
+
+    app.switch_page("pages/monitoring.py").run()
+    generators = next(d.value for d in app.dataframe if "Generator" in d.value.columns)
+    [row] = generators.to_dict("records")
+    assert (row["Generated"], row["Rejected"]) == (1, "1 (100%)")
+    assert "generator_rejected share" in [chart.key for chart in app.get("plotly_chart")]
+
+
 def test_a_second_identical_click_right_after_the_first_shows_the_same_result(
     tmp_path: Path, app_test: Callable[..., AppTest], app_engine: Engine
 ) -> None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from core.models import ContractError, FieldError
+from core.rejections import RejectionOutcome
 from core.schema import utcnow
 from core.service import GenerationFailed, GenerationResult, SincePrevious
 from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Request, Submission
@@ -170,3 +171,17 @@ def test_stopping_waiting_forgets_the_request_in_flight_so_the_next_click_is_tak
     taken = stopped.clicked(ask("client-1"), server, window_seconds=30)
     assert taken.waiting and taken.abandoned is None
     assert [r.user_id for r in server.started] == ["client-1", "client-1"]
+
+
+def test_once_a_rejection_is_recorded_the_same_answers_asked_at_once_are_a_new_request(server: Server) -> None:
+    panel = served(CoachPanel().clicked(ask(), server, window_seconds=30), server)
+    assert panel.clicked(ask(), server, window_seconds=30) is panel  # the rest of a double click
+    refused = panel.rejected(FieldErrors({"category": "is required"}))
+    assert refused.rejection == FieldErrors({"category": "is required"})
+    assert refused.clicked(ask(), server, window_seconds=30) is refused  # nothing was rejected
+    outcome = RejectionOutcome(1, "wrong_level", "dashboard", utcnow(), "program:uclient-1:paidfalse:dx", "invalidated")
+    rejected = panel.rejected(outcome)
+    assert rejected.rejection == outcome and rejected.outcome == panel.outcome
+    taken = rejected.clicked(ask(), server, window_seconds=30)
+    assert taken.waiting and taken.rejection is None and len(server.started) == 2
+    assert CoachPanel().rejected(outcome) == CoachPanel()  # no program shown, none to reject
