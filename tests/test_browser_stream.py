@@ -36,7 +36,7 @@ def downloaded_json(page: Page) -> object:
 def test_the_first_session_is_shown_long_before_the_program_is_complete_which_is_the_one_saved(
     server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
 ) -> None:
-    # A free 3-day program is about 2,700 tokens: some 5 s at this pace, after half a second.
+    # A free 3-day program is about 1,800 tokens: some 3.6 s at this pace, after half a second.
     fake_openai.reset(Behaviour(delay_seconds=0.5, tokens_per_second=500))
     page = open_fresh(context, server)
     type_id(page, "fill", "streamed-client")

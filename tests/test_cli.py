@@ -163,7 +163,7 @@ def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(
 def test_generate_with_progress_says_how_far_the_llm_is_on_stderr_and_prints_one_object(
     cli: Callable[..., CliRun], database_url: str, profile_file: Path, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.reset(Behaviour(tokens_per_second=2000))  # about 1.4 s for the whole answer
+    fake_openai.reset(Behaviour(tokens_per_second=2000))  # about 0.9 s for the whole answer
     done = cli(
         database_url,
         "generate",
