@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument(
-        "--browser", action="store_true", help="only the coach's wait in Chromium: click to 'Cache hit' badge"
+        "--browser",
+        action="store_true",
+        help="only the coach's wait in Chromium: click to 'Cache hit' badge, and to a streamed miss's first session",
     )
     parser.add_argument(
         "--concurrency",

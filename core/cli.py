@@ -17,8 +17,10 @@ from sqlalchemy.exc import DBAPIError
 from core import admin, logs, monitoring, rejections
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
+from core.entry_fate import MissReason
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
+from core.partial_program import ProgramSoFar, progress_line
 from core.service import GenerationFailed, ProgramService
 from core.settings import Settings, describe_configuration_error
 from core.single_flight import SingleFlightTimeout
@@ -51,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--paid", action="store_true", help="the user has paid access")
     generate.add_argument("--force-refresh", action="store_true", help="bypass the cache and regenerate")
+    generate.add_argument(
+        "--progress", action="store_true", help="say on stderr how far the LLM is while it writes the program"
+    )
     commands.add_parser("cleanup", help="delete expired program entries")
     invalidate = commands.add_parser("invalidate", help="delete a user's, or a generator's, program entries")
     target = invalidate.add_mutually_exclusive_group(required=True)
@@ -110,6 +115,8 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
             onboarding_responses=responses,
             has_paid_access=args.paid,
             force_refresh=args.force_refresh,
+            on_waiting=_say_waiting if args.progress else None,
+            on_progress=_ProgressLines() if args.progress else None,
         )
     except ContractError as exc:
         return _fail(EXIT_INVALID, str(exc))
@@ -134,6 +141,23 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
     if result.history_error is not None:
         return _fail(EXIT_NOT_SAVED, f"the program was printed but not saved: {result.history_error}")
     return EXIT_OK
+
+
+def _say_waiting(_reason: MissReason) -> None:
+    print("an identical request is generating this program; waiting for it", file=sys.stderr)
+
+
+class _ProgressLines:
+    """How far the writing is, a line on stderr each time that changes."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def __call__(self, so_far: ProgramSoFar) -> None:
+        line = progress_line(so_far)
+        if line is not None and line != self._last:
+            self._last = line
+            print(line, file=sys.stderr, flush=True)
 
 
 def _check_migrations(database: Database) -> int:

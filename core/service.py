@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from time import perf_counter
 from typing import Any, get_args
 
@@ -24,7 +24,7 @@ from core import cache_store, entry_fate, history, single_flight, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
-from core.generators import Generation, GenerationError, ProgramGenerator
+from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
 from core.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.logs import FIELDS
 from core.models import (
@@ -123,6 +123,15 @@ class GenerationResult:
     def program(self) -> TrainingProgram:
         program: TrainingProgram = from_json(self.program_json)
         return program
+
+
+@dataclass(frozen=True)
+class _Told:
+    """Whom a request tells what it is doing (ProgramService.generate)."""
+
+    on_generating: Callable[[MissReason], None] | None
+    on_waiting: Callable[[MissReason], None] | None
+    on_progress: OnProgress | None
 
 
 @dataclass
@@ -284,14 +293,20 @@ class ProgramService:
         has_paid_access: bool,
         force_refresh: bool = False,
         on_generating: Callable[[MissReason], None] | None = None,
+        on_waiting: Callable[[MissReason], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> GenerationResult:
         """Raises ContractError for invalid input (nothing written), GenerationFailed or
         SingleFlightTimeout when no program could be had (nothing cached or saved).
-        `on_generating(reason)` is called when the LLM is about to be asked, so a caller
-        can say what is happening while it works. All its statements together wait
+        So that a caller can say what is happening while it works: `on_generating(reason)`
+        is called when the LLM is about to be asked, `on_waiting(reason)` when an identical
+        request is generating and this one waits for its entry, and `on_progress` with what
+        of the program is complete while the LLM writes it (only ever the whole, validated
+        program is cached and saved). All its statements together wait
         `database_wait_seconds` at most (core.waits): a stalled database costs that much."""
+        told = _Told(on_generating, on_waiting, on_progress)
         with waits.request_budget(self.database_wait_seconds):
-            return self._generate(user_id, onboarding_responses, has_paid_access, force_refresh, on_generating)
+            return self._generate(user_id, onboarding_responses, has_paid_access, force_refresh, told)
 
     def _generate(
         self,
@@ -299,7 +314,7 @@ class ProgramService:
         onboarding_responses: Any,
         has_paid_access: bool,
         force_refresh: bool,
-        on_generating: Callable[[MissReason], None] | None,
+        told: _Told,
     ) -> GenerationResult:
         user_id = self.user_id_check(user_id)
         profile = parse_onboarding(onboarding_responses)
@@ -318,7 +333,8 @@ class ProgramService:
                 wait_seconds=self.lock_wait_seconds,
                 lease_seconds=self.lease_seconds,
                 from_cache=lambda: self._hit_or_none(request, written_since),
-                produce=lambda: self._generate_and_store(request, reason, changed, on_generating),
+                produce=lambda: self._generate_and_store(request, reason, changed, told),
+                on_waiting=partial(told.on_waiting, reason) if told.on_waiting else None,
             )
         except SingleFlightTimeout as exc:
             self._record_failure(request, reason, str(exc))
@@ -484,13 +500,13 @@ class ProgramService:
         request: _Request,
         reason: MissReason,
         changed: tuple[str, ...],
-        on_generating: Callable[[MissReason], None] | None,
+        told: _Told,
     ) -> GenerationResult:
-        if on_generating is not None:
-            on_generating(reason)
+        if told.on_generating is not None:
+            told.on_generating(reason)
         llm_started = perf_counter()
         try:
-            generation = self.generator.generate(request.profile, request.has_paid_access)
+            generation = self.generator.generate(request.profile, request.has_paid_access, told.on_progress)
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
             message = f"generation failed: {exc}. Nothing was cached or saved."

@@ -57,10 +57,12 @@ def once(
     from_cache: Callable[[], T | None],
     produce: Callable[[], T],
     lease_seconds: float = LEASE_SECONDS,
+    on_waiting: Callable[[], None] | None = None,
 ) -> T:
     """`produce()` under the generation lease for `key`, unless `from_cache()` serves first:
     right after the lease is taken (whoever held it may have just filled the entry) or
-    while another request holds it. Raises SingleFlightTimeout after `wait_seconds`."""
+    while another request holds it. `on_waiting()` is called once, when this request first
+    finds the lease held and begins to wait. Raises SingleFlightTimeout after `wait_seconds`."""
     deadline = perf_counter() + wait_seconds
     pause = POLL_FIRST_SECONDS
     while True:
@@ -69,6 +71,8 @@ def once(
             with lease:
                 served = from_cache()
                 return served if served is not None else produce()
+        if on_waiting is not None and pause == POLL_FIRST_SECONDS:
+            on_waiting()
         if perf_counter() + pause > deadline:
             raise SingleFlightTimeout(wait_seconds)
         time.sleep(pause)

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from core.history import Answers
 from core.models import ContractError
+from core.partial_program import ProgramSoFar
 from core.rejections import RejectionOutcome
 from core.service import GenerationFailed, GenerationResult, SincePrevious
 from core.single_flight import SingleFlightTimeout
@@ -33,11 +34,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# What the work is given to tell the page how it goes: a phase in words, and what of the
+# program is complete while it is being written.
+Work = Callable[[Callable[[str], None], Callable[[ProgramSoFar], None]], T]
+
+
 class Submission(Generic[T]):
-    def __init__(self, fingerprint: str, work: Callable[[Callable[[str], None]], T], *, phase: str) -> None:
-        """Start `work(say)` on its own thread; `say(text)` updates `phase`."""
+    def __init__(self, fingerprint: str, work: Work[T], *, phase: str) -> None:
+        """Start `work(say, show)` on its own thread; `say(text)` updates `phase`,
+        `show(so_far)` updates `progress`."""
         self.fingerprint = fingerprint
         self.phase = phase
+        self.progress: ProgramSoFar | None = None
         self.started = monotonic()
         self.outcome: T | None = None
         self.error: BaseException | None = None
@@ -45,9 +53,9 @@ class Submission(Generic[T]):
         self._done = threading.Event()
         threading.Thread(target=self._serve, args=(work,), daemon=True, name="submission").start()
 
-    def _serve(self, work: Callable[[Callable[[str], None]], T]) -> None:
+    def _serve(self, work: Work[T]) -> None:
         try:
-            self.outcome = work(self._say)
+            self.outcome = work(self._say, self._show)
         except BaseException as exc:  # handed to the page, which decides what it means
             self.error = exc
         finally:
@@ -56,6 +64,9 @@ class Submission(Generic[T]):
 
     def _say(self, phase: str) -> None:
         self.phase = phase
+
+    def _show(self, progress: ProgramSoFar) -> None:
+        self.progress = progress
 
     def wait(self, seconds: float) -> bool:
         """True once the request has been served."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from core.db import Database, describe_db_error, make_engine
 from core.formatting import markdown_code
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
+from core.partial_program import ProgramSoFar
 from core.schema import ProgramId
 from core.service import ProgramService
 from core.settings import Settings
@@ -183,14 +185,7 @@ def may_administer() -> bool:
 def render_program(program: dict[str, Any], *, user_id: str, created_at: datetime, key: str) -> None:
     """A program as a coach reads it (what it is, each week's sessions, the safety notes),
     and the files to hand it over."""
-    st.subheader(escape_markdown(program["title"]), anchor=False)
-    st.markdown(escape_markdown(program["summary"]))
-    goal = program["goal"].replace("_", " ").capitalize()
-    st.markdown(
-        f":material/flag: {goal} · :material/signal_cellular_alt: {program['experience_level'].capitalize()} · "
-        f":material/calendar_month: {program['duration_weeks']} weeks · "
-        f":material/event_repeat: {program['days_per_week']} days a week"
-    )
+    program_heading(program)
     markdown = handover.program_markdown(program, user_id=user_id, created_at=created_at)
     files = [
         ("Download Markdown", markdown, "md", "text/markdown", ":material/description:"),
@@ -209,32 +204,66 @@ def render_program(program: dict[str, Any], *, user_id: str, created_at: datetim
         )
     with st.expander("Markdown to copy", icon=":material/content_copy:"):
         st.code(markdown, language="markdown")
-    # One week at a time: a click sends the browser one week's tables, not all of them
-    # (the Markdown download has every week, to print). Placed directly in a column, the
-    # weeks would stay on one row and scroll, hiding week 8 without a visible scrollbar.
-    weeks = {week["week"]: week for week in program["weeks"]}
+    program_weeks(program["weeks"], key=key)
+    if program["safety_notes"]:
+        st.markdown("**Safety notes**")
+        for note in program["safety_notes"]:
+            st.markdown(f"- {escape_markdown(note)}")
+
+
+WRITING_BADGE = ":orange-badge[:material/edit_note: Still being written — not saved yet]"
+
+
+def render_program_so_far(so_far: ProgramSoFar) -> None:
+    """What of a program is complete while the LLM writes it, laid out as the finished one,
+    and marked as not the program yet: the finished program replaces it once it is valid
+    and saved; if it fails, the error does."""
+    st.markdown(WRITING_BADGE)
+    program_heading(asdict(so_far))
+    if so_far.weeks:
+        program_weeks(list(so_far.weeks), key="so-far")
+
+
+def program_heading(program: dict[str, Any]) -> None:
+    """The title, the summary and the line of what the program is, each once it is known
+    (a program being written has None for what is still to come)."""
+    if program["title"] is not None:
+        st.subheader(escape_markdown(program["title"]), anchor=False)
+    if program["summary"] is not None:
+        st.markdown(escape_markdown(program["summary"]))
+    if all(program[name] is not None for name in ("goal", "experience_level", "duration_weeks", "days_per_week")):
+        goal = program["goal"].replace("_", " ").capitalize()
+        st.markdown(
+            f":material/flag: {goal} · :material/signal_cellular_alt: {program['experience_level'].capitalize()} · "
+            f":material/calendar_month: {program['duration_weeks']} weeks · "
+            f":material/event_repeat: {program['days_per_week']} days a week"
+        )
+
+
+def program_weeks(weeks: list[Any], *, key: str) -> None:
+    """One week at a time: a click sends the browser one week's tables, not all of them
+    (the Markdown download has every week, to print). Placed directly in a column, the
+    weeks would stay on one row and scroll, hiding week 8 without a visible scrollbar."""
+    by_number = {week["week"]: week for week in weeks}
     shown = st.segmented_control(
         "Week",
-        list(weeks),
+        list(by_number),
         format_func=lambda number: f"Week {number}",
-        default=min(weeks),
+        default=min(by_number),
         required=True,
-        key=f"week-{key}-{len(weeks)}",
+        key=f"week-{key}-{len(by_number)}",
         label_visibility="collapsed",
         wrap=True,
     )
-    week = weeks[shown if shown in weeks else min(weeks)]
-    st.caption(escape_markdown(week["theme"]))
+    week = by_number[shown if shown in by_number else min(by_number)]
+    if week["theme"]:
+        st.caption(escape_markdown(week["theme"]))
     for session in week["sessions"]:
         focus = escape_markdown(session["focus"])
         st.markdown(
             f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min\n\n"
             + handover.session_table(session, cell=table_cell)
         )
-    if program["safety_notes"]:
-        st.markdown("**Safety notes**")
-        for note in program["safety_notes"]:
-            st.markdown(f"- {escape_markdown(note)}")
 
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:&])")

@@ -8,7 +8,8 @@ two buttons do. The form and its result are a fragment: a click reruns only them
 What the panel shows is one value (core.submissions.CoachPanel) kept under PANEL and replaced
 whole by the callbacks; the widgets keep their own values. While a request is in flight the
 panel runs again every quarter second rather than waiting in one run, because a click in a
-fragment waits for the run in progress: so each click is taken, or refused in words, at once."""
+fragment waits for the run in progress: so each click is taken, or refused in words, at once.
+Each of those runs also shows what of the program the LLM has written so far, if anything."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from core import history
 from core.db import describe_db_error
 from core.formatting import format_duration
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
+from core.partial_program import ProgramSoFar
 from core.schema import utcnow
 from core.service import MISS_REASON_TEXT, GenerationResult
 from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Refused, Rejected, Request, Submission
@@ -35,6 +37,7 @@ from pages.common import (
     get_settings,
     reject_section,
     render_program,
+    render_program_so_far,
     unavailable_text,
 )
 
@@ -187,7 +190,7 @@ def generate_clicked() -> None:
 def start(request: Request) -> Submission[GenerationResult]:
     service, generator, database = get_service(), get_settings().describe_generator(), get_database()
 
-    def work(say: Callable[[str], None]) -> GenerationResult:
+    def work(say: Callable[[str], None], show: Callable[[ProgramSoFar], None]) -> GenerationResult:
         # A database back since the page was drawn gets its pending migrations first.
         database.unavailable()
         return service.generate(
@@ -199,6 +202,11 @@ def start(request: Request) -> Submission[GenerationResult]:
                 f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {escape_markdown(generator)} is writing the "
                 "program, which takes 5-15 s"
             ),
+            on_waiting=lambda reason: say(
+                f"**Cache miss** ({MISS_REASON_TEXT[reason]}): an identical request (another tab or coach) is "
+                f"having {escape_markdown(generator)} write this program; waiting for it rather than paying twice"
+            ),
+            on_progress=show,
         )
 
     return Submission(request.fingerprints()[0], work, phase="Checking the cache")
@@ -372,6 +380,8 @@ def outcome(state: CoachPanel) -> None:
         abandoned_note(state.abandoned)
     if state.waiting and state.submission is not None:
         waiting_note(state.submission)
+        if state.submission.progress is not None:
+            render_program_so_far(state.submission.progress)
     elif isinstance(state.outcome, Failure):
         st.error(f"**Generation failed**: {escape_markdown(state.outcome.message)}", icon=":material/error:")
     elif isinstance(state.outcome, GenerationResult) and state.request is not None:

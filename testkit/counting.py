@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from core.generators import Generation, OfflineGenerator
+from core.generators import Generation, OfflineGenerator, OnProgress
 from core.models import OnboardingResponses
 
 
@@ -20,7 +20,9 @@ class CountingGenerator:
         self._offline = OfflineGenerator()
         self.identity = self._offline.identity  # it writes the offline coach's programs
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+    ) -> Generation:
         with self._lock:
             self.calls += 1
         if self.delay_seconds:

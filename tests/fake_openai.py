@@ -1,7 +1,8 @@
 """A local OpenAI-compatible HTTP server on loopback, standing in for the LLM.
 
-It speaks the Chat Completions wire format the real SDK sends and reads, writes programs
-with the offline coach from the profile in the request, and can misbehave on demand. Like
+It speaks the Chat Completions wire format the real SDK sends and reads, streamed
+(server-sent events, at a set pace) when the request asks for it, writes programs with the
+offline coach from the profile in the request, and can misbehave on demand. Like
 OpenAI, it refuses (HTTP 400, OpenAI's error body) a request whose response format breaks
 the strict-mode rules, so no request the real API would refuse passes the suite."""
 
@@ -25,10 +26,16 @@ PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
 
 @dataclass
 class Behaviour:
-    # good | malformed | wrong_shape | truncated | content_filter | refusal | status | hang
+    # good | malformed | wrong_shape | truncated | content_filter | refusal | status | hang,
+    # and for a streamed answer also cut (the connection drops half-way, no HTTP error)
     mode: str = "good"
     status: int = 500
+    # Before the answer; a streamed one sends its headers first, then waits this long.
     delay_seconds: float = 0.0
+    # A streamed answer's pace: a token is `chunk_chars` characters, a chunk each; None is
+    # as fast as the socket takes them.
+    tokens_per_second: float | None = None
+    chunk_chars: int = 4
     # Answer this many first requests with HTTP `status` (and Retry-After), then behave.
     fail_first: int = 0
     retry_after: str | None = None
@@ -106,7 +113,8 @@ class FakeOpenAI:
         if b.mode == "hang":
             self._stop_hanging.wait(60)
             return None
-        if b.delay_seconds:
+        streamed = bool(body.get("stream"))
+        if b.delay_seconds and not streamed:
             time.sleep(b.delay_seconds)
         request = json.loads(body["messages"][-1]["content"])
         profile = parse_onboarding(request["onboarding_responses"])
@@ -123,17 +131,78 @@ class FakeOpenAI:
             content, finish_reason = "", "content_filter"
         elif b.mode == "refusal":
             content, refusal = "", "I can't help with that."
+        if streamed:
+            return _stream(handler, body, content, b, finish_reason, refusal)
         return _send(handler, 200, _completion(body["model"], content, b, finish_reason, refusal))
+
+
+def _stream(
+    handler: BaseHTTPRequestHandler,
+    body: dict[str, Any],
+    content: str,
+    behaviour: Behaviour,
+    finish_reason: str,
+    refusal: str | None,
+) -> None:
+    """The answer as OpenAI streams it: server-sent events over a chunked response, a delta
+    of a few characters each, at the behaviour's pace; the usage in a last chunk of its own
+    when the request asked for it. A `cut` answer stops half-way, as a dropped connection
+    does: without the chunked body's end."""
+    handler.protocol_version = "HTTP/1.1"  # chunked transfer encoding, so a cut shows
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+
+    def send(data: str) -> None:
+        event = f"data: {data}\n\n".encode()
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        send(json.dumps({**_head(body["model"], "chat.completion.chunk"), "choices": [choice], **extra}))
+
+    chunk({"role": "assistant", "content": ""})
+    if behaviour.delay_seconds:
+        time.sleep(behaviour.delay_seconds)
+    size = behaviour.chunk_chars
+    pieces = [content[i : i + size] for i in range(0, len(content), size)]
+    if behaviour.mode == "cut":
+        pieces = pieces[: len(pieces) // 2]
+    started = time.monotonic()
+    for n, piece in enumerate(pieces):
+        if behaviour.tokens_per_second:
+            time.sleep(max(0.0, started + n / behaviour.tokens_per_second - time.monotonic()))
+        chunk({"content": piece})
+    if behaviour.mode == "cut":
+        return
+    if refusal:
+        chunk({"refusal": refusal})
+    chunk({}, finish_reason)
+    if (body.get("stream_options") or {}).get("include_usage"):
+        send(json.dumps({**_head(body["model"], "chat.completion.chunk"), "choices": [], "usage": _usage(behaviour)}))
+    send("[DONE]")
+    handler.wfile.write(b"0\r\n\r\n")
+
+
+def _head(model: str, kind: str) -> dict[str, Any]:
+    return {"id": "chatcmpl-test", "object": kind, "created": int(time.time()), "model": model}
+
+
+def _usage(behaviour: Behaviour) -> dict[str, int]:
+    return {
+        "prompt_tokens": behaviour.prompt_tokens,
+        "completion_tokens": behaviour.completion_tokens,
+        "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+    }
 
 
 def _completion(
     model: str, content: str, behaviour: Behaviour, finish_reason: str = "stop", refusal: str | None = None
 ) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
+        **_head(model, "chat.completion"),
         "choices": [
             {
                 "index": 0,
@@ -141,11 +210,7 @@ def _completion(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": {
-            "prompt_tokens": behaviour.prompt_tokens,
-            "completion_tokens": behaviour.completion_tokens,
-            "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
-        },
+        "usage": _usage(behaviour),
     }
 
 

@@ -5,6 +5,7 @@ about; a few run the real entry point (`run_process`) where it is."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sqlite3
 import subprocess
@@ -157,6 +158,30 @@ def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(
     engine = make_engine(database_url)
     assert table_counts(engine)[:2] == (0, 0)
     engine.dispose()
+
+
+def test_generate_with_progress_says_how_far_the_llm_is_on_stderr_and_prints_one_object(
+    cli: Callable[..., CliRun], database_url: str, profile_file: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(tokens_per_second=2000))  # about 0.9 s for the whole answer
+    done = cli(
+        database_url,
+        "generate",
+        "--user-id",
+        "u1",
+        "--profile",
+        str(profile_file),
+        "--progress",
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        LOG_LEVEL="WARNING",
+    )
+    assert done.json()["cache_hit"] is False  # stdout is the one JSON object, as without --progress
+    lines = done.stderr.splitlines()
+    weeks = [line for line in lines if line.startswith("week ")]
+    assert weeks and all(re.fullmatch(r"week [1-4] of 4: [1-3] of 3 sessions written", line) for line in weeks), lines
+    assert len(set(lines)) == len(lines)  # a line each time it changes
+    assert set(lines) - set(weeks) <= {"title written", "title and summary written"}
 
 
 def test_cleanup_deletes_only_expired_program_entries(run: Run, engine: Engine, database_url: str) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from core.db import make_engine, migrate
 from core.generators import OpenAIChatGenerator, startup_warning
 from core.models import parse_onboarding, parse_program
+from core.partial_program import ProgramSoFar
 from core.schema import ai_coach_cache, training_programs
 from core.service import GenerationFailed, ProgramService
 from core.settings import Settings
@@ -108,3 +109,24 @@ def test_the_start_up_check_finds_the_served_model_by_its_alias(llama: LlamaServ
     assert startup_warning(llama_generator(llama)) is None
     warning = startup_warning(llama_generator(llama, model="gpt-4o-mini"))
     assert warning == f"the LLM server does not list OPENAI_MODEL=gpt-4o-mini; it serves: {llama.alias}"
+
+
+def test_a_real_server_streams_the_program_and_what_is_complete_is_shown_as_it_comes(
+    llama: LlamaServer, sqlite_engine: Engine
+) -> None:
+    service = ProgramService(engine=sqlite_engine, generator=llama_generator(llama), lock_wait_seconds=300)
+    heard: list[ProgramSoFar] = []
+    result = service.generate(
+        user_id="u1",
+        onboarding_responses={**SMALL, "days_per_week": 2},
+        has_paid_access=False,
+        on_progress=heard.append,
+    )
+    # llama.cpp enforces the schema while it streams: what was shown is the program's own.
+    assert heard and heard[0].sessions < 8
+    counts = [so_far.sessions for so_far in heard]
+    assert counts == sorted(counts)
+    for week in heard[-1].weeks:
+        assert week["sessions"] == result.program["weeks"][week["week"] - 1]["sessions"][: len(week["sessions"])]
+    with sqlite_engine.connect() as connection:
+        assert connection.execute(select(training_programs.c.completion_tokens)).scalar_one()  # from the last chunk

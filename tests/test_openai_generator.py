@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter, sleep
 from typing import Any
 
 import jsonschema
@@ -16,8 +18,9 @@ from core.generators import OpenAIChatGenerator, make_generator, openai_chat, st
 from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
 from core.models import parse_onboarding, parse_program
+from core.partial_program import ProgramSoFar
 from core.schema import ai_coach_cache, generation_events, training_programs
-from core.service import GenerationFailed, ProgramService
+from core.service import GenerationFailed, GenerationResult, ProgramService
 from core.settings import Settings
 from tests import openai_strict
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
@@ -26,7 +29,8 @@ from tests.helpers import PROFILE, count_rows
 API_KEY = "sk-test-not-a-secret"
 
 
-def openai_generator(fake: FakeOpenAI, *, model: str = "gpt-test", timeout: float = 5, retries: int = 0) -> Any:
+def openai_generator(fake: FakeOpenAI, *, model: str = "gpt-test", timeout: float = 30, retries: int = 0) -> Any:
+    # The timeout bounds the whole stream: a loaded machine may take seconds to read a paid program.
     return OpenAIChatGenerator(
         api_key=API_KEY,
         model=model,
@@ -71,6 +75,9 @@ def test_a_good_answer_is_validated_cached_and_saved_with_token_usage(engine: En
         (Behaviour(mode="refusal"), "the LLM refused: I can't help with that."),
         (Behaviour(mode="status", status=429, retry_after="0"), "HTTP 429"),
         (Behaviour(mode="hang"), "timeout"),
+        (Behaviour(mode="cut"), "the connection to the LLM server dropped before the answer was complete"),
+        # Each chunk comes in time, but the whole answer would take seconds: the timeout is the answer's.
+        (Behaviour(tokens_per_second=200), "timeout"),
     ],
 )
 def test_a_bad_answer_caches_and_saves_nothing(
@@ -79,7 +86,8 @@ def test_a_bad_answer_caches_and_saves_nothing(
     fake_openai.reset(behaviour)
     # Short only where the timeout is the point: a loaded machine may take over half a second
     # to answer, and a timeout would then hide the failure under test.
-    service = openai_service(engine, fake_openai, timeout=0.5 if behaviour.mode == "hang" else 30)
+    timed = behaviour.mode == "hang" or behaviour.tokens_per_second is not None
+    service = openai_service(engine, fake_openai, timeout=0.5 if timed else 30)
     with pytest.raises(GenerationFailed) as error:
         service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
     assert says in str(error.value)
@@ -88,7 +96,95 @@ def test_a_bad_answer_caches_and_saves_nothing(
     assert count_rows(engine, training_programs) == 0
     # The single-flight lock was released: the next request reaches the LLM again.
     fake_openai.reset()
-    assert service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False).cache_hit is False
+    again = openai_service(engine, fake_openai)  # with time for a whole answer
+    assert again.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False).cache_hit is False
+
+
+def test_the_answer_is_streamed_and_what_is_complete_is_shown_well_before_the_end(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    # About 1,800 tokens of 4 characters at 500 a second: the whole answer takes about 3.6 s,
+    # the first session is complete after about 240 (0.5 s). Slow enough that the server's
+    # pace, not a loaded machine's parsing, decides when each part arrives.
+    fake_openai.reset(Behaviour(tokens_per_second=500))
+    heard: list[tuple[float, ProgramSoFar]] = []
+    started = perf_counter()
+    result = openai_service(engine, fake_openai).generate(
+        user_id="u1",
+        onboarding_responses=PROFILE,
+        has_paid_access=False,
+        on_progress=lambda so_far: heard.append((perf_counter() - started, so_far)),
+    )
+    took = perf_counter() - started
+
+    request = fake_openai.requests[0]
+    assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
+    first_session = next(at for at, so_far in heard if so_far.sessions)
+    assert first_session < took / 2, (first_session, took)
+    counts = [so_far.sessions for _, so_far in heard]
+    assert counts == sorted(counts) and counts[-1] >= 9  # reported as sessions complete
+    assert len(heard) <= took * 10 + 1  # at most ten a second
+    final = heard[-1][1]
+    assert final.title == result.program["title"]
+    for week in final.weeks:  # the sessions shown are the program's own
+        assert week["sessions"] == result.program["weeks"][week["week"] - 1]["sessions"][: len(week["sessions"])]
+    # What is cached and saved is the whole validated answer, with the usage of the stream's last chunk.
+    with engine.connect() as connection:
+        row = connection.execute(training_programs.select()).one()
+        cached = connection.execute(select(ai_coach_cache.c.data)).scalar_one()
+    assert row.program == result.program == cached
+    assert (row.prompt_tokens, row.completion_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+@pytest.mark.parametrize("mode", ["truncated", "content_filter", "malformed", "wrong_shape", "cut"])
+def test_a_stream_that_fails_after_showing_sessions_caches_and_saves_nothing(
+    engine: Engine, fake_openai: FakeOpenAI, mode: str
+) -> None:
+    fake_openai.reset(Behaviour(mode=mode))
+    heard: list[ProgramSoFar] = []
+    with pytest.raises(GenerationFailed) as error:
+        openai_service(engine, fake_openai).generate(
+            user_id="u1", onboarding_responses=PROFILE, has_paid_access=False, on_progress=heard.append
+        )
+    assert "Nothing was cached or saved" in str(error.value)
+    if mode in ("truncated", "wrong_shape", "cut"):
+        assert heard and heard[-1].sessions > 0  # it was shown as written, and still not kept
+    assert count_rows(engine, ai_coach_cache) == 0
+    assert count_rows(engine, training_programs) == 0
+    with engine.connect() as connection:
+        failed = connection.execute(
+            select(generation_events.c.prompt_tokens, generation_events.c.completion_tokens)
+        ).one()
+    # A stream cut off never got to its usage chunk: no tokens are invented for it.
+    assert tuple(failed) == ((None, None) if mode == "cut" else (PROMPT_TOKENS, COMPLETION_TOKENS))
+
+
+def test_only_the_request_that_generates_is_told_the_progress_a_waiter_says_it_waits(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(delay_seconds=0.5, tokens_per_second=4000))
+    service = openai_service(engine, fake_openai)
+    told: dict[str, list[str]] = {"first": [], "second": []}
+
+    def ask(who: str) -> GenerationResult:
+        return service.generate(
+            user_id="u1",
+            onboarding_responses=PROFILE,
+            has_paid_access=False,
+            on_generating=lambda reason: told[who].append("generating"),
+            on_waiting=lambda reason: told[who].append(f"waiting ({reason})"),
+            on_progress=lambda so_far: told[who].append("progress"),
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ask, "first")
+        while not fake_openai.requests:  # the first holds the lease once it has asked the LLM
+            sleep(0.01)
+        second = pool.submit(ask, "second")
+        results = [first.result(), second.result()]
+    assert fake_openai.calls == 1 and [r.cache_hit for r in results] == [False, True]
+    assert told["first"][0] == "generating" and set(told["first"][1:]) == {"progress"}
+    assert told["second"] == ["waiting (first_generation)"]
 
 
 def test_the_sdk_retries_a_429_that_says_when_to_retry(engine: Engine, fake_openai: FakeOpenAI) -> None:

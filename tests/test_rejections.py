@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 
 from core import admin, monitoring, rejections
 from core.generators import Generation
+from core.generators.base import OnProgress
 from core.models import ContractError, OnboardingResponses
 from core.schema import ai_coach_cache, cache_entry_fates, program_rejections, training_programs
 from core.service import MISS_REASON_TEXT, GenerationResult, ProgramService
@@ -81,8 +82,10 @@ def test_rejecting_the_served_program_makes_the_same_answers_a_miss_that_generat
 class Rewriting(CountingGenerator):
     """A generator whose every program differs from the one before (as an LLM's do)."""
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
-        generation = super().generate(profile, has_paid_access)
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+    ) -> Generation:
+        generation = super().generate(profile, has_paid_access, on_progress)
         return replace(generation, program={**generation.program, "title": f"Program {self.calls}"})
 
 

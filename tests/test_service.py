@@ -190,7 +190,7 @@ class BrokenGenerator:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Any:
+    def generate(self, profile: OnboardingResponses, has_paid_access: bool, on_progress: Any = None) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
         from core.generators import Generation

@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from core.models import ContractError, FieldError
+from core.partial_program import ProgramSoFar
 from core.rejections import RejectionOutcome
 from core.schema import utcnow
 from core.service import GenerationFailed, GenerationResult, SincePrevious
@@ -14,7 +15,7 @@ from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Request, 
 
 def test_a_second_click_while_or_just_after_a_request_is_served_is_a_repeat_and_later_ones_are_new() -> None:
     release = threading.Event()
-    submission = Submission("a", lambda say: release.wait(5) and "program", phase="checking")
+    submission = Submission("a", lambda say, show: release.wait(5) and "program", phase="checking")
     assert submission.is_repeated_by("a", window_seconds=0)  # still being served
     assert not submission.is_repeated_by("b", window_seconds=60)  # other answers: a new request
     release.set()
@@ -24,13 +25,17 @@ def test_a_second_click_while_or_just_after_a_request_is_served_is_a_repeat_and_
 
 
 def test_progress_and_failures_reach_the_page() -> None:
-    def work(say: object) -> None:
+    written = ProgramSoFar(title="Strength base")
+
+    def work(say: object, show: object) -> None:
         say("generating")  # type: ignore[operator]
+        show(written)  # type: ignore[operator]
         raise ValueError("no program")
 
     submission = Submission("a", work, phase="checking")
     assert submission.wait(5)
     assert submission.phase == "generating" and isinstance(submission.error, ValueError)
+    assert submission.progress == written
     with pytest.raises(ValueError):
         raise submission.error
 
@@ -64,7 +69,9 @@ class Server:
         release = threading.Event()
         self.releases.append(release)
         return Submission(
-            request.fingerprints()[0], lambda say: release.wait(5) and outcome(request), phase="Checking the cache"
+            request.fingerprints()[0],
+            lambda say, show: release.wait(5) and outcome(request),
+            phase="Checking the cache",
         )
 
     def serve(self) -> None:
@@ -135,7 +142,7 @@ def test_what_a_request_raised_is_an_outcome_by_kind(server: Server, caplog: pyt
     failed = served(CoachPanel().clicked(ask("failing-client"), server, window_seconds=0), server)
     assert failed.outcome == Failure("generation failed: the LLM answered 500")
     # A bug is logged whole and ends its request only: the panel takes the next click.
-    crash = Submission("a", lambda say: 1 / 0, phase="checking")
+    crash = Submission("a", lambda say, show: 1 / 0, phase="checking")
     assert crash.wait(5)
     with caplog.at_level(logging.ERROR):
         crashed = CoachPanel(request=ask(), submission=crash, waiting=True).collected()  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """Program generators: the OpenAI chat client when a key is configured, else the offline coach."""
 
-from core.generators.base import Generation, GenerationError, GeneratorIdentity, ProgramGenerator
+from core.generators.base import Generation, GenerationError, GeneratorIdentity, OnProgress, ProgramGenerator
 from core.generators.offline import OfflineGenerator
 from core.generators.openai_chat import OpenAIChatGenerator
 from core.settings import Settings
@@ -33,6 +33,7 @@ __all__ = [
     "GenerationError",
     "GeneratorIdentity",
     "OfflineGenerator",
+    "OnProgress",
     "OpenAIChatGenerator",
     "ProgramGenerator",
     "make_generator",

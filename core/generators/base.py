@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from core.models import OnboardingResponses
+from core.partial_program import ProgramSoFar
+
+# Told what of the program is complete while it is being written (core.partial_program).
+OnProgress = Callable[[ProgramSoFar], None]
 
 # Paid access buys a longer, progressive block; that is why the flag is part of the cache key.
 FREE_WEEKS = 4
@@ -68,4 +73,9 @@ class ProgramGenerator(Protocol):
     @property
     def identity(self) -> GeneratorIdentity: ...
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation: ...
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+    ) -> Generation:
+        """A generator that writes the program over time calls `on_progress` as more of it is
+        complete; one that takes milliseconds need not call it at all."""
+        ...

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.generators.base import Generation, GeneratorIdentity, fingerprint, program_weeks
+from core.generators.base import Generation, GeneratorIdentity, OnProgress, fingerprint, program_weeks
 from core.models import OnboardingResponses
 from core.settings import OFFLINE_MODEL
 
@@ -171,7 +171,10 @@ class OfflineGenerator:
         version=f"offline-{RULES_VERSION}-{fingerprint(Path(__file__).read_text(encoding='utf-8'))}",
     )
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+    ) -> Generation:
+        # Done in milliseconds: there is nothing to show before the whole program.
         return Generation(program=build_program(profile, has_paid_access), model=MODEL)
 
 

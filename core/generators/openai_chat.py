@@ -6,19 +6,24 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterable
+from time import perf_counter
 from typing import Any, Literal
 
 import openai
+from openai.types.chat import ChatCompletionChunk
 from openai.types.shared_params import ResponseFormatJSONSchema
 
 from core.generators.base import (
     Generation,
     GenerationError,
     GeneratorIdentity,
+    OnProgress,
     fingerprint,
     program_weeks,
 )
 from core.models import OnboardingResponses, load_contract
+from core.partial_program import ProgressReporter
 
 # Bumped by hand with each change of the prompt; the fingerprint catches the rest.
 PROMPT_VERSION = "p2"
@@ -69,6 +74,7 @@ FINE_TUNED_PREFIX = "ft:"
 # The days a week the onboarding contract allows: one request schema for each.
 DAYS_PER_WEEK = range(1, 8)
 SERVER_MESSAGE_CHARS = 300
+TIMED_OUT = "the LLM did not answer before the timeout"
 
 
 def _state_in_words(node: Any, keywords: dict[str, str]) -> None:
@@ -165,6 +171,7 @@ class OpenAIChatGenerator:
         cap_parameter: CapParameter = "max_completion_tokens",
     ) -> None:
         self.model = model
+        self.timeout_seconds = timeout_seconds
         self.max_completion_tokens = max_completion_tokens
         self.temperature = temperature
         self.schema = schema
@@ -192,14 +199,19 @@ class OpenAIChatGenerator:
         weeks = program_weeks(has_paid_access)
         return program_response_format(self.model, days_per_week=days_per_week, weeks=weeks, flavour=self.schema)
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool) -> Generation:
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+    ) -> Generation:
+        """The program, streamed: `on_progress` hears what of it is complete as it arrives.
+        The usage comes in the stream's last chunk, so a failed answer's tokens are counted
+        too when the server got to send them."""
         request = {
             "onboarding_responses": profile.normalized(),
             "has_paid_access": has_paid_access,
             "duration_weeks": program_weeks(has_paid_access),
         }
         try:
-            completion = self._client.chat.completions.create(
+            stream = self._client.chat.completions.create(
                 model=self.model,
                 messages=[
                     {"role": "system", "content": SYSTEM_PROMPT},
@@ -209,22 +221,43 @@ class OpenAIChatGenerator:
                 max_completion_tokens=self._cap("max_completion_tokens"),
                 max_tokens=self._cap("max_tokens"),
                 temperature=openai.omit if self.temperature is None else self.temperature,
+                stream=True,
+                stream_options={"include_usage": True},
             )
         except openai.APIError as exc:
             raise GenerationError(self._describe(exc)) from None
-        usage = completion.usage
-        prompt_tokens = usage.prompt_tokens if usage else None
-        completion_tokens = usage.completion_tokens if usage else None
+        answer = _Answer(self.model)
+        with stream:
+            self._read(stream, answer, ProgressReporter(on_progress))
         try:
-            program = self._program_from(completion)
+            program = self._program_from(answer)
         except GenerationError as exc:
-            raise GenerationError(str(exc), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens) from None
+            raise answer.failed(str(exc)) from None
         return Generation(
             program=program,
-            model=completion.model or self.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            model=answer.model,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
         )
+
+    def _read(self, stream: Iterable[ChatCompletionChunk], answer: _Answer, progress: ProgressReporter) -> None:
+        """The stream's chunks into `answer`, until it ends or `timeout_seconds` have passed
+        since it began: the SDK's own timeout is then only the longest pause between chunks."""
+        deadline = perf_counter() + self.timeout_seconds
+        try:
+            for chunk in stream:
+                answer.add(chunk)
+                if chunk.choices and chunk.choices[0].delta.content:
+                    progress.written(lambda: answer.content)
+                if perf_counter() > deadline:
+                    raise answer.failed(TIMED_OUT)
+        except openai.APITimeoutError:
+            raise answer.failed(TIMED_OUT) from None
+        except openai.APIConnectionError:
+            raise answer.failed("the connection to the LLM server dropped before the answer was complete") from None
+        except openai.APIError as exc:
+            said = _one_line(_redacted(_server_message(exc.body) or exc.message, self._api_key))
+            raise answer.failed(f"the LLM server stopped the answer with an error: {said}") from None
 
     def missing_model_warning(self) -> str | None:
         """A warning when the server does not serve `model` (a vLLM or Ollama server knows
@@ -243,7 +276,7 @@ class OpenAIChatGenerator:
         """What failed, in one line: for an HTTP error the server's own message (OpenAI's names
         the offending schema path), never the API key."""
         if isinstance(exc, openai.APITimeoutError):
-            return "the LLM did not answer before the timeout"
+            return TIMED_OUT
         if isinstance(exc, openai.APIConnectionError):
             return "could not connect to the LLM server"
         if isinstance(exc, openai.APIStatusError):
@@ -270,23 +303,65 @@ class OpenAIChatGenerator:
             )
         return None
 
-    def _program_from(self, completion: Any) -> Any:
-        if not completion.choices:
+    def _program_from(self, answer: _Answer) -> Any:
+        if not answer.chosen:
             raise GenerationError("the LLM answered with no choices")
-        choice = completion.choices[0]
-        if getattr(choice.message, "refusal", None):
-            raise GenerationError(f"the LLM refused: {_one_line(choice.message.refusal)}")
-        if choice.finish_reason == "length":
+        if answer.refusal:
+            raise GenerationError(f"the LLM refused: {_one_line(answer.refusal)}")
+        if answer.finish_reason == "length":
             raise GenerationError(
                 f"the LLM's answer was cut off at {self.cap_parameter}={self.max_completion_tokens} "
                 "(raise LLM_MAX_COMPLETION_TOKENS)"
             )
-        if choice.finish_reason == "content_filter":
+        if answer.finish_reason == "content_filter":
             raise GenerationError("the LLM server's content filter stopped the answer")
+        if answer.finish_reason is None:
+            # A server that closes the connection mid-answer without an HTTP error.
+            raise GenerationError("the LLM server's answer ended before it was complete")
         try:
-            return numbered(json.loads(choice.message.content or ""))
+            return numbered(json.loads(answer.content))
         except json.JSONDecodeError:
             raise GenerationError("the LLM answered with malformed JSON") from None
+
+
+class _Answer:
+    """A streamed answer as its chunks have told it so far: the first choice's content and
+    refusal, how it finished, and the usage (the stream's last chunk, when it gets there)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.chosen = False
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self._content: list[str] = []
+        self._refusal: list[str] = []
+
+    @property
+    def content(self) -> str:
+        return "".join(self._content)
+
+    @property
+    def refusal(self) -> str:
+        return "".join(self._refusal)
+
+    def add(self, chunk: ChatCompletionChunk) -> None:
+        self.model = chunk.model or self.model
+        if chunk.usage is not None:
+            self.prompt_tokens, self.completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+        if not chunk.choices:
+            return
+        self.chosen = True
+        choice = chunk.choices[0]
+        if choice.delta.content:
+            self._content.append(choice.delta.content)
+        if choice.delta.refusal:
+            self._refusal.append(choice.delta.refusal)
+        self.finish_reason = choice.finish_reason or self.finish_reason
+
+    def failed(self, message: str) -> GenerationError:
+        """`message` as the generation's failure, with the tokens billed as far as known."""
+        return GenerationError(message, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
 
 
 def _serves(served: list[str], model: str) -> bool:
