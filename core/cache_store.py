@@ -96,10 +96,16 @@ def _read_entry(dialect: str) -> Any:
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-def read_entry(connection: Connection, key: str, known_row_version: str | None = None) -> CacheEntry | None:
+def read_entry(engine: Engine, key: str, known_row_version: str | None = None) -> CacheEntry | None:
     """The entry under `key`, expired or not: an expired one tells the miss reason. Its
-    program is left out when its row version is `known_row_version`."""
-    row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_row_version}).first()
+    program is left out when its row version is `known_row_version`. One statement, which
+    needs no transaction: PostgreSQL runs it in autocommit, one round trip; SQLite's WAL
+    reader never waits for a writer."""
+    connection = engine.connect()
+    if connection.dialect.name == "postgresql":
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+    with connection:
+        row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_row_version}).first()
     return CacheEntry(*row) if row else None
 
 

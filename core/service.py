@@ -213,16 +213,6 @@ class _Request:
         )
 
 
-@dataclass(frozen=True)
-class _Hit:
-    """A hit, before it is saved: what the coach gets, and the rows that record it."""
-
-    result: GenerationResult
-    record: HistoryRecord
-    event: GenerationEvent
-    entry_written_at: datetime
-
-
 class ValidatedPrograms:
     """Entry versions this process has validated, as JSON text, bounded in bytes. On
     PostgreSQL a hit on a version already validated skips fetching and validating the
@@ -404,36 +394,14 @@ class ProgramService:
         return served if isinstance(served, GenerationResult) else None
 
     def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
-        """Serve a hit, or say why not, in one transaction: read the entry (without its
-        program when this process has validated that very row version), validate a new
-        version, save the history row and the event, commit. `written_since`: only an entry
-        written since then serves."""
+        """Serve a hit, or say why not: read the entry (without its program when this process
+        has validated that very row version), validate a new version, then save the history
+        row and the event together. `written_since`: only an entry written since then serves."""
         known = self.validated.known(request.key)
-        hit: _Hit | None = None
         try:
-            with connect_to_write(self.engine) as connection, connection.begin():
-                entry = cache_store.read_entry(connection, request.key, known[0] if known else None)
-                usable = self._usable(request, entry, known, written_since)
-                if isinstance(usable, Lookup):
-                    return usable
-                hit = usable
-                program_id = history.insert_program_and_event(
-                    connection, hit.record, hit.event, entry_written_at=hit.entry_written_at
-                )
+            entry = cache_store.read_entry(self.engine, request.key, known[0] if known else None)
         except DBAPIError as exc:
-            if hit is None:
-                return self._read_failed(request, exc)
-            return self._save_failed(request, hit.result, hit.record, hit.event, exc)
-        return replace(hit.result, training_program_id=program_id, warnings=tuple(request.warnings))
-
-    def _usable(
-        self,
-        request: _Request,
-        entry: cache_store.CacheEntry | None,
-        known: tuple[str | None, str] | None,
-        written_since: datetime | None,
-    ) -> _Hit | Lookup:
-        """The hit `entry` makes for this request, or why it makes none."""
+            return self._read_failed(request, exc)
         if entry is None or not entry.valid or (written_since and entry.created_at < written_since):
             return Lookup(entry)
         if not self.serve_other_generators and entry.generator_version != self.generator.identity.version:
@@ -442,12 +410,9 @@ class ProgramService:
         if program_json is None:
             return Lookup(entry, invalid=True)
         result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
-        return _Hit(
-            result=result,
-            record=request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version),
-            event=request.event("hit", latency_ms=result.latency_ms).served_from(entry),
-            entry_written_at=entry.updated_at,
-        )
+        event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
+        record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
+        return self._save(request, result, record, event, entry_written_at=entry.updated_at)
 
     def _validated_program(
         self, request: _Request, entry: cache_store.CacheEntry, known: tuple[str | None, str] | None
@@ -584,31 +549,19 @@ class ProgramService:
         """The history row and the request's event in one transaction: both or neither.
         `entry_written_at` is the cache entry's `updated_at` when the program can be copied
         from that very write of the entry."""
+        result = replace(result, warnings=tuple(request.warnings))
         try:
             with connect_to_write(self.engine) as connection, connection.begin():
                 program_id = history.insert_program_and_event(
                     connection, record, event, entry_written_at=entry_written_at
                 )
         except DBAPIError as exc:
-            return self._save_failed(request, result, record, event, exc)
-        return replace(result, training_program_id=program_id, warnings=tuple(request.warnings))
-
-    def _save_failed(
-        self,
-        request: _Request,
-        result: GenerationResult,
-        record: HistoryRecord,
-        event: GenerationEvent,
-        exc: DBAPIError,
-    ) -> GenerationResult:
-        """The program is served all the same, with what `save_again` needs to save it."""
-        message = f"The program could not be saved to history ({describe_db_error(exc)})."
-        log.error("History save failed for %s: %s", request.key, message)
-        failed = replace(event, history_error=True, error=message)
-        pending = None if self._record_event(failed) else failed
-        return replace(
-            result, warnings=tuple(request.warnings), history_error=message, unsaved=record, unsaved_event=pending
-        )
+            message = f"The program could not be saved to history ({describe_db_error(exc)})."
+            log.error("History save failed for %s: %s", request.key, message)
+            failed = replace(event, history_error=True, error=message)
+            pending = None if self._record_event(failed) else failed
+            return replace(result, history_error=message, unsaved=record, unsaved_event=pending)
+        return replace(result, training_program_id=program_id)
 
     def _record_failure(
         self,
