@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from testkit.pg_server import free_port
+from testkit.pg_server import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -63,5 +63,5 @@ def dashboard(script: Path, env: dict[str, str], log: IO[bytes] | int = subproce
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        process.wait(10)
+        # On a loaded machine Streamlit may take longer than 10 s to shut down: then it is killed.
+        stop_process(process)

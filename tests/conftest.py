@@ -53,13 +53,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     kept = {k: v for k, v in app_environment("").items() if k != "DATABASE_URL"}
     os.environ.clear()
     os.environ.update(kept)
-    if not _spawns_workers(session.config):  # pytest-xdist's workers start where it was run, then move
-        os.chdir(NEUTRAL_CWD)
+    os.chdir(NEUTRAL_CWD)
     session.config.stash[_BEFORE] = _loose_files()
-
-
-def _spawns_workers(config: pytest.Config) -> bool:
-    return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -72,11 +67,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The suite never touches the user's files: anything it left in the checkout fails the run.
-    Judged once every test has run: by pytest-xdist's controller, not by a worker, which
-    would see the files of a test another worker is running."""
-    if hasattr(session.config, "workerinput"):
-        return
+    """The suite never touches the user's files: anything it left in the checkout fails the run."""
     left = sorted(_loose_files() - session.config.stash.get(_BEFORE, set()))
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
