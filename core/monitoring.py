@@ -732,9 +732,10 @@ def _served_requests(engine: Engine, since: datetime | None, totals: Summary, ma
         key_samples = max(1, math.ceil(64 * max_requests / served))
         share = key_samples / 64
     with engine.connect() as connection:
-        rows = connection.execute(_replayed_requests(engine, since, key_samples)).all()
-    # Plain tuples: numpy reads Rows slowly.
-    table = np.array([tuple(row) for row in rows], dtype=np.int64).reshape(len(rows), 3)
+        # The driver's own tuples of three integers: at 1 M events, building SQLAlchemy's Rows
+        # for the 30 000 requests read cost more than the query (160 of 250 ms on PostgreSQL).
+        rows = connection.execute(_replayed_requests(engine, since, key_samples)).cursor.fetchall()
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), 3)
     return ServedRequests(new_key=table[:, 0], micros=table[:, 1], forced=table[:, 2], sampled_share=share)
 
 
