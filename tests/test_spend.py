@@ -5,20 +5,26 @@ prompt and the schema) comes before the client's answers."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
+from streamlit.testing.v1 import AppTest
 
 from core import monitoring
+from core.formatting import format_dollars
 from core.generators import GenerationError
 from core.models import parse_onboarding
+from core.monitoring import Spend
 from core.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
 from core.service import GenerationFailed
 from core.settings import DEFAULT_MODEL_PRICES, ModelPrice, Settings
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
 from tests.test_openai_generator import openai_generator, openai_service
+from tests.test_pages import fill, submit
 
 MILLION = 1_000_000
 
@@ -162,3 +168,30 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
         ).all()
     assert [sum(column) for column in zip(*rolled, strict=True)] == [2524, 400, 1500]
     assert monitoring.usage_by_generator(engine) == [usage]
+
+
+def test_the_monitoring_page_splits_spend_by_kind_of_token_and_shows_the_cached_share(
+    tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
+) -> None:
+    app = app_test(
+        f"sqlite:///{tmp_path}/coach.db",
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL=fake_openai.base_url,
+        OPENAI_MODEL="gpt-4o-mini",
+        LLM_MAX_RETRIES="0",
+    ).run()
+    fake_openai.reset(Behaviour(prompt_tokens=2000, cached_tokens=1500, completion_tokens=1000, reasoning_tokens=400))
+    submit(fill(app, "cached-client"))
+    app.switch_page("pages/monitoring.py").run()
+    assert not app.exception
+    spend = Spend.of(ModelPrice(input=0.15, cached_input=0.075, output=0.60), 2000, 1500, 1000)
+    assert {m.label: m.value for m in app.metric}["LLM spend"] == format_dollars(spend.total)
+    parts = (format_dollars(spend.input), format_dollars(spend.cached_input), format_dollars(spend.output))
+    assert any(
+        f"LLM spend: {parts[0]} input, {parts[1]} cached input" in c.value and f"{parts[2]} output" in c.value
+        for c in app.caption
+    )
+    [row] = next(d.value for d in app.dataframe if "Cached input" in d.value.columns).to_dict("records")
+    shown = (row["Input"], row["Cached input"], row["Output"])
+    assert shown == pytest.approx((spend.input, spend.cached_input, spend.output))
+    assert (row["Input cached"], row["Reasoning tokens"]) == (0.75, 400)
