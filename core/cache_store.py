@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from core import entry_fate
 from core.cache_key import key_sample
 from core.db import connect_to_write
+from core.generators.base import TOKEN_FIELDS, BilledTokens
 from core.schema import (
     CACHE_KEY_PREFIX,
     ProgramId,
@@ -62,6 +63,8 @@ class CacheEntry:
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     # Whether it had not expired when read, by the database's clock.
     valid: bool = False
 
@@ -75,6 +78,8 @@ ENTRY_COLUMNS = (
     cache.model,
     cache.prompt_tokens,
     cache.completion_tokens,
+    cache.cached_tokens,
+    cache.reasoning_tokens,
 )
 
 
@@ -136,8 +141,7 @@ def _upsert(dialect: str) -> Any:
         "size_bytes",
         "model",
         "generator_version",
-        "prompt_tokens",
-        "completion_tokens",
+        *TOKEN_FIELDS,
     )
     return statement.on_conflict_do_update(
         index_elements=["cache_key"], set_={name: statement.excluded[name] for name in changed}
@@ -157,8 +161,7 @@ def upsert_entry(
     ttl: timedelta,
     model: str,
     generator_version: str,
-    prompt_tokens: int | None,
-    completion_tokens: int | None,
+    tokens: BilledTokens,
 ) -> Written:
     """Write the key's entry, valid for `ttl` from now by the database's clock, and record
     that it was written."""
@@ -173,8 +176,7 @@ def upsert_entry(
             "size_bytes": len(program_json.encode()),
             "model": model,
             "generator_version": generator_version,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
+            **tokens,
         },
     ).one()
     written = Written(*row)

@@ -58,6 +58,10 @@ class GenerationEvent:
     model: str | None = None
     saved_prompt_tokens: int | None = None
     saved_completion_tokens: int | None = None
+    # Parts of prompt_tokens and completion_tokens, and of saved_prompt_tokens.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    saved_cached_tokens: int | None = None
     created_at: datetime = field(default_factory=utcnow)
 
     def served_from(self, entry: CacheEntry) -> GenerationEvent:
@@ -71,6 +75,7 @@ _EVENT_FROM_ENTRY = {
     "model": "model",
     "saved_prompt_tokens": "prompt_tokens",
     "saved_completion_tokens": "completion_tokens",
+    "saved_cached_tokens": "cached_tokens",
 }
 
 
@@ -90,6 +95,8 @@ class HistoryRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     generator_version: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     created_at: datetime = field(default_factory=utcnow)
 
 

@@ -133,6 +133,9 @@ def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime 
         _count_if(events.cache_read_error).label("cache_read_errors"),
         _count_if(events.cache_write_error).label("cache_write_errors"),
         _count_if(events.history_error).label("history_errors"),
+        func.coalesce(func.sum(events.cached_tokens), 0).label("cached_tokens"),
+        func.coalesce(func.sum(events.reasoning_tokens), 0).label("reasoning_tokens"),
+        func.coalesce(func.sum(events.saved_cached_tokens), 0).label("saved_cached_tokens"),
     ).group_by(hour, events.outcome, latency_bin, generator_version, model)
     if since is not None:
         query = query.where(events.created_at >= since)
@@ -254,6 +257,30 @@ FREE = ModelPrice(input=0.0, output=0.0)
 
 
 @dataclass(frozen=True)
+class Spend:
+    """What billed tokens cost, by kind of token, each at its price (ModelPrice.cost)."""
+
+    input: float = 0.0  # input not read from the server's prompt cache
+    cached_input: float = 0.0
+    output: float = 0.0  # reasoning included
+
+    @classmethod
+    def of(cls, price: ModelPrice, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Spend:
+        return cls(
+            input=price.cost(prompt_tokens - cached_tokens, 0),
+            cached_input=price.cost(cached_tokens, 0, cached_tokens=cached_tokens),
+            output=price.cost(0, completion_tokens),
+        )
+
+    @property
+    def total(self) -> float:
+        return self.input + self.cached_input + self.output
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(self.input + other.input, self.cached_input + other.cached_input, self.output + other.output)
+
+
+@dataclass(frozen=True)
 class GeneratorUsage:
     """What one generator identity did in a window (or a time bucket). Hits count for the
     generator that made the entry they served; misses, refreshes and errors for the one asked."""
@@ -263,15 +290,20 @@ class GeneratorUsage:
     hits: int = 0
     generations: int = 0
     errors: int = 0
-    # Every billed token, failed generations (refused, truncated, invalid) included ...
+    # Every billed token, failed generations (refused, truncated, invalid) included; of the
+    # input, what the server read from its prompt cache, of the output, what went on reasoning ...
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     # ... those of the generations that produced a program ...
     generation_prompt_tokens: int = 0
     generation_completion_tokens: int = 0
+    generation_cached_tokens: int = 0
     # ... and, for hits, those of the generations that made the entries served: what they saved.
     saved_prompt_tokens: int = 0
     saved_completion_tokens: int = 0
+    saved_cached_tokens: int = 0
     hits_without_tokens: int = 0  # hits on entries whose generation's tokens were not recorded
     # Of the programs it handed out (hits and generations), how many a coach rejected.
     rejected: int = 0
@@ -300,6 +332,12 @@ class GeneratorUsage:
         return self.rejected / served if served else None
 
     @property
+    def cached_share(self) -> float | None:
+        """The share of its billed input tokens the server read from its prompt cache; None
+        before any input was billed. A server that does not report it counts as none cached."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
+
+    @property
     def llm_calls(self) -> int:
         """Calls billed by an LLM: the generations and failures of an OpenAI generator."""
         return self.generations + self.errors if self.kind == "openai" else 0
@@ -313,20 +351,35 @@ class GeneratorUsage:
             return FREE
         return settings.price_of(self.model) if self.model else None
 
+    def spend(self, settings: Settings) -> Spend | None:
+        """What the LLM billed, failed generations included, by kind of token; None without a price."""
+        price = self.price(settings)
+        return Spend.of(price, self.prompt_tokens, self.cached_tokens, self.completion_tokens) if price else None
+
     def cost_spent(self, settings: Settings) -> float | None:
         """What the LLM billed, failed generations included; None without a price."""
-        price = self.price(settings)
-        return price.cost(self.prompt_tokens, self.completion_tokens) if price else None
+        spend = self.spend(settings)
+        return spend.total if spend else None
 
     def cost_saved(self, settings: Settings) -> float | None:
         """The billed cost of the generations whose entries the hits served."""
         price = self.price(settings)
-        return price.cost(self.saved_prompt_tokens, self.saved_completion_tokens) if price else None
+        if price is None:
+            return None
+        return price.cost(
+            self.saved_prompt_tokens, self.saved_completion_tokens, cached_tokens=self.saved_cached_tokens
+        )
 
     def generation_cost(self, settings: Settings) -> float | None:
         """What the generations that produced a program were billed; None without a price."""
         price = self.price(settings)
-        return price.cost(self.generation_prompt_tokens, self.generation_completion_tokens) if price else None
+        if price is None:
+            return None
+        return price.cost(
+            self.generation_prompt_tokens,
+            self.generation_completion_tokens,
+            cached_tokens=self.generation_cached_tokens,
+        )
 
 
 def _usage(engine: Engine, since: datetime | None, granularity: Granularity | None) -> list[dict[str, Any]]:
@@ -335,7 +388,16 @@ def _usage(engine: Engine, since: datetime | None, granularity: Granularity | No
     keys = [h.generator_version, h.model, h.outcome]
     if granularity is not None:
         keys.insert(0, _bucket(engine, h, granularity))
-    sums = ("requests", "prompt_tokens", "completion_tokens", "saved_prompt_tokens", "saved_completion_tokens")
+    sums = (
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "saved_prompt_tokens",
+        "saved_completion_tokens",
+        "saved_cached_tokens",
+    )
     query = (
         select(*keys, *(_int_sum(h[name]).label(name) for name in (*sums, "hits_without_tokens")))
         .group_by(*keys)
@@ -354,11 +416,15 @@ def _add_outcome(usage: GeneratorUsage, row: dict[str, Any]) -> GeneratorUsage:
         errors=usage.errors + (requests if outcome == "error" else 0),
         prompt_tokens=usage.prompt_tokens + row["prompt_tokens"],
         completion_tokens=usage.completion_tokens + row["completion_tokens"],
+        cached_tokens=usage.cached_tokens + row["cached_tokens"],
+        reasoning_tokens=usage.reasoning_tokens + row["reasoning_tokens"],
         generation_prompt_tokens=usage.generation_prompt_tokens + (row["prompt_tokens"] if generated else 0),
         generation_completion_tokens=usage.generation_completion_tokens
         + (row["completion_tokens"] if generated else 0),
+        generation_cached_tokens=usage.generation_cached_tokens + (row["cached_tokens"] if generated else 0),
         saved_prompt_tokens=usage.saved_prompt_tokens + row["saved_prompt_tokens"],
         saved_completion_tokens=usage.saved_completion_tokens + row["saved_completion_tokens"],
+        saved_cached_tokens=usage.saved_cached_tokens + row["saved_cached_tokens"],
         hits_without_tokens=usage.hits_without_tokens + row["hits_without_tokens"],
     )
 
@@ -419,7 +485,8 @@ def usage_over_time(
 class Costs:
     """The window's LLM spend and savings, each model at its own price."""
 
-    spent: float
+    # What was billed, by kind of token: input, cached input, output.
+    spend: Spend
     saved: float
     llm_calls: int
     llm_calls_avoided: int
@@ -430,14 +497,19 @@ class Costs:
     # Hits on LLM entries whose generation's tokens were not recorded: their saving is unknown.
     hits_saving_unknown: int
 
+    @property
+    def spent(self) -> float:
+        return self.spend.total
+
 
 def costs(usage: Sequence[GeneratorUsage], settings: Settings) -> Costs:
     priced = [u for u in usage if u.price(settings) is not None]
     unpriced = sorted({u.model or "not recorded" for u in usage if u.price(settings) is None and u.prompt_tokens})
     generations = sum(u.generations for u in priced)
     generation_cost = sum(u.generation_cost(settings) or 0.0 for u in priced)
+    spend = sum((u.spend(settings) or Spend() for u in priced), Spend())
     return Costs(
-        spent=sum(u.cost_spent(settings) or 0.0 for u in priced),
+        spend=spend,
         saved=sum(u.cost_saved(settings) or 0.0 for u in priced),
         llm_calls=sum(u.llm_calls for u in usage),
         llm_calls_avoided=sum(u.llm_calls_avoided for u in usage),

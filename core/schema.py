@@ -110,6 +110,9 @@ ai_coach_cache = Table(
     # What the generation that made the entry was billed: what each hit on it saves.
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
+    # Of those, the input read from the server's prompt cache and the output spent reasoning.
+    Column("cached_tokens", Integer, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=True),
     Index("ix_ai_coach_cache_expires_at", "expires_at"),
     Index("ix_ai_coach_cache_user_id_created_at", "user_id", "created_at"),
 )
@@ -131,6 +134,8 @@ training_programs = Table(
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
     Column("generator_version", String(64), nullable=True),
+    Column("cached_tokens", Integer, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=True),
     Index("ix_training_programs_created_at", "created_at", "id"),
     Index("ix_training_programs_user_id_created_at", "user_id", "created_at", "id"),
 )
@@ -162,6 +167,11 @@ generation_events = Table(
     Column("model", String(200), nullable=True),
     Column("saved_prompt_tokens", Integer, nullable=True),
     Column("saved_completion_tokens", Integer, nullable=True),
+    # Parts of prompt_tokens and completion_tokens (NULL: the server did not say), and of
+    # saved_prompt_tokens: a hit saves the cached input at the cached price.
+    Column("cached_tokens", Integer, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=True),
+    Column("saved_cached_tokens", Integer, nullable=True),
     Index("ix_generation_events_created_at", "created_at"),
     Index("ix_generation_events_key_sample", "key_sample", "cache_key", "created_at", "id"),
 )
@@ -189,6 +199,10 @@ generation_stats_hourly = Table(
     Column("cache_read_errors", Integer, nullable=False),
     Column("cache_write_errors", Integer, nullable=False),
     Column("history_errors", Integer, nullable=False),
+    # Hours rolled up before these were recorded hold 0, as events that do not say sum to.
+    Column("cached_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("saved_cached_tokens", BigInteger, nullable=False, server_default="0"),
 )
 
 admin_actions = Table(

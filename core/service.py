@@ -25,6 +25,7 @@ from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
 from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
+from core.generators.base import NOT_BILLED, BilledTokens, billed_tokens
 from core.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.logs import FIELDS
 from core.models import (
@@ -206,9 +207,8 @@ class _Request:
             cache_key=self.key,
             latency_ms=self.elapsed_ms(),
             model=generation.model if generation else model,
-            prompt_tokens=generation.prompt_tokens if generation else None,
-            completion_tokens=generation.completion_tokens if generation else None,
             generator_version=generator_version,
+            **billed_tokens(generation),
             created_at=self.requested_at,
         )
 
@@ -475,13 +475,13 @@ class ProgramService:
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
             message = f"generation failed: {exc}. Nothing was cached or saved."
-            self._record_failure(request, reason, message, exc.prompt_tokens, exc.completion_tokens)
+            self._record_failure(request, reason, message, billed_tokens(exc))
             raise GenerationFailed(message) from None
         try:
             program = parse_program(generation.program, request.profile)
         except ContractError as exc:
             message = f"the generated program is invalid: {exc}. Nothing was cached or saved."
-            self._record_failure(request, reason, message, generation.prompt_tokens, generation.completion_tokens)
+            self._record_failure(request, reason, message, billed_tokens(generation))
             raise GenerationFailed(message) from None
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
@@ -498,8 +498,7 @@ class ProgramService:
                     ttl=self.ttl,
                     model=generation.model,
                     generator_version=self.generator.identity.version,
-                    prompt_tokens=generation.prompt_tokens,
-                    completion_tokens=generation.completion_tokens,
+                    tokens=billed_tokens(generation),
                 )
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
@@ -527,12 +526,11 @@ class ProgramService:
             latency_ms=record.latency_ms,
             miss_reason=reason,
             llm_latency_ms=llm_latency_ms,
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=generation.completion_tokens,
             cache_write_error=written is None,
             entry_expires_at=written.expires_at if written else None,
             generator_version=identity.version,
             model=generation.model,
+            **billed_tokens(generation),
         )
         # Copied from the entry just written rather than sent, parsed and compressed again.
         return self._save(request, result, record, event, entry_written_at=written.updated_at if written else None)
@@ -568,8 +566,7 @@ class ProgramService:
         request: _Request,
         reason: MissReason,
         message: str,
-        prompt_tokens: int | None = None,
-        completion_tokens: int | None = None,
+        billed: BilledTokens = NOT_BILLED,
     ) -> None:
         fields = {
             "outcome": "error",
@@ -584,12 +581,11 @@ class ProgramService:
                 "error",
                 latency_ms=request.elapsed_ms(),
                 miss_reason=reason,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
                 error=message,
                 # Whose tokens these are: a failed generation is billed too.
                 generator_version=self.generator.identity.version,
                 model=self.generator.identity.model,
+                **billed,
             )
         )
 

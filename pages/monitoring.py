@@ -95,6 +95,12 @@ def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: moni
         border=True,
         help=f"{storage.valid_entries:,} valid and {storage.expired_entries:,} expired entries",
     )
+    if costs.spent:
+        spend = costs.spend
+        st.caption(
+            f"LLM spend: {format_dollars(spend.input)} input, {format_dollars(spend.cached_input)} cached input "
+            f"(read from the LLM server's prompt cache, at its lower price), {format_dollars(spend.output)} output."
+        )
     if costs.unpriced_models:
         # Model names are the LLM server's: shown as they are, never as Markdown or a link.
         unpriced = ", ".join(code_span(model) for model in costs.unpriced_models)
@@ -255,6 +261,7 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
         },
         key="generators",
     )
+    spend_by_kind(usage)
     over_time = frame(
         [
             {
@@ -290,6 +297,40 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 chart(figure, key=f"generator_{measure}")
     if over_time["tokens"].sum() == 0:
         st.caption("No LLM tokens were billed in this window: the offline generator makes no LLM call.")
+
+
+def spend_by_kind(usage: list[monitoring.GeneratorUsage]) -> None:
+    settings = get_settings()
+    spends = [u.spend(settings) for u in usage]
+    st.caption(
+        "LLM spend by kind of token, each at its model's price: input the LLM server read from its prompt cache "
+        "(the system prompt and schema every request begins with) is billed at the cached-input price; reasoning "
+        "tokens are part of the output."
+    )
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Generator": [u.label for u in usage],
+                "Input": [s.input if s else None for s in spends],
+                "Cached input": [s.cached_input if s else None for s in spends],
+                "Output": [s.output if s else None for s in spends],
+                "Input cached": [u.cached_share for u in usage],
+                "Reasoning tokens": [u.reasoning_tokens for u in usage],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            **{
+                name: st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model")
+                for name in ("Input", "Cached input", "Output")
+            },
+            "Input cached": st.column_config.NumberColumn(
+                format="percent", help="Share of its input tokens read from the prompt cache"
+            ),
+        },
+        key="spend",
+    )
 
 
 @st.fragment

@@ -46,6 +46,10 @@ class Behaviour:
     # What each answer says it billed.
     prompt_tokens: int = PROMPT_TOKENS
     completion_tokens: int = COMPLETION_TOKENS
+    # Parts of those reported in the usage's details (None: the details are left out, as
+    # servers that do not report them do).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass
@@ -190,12 +194,17 @@ def _head(model: str, kind: str) -> dict[str, Any]:
     return {"id": "chatcmpl-test", "object": kind, "created": int(time.time()), "model": model}
 
 
-def _usage(behaviour: Behaviour) -> dict[str, int]:
-    return {
+def _usage(behaviour: Behaviour) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": behaviour.prompt_tokens,
         "completion_tokens": behaviour.completion_tokens,
         "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
     }
+    if behaviour.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
+    if behaviour.reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": behaviour.reasoning_tokens}
+    return usage
 
 
 def _completion(

@@ -130,3 +130,15 @@ def test_a_real_server_streams_the_program_and_what_is_complete_is_shown_as_it_c
         assert week["sessions"] == result.program["weeks"][week["week"] - 1]["sessions"][: len(week["sessions"])]
     with sqlite_engine.connect() as connection:
         assert connection.execute(select(training_programs.c.completion_tokens)).scalar_one()  # from the last chunk
+
+
+def test_a_second_generation_with_the_same_prefix_reports_cached_input(llama: LlamaServer) -> None:
+    """llama.cpp keeps the last prompt's KV cache and reports what it reused as
+    `prompt_tokens_details.cached_tokens`: the system prompt and the schema come before the
+    client's answers, so a second client with the same days and weeks reuses them."""
+    generator = llama_generator(llama)
+    first = generator.generate(parse_onboarding(SMALL), False)
+    second = generator.generate(parse_onboarding({**SMALL, "session_minutes": 20}), False)
+    assert first.prompt_tokens and second.prompt_tokens and second.cached_tokens is not None
+    assert second.cached_tokens > 0
+    print(f"cached: {second.cached_tokens} of {second.prompt_tokens} input tokens")  # the README's share

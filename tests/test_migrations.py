@@ -85,3 +85,38 @@ def test_earlier_offline_programs_are_marked_offline_and_nothing_is_invented(emp
         ("gpt-4o-mini", "llm", None),
         (None, "cache", None),
     ]
+
+
+def test_cached_and_reasoning_tokens_are_added_unknown_for_what_came_before(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0010")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO generation_events (created_at, user_id, cache_key, outcome, latency_ms, prompt_tokens,"
+                " completion_tokens) VALUES (CURRENT_TIMESTAMP, 'u1', 'program:k', 'miss', 1, 400, 1000)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO generation_stats_hourly VALUES (CURRENT_TIMESTAMP, 'miss', 10, '', '', 1, 1.0, 400, 1000,"
+                " 0, 0, 0, 0, 0, 0)"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        event = connection.execute(
+            text("SELECT cached_tokens, reasoning_tokens, saved_cached_tokens FROM generation_events")
+        ).one()
+        rolled = connection.execute(
+            text("SELECT cached_tokens, reasoning_tokens, saved_cached_tokens FROM generation_stats_hourly")
+        ).one()
+        columns = {
+            table: {c["name"]: c["nullable"] for c in inspect(connection).get_columns(table)}
+            for table in ("ai_coach_cache", "training_programs", "generation_events")
+        }
+    engine.dispose()
+    # Not reported is not zero on an event; a rolled-up hour's sums of them are 0, as such events sum to.
+    assert tuple(event) == (None, None, None) and tuple(rolled) == (0, 0, 0)
+    for table, nullable in columns.items():
+        assert nullable["cached_tokens"] and nullable["reasoning_tokens"], table

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 from core.models import OnboardingResponses
 from core.partial_program import ProgramSoFar
@@ -31,6 +31,10 @@ class Generation:
     model: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Parts of the two above, as OpenAI counts them: input read from the server's prompt
+    # cache (billed at the cached-input price) and output spent on reasoning (billed as output).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 class GenerationError(RuntimeError):
@@ -38,10 +42,46 @@ class GenerationError(RuntimeError):
     the server billed for the failed attempt (a refusal, a truncated or malformed answer)
     travel with it, so that monitoring counts every billed token."""
 
-    def __init__(self, message: str, *, prompt_tokens: int | None = None, completion_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
+
+
+class BilledTokens(TypedDict):
+    """What a server reports it billed for one call (None: not reported), in the names of
+    the event, entry and history columns that record it."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+
+
+TOKEN_FIELDS: tuple[str, ...] = tuple(BilledTokens.__annotations__)
+NOT_BILLED = BilledTokens(prompt_tokens=None, completion_tokens=None, cached_tokens=None, reasoning_tokens=None)
+
+
+def billed_tokens(billed: Generation | GenerationError | None) -> BilledTokens:
+    """The tokens a generation or a failed one was billed (all unknown without one)."""
+    if billed is None:
+        return NOT_BILLED
+    return BilledTokens(
+        prompt_tokens=billed.prompt_tokens,
+        completion_tokens=billed.completion_tokens,
+        cached_tokens=billed.cached_tokens,
+        reasoning_tokens=billed.reasoning_tokens,
+    )
 
 
 @dataclass(frozen=True)

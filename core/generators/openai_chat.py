@@ -15,6 +15,8 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.shared_params import ResponseFormatJSONSchema
 
 from core.generators.base import (
+    NOT_BILLED,
+    BilledTokens,
     Generation,
     GenerationError,
     GeneratorIdentity,
@@ -233,12 +235,7 @@ class OpenAIChatGenerator:
             program = self._program_from(answer)
         except GenerationError as exc:
             raise answer.failed(str(exc)) from None
-        return Generation(
-            program=program,
-            model=answer.model,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-        )
+        return Generation(program=program, model=answer.model, **answer.tokens)
 
     def _read(self, stream: Iterable[ChatCompletionChunk], answer: _Answer, progress: ProgressReporter) -> None:
         """The stream's chunks into `answer`, until it ends or `timeout_seconds` have passed
@@ -332,8 +329,7 @@ class _Answer:
         self.model = model
         self.chosen = False
         self.finish_reason: str | None = None
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
+        self.tokens: BilledTokens = NOT_BILLED  # until the usage chunk comes
         self._content: list[str] = []
         self._refusal: list[str] = []
 
@@ -348,7 +344,15 @@ class _Answer:
     def add(self, chunk: ChatCompletionChunk) -> None:
         self.model = chunk.model or self.model
         if chunk.usage is not None:
-            self.prompt_tokens, self.completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+            usage = chunk.usage
+            # The details are optional: a server that does not report them leaves them unknown.
+            prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
+            self.tokens = BilledTokens(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=prompt_details.cached_tokens if prompt_details else None,
+                reasoning_tokens=completion_details.reasoning_tokens if completion_details else None,
+            )
         if not chunk.choices:
             return
         self.chosen = True
@@ -361,7 +365,7 @@ class _Answer:
 
     def failed(self, message: str) -> GenerationError:
         """`message` as the generation's failure, with the tokens billed as far as known."""
-        return GenerationError(message, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+        return GenerationError(message, **self.tokens)
 
 
 def _serves(served: list[str], model: str) -> bool:
