@@ -11,7 +11,8 @@ from time import perf_counter
 from typing import Any, Literal
 
 import openai
-from openai.types.chat import ChatCompletionChunk
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.shared_params import ResponseFormatJSONSchema
 
 from core.generators.base import (
@@ -201,36 +202,52 @@ class OpenAIChatGenerator:
         weeks = program_weeks(has_paid_access)
         return program_response_format(self.model, days_per_week=days_per_week, weeks=weeks, flavour=self.schema)
 
+    def request(self, profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:
+        """The chat-completions request for one profile, unstreamed: what `generate` sends
+        (streamed) and what a Batch API line carries as its body. The system prompt and the
+        schema come first, the same for every client with as many days a week, so the
+        server can cache that prefix; the client's answers come last."""
+        answers = {
+            "onboarding_responses": profile.normalized(),
+            "has_paid_access": has_paid_access,
+            "duration_weeks": program_weeks(has_paid_access),
+        }
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": json.dumps(answers)},
+            ],
+            "response_format": self._response_format(profile.days_per_week, has_paid_access),
+            self.cap_parameter: self.max_completion_tokens,
+        }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
     def generate(
         self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
     ) -> Generation:
         """The program, streamed: `on_progress` hears what of it is complete as it arrives.
         The usage comes in the stream's last chunk, so a failed answer's tokens are counted
         too when the server got to send them."""
-        request = {
-            "onboarding_responses": profile.normalized(),
-            "has_paid_access": has_paid_access,
-            "duration_weeks": program_weeks(has_paid_access),
-        }
         try:
             stream = self._client.chat.completions.create(
-                model=self.model,
-                messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": json.dumps(request)},
-                ],
-                response_format=self._response_format(profile.days_per_week, has_paid_access),
-                max_completion_tokens=self._cap("max_completion_tokens"),
-                max_tokens=self._cap("max_tokens"),
-                temperature=openai.omit if self.temperature is None else self.temperature,
-                stream=True,
-                stream_options={"include_usage": True},
+                **self.request(profile, has_paid_access), stream=True, stream_options={"include_usage": True}
             )
         except openai.APIError as exc:
             raise GenerationError(self._describe(exc)) from None
         answer = _Answer(self.model)
         with stream:
             self._read(stream, answer, ProgressReporter(on_progress))
+        return self._generation(answer)
+
+    def from_completion(self, completion: ChatCompletion) -> Generation:
+        """The program of an unstreamed answer to `request` (a Batch API result line's
+        body), or GenerationError saying what is wrong with it, with its billed tokens."""
+        return self._generation(_Answer.of(completion, self.model))
+
+    def _generation(self, answer: _Answer) -> Generation:
         try:
             program = self._program_from(answer)
         except GenerationError as exc:
@@ -282,9 +299,6 @@ class OpenAIChatGenerator:
             cause = self._likely_cause(exc.status_code, said)
             return f"{line} ({cause})" if cause else line
         return f"the LLM call failed: {type(exc).__name__}"
-
-    def _cap(self, parameter: CapParameter) -> int | openai.Omit:
-        return self.max_completion_tokens if parameter == self.cap_parameter else openai.omit
 
     def _likely_cause(self, status: int, said: str) -> str | None:
         """What an operator pointing Coach Cache at their own server most likely has to change,
@@ -341,18 +355,23 @@ class _Answer:
     def refusal(self) -> str:
         return "".join(self._refusal)
 
+    @classmethod
+    def of(cls, completion: ChatCompletion, model: str) -> _Answer:
+        """An unstreamed answer, told as one chunk would tell it."""
+        answer = cls(completion.model or model)
+        answer.tokens = _billed(completion.usage)
+        if completion.choices:
+            answer.chosen = True
+            choice = completion.choices[0]
+            answer._content.append(choice.message.content or "")
+            answer._refusal.append(choice.message.refusal or "")
+            answer.finish_reason = choice.finish_reason
+        return answer
+
     def add(self, chunk: ChatCompletionChunk) -> None:
         self.model = chunk.model or self.model
         if chunk.usage is not None:
-            usage = chunk.usage
-            # The details are optional: a server that does not report them leaves them unknown.
-            prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
-            self.tokens = BilledTokens(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=prompt_details.cached_tokens if prompt_details else None,
-                reasoning_tokens=completion_details.reasoning_tokens if completion_details else None,
-            )
+            self.tokens = _billed(chunk.usage)
         if not chunk.choices:
             return
         self.chosen = True
@@ -366,6 +385,19 @@ class _Answer:
     def failed(self, message: str) -> GenerationError:
         """`message` as the generation's failure, with the tokens billed as far as known."""
         return GenerationError(message, **self.tokens)
+
+
+def _billed(usage: CompletionUsage | None) -> BilledTokens:
+    if usage is None:
+        return NOT_BILLED
+    # The details are optional: a server that does not report them leaves them unknown.
+    prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
+    return BilledTokens(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=prompt_details.cached_tokens if prompt_details else None,
+        reasoning_tokens=completion_details.reasoning_tokens if completion_details else None,
+    )
 
 
 def _serves(served: list[str], model: str) -> bool:
