@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from core import cache_store
+from core import cache_store, staged_programs
 from core.cache_key import check_user_id
 from core.schema import admin_actions, utcnow
 
@@ -34,7 +34,7 @@ def _record(engine: Engine, *, actor: str, action: str, target: str | None, remo
 def delete_expired_entries(engine: Engine, *, actor: str) -> cache_store.Removal:
     removal = cache_store.delete_expired(engine, actor=actor)
     _record(engine, actor=actor, action="cleanup", target="expired program entries", removal=removal)
-    return removal
+    return replace(removal, staged_dropped=staged_programs.drop_expired(engine))
 
 
 def invalidate_user(

@@ -30,6 +30,7 @@ from core.generators.base import TOKEN_FIELDS, BilledTokens
 from core.schema import (
     CACHE_KEY_PREFIX,
     ProgramId,
+    UTCDateTime,
     ai_coach_cache,
     database_now,
     generation_events,
@@ -121,16 +122,21 @@ def database_time(engine: Engine) -> datetime:
         return now
 
 
-def _upsert(dialect: str) -> Any:
+def _upsert(dialect: str, *, made_earlier: bool) -> Any:
     # Both dialects speak INSERT ... ON CONFLICT, each through its own construct.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # Written and valid until by the database's clock, as expiry is judged.
+    # Written and valid until by the database's clock, as expiry is judged; a program made
+    # earlier (pre-warmed by a rollout) is valid for the TTL from when it was made.
     now = database_now(dialect)
     statement = insert(ai_coach_cache).values(
         data=json_text("data_json", dialect),
-        created_at=now,
+        created_at=bindparam("made_at", type_=UTCDateTime()) if made_earlier else now,
         updated_at=now,
-        expires_at=database_now(dialect, bindparam("ttl_seconds", type_=Float)),
+        expires_at=(
+            bindparam("made_until", type_=UTCDateTime())
+            if made_earlier
+            else database_now(dialect, bindparam("ttl_seconds", type_=Float))
+        ),
     )
     changed = (
         "data",
@@ -148,7 +154,11 @@ def _upsert(dialect: str) -> Any:
     ).returning(cache.updated_at, cache.expires_at)
 
 
-_UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
+_UPSERT = {
+    (dialect, made_earlier): _upsert(dialect, made_earlier=made_earlier)
+    for dialect in ("postgresql", "sqlite")
+    for made_earlier in (False, True)
+}
 
 
 def upsert_entry(
@@ -162,17 +172,20 @@ def upsert_entry(
     model: str,
     generator_version: str,
     tokens: BilledTokens,
+    made_at: datetime | None = None,
 ) -> Written:
-    """Write the key's entry, valid for `ttl` from now by the database's clock, and record
-    that it was written."""
+    """Write the key's entry, valid for `ttl` from now by the database's clock (or from
+    `made_at`, when the program was made earlier), and record that it was written."""
     row = connection.execute(
-        _UPSERT[connection.dialect.name],
+        _UPSERT[connection.dialect.name, made_at is not None],
         {
             "cache_key": key,
             "user_id": user_id,
             "data_json": program_json,
             "onboarding_hash": onboarding_hash,
             "ttl_seconds": ttl.total_seconds(),
+            "made_at": made_at,
+            "made_until": made_at + ttl if made_at else None,
             "size_bytes": len(program_json.encode()),
             "model": model,
             "generator_version": generator_version,
@@ -196,6 +209,8 @@ class Written:
 class Removal:
     deleted: int
     bytes_reclaimed: int
+    # Cleanup only: programs rollouts staged that expired, dropped (core/staged_programs.py).
+    staged_dropped: int = 0
 
 
 def delete_expired(engine: Engine, *, actor: str, batch_size: int = CLEANUP_BATCH_SIZE) -> Removal:

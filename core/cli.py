@@ -1,9 +1,10 @@
-"""`python -m core`: migrate, generate, cleanup, invalidate, reject, stats, rollup. JSON on stdout (SQL for
+"""`python -m core`: migrate, generate, cleanup, invalidate, reject, rollout, stats, rollup. JSON on stdout (SQL for
 `migrate --check`); errors and notes on stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from core import admin, logs, monitoring, rejections
+from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
 from core.entry_fate import MissReason
@@ -69,9 +71,32 @@ def _parser() -> argparse.ArgumentParser:
     reject.add_argument("--program-id", required=True, help="the training_programs id, as generate prints it")
     reject.add_argument("--reason", required=True, choices=rejections.CATEGORIES)
     reject.add_argument("--note", help=f"why, in words (at most {rejections.NOTE_MAX_CHARS} characters)")
+    _rollout_parser(commands.add_parser("rollout", help="try a candidate model, or pre-warm the cache for it"))
     commands.add_parser("stats", help="cache entries, storage and hit rate")
     commands.add_parser("rollup", help="roll settled hours of requests into the monitoring rollup (for cron)")
     return parser
+
+
+def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
+    steps = rollout.add_subparsers(dest="step", required=True)
+    tried = steps.add_parser("try", help="generate live with the candidate for recent profiles; compare; cache nothing")
+    tried.add_argument("--model", required=True)
+    tried.add_argument("--sample", type=int, default=rollout_steps.DEFAULT_SAMPLE, help="profiles to try")
+    for name, says in (
+        ("plan", "what a pre-warm for the candidate would regenerate, and its cost live and batched"),
+        ("start", "pre-warm the cache for the candidate: submit a batch (or run it live)"),
+    ):
+        step = steps.add_parser(name, help=says)
+        step.add_argument("--model", required=True)
+        step.add_argument(
+            "--requested-days", type=float, help="also the keys requested in the last N days (not only valid entries)"
+        )
+        step.add_argument("--limit", type=int, help="at most this many keys")
+        if name == "start":
+            step.add_argument(
+                "--live", action="store_true", help="through the chat endpoint, for servers without a Batch API"
+            )
+    steps.add_parser("status", help="poll the submitted batches and collect the finished ones (safe from cron)")
 
 
 def _emit(document: dict[str, Any]) -> None:
@@ -182,7 +207,11 @@ def _migrate(_args: argparse.Namespace, settings: Settings, database: Database) 
 def _cleanup(_args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
     database.ensure_schema()
     removal = admin.delete_expired_entries(database.engine, actor="cli")
-    return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
+    return {
+        "deleted": removal.deleted,
+        "bytes_reclaimed": removal.bytes_reclaimed,
+        "staged_programs_dropped": removal.staged_dropped,
+    }
 
 
 def _rollup(_args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
@@ -232,6 +261,69 @@ def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> di
     }
 
 
+def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    engine = database.engine
+    if args.step == "status":
+        checks = rollout_steps.check_batches(engine, settings)
+        return {
+            "batches": [dataclasses.asdict(check) for check in checks],
+            "rollouts": [_rollout_summary(s) for s in rollout_steps.summaries(engine, settings, limit=10)],
+        }
+    generator = rollout_steps.candidate(settings, args.model)
+    if args.step == "try":
+        current = make_generator(settings).identity.version
+        trial = rollout_steps.trial(
+            engine, settings, generator, current_version=current, actor="cli", sample=args.sample
+        )
+        return {
+            "rollout_id": trial.rollout_id,
+            "model": trial.model,
+            "generator_version": trial.generator_version,
+            "current_generator_version": trial.current_version,
+            "candidate": dataclasses.asdict(trial.candidate),
+            "current": dataclasses.asdict(trial.current),
+            "profiles": [
+                {"cache_key": p.cache_key, "candidate": p.candidate_state, "error": p.candidate_error}
+                for p in trial.profiles
+            ],
+        }
+    if args.limit is not None and args.limit < 1:
+        raise rollout_steps.RolloutRefused("limit", "must be at least 1")
+    if args.step == "plan":
+        plan = rollout_steps.plan(
+            engine, settings, generator, requested_within_days=args.requested_days, limit=args.limit
+        )
+        return {
+            "model": plan.model,
+            "generator_version": plan.generator_version,
+            "keys": plan.count,
+            "by_generator": plan.by_generator,
+            "estimated_cost_usd": {"live": plan.live_cost, "batch": plan.batch_cost},
+            "estimated_from_entries": plan.with_recorded_tokens,
+        }
+    started = rollout_steps.start(
+        engine,
+        settings,
+        generator,
+        actor="cli",
+        limit=args.limit,
+        live=args.live,
+        requested_within_days=args.requested_days,
+    )
+    if started.error and not started.batch_ids:
+        raise RolloutFailed(started.error)
+    return dataclasses.asdict(started)
+
+
+class RolloutFailed(RuntimeError):
+    """Nothing of a rollout could be submitted."""
+
+
+def _rollout_summary(summary: rollout_steps.RolloutSummary) -> dict[str, Any]:
+    return {**dataclasses.asdict(summary), "phase": summary.phase}
+
+
 def _invalidate(args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
     database.ensure_schema()
     if args.user_id is not None:
@@ -262,6 +354,7 @@ REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, 
     "cleanup": _cleanup,
     "invalidate": _invalidate,
     "reject": _reject,
+    "rollout": _rollout,
     "rollup": _rollup,
     "stats": _stats,
 }
@@ -297,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             return _check_migrations(database)
         _emit(REPORTS[args.command](args, settings, database))
         return EXIT_OK
-    except SchemaRefused as exc:
+    except (SchemaRefused, RolloutFailed) as exc:
         return _fail(EXIT_FAILED, str(exc))
     except ContractError as exc:
         return _fail(EXIT_INVALID, str(exc))

@@ -258,6 +258,68 @@ program_rejections = Table(
 )
 
 
+# A generator change prepared ahead (core/rollout.py): a trial of a candidate model on recent
+# profiles, or a pre-warm of the cache for it, through OpenAI's Batch API or live calls.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # trial | batch | live
+    Column("model", String(200), nullable=False),
+    Column("generator_version", String(64), nullable=False),  # the candidate's identity
+    Column("created_by", String(320), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("requested", Integer, nullable=False),  # programs asked for
+    Column("error", Text, nullable=True),  # why (part of) it could not be submitted
+)
+
+# Each Batch API job of a rollout (a rollout of more than 50,000 lines or 200 MB has several).
+rollout_batches = Table(
+    "rollout_batches",
+    metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("rollout_id", Id, ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    Column("input_file_id", String(128), nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # as OpenAI last said it
+    Column("submitted_at", UTCDateTime(), nullable=False),
+    Column("checked_at", UTCDateTime(), nullable=True),
+    Column("collected_at", UTCDateTime(), nullable=True),
+    Index("ix_rollout_batches_rollout_id", "rollout_id"),
+)
+
+# One program a rollout asked for: the answers it was asked from, then what came back. A
+# pre-warm's valid program is `staged` until a request for its key under the candidate's
+# identity takes it as the key's entry (`used_at`); a trial's is `tried`, never served.
+rollout_programs = Table(
+    "rollout_programs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("rollout_id", Id, ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    Column("batch_id", String(128), nullable=True),
+    Column("cache_key", String(512), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("onboarding_responses", JsonDocument, nullable=False),
+    Column("has_paid_access", Boolean, nullable=False),
+    Column("generator_version", String(64), nullable=False),
+    Column("state", String(8), nullable=False),  # pending | staged | tried | invalid | failed
+    Column("model", String(200), nullable=True),
+    Column("program", JsonDocument, nullable=True),  # dropped by cleanup once expired
+    Column("size_bytes", Integer, nullable=False, server_default="0"),
+    Column("error", Text, nullable=True),
+    Column("generated_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("cached_tokens", Integer, nullable=True),
+    Column("reasoning_tokens", Integer, nullable=True),
+    Column("used_at", UTCDateTime(), nullable=True),
+    Index("ix_rollout_programs_rollout_id_cache_key", "rollout_id", "cache_key", unique=True),
+    Index("ix_rollout_programs_staged", "cache_key", "generator_version", "state"),
+)
+
+
 # Who is generating each key right now, until when (renewed while the generation runs).
 generation_leases = Table(
     "generation_leases",

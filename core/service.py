@@ -20,7 +20,7 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, entry_fate, history, single_flight, waits
+from core import cache_store, entry_fate, history, single_flight, staged_programs, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
@@ -112,6 +112,8 @@ class GenerationResult:
     # Which generator made the program (for a hit: as the cache entry recorded it).
     model: str | None = None
     generator_version: str | None = None
+    # A hit on a program a rollout generated ahead for this generator (its id): pre-warmed.
+    prewarmed_by: int | None = None
     warnings: tuple[str, ...] = ()
     # Set when the program was produced but saving it to history failed: `unsaved` is what
     # `ProgramService.save_again` saves, with the request's event if that could not be
@@ -323,7 +325,7 @@ class ProgramService:
                 wait_seconds=self.lock_wait_seconds,
                 lease_seconds=self.lease_seconds,
                 from_cache=lambda: self._hit_or_none(request, written_since),
-                produce=lambda: self._generate_and_store(request, reason, changed, told),
+                produce=lambda: self._prewarmed(request) or self._generate_and_store(request, reason, changed, told),
                 on_waiting=partial(told.on_waiting, reason) if told.on_waiting else None,
             )
         except SingleFlightTimeout as exc:
@@ -342,6 +344,7 @@ class ProgramService:
             "user_id": request.user_id,
             "key_digest": _digest_prefix(request.key),
             "model": result.model,
+            "prewarmed_by": result.prewarmed_by,
             "saved": result.history_error is None,
         }
         log.info("Cache %s", outcome, extra={FIELDS: fields})
@@ -409,10 +412,65 @@ class ProgramService:
         program_json = self._validated_program(request, entry, known)
         if program_json is None:
             return Lookup(entry, invalid=True)
+        return self._serve(request, entry, program_json)
+
+    def _serve(
+        self, request: _Request, entry: cache_store.CacheEntry, program_json: str, prewarmed_by: int | None = None
+    ) -> GenerationResult:
+        """A hit on `entry`, whose program is `program_json`, validated: saved to history."""
         result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
         event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
         record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
+        result = replace(result, prewarmed_by=prewarmed_by)
         return self._save(request, result, record, event, entry_written_at=entry.updated_at)
+
+    def _prewarmed(self, request: _Request) -> GenerationResult | None:
+        """A program a rollout generated ahead for this generator identity (core/rollout.py),
+        taken once as the key's entry and served as a hit, with no LLM call; None when
+        there is none, or it does not pass validation for this profile any more."""
+        if request.force_refresh:
+            return None
+        version = self.generator.identity.version
+        try:
+            if not staged_programs.has_staged(self.engine, request.key, version):
+                return None
+            with connect_to_write(self.engine) as connection, connection.begin():
+                staged = staged_programs.claim(connection, request.key, version)
+                if staged is None:
+                    return None
+                try:
+                    parse_program_json(staged.program_json, request.profile)
+                except ContractError as exc:
+                    log.warning("Staged program for %s no longer validates, generating: %s", request.key, exc)
+                    staged_programs.mark_invalid(connection, staged.id, str(exc))
+                    return None
+                written = cache_store.upsert_entry(
+                    connection,
+                    key=request.key,
+                    user_id=request.user_id,
+                    onboarding_hash=onboarding_hash(request.profile, self.key_secret),
+                    program_json=staged.program_json,
+                    ttl=self.ttl,
+                    model=staged.model,
+                    generator_version=version,
+                    tokens=staged.tokens,
+                    made_at=staged.generated_at,
+                )
+        except DBAPIError as exc:
+            log.warning("Could not take the staged program for %s: %s", request.key, describe_db_error(exc))
+            return None
+        entry = cache_store.CacheEntry(
+            data_json=staged.program_json,
+            row_version=None,
+            expires_at=written.expires_at,
+            created_at=staged.generated_at,
+            updated_at=written.updated_at,
+            generator_version=version,
+            model=staged.model,
+            **staged.tokens,
+            valid=True,
+        )
+        return self._serve(request, entry, staged.program_json, prewarmed_by=staged.rollout_id)
 
     def _validated_program(
         self, request: _Request, entry: cache_store.CacheEntry, known: tuple[str | None, str] | None

@@ -1,0 +1,906 @@
+"""A generator change without a cold cache. Entries are tied to the generator identity that
+made them, so a switch of model makes every valid entry a `generator_changed` miss. Before
+switching, an operator can
+
+- try the candidate model live on a sample of recently requested profiles (`trial`):
+  nothing but the trial's own record is written;
+- plan a pre-warm: the keys whose valid entries another identity made, and what
+  regenerating them costs at the live and at the Batch API price;
+- start it: one request per key, from the answers history recorded for it, submitted as
+  OpenAI batches (half price, within 24 h), or run live at a bounded concurrency for
+  servers without a Batch API;
+- collect it (`check_batches`, from cron, safe twice at once): each result is matched by
+  its custom_id, validated against the contract and its profile, and the valid ones are
+  staged for the candidate's identity (core/staged_programs.py), serving nothing until
+  the app runs with the candidate.
+
+Every program asked for is a `rollout_programs` row; each state change is a conditional
+update of a pending row, so two collectors never count a result twice."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from statistics import median, quantiles
+from time import perf_counter
+from typing import Any, Literal
+
+import openai
+from openai.types.chat import ChatCompletion
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+
+from core.cache_key import key_sample
+from core.db import connect_to_write
+from core.generators import OpenAIChatGenerator, make_generator
+from core.generators.base import NOT_BILLED, BilledTokens, GenerationError, billed_tokens
+from core.models import ContractError, FieldError, parse_onboarding, parse_program
+from core.schema import (
+    CACHE_KEY_PREFIX,
+    ai_coach_cache,
+    database_now,
+    generation_events,
+    rollout_batches,
+    rollout_programs,
+    rollouts,
+    training_programs,
+    utcnow,
+)
+from core.settings import ModelPrice, PriceTier, Settings
+
+RolloutKind = Literal["trial", "batch", "live"]
+ProgramState = Literal["pending", "staged", "tried", "invalid", "failed"]
+# OpenAI's limits on one batch input file.
+BATCH_MAX_LINES = 50_000
+BATCH_MAX_BYTES = 200 * 2**20
+BATCH_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+# A batch in one of these states runs no more lines: what it has is collected.
+FINISHED = ("completed", "expired", "cancelled", "failed")
+DEFAULT_SAMPLE = 10
+# Live calls at once, for a trial or a pre-warm without a Batch API.
+LIVE_CONCURRENCY = 4
+
+cache = ai_coach_cache.c
+programs = training_programs.c
+events = generation_events.c
+runs = rollouts.c
+jobs = rollout_batches.c
+asked = rollout_programs.c
+
+
+class RolloutRefused(ContractError):
+    """A rollout that cannot be run as asked; names the setting or option to change."""
+
+    def __init__(self, name: str, rule: str) -> None:
+        super().__init__("rollout", [FieldError(name, rule)])
+
+
+def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
+    """The generator the app would run with OPENAI_MODEL=`model`, all else as configured."""
+    if not settings.uses_openai:
+        raise RolloutRefused("OPENAI_API_KEY", "must be set: a rollout tries or pre-warms an OpenAI-compatible model")
+    if not model.strip():
+        raise RolloutRefused("model", "is required")
+    generator = make_generator(settings.model_copy(update={"openai_model": model.strip()}))
+    assert isinstance(generator, OpenAIChatGenerator)  # uses_openai, checked above
+    return generator
+
+
+def batch_client(settings: Settings) -> openai.OpenAI:
+    """The client for the Files and Batches APIs, at OPENAI_BASE_URL like the generator's."""
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    return openai.OpenAI(
+        api_key=key,
+        base_url=settings.openai_base_url,
+        timeout=settings.llm_timeout_seconds,
+        max_retries=settings.llm_max_retries,
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A key to generate for, with the answers history recorded for it, and the tokens its
+    current entry's generation was billed (None: no entry, or not recorded)."""
+
+    cache_key: str
+    user_id: str
+    answers: dict[str, Any]
+    has_paid_access: bool
+    made_by: str | None = None  # the current entry's generator identity
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    generator_version: str
+    targets: list[Target]
+    # Keys by the generator identity that made their current entry ("none": no valid entry).
+    by_generator: dict[str, int]
+    # Estimated from the tokens the current entries recorded (the mean of those that did,
+    # for the rest); None without a price for the model or any recorded tokens.
+    live_cost: float | None
+    batch_cost: float | None
+    with_recorded_tokens: int
+
+    @property
+    def count(self) -> int:
+        return len(self.targets)
+
+
+def _ready(dialect: str, version: str) -> Any:
+    """Keys that need no pre-warm for `version`: a valid entry of its own, a staged program
+    waiting, or a request already pending in a rollout."""
+    now = database_now(dialect)
+    return (
+        select(cache.cache_key)
+        .where(cache.generator_version == version, cache.expires_at > now)
+        .union(
+            select(asked.cache_key).where(
+                asked.generator_version == version,
+                or_(
+                    asked.state == "pending",
+                    and_(asked.state == "staged", asked.used_at.is_(None), asked.expires_at > now),
+                ),
+            )
+        )
+    )
+
+
+def _wanted(dialect: str, version: str, requested_since: datetime | None) -> Any:
+    now = database_now(dialect)
+    other = or_(cache.generator_version.is_(None), cache.generator_version != version)
+    valid = select(cache.cache_key).where(
+        cache.cache_key.startswith(CACHE_KEY_PREFIX, autoescape=True), cache.expires_at > now, other
+    )
+    if requested_since is None:
+        return valid
+    return valid.union(select(events.cache_key).where(events.created_at >= requested_since, events.outcome != "error"))
+
+
+def targets(
+    connection: Connection, version: str, *, requested_since: datetime | None = None, limit: int | None = None
+) -> list[Target]:
+    """The keys a pre-warm for `version` would regenerate, each with the newest answers
+    history recorded for it; keys with no usable answers are left out."""
+    dialect = connection.dialect.name
+    wanted = _wanted(dialect, version, requested_since).subquery()
+    newest = func.row_number().over(
+        partition_by=programs.cache_key, order_by=(programs.created_at.desc(), programs.id.desc())
+    )
+    latest = (
+        select(
+            programs.cache_key,
+            programs.user_id,
+            programs.onboarding_responses,
+            programs.has_paid_access,
+            newest.label("n"),
+        )
+        .where(
+            programs.cache_key.in_(select(wanted.c.cache_key)),
+            programs.cache_key.not_in(_ready(dialect, version)),
+            programs.onboarding_responses.is_not(None),
+            programs.has_paid_access.is_not(None),
+        )
+        .subquery()
+    )
+    valid_entry = and_(cache.cache_key == latest.c.cache_key, cache.expires_at > database_now(dialect))
+    query = (
+        select(
+            latest.c.cache_key,
+            latest.c.user_id,
+            latest.c.onboarding_responses,
+            latest.c.has_paid_access,
+            cache.generator_version,
+            cache.prompt_tokens,
+            cache.completion_tokens,
+            cache.cached_tokens,
+        )
+        .outerjoin(ai_coach_cache, valid_entry)
+        .where(latest.c.n == 1)
+        .order_by(latest.c.cache_key)
+        .limit(limit)
+    )
+    found = []
+    for row in connection.execute(query):
+        try:
+            parse_onboarding(row.onboarding_responses)
+        except ContractError:
+            continue  # answers recorded under an older contract: no request can be built
+        found.append(Target(row[0], str(row[1]), row[2], row[3], *row[4:]))
+    return found
+
+
+def plan(
+    engine: Engine,
+    settings: Settings,
+    generator: OpenAIChatGenerator,
+    *,
+    requested_within_days: float | None = None,
+    limit: int | None = None,
+) -> Plan:
+    since = utcnow() - timedelta(days=requested_within_days) if requested_within_days else None
+    with engine.connect() as connection:
+        found = targets(connection, generator.identity.version, requested_since=since, limit=limit)
+    price = settings.price_of(generator.model)
+    recorded = [t for t in found if t.prompt_tokens is not None and t.completion_tokens is not None]
+
+    def estimate(tier: PriceTier) -> float | None:
+        if price is None or not recorded:
+            return None
+        known = sum(_cost(price, t.prompt_tokens, t.completion_tokens, t.cached_tokens, tier) for t in recorded)
+        return known / len(recorded) * len(found)
+
+    return Plan(
+        model=generator.model,
+        generator_version=generator.identity.version,
+        targets=found,
+        by_generator=dict(Counter(t.made_by or "none" for t in found)),
+        live_cost=estimate("live"),
+        batch_cost=estimate("batch"),
+        with_recorded_tokens=len(recorded),
+    )
+
+
+def _cost(price: ModelPrice, prompt: int | None, completion: int | None, cached: int | None, tier: PriceTier) -> float:
+    return price.cost(prompt or 0, completion or 0, cached_tokens=cached or 0, tier=tier)
+
+
+def _new_rollout(engine: Engine, kind: RolloutKind, generator: OpenAIChatGenerator, requested: int, actor: str) -> int:
+    with connect_to_write(engine) as connection, connection.begin():
+        row = connection.execute(
+            insert(rollouts)
+            .values(
+                kind=kind,
+                model=generator.model,
+                generator_version=generator.identity.version,
+                created_by=actor,
+                created_at=utcnow(),
+                requested=requested,
+            )
+            .returning(runs.id)
+        ).scalar_one()
+        return int(row)
+
+
+def _ask(
+    connection: Connection,
+    rollout_id: int,
+    version: str,
+    found: Sequence[Target],
+    *,
+    batch_id: str | None = None,
+    state: ProgramState = "pending",
+    error: str | None = None,
+) -> None:
+    if not found:
+        return
+    connection.execute(
+        insert(rollout_programs),
+        [
+            {
+                "rollout_id": rollout_id,
+                "batch_id": batch_id,
+                "cache_key": t.cache_key,
+                "user_id": t.user_id,
+                "onboarding_responses": t.answers,
+                "has_paid_access": t.has_paid_access,
+                "generator_version": version,
+                "state": state,
+                "error": error,
+            }
+            for t in found
+        ],
+    )
+
+
+def custom_id(generator_version: str, key: str) -> str:
+    """A batch line's id: the candidate's identity, then the key (which may hold anything)."""
+    return f"{generator_version}|{key}"
+
+
+def _lines(generator: OpenAIChatGenerator, found: Sequence[Target]) -> Iterator[tuple[Target, bytes]]:
+    for t in found:
+        body = generator.request(parse_onboarding(t.answers), t.has_paid_access)
+        line = {
+            "custom_id": custom_id(generator.identity.version, t.cache_key),
+            "method": "POST",
+            "url": BATCH_ENDPOINT,
+            "body": body,
+        }
+        yield t, json.dumps(line, ensure_ascii=False).encode() + b"\n"
+
+
+def batch_files(
+    generator: OpenAIChatGenerator,
+    found: Sequence[Target],
+    *,
+    max_lines: int = BATCH_MAX_LINES,
+    max_bytes: int = BATCH_MAX_BYTES,
+) -> Iterator[tuple[list[Target], bytes]]:
+    """The requests as Batch API input files, each within OpenAI's limits."""
+    chunk: list[Target] = []
+    data: list[bytes] = []
+    size = 0
+    for target, line in _lines(generator, found):
+        if chunk and (len(chunk) == max_lines or size + len(line) > max_bytes):
+            yield chunk, b"".join(data)
+            chunk, data, size = [], [], 0
+        chunk.append(target)
+        data.append(line)
+        size += len(line)
+    if chunk:
+        yield chunk, b"".join(data)
+
+
+@dataclass(frozen=True)
+class Started:
+    rollout_id: int | None  # None: nothing to pre-warm
+    kind: RolloutKind
+    requested: int
+    batch_ids: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def start(
+    engine: Engine,
+    settings: Settings,
+    generator: OpenAIChatGenerator,
+    *,
+    actor: str,
+    limit: int | None = None,
+    live: bool = False,
+    requested_within_days: float | None = None,
+    client: openai.OpenAI | None = None,
+) -> Started:
+    """Pre-warm the keys `plan` names for the candidate: as batches, or live with `live`."""
+    found = plan(engine, settings, generator, requested_within_days=requested_within_days, limit=limit).targets
+    kind: RolloutKind = "live" if live else "batch"
+    if not found:
+        return Started(None, kind, 0)
+    rollout_id = _new_rollout(engine, kind, generator, len(found), actor)
+    version = generator.identity.version
+    if live:
+        with connect_to_write(engine) as connection, connection.begin():
+            _ask(connection, rollout_id, version, found)
+        _run_live(engine, settings, generator, rollout_id, stage=True)
+        return Started(rollout_id, kind, len(found))
+    client = client or batch_client(settings)
+    submitted: list[str] = []
+    error = None
+    for chunk, data in batch_files(generator, found):
+        try:
+            file = client.files.create(file=(f"rollout-{rollout_id}.jsonl", data), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=file.id,
+                endpoint=BATCH_ENDPOINT,
+                completion_window="24h",
+                metadata={"coach_cache_rollout": str(rollout_id), "generator_version": version},
+            )
+        except openai.APIError as exc:
+            error = f"the batch could not be submitted: {exc.message}"
+            with connect_to_write(engine) as connection, connection.begin():
+                _ask(connection, rollout_id, version, chunk, state="failed", error=error)
+                connection.execute(update(rollouts).where(runs.id == rollout_id).values(error=error))
+            continue
+        with connect_to_write(engine) as connection, connection.begin():
+            connection.execute(
+                insert(rollout_batches).values(
+                    batch_id=batch.id,
+                    rollout_id=rollout_id,
+                    input_file_id=file.id,
+                    lines=len(chunk),
+                    status=batch.status,
+                    submitted_at=utcnow(),
+                )
+            )
+            _ask(connection, rollout_id, version, chunk, batch_id=batch.id)
+        submitted.append(batch.id)
+    return Started(rollout_id, kind, len(found), tuple(submitted), error)
+
+
+@dataclass(frozen=True)
+class Judged:
+    state: ProgramState
+    tokens: BilledTokens = field(default_factory=lambda: BilledTokens(**NOT_BILLED))
+    model: str | None = None
+    program_json: str | None = None
+    error: str | None = None
+    generated_at: datetime | None = None
+    latency_ms: float | None = None
+
+
+def _judge_program(program: Any, profile_answers: dict[str, Any]) -> str:
+    """The program as stored, or ContractError: the contract and the profile, as for a miss."""
+    checked = parse_program(program, parse_onboarding(profile_answers))
+    return json.dumps(checked, ensure_ascii=False, separators=(",", ":"))
+
+
+def judge_line(
+    line: dict[str, Any] | None, answers: dict[str, Any], generator: OpenAIChatGenerator, valid: ProgramState
+) -> Judged:
+    """What one batch result line (None: the batch ended before it ran) gives."""
+    if line is None:
+        return Judged("failed", error="not run: the batch ended before this request")
+    if line.get("error"):
+        error = line["error"]
+        return Judged("failed", error=f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip(": "))
+    response = line.get("response") or {}
+    body = response.get("body") or {}
+    if response.get("status_code") != 200:
+        said = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        return Judged("failed", error=f"HTTP {response.get('status_code')}: {said or 'no message'}")
+    try:
+        completion = ChatCompletion.model_validate(body)
+    except ValidationError:
+        return Judged("invalid", error="the result is not a chat completion")
+    generated_at = datetime.fromtimestamp(completion.created, UTC)
+    try:
+        generation = generator.from_completion(completion)
+        program_json = _judge_program(generation.program, answers)
+    except GenerationError as exc:
+        return Judged("invalid", billed_tokens(exc), error=str(exc), generated_at=generated_at)
+    except ContractError as exc:
+        return Judged("invalid", billed_tokens(generation), generation.model, error=str(exc), generated_at=generated_at)
+    return Judged(valid, billed_tokens(generation), generation.model, program_json, generated_at=generated_at)
+
+
+def _record(connection: Connection, row_id: int, judged: Judged, ttl: timedelta) -> bool:
+    """Record a pending program's result; whether this call did (another may have first)."""
+    expires_at = judged.generated_at + ttl if judged.generated_at and judged.program_json else None
+    values = {
+        "state": judged.state,
+        "model": judged.model,
+        "program": None if judged.program_json is None else json.loads(judged.program_json),
+        "size_bytes": len(judged.program_json.encode()) if judged.program_json else 0,
+        "error": judged.error,
+        "generated_at": judged.generated_at,
+        "expires_at": expires_at,
+        "latency_ms": judged.latency_ms,
+        **judged.tokens,
+    }
+    done = connection.execute(
+        update(rollout_programs).where(asked.id == row_id, asked.state == "pending").values(**values)
+    )
+    return done.rowcount == 1
+
+
+def _pending(connection: Connection, condition: Any) -> list[Any]:
+    query = select(asked.id, asked.cache_key, asked.onboarding_responses, asked.has_paid_access).where(
+        condition, asked.state == "pending"
+    )
+    return list(connection.execute(query))
+
+
+def _run_live(
+    engine: Engine, settings: Settings, generator: OpenAIChatGenerator, rollout_id: int, *, stage: bool
+) -> None:
+    """Generate every pending program of the rollout through the chat endpoint, a few at
+    once, recording each as it comes back."""
+    with engine.connect() as connection:
+        pending = _pending(connection, asked.rollout_id == rollout_id)
+    ttl = timedelta(hours=settings.cache_ttl_hours)
+    valid: ProgramState = "staged" if stage else "tried"
+
+    def one(row: Any) -> None:
+        started, generated_at = perf_counter(), utcnow()
+        try:
+            generation = generator.generate(parse_onboarding(row.onboarding_responses), row.has_paid_access)
+        except GenerationError as exc:
+            judged = Judged("failed", billed_tokens(exc), error=str(exc))
+        else:
+            tokens = billed_tokens(generation)
+            try:
+                program_json = _judge_program(generation.program, row.onboarding_responses)
+                judged = Judged(valid, tokens, generation.model, program_json, generated_at=generated_at)
+            except ContractError as exc:
+                judged = Judged("invalid", tokens, generation.model, error=str(exc))
+        with connect_to_write(engine) as connection, connection.begin():
+            _record(connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl)
+
+    with ThreadPoolExecutor(max_workers=LIVE_CONCURRENCY, thread_name_prefix="rollout") as pool:
+        list(pool.map(one, pending))
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    batch_id: str
+    rollout_id: int
+    status: str
+    collected: bool  # whether this check collected it (a batch is collected once)
+    recorded: Counter[str] = field(default_factory=Counter)  # states this check recorded
+
+
+def check_batches(
+    engine: Engine,
+    settings: Settings,
+    *,
+    client: openai.OpenAI | None = None,
+    generator_for: Callable[[str], OpenAIChatGenerator] | None = None,
+) -> list[BatchCheck]:
+    """Poll every batch not collected yet and collect those that finished: results are
+    matched by custom_id (OpenAI keeps no order), judged, and recorded; lines a batch that
+    expired or was cancelled never ran are recorded as failed. Safe to run twice at once:
+    each pending program is recorded by one call only."""
+    client = client or batch_client(settings)
+    generator_for = generator_for or (lambda model: candidate(settings, model))
+    with engine.connect() as connection:
+        open_jobs = list(
+            connection.execute(
+                select(jobs.batch_id, jobs.rollout_id, runs.model, runs.generator_version)
+                .join(rollouts, runs.id == jobs.rollout_id)
+                .where(jobs.collected_at.is_(None))
+                .order_by(jobs.submitted_at)
+            )
+        )
+    checks = []
+    for job in open_jobs:
+        try:
+            batch = client.batches.retrieve(job.batch_id)
+            with connect_to_write(engine) as connection, connection.begin():
+                connection.execute(
+                    update(rollout_batches)
+                    .where(jobs.batch_id == job.batch_id)
+                    .values(status=batch.status, checked_at=utcnow())
+                )
+            if batch.status not in FINISHED:
+                checks.append(BatchCheck(job.batch_id, job.rollout_id, batch.status, False))
+                continue
+            results = _results(client, batch.output_file_id, batch.error_file_id)
+        except openai.APIError as exc:
+            # Left for the next check: nothing of this batch was recorded as collected.
+            checks.append(BatchCheck(job.batch_id, job.rollout_id, f"not checked: {exc.message}", False))
+            continue
+        generator = generator_for(job.model)
+        ttl = timedelta(hours=settings.cache_ttl_hours)
+        recorded: Counter[str] = Counter()
+        with engine.connect() as connection:
+            pending = _pending(connection, asked.batch_id == job.batch_id)
+        for row in pending:
+            judged = judge_line(
+                results.get(custom_id(job.generator_version, row.cache_key)),
+                row.onboarding_responses,
+                generator,
+                "staged",
+            )
+            with connect_to_write(engine) as connection, connection.begin():
+                if _record(connection, row.id, judged, ttl):
+                    recorded[judged.state] += 1
+        with connect_to_write(engine) as connection, connection.begin():
+            first = connection.execute(
+                update(rollout_batches)
+                .where(jobs.batch_id == job.batch_id, jobs.collected_at.is_(None))
+                .values(collected_at=utcnow())
+            ).rowcount
+        checks.append(BatchCheck(job.batch_id, job.rollout_id, batch.status, first == 1, recorded))
+    return checks
+
+
+def _results(client: openai.OpenAI, *file_ids: str | None) -> dict[str, dict[str, Any]]:
+    """A finished batch's result lines, output and errors, by custom_id."""
+    results: dict[str, dict[str, Any]] = {}
+    for file_id in file_ids:
+        if file_id:
+            for text in client.files.content(file_id).text.splitlines():
+                if text.strip():
+                    line = json.loads(text)
+                    results[str(line.get("custom_id"))] = line
+    return results
+
+
+@dataclass(frozen=True)
+class Side:
+    """One generator's record on a trial's profiles."""
+
+    programs: int  # profiles it has a result for
+    valid_first_try: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: float | None  # at its live price; None without one
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class TrialProfile:
+    cache_key: str
+    candidate_state: ProgramState
+    candidate_program: Any | None
+    candidate_error: str | None
+    current_program: Any | None  # the newest program the current generator made for it
+
+
+@dataclass(frozen=True)
+class Trial:
+    rollout_id: int
+    model: str
+    generator_version: str
+    current_version: str
+    candidate: Side
+    current: Side
+    profiles: list[TrialProfile]
+
+
+def trial(
+    engine: Engine,
+    settings: Settings,
+    generator: OpenAIChatGenerator,
+    *,
+    current_version: str,
+    actor: str,
+    sample: int = DEFAULT_SAMPLE,
+) -> Trial:
+    """Generate live with the candidate for the `sample` most recently requested profiles,
+    without touching the cache or history, and compare it with the current generator on
+    the same profiles."""
+    if sample < 1:
+        raise RolloutRefused("sample", "must be at least 1")
+    with engine.connect() as connection:
+        found = _recent_profiles(connection, sample)
+    if not found:
+        raise RolloutRefused("sample", "there are no requested profiles to try yet: generate a program first")
+    rollout_id = _new_rollout(engine, "trial", generator, len(found), actor)
+    with connect_to_write(engine) as connection, connection.begin():
+        _ask(connection, rollout_id, generator.identity.version, found)
+    _run_live(engine, settings, generator, rollout_id, stage=False)
+    return trial_report(engine, settings, rollout_id, current_version=current_version)
+
+
+def _recent_profiles(connection: Connection, sample: int) -> list[Target]:
+    newest = func.row_number().over(
+        partition_by=programs.cache_key, order_by=(programs.created_at.desc(), programs.id.desc())
+    )
+    latest = (
+        select(
+            programs.cache_key,
+            programs.user_id,
+            programs.onboarding_responses,
+            programs.has_paid_access,
+            programs.created_at,
+            newest.label("n"),
+        )
+        .where(
+            programs.cache_key.is_not(None),
+            programs.onboarding_responses.is_not(None),
+            programs.has_paid_access.is_not(None),
+        )
+        .subquery()
+    )
+    shown = (latest.c.cache_key, latest.c.user_id, latest.c.onboarding_responses, latest.c.has_paid_access)
+    query = select(*shown).where(latest.c.n == 1).order_by(latest.c.created_at.desc()).limit(sample)
+    return [Target(row[0], str(row[1]), row[2], row[3]) for row in connection.execute(query)]
+
+
+def _side(
+    results: int,
+    valid: int,
+    attempts: int,
+    tokens: tuple[int, int, int],
+    latencies: list[float],
+    price: ModelPrice | None,
+) -> Side:
+    prompt, completion, cached = tokens
+    cuts = quantiles(latencies, n=20) if len(latencies) > 1 else latencies
+    return Side(
+        programs=results,
+        valid_first_try=valid / attempts if attempts else None,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=cached,
+        cost=_cost(price, prompt, completion, cached, "live") if price else None,
+        latency_p50_ms=median(latencies) if latencies else None,
+        latency_p95_ms=cuts[-1] if cuts else None,
+    )
+
+
+def trial_report(engine: Engine, settings: Settings, rollout_id: int, *, current_version: str) -> Trial:
+    """A trial's comparison: the candidate from its own record; the current generator from
+    what it did for the same keys (its generations in history, its failures in the events)."""
+    with engine.connect() as connection:
+        run = connection.execute(select(runs.model, runs.generator_version).where(runs.id == rollout_id)).one()
+        tried = list(
+            connection.execute(select(rollout_programs).where(asked.rollout_id == rollout_id).order_by(asked.id))
+        )
+        keys = [row.cache_key for row in tried]
+        made = list(
+            connection.execute(
+                select(
+                    programs.cache_key,
+                    programs.program,
+                    programs.latency_ms,
+                    programs.model,
+                    programs.prompt_tokens,
+                    programs.completion_tokens,
+                    programs.cached_tokens,
+                )
+                .where(
+                    programs.cache_key.in_(keys),
+                    programs.generator_version == current_version,
+                    programs.source != "cache",
+                )
+                .order_by(programs.created_at)
+            )
+        )
+        outcomes: Counter[str] = Counter(
+            dict(
+                connection.execute(
+                    select(events.outcome, func.count())
+                    .where(
+                        events.key_sample.in_(sorted({key_sample(k) for k in keys})),
+                        events.cache_key.in_(keys),
+                        events.generator_version == current_version,
+                        events.outcome != "hit",
+                    )
+                    .group_by(events.outcome)
+                ).all()
+            )
+        )
+    newest = {row.cache_key: row for row in made}
+    done = [row for row in tried if row.state != "pending"]
+    candidate_side = _side(
+        len(done),
+        sum(row.state == "tried" for row in done),
+        len(done),
+        tuple(
+            sum(getattr(row, name) or 0 for row in done)
+            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
+        ),  # type: ignore[arg-type]
+        [row.latency_ms for row in done if row.latency_ms is not None],
+        settings.price_of(run.model),
+    )
+    current_model = made[-1].model if made else None
+    current_side = _side(
+        len(newest),
+        outcomes["miss"] + outcomes["bypass"],
+        sum(outcomes.values()),
+        tuple(
+            sum(getattr(row, name) or 0 for row in made)
+            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
+        ),  # type: ignore[arg-type]
+        [row.latency_ms for row in made if row.latency_ms is not None],
+        settings.price_of(current_model) if current_model else None,
+    )
+    profiles = [
+        TrialProfile(
+            row.cache_key,
+            row.state,
+            row.program,
+            row.error,
+            newest[row.cache_key].program if row.cache_key in newest else None,
+        )
+        for row in tried
+    ]
+    return Trial(rollout_id, run.model, run.generator_version, current_version, candidate_side, current_side, profiles)
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    id: int
+    kind: RolloutKind
+    model: str
+    generator_version: str
+    created_by: str
+    created_at: datetime
+    requested: int
+    states: dict[str, int]  # programs by state
+    used: int  # staged programs a request took
+    batches: dict[str, int]  # batch jobs by OpenAI's status
+    error: str | None
+    cost: float | None  # what its generations were billed, at its tier's price
+    saved: float | None  # the pre-warmed hits at the live price: what they would have cost
+
+    @property
+    def phase(self) -> str:
+        """planned, submitted, in progress or collected, as an operator follows it."""
+        if self.states.get("pending"):
+            if self.kind != "batch":
+                return "in progress"
+            return "submitted" if set(self.batches) <= {"validating"} else "in progress"
+        return "collected"
+
+
+def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[RolloutSummary]:
+    """The newest rollouts with what became of each."""
+    with engine.connect() as connection:
+        listed = list(
+            connection.execute(select(rollouts).order_by(runs.created_at.desc(), runs.id.desc()).limit(limit))
+        )
+        ids = [row.id for row in listed]
+        per_state = connection.execute(
+            select(
+                asked.rollout_id,
+                asked.state,
+                func.count(),
+                func.count(asked.used_at),
+                func.coalesce(func.sum(asked.prompt_tokens), 0),
+                func.coalesce(func.sum(asked.completion_tokens), 0),
+                func.coalesce(func.sum(asked.cached_tokens), 0),
+                # What the used ones were billed: what their hits saved at the live price.
+                func.coalesce(func.sum(asked.prompt_tokens).filter(asked.used_at.is_not(None)), 0),
+                func.coalesce(func.sum(asked.completion_tokens).filter(asked.used_at.is_not(None)), 0),
+                func.coalesce(func.sum(asked.cached_tokens).filter(asked.used_at.is_not(None)), 0),
+            )
+            .where(asked.rollout_id.in_(ids))
+            .group_by(asked.rollout_id, asked.state)
+        ).all()
+        per_batch = connection.execute(
+            select(jobs.rollout_id, jobs.status, func.count())
+            .where(jobs.rollout_id.in_(ids))
+            .group_by(jobs.rollout_id, jobs.status)
+        ).all()
+    found = []
+    for run in listed:
+        rows = [r for r in per_state if r[0] == run.id]
+        price = settings.price_of(run.model)
+        tier: PriceTier = "batch" if run.kind == "batch" else "live"
+        found.append(
+            RolloutSummary(
+                id=run.id,
+                kind=run.kind,
+                model=run.model,
+                generator_version=run.generator_version,
+                created_by=run.created_by,
+                created_at=run.created_at,
+                requested=run.requested,
+                states={r[1]: r[2] for r in rows},
+                used=sum(r[3] for r in rows),
+                batches={r[1]: r[2] for r in per_batch if r[0] == run.id},
+                error=run.error,
+                cost=sum(_cost(price, r[4], r[5], r[6], tier) for r in rows) if price else None,
+                saved=sum(_cost(price, r[7], r[8], r[9], "live") for r in rows) if price else None,
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class RolloutSpend:
+    """What rollouts were billed in a window, by how: trials, live pre-warms, batches."""
+
+    trials: float = 0.0
+    live: float = 0.0
+    batch: float = 0.0
+    saved: float = 0.0  # the pre-warmed hits at the live price
+    unpriced_models: tuple[str, ...] = ()
+
+
+def spend(engine: Engine, settings: Settings, since: datetime | None = None) -> RolloutSpend:
+    """Rollout spend by kind, each model at its price and its tier (batch lines at the batch price)."""
+    query = (
+        select(
+            runs.kind,
+            runs.model,
+            func.coalesce(func.sum(asked.prompt_tokens), 0),
+            func.coalesce(func.sum(asked.completion_tokens), 0),
+            func.coalesce(func.sum(asked.cached_tokens), 0),
+            func.coalesce(func.sum(asked.prompt_tokens).filter(asked.used_at.is_not(None)), 0),
+            func.coalesce(func.sum(asked.completion_tokens).filter(asked.used_at.is_not(None)), 0),
+            func.coalesce(func.sum(asked.cached_tokens).filter(asked.used_at.is_not(None)), 0),
+        )
+        .join(rollouts, runs.id == asked.rollout_id)
+        .group_by(runs.kind, runs.model)
+    )
+    if since is not None:
+        query = query.where(runs.created_at >= since)
+    totals = {"trial": 0.0, "live": 0.0, "batch": 0.0}
+    saved = 0.0
+    unpriced = set()
+    with engine.connect() as connection:
+        for kind, model, prompt, completion, cached, used_prompt, used_completion, used_cached in connection.execute(
+            query
+        ):
+            price = settings.price_of(model)
+            if price is None:
+                if prompt:
+                    unpriced.add(model)
+                continue
+            totals[kind] += _cost(price, prompt, completion, cached, "batch" if kind == "batch" else "live")
+            saved += _cost(price, used_prompt, used_completion, used_cached, "live")
+    return RolloutSpend(totals["trial"], totals["live"], totals["batch"], saved, tuple(sorted(unpriced)))
