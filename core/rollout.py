@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, upda
 
 from core.cache_key import key_sample
 from core.db import connect_to_write
-from core.generators import OpenAIChatGenerator, make_generator
+from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.generators.base import NOT_BILLED, BilledTokens, GenerationError, billed_tokens
 from core.models import ContractError, FieldError, parse_onboarding, parse_program
 from core.schema import (
@@ -220,7 +220,7 @@ def targets(
 def plan(
     engine: Engine,
     settings: Settings,
-    generator: OpenAIChatGenerator,
+    generator: ProgramGenerator,
     *,
     requested_within_days: float | None = None,
     limit: int | None = None,
@@ -228,7 +228,7 @@ def plan(
     since = utcnow() - timedelta(days=requested_within_days) if requested_within_days else None
     with engine.connect() as connection:
         found = targets(connection, generator.identity.version, requested_since=since, limit=limit)
-    price = settings.price_of(generator.model)
+    price = settings.price_of(generator.identity.model)
     recorded = [t for t in found if t.prompt_tokens is not None and t.completion_tokens is not None]
 
     def estimate(tier: PriceTier) -> float | None:
@@ -238,7 +238,7 @@ def plan(
         return known / len(recorded) * len(found)
 
     return Plan(
-        model=generator.model,
+        model=generator.identity.model,
         generator_version=generator.identity.version,
         targets=found,
         by_generator=dict(Counter(t.made_by or "none" for t in found)),
@@ -252,13 +252,13 @@ def _cost(price: ModelPrice, prompt: int | None, completion: int | None, cached:
     return price.cost(prompt or 0, completion or 0, cached_tokens=cached or 0, tier=tier)
 
 
-def _new_rollout(engine: Engine, kind: RolloutKind, generator: OpenAIChatGenerator, requested: int, actor: str) -> int:
+def _new_rollout(engine: Engine, kind: RolloutKind, generator: ProgramGenerator, requested: int, actor: str) -> int:
     with connect_to_write(engine) as connection, connection.begin():
         row = connection.execute(
             insert(rollouts)
             .values(
                 kind=kind,
-                model=generator.model,
+                model=generator.identity.model,
                 generator_version=generator.identity.version,
                 created_by=actor,
                 created_at=utcnow(),
@@ -351,7 +351,7 @@ class Started:
 def start(
     engine: Engine,
     settings: Settings,
-    generator: OpenAIChatGenerator,
+    generator: ProgramGenerator,
     *,
     actor: str,
     limit: int | None = None,
@@ -371,6 +371,8 @@ def start(
             _ask(connection, rollout_id, version, found)
         _run_live(engine, settings, generator, rollout_id, stage=True)
         return Started(rollout_id, kind, len(found))
+    if not isinstance(generator, OpenAIChatGenerator):
+        raise RolloutRefused("live", "is the only way for a generator without a Batch API")
     client = client or batch_client(settings)
     submitted: list[str] = []
     error = None
@@ -478,9 +480,7 @@ def _pending(connection: Connection, condition: Any) -> list[Any]:
     return list(connection.execute(query))
 
 
-def _run_live(
-    engine: Engine, settings: Settings, generator: OpenAIChatGenerator, rollout_id: int, *, stage: bool
-) -> None:
+def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, rollout_id: int, *, stage: bool) -> None:
     """Generate every pending program of the rollout through the chat endpoint, a few at
     once, recording each as it comes back."""
     with engine.connect() as connection:
@@ -631,7 +631,7 @@ class Trial:
 def trial(
     engine: Engine,
     settings: Settings,
-    generator: OpenAIChatGenerator,
+    generator: ProgramGenerator,
     *,
     current_version: str,
     actor: str,
