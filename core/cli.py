@@ -150,6 +150,7 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
     _emit(
         {
             "cache_hit": result.cache_hit,
+            "prewarmed_by_rollout": result.prewarmed_by,
             "cache_key": result.cache_key,
             "training_program_id": result.training_program_id,
             "latency_ms": round(result.latency_ms, 3),

@@ -281,7 +281,14 @@ def abandoned_note(request: Request) -> None:
 
 def show_outcome(result: GenerationResult) -> None:
     saved = f"#{result.training_program_id}" if result.training_program_id else "not saved"
-    if result.cache_hit:
+    if result.cache_hit and result.prewarmed_by is not None:
+        model = escape_markdown(result.model or "the new generator")
+        st.success(
+            f"**Cache hit, pre-warmed**: written by {model} ahead of the switch (rollout #{result.prewarmed_by}), "
+            f"no LLM call. Program {saved}.",
+            icon=":material/bolt:",
+        )
+    elif result.cache_hit:
         st.success(f"**Cache hit**: served from the cache, no LLM call. Program {saved}.", icon=":material/bolt:")
     else:
         reason = MISS_REASON_TEXT[result.miss_reason] if result.miss_reason else ""
