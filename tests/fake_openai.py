@@ -4,16 +4,26 @@ It speaks the Chat Completions wire format the real SDK sends and reads, streame
 (server-sent events, at a set pace) when the request asks for it, writes programs with the
 offline coach from the profile in the request, and can misbehave on demand. Like
 OpenAI, it refuses (HTTP 400, OpenAI's error body) a request whose response format breaks
-the strict-mode rules, so no request the real API would refuse passes the suite."""
+the strict-mode rules, so no request the real API would refuse passes the suite.
+
+It also serves the Batch API as the SDK calls it (`files.create(purpose="batch")`,
+`batches.create/retrieve/cancel`, `files.content`): a batch moves on one step each time it
+is polled, never with the clock, so a test decides when it ends and how (`BatchBehaviour`)."""
 
 from __future__ import annotations
 
 import json
+import random
+import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.generators.offline import build_program
 from core.models import parse_onboarding
@@ -52,11 +62,126 @@ class Behaviour:
     reasoning_tokens: int | None = None
 
 
+# What OpenAI's Batch API takes, and the limits of one input file.
+BATCH_ENDPOINT, COMPLETION_WINDOW = "/v1/chat/completions", "24h"
+MAX_BATCH_LINES, MAX_BATCH_FILE_BYTES = 50_000, 200 * 1024 * 1024
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+# What OpenAI writes in the error file for a line a batch never ran.
+NOT_RUN = {
+    "expired": {
+        "code": "batch_expired",
+        "message": "This request could not be executed before the completion window expired.",
+    },
+    "cancelled": {
+        "code": "batch_cancelled",
+        "message": "This request was not executed because the batch was cancelled.",
+    },
+}
+
+
+@dataclass
+class BatchBehaviour:
+    """How the next batches created run. Each batch keeps the one in force when it was created."""
+
+    # Polls of a batch that answer `in_progress` before one answers how it ended.
+    polls_in_progress: int = 1
+    # completed | expired | cancelled (cancelled elsewhere, as from OpenAI's dashboard).
+    outcome: str = "completed"
+    # In an expired or cancelled batch, how many of its first lines ran before the end.
+    completed_before_end: int = 0
+    # A line whose custom_id contains one of these fails with HTTP 500.
+    fail_custom_ids: frozenset[str] = frozenset()
+    # A line whose custom_id contains a key is answered as that Behaviour says (its mode and
+    # billed tokens); any other line as the server's own Behaviour does at the time.
+    line_behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    # OpenAI's limits for one input file; lower them to test how a big rollout is split.
+    max_lines: int = MAX_BATCH_LINES
+    max_file_bytes: int = MAX_BATCH_FILE_BYTES
+    # The output files are shuffled with this seed, so a failing run can be replayed.
+    seed: int = 0
+
+
+@dataclass
+class StoredFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+
+
+@dataclass
+class FakeBatch:
+    id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    behaviour: BatchBehaviour
+    # The input's lines, parsed; when validation fails, `errors` instead.
+    lines: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    status: str = "validating"
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    # When each status was reached: in_progress_at, completed_at, cancelling_at, ...
+    at: dict[str, int] = field(default_factory=dict)
+    polls_in_progress: int = 0
+    # How many lines had run when a cancel was asked for.
+    ran_before_cancel: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed: int = 0
+    failed: int = 0
+    usage: dict[str, Any] | None = None
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "model": next((line["body"].get("model") for line in self.lines), None),
+            "errors": {"object": "list", "data": self.errors} if self.status == "failed" else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "expires_at": self.created_at + 24 * 3600,
+            **{
+                f"{status}_at": self.at.get(status)
+                for status in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+            },
+            "request_counts": {"total": len(self.lines), "completed": self.completed, "failed": self.failed},
+            "usage": self.usage,
+            "metadata": self.metadata,
+        }
+
+
 @dataclass
 class FakeOpenAI:
     behaviour: Behaviour = field(default_factory=Behaviour)
+    batch_behaviour: BatchBehaviour = field(default_factory=BatchBehaviour)
+    # Live chat completions only: what the generator asked while a coach waited.
     calls: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    batches: list[FakeBatch] = field(default_factory=list)
+    # Lines of batches that ran (failed ones included; lines an expiry or cancel left unrun not).
+    batch_lines_answered: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,11 +193,20 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                if path.startswith(("/v1/files", "/v1/batches")):
+                    return fake._get(self, path)
                 models = [{"id": m, "object": "model", "owned_by": "test"} for m in fake.behaviour.served_models]
                 _send(self, 200, {"object": "list", "data": models})
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                path = urlsplit(self.path).path
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                if path == "/v1/files":
+                    return fake._upload(self, self.headers["Content-Type"], data)
+                if path.startswith("/v1/batches"):
+                    return fake._batch_post(self, path, json.loads(data or b"{}"))
+                body = json.loads(data)
                 with fake._lock:
                     fake.calls += 1
                     call = fake.calls
@@ -95,49 +229,358 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
-    def reset(self, behaviour: Behaviour | None = None) -> None:
+    def reset(self, behaviour: Behaviour | None = None, batch: BatchBehaviour | None = None) -> None:
         with self._lock:
             self.behaviour = behaviour or Behaviour()
+            self.batch_behaviour = batch or BatchBehaviour()
             self.calls = 0
             self.requests.clear()
+            self.files.clear()
+            self.batches.clear()
+            self.batch_lines_answered = 0
 
     def _answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], call: int) -> None:
         b = self.behaviour
-        fine_tuned = str(body.get("model", "")).startswith("ft:")
-        response_format = body.get("response_format")
-        # As OpenAI does, only a strict schema is held to strict mode's rules; a non-strict one
-        # (LLM_SCHEMA=full, for servers whose grammars enforce all of JSON Schema) is taken as is.
-        strict = not isinstance(response_format, dict) or (response_format.get("json_schema") or {}).get("strict")
-        found = openai_strict.violations(response_format, fine_tuned=fine_tuned) if strict is not False else []
-        if found:
-            return _send(handler, 400, openai_strict.error_body(response_format, found))
+        refused = _strict_refusal(body)
+        if refused:
+            return _send(handler, 400, refused)
         if call <= b.fail_first or b.mode == "status":
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
-            return _send(handler, b.status, {"error": {"message": b.message, "type": "server_error"}}, headers)
+            return _send(handler, b.status, _error(b.message, "server_error"), headers)
         if b.mode == "hang":
             self._stop_hanging.wait(60)
             return None
         streamed = bool(body.get("stream"))
         if b.delay_seconds and not streamed:
             time.sleep(b.delay_seconds)
-        request = json.loads(body["messages"][-1]["content"])
-        profile = parse_onboarding(request["onboarding_responses"])
-        program = build_program(profile, request["has_paid_access"])
-        if b.mode == "wrong_shape":
-            program["weeks"][0]["sessions"].append(program["weeks"][0]["sessions"][0])
-        content = json.dumps(program)
-        finish_reason, refusal = "stop", None
-        if b.mode == "malformed":
-            content = "{'title': 'not json'"
-        elif b.mode == "truncated":
-            content, finish_reason = content[: len(content) // 2], "length"
-        elif b.mode == "content_filter":
-            content, finish_reason = "", "content_filter"
-        elif b.mode == "refusal":
-            content, refusal = "", "I can't help with that."
+        content, finish_reason, refusal = _written(body, b)
         if streamed:
             return _stream(handler, body, content, b, finish_reason, refusal)
         return _send(handler, 200, _completion(body["model"], content, b, finish_reason, refusal))
+
+    # The Batch API. Every change to files and batches is made holding the lock: polls come
+    # from several threads, and from several instances of `rollout status` at once.
+
+    def _upload(self, handler: BaseHTTPRequestHandler, content_type: str, data: bytes) -> None:
+        form = _form_fields(content_type, data)
+        if "file" not in form or "purpose" not in form:
+            missing = "file" if "file" not in form else "purpose"
+            return _send(handler, 400, _error(f"Missing required parameter: '{missing}'.", param=missing))
+        filename, content = form["file"]
+        stored = StoredFile(
+            id=f"file-{uuid.uuid4().hex[:24]}",
+            filename=filename or "upload",
+            purpose=form["purpose"][1].decode(),
+            content=content,
+            created_at=int(time.time()),
+        )
+        with self._lock:
+            self.files[stored.id] = stored
+        _send(handler, 200, stored.document())
+
+    def _get(self, handler: BaseHTTPRequestHandler, path: str) -> None:
+        if match := re.fullmatch(r"/v1/files/([^/]+)(/content)?", path):
+            stored = self.files.get(match[1])
+            if stored is None:
+                return _send(handler, 404, _error(f"No such File object: {match[1]}", param="id"))
+            if match[2]:
+                return _send_bytes(handler, stored.content)
+            return _send(handler, 200, stored.document())
+        if match := re.fullmatch(r"/v1/batches/([^/]+)", path):
+            with self._lock:
+                batch = self._batch(match[1])
+                if batch is not None:
+                    self._advance(batch)
+                    return _send(handler, 200, batch.document())
+            return _send(handler, 404, _batch_not_found(match[1]))
+        return _send(handler, 404, _error(f"Unknown request URL: GET {path}."))
+
+    def _batch_post(self, handler: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
+        if path == "/v1/batches":
+            with self._lock:
+                status, document = self._create_batch(body)
+            return _send(handler, status, document)
+        if match := re.fullmatch(r"/v1/batches/([^/]+)/cancel", path):
+            with self._lock:
+                status, document = self._cancel(match[1])
+            return _send(handler, status, document)
+        return _send(handler, 404, _error(f"Unknown request URL: POST {path}."))
+
+    def _batch(self, batch_id: str) -> FakeBatch | None:
+        return next((batch for batch in self.batches if batch.id == batch_id), None)
+
+    def _create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if name not in body:
+                return 400, _error(f"Missing required parameter: '{name}'.", param=name)
+        if body["endpoint"] != BATCH_ENDPOINT:
+            said = f"Invalid value for 'endpoint': '{body['endpoint']}'. This server batches only '{BATCH_ENDPOINT}'."
+            return 400, _error(said, param="endpoint", code="invalid_value")
+        if body["completion_window"] != COMPLETION_WINDOW:
+            said = f"Invalid value for 'completion_window': '{body['completion_window']}'. Supported values are: '24h'."
+            return 400, _error(said, param="completion_window", code="invalid_value")
+        metadata = body.get("metadata")
+        if refused := _metadata_refusal(metadata):
+            return 400, _error(refused, param="metadata", code="invalid_value")
+        stored = self.files.get(body["input_file_id"])
+        if stored is None:
+            said = f"Invalid 'input_file_id': '{body['input_file_id']}'. No such file."
+            return 400, _error(said, param="input_file_id", code="invalid_value")
+        if stored.purpose != "batch":
+            said = f"The input file must have purpose 'batch'; '{stored.id}' has purpose '{stored.purpose}'."
+            return 400, _error(said, param="input_file_id", code="invalid_value")
+        behaviour = self.batch_behaviour
+        lines, errors = _batch_lines(stored.content, body["endpoint"], behaviour)
+        batch = FakeBatch(
+            id=f"batch_{uuid.uuid4().hex}",
+            input_file_id=stored.id,
+            endpoint=body["endpoint"],
+            completion_window=body["completion_window"],
+            metadata=metadata,
+            behaviour=behaviour,
+            lines=[] if errors else lines,
+            errors=errors,
+        )
+        self.batches.append(batch)
+        return 200, batch.document()
+
+    def _cancel(self, batch_id: str) -> tuple[int, dict[str, Any]]:
+        batch = self._batch(batch_id)
+        if batch is None:
+            return 404, _batch_not_found(batch_id)
+        if batch.status in ("validating", "in_progress"):
+            batch.ran_before_cancel = batch.behaviour.completed_before_end if batch.status == "in_progress" else 0
+            self._reach(batch, "cancelling")
+        elif batch.status != "cancelling":
+            return 409, _error(f"Cannot cancel a batch with status '{batch.status}'.", code="invalid_state")
+        return 200, batch.document()
+
+    def _advance(self, batch: FakeBatch) -> None:
+        """One poll's step: validating -> in_progress (or failed) -> how it ends; cancelling -> cancelled."""
+        if batch.status == "validating":
+            if batch.errors:
+                return self._reach(batch, "failed")
+            self._reach(batch, "in_progress")
+        if batch.status == "in_progress":
+            if batch.polls_in_progress < batch.behaviour.polls_in_progress:
+                batch.polls_in_progress += 1
+                return None
+            outcome = batch.behaviour.outcome
+            ran = len(batch.lines) if outcome == "completed" else batch.behaviour.completed_before_end
+            return self._finish(batch, outcome, ran)
+        if batch.status == "cancelling":
+            return self._finish(batch, "cancelled", batch.ran_before_cancel)
+        return None
+
+    def _reach(self, batch: FakeBatch, status: str) -> None:
+        batch.status = status
+        batch.at[status] = int(time.time())
+
+    def _finish(self, batch: FakeBatch, outcome: str, ran: int) -> None:
+        answered = [self._run_line(line, batch.behaviour) for line in batch.lines[:ran]]
+        self.batch_lines_answered += len(answered)
+        outputs = [record for record in answered if record["response"]["status_code"] == 200]
+        errors = [record for record in answered if record["response"]["status_code"] != 200]
+        errors += [_record(line["custom_id"], None, NOT_RUN[outcome]) for line in batch.lines[ran:]]
+        shuffle = random.Random(batch.behaviour.seed)
+        batch.output_file_id = self._output_file(batch, "output", _shuffled(outputs, shuffle))
+        batch.error_file_id = self._output_file(batch, "error", _shuffled(errors, shuffle))
+        batch.completed, batch.failed = len(outputs), len(errors)
+        batch.usage = _batch_usage([record["response"]["body"]["usage"] for record in outputs])
+        self._reach(batch, outcome)
+
+    def _run_line(self, line: dict[str, Any], behaviour: BatchBehaviour) -> dict[str, Any]:
+        """One line as the batch runs it. Only what shapes the answer's body applies (the modes
+        good, malformed, wrong_shape, truncated, content_filter, refusal, and the tokens
+        billed); a pace, a delay, a hang or a cut are about a live connection, which a batch has not."""
+        custom_id, body = line["custom_id"], line["body"]
+        b = next((lb for part, lb in behaviour.line_behaviours.items() if part in custom_id), self.behaviour)
+        if refused := _strict_refusal(body):
+            return _record(custom_id, {"status_code": 400, "body": refused})
+        if body.get("stream"):
+            refused = _error("Streaming is not supported in a batch.", param="stream", code="invalid_value")
+            return _record(custom_id, {"status_code": 400, "body": refused})
+        if any(part in custom_id for part in behaviour.fail_custom_ids):
+            return _record(custom_id, {"status_code": 500, "body": _error(b.message, "server_error")})
+        content, finish_reason, refusal = _written(body, b)
+        completion = _completion(body["model"], content, b, finish_reason, refusal)
+        return _record(custom_id, {"status_code": 200, "body": completion})
+
+    def _output_file(self, batch: FakeBatch, kind: str, records: list[dict[str, Any]]) -> str | None:
+        if not records:
+            return None
+        content = "".join(json.dumps(record) + "\n" for record in records).encode()
+        stored = StoredFile(
+            id=f"file-{uuid.uuid4().hex[:24]}",
+            filename=f"{batch.id}_{kind}.jsonl",
+            purpose="batch_output",
+            content=content,
+            created_at=int(time.time()),
+        )
+        self.files[stored.id] = stored
+        return stored.id
+
+
+def _strict_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 for a request whose response format breaks strict mode's rules, if it does.
+    As OpenAI does, only a strict schema is held to them; a non-strict one (LLM_SCHEMA=full,
+    for servers whose grammars enforce all of JSON Schema) is taken as is."""
+    fine_tuned = str(body.get("model", "")).startswith("ft:")
+    response_format = body.get("response_format")
+    strict = not isinstance(response_format, dict) or (response_format.get("json_schema") or {}).get("strict")
+    found = openai_strict.violations(response_format, fine_tuned=fine_tuned) if strict is not False else []
+    return openai_strict.error_body(response_format, found) if found else None
+
+
+def _written(body: dict[str, Any], behaviour: Behaviour) -> tuple[str, str, str | None]:
+    """What the model writes for a request, as the behaviour has it: content, finish reason, refusal."""
+    request = json.loads(body["messages"][-1]["content"])
+    profile = parse_onboarding(request["onboarding_responses"])
+    program = build_program(profile, request["has_paid_access"])
+    if behaviour.mode == "wrong_shape":
+        program["weeks"][0]["sessions"].append(program["weeks"][0]["sessions"][0])
+    content = json.dumps(program)
+    if behaviour.mode == "malformed":
+        return "{'title': 'not json'", "stop", None
+    if behaviour.mode == "truncated":
+        return content[: len(content) // 2], "length", None
+    if behaviour.mode == "content_filter":
+        return "", "content_filter", None
+    if behaviour.mode == "refusal":
+        return "", "stop", "I can't help with that."
+    return content, "stop", None
+
+
+def _form_fields(content_type: str, data: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body's fields by name: each its filename (if a file) and bytes."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + data)
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = (part.get_filename(), payload)
+    return fields
+
+
+def _metadata_refusal(metadata: Any) -> str | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > METADATA_PAIRS:
+        return f"'metadata' must be an object of at most {METADATA_PAIRS} pairs."
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS or not isinstance(value, str) or len(value) > METADATA_VALUE_CHARS:
+            return (
+                f"'metadata' keys are at most {METADATA_KEY_CHARS} characters and its values strings of at most "
+                f"{METADATA_VALUE_CHARS}; '{key[:METADATA_KEY_CHARS]}' is not."
+            )
+    return None
+
+
+def _batch_lines(
+    content: bytes, endpoint: str, behaviour: BatchBehaviour
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """An input file's requests, and what makes OpenAI fail the batch in validation (its
+    `errors.data`, each naming its line from 1), empty when there is nothing."""
+    texts = [(n, text) for n, text in enumerate(content.decode(errors="replace").splitlines(), start=1) if text.strip()]
+    if not texts:
+        return [], [_batch_error("empty_file", "The batch input file is empty.")]
+    if len(texts) > behaviour.max_lines:
+        said = f"The batch input file has {len(texts)} requests, more than the maximum of {behaviour.max_lines}."
+        return [], [_batch_error("too_many_tasks", said)]
+    if len(content) > behaviour.max_file_bytes:
+        # OpenAI documents the limit, not the code it fails with: this one is the stand-in's.
+        said = f"The batch input file is {len(content)} bytes, more than the maximum of {behaviour.max_file_bytes}."
+        return [], [_batch_error("file_too_large", said)]
+    lines: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    models: set[Any] = set()
+    for n, text in texts:
+        try:
+            line = json.loads(text)
+        except ValueError:
+            line = None
+        if not isinstance(line, dict):
+            errors.append(_batch_error("invalid_json_line", "This line is not parseable as valid JSON.", line=n))
+            continue
+        missing = [name for name in ("custom_id", "method", "url", "body") if name not in line]
+        if missing:
+            said = f"Missing required parameter: '{missing[0]}'."
+            errors.append(_batch_error("missing_required_parameter", said, line=n, param=missing[0]))
+        elif not isinstance(line["custom_id"], str) or not isinstance(line["body"], dict):
+            said = "'custom_id' must be a string and 'body' an object."
+            errors.append(_batch_error("invalid_value", said, line=n, param="body"))
+        elif line["method"] != "POST":
+            errors.append(_batch_error("invalid_value", "'method' must be 'POST'.", line=n, param="method"))
+        elif line["url"] != endpoint:
+            said = f"The URL provided for this request does not match the batch endpoint '{endpoint}'."
+            errors.append(_batch_error("url_mismatch", said, line=n, param="url"))
+        elif line["custom_id"] in seen:
+            said = (
+                "The custom_id for this request is a duplicate of another request. "
+                "The custom_id parameter must be unique for each request in a batch."
+            )
+            errors.append(_batch_error("duplicate_custom_id", said, line=n, param="custom_id"))
+        elif models and line["body"].get("model") not in models:
+            said = "The model of this request differs from the other requests' in the batch: a batch has one model."
+            errors.append(_batch_error("model_mismatch", said, line=n, param="body.model"))
+        else:
+            seen.add(line["custom_id"])
+            models.add(line["body"].get("model"))
+            lines.append(line)
+    return lines, errors
+
+
+def _batch_error(code: str, message: str, *, line: int | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _record(custom_id: str, response: dict[str, Any] | None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One line of a batch's output or error file."""
+    if response is not None:
+        response = {**response, "request_id": f"req_{uuid.uuid4().hex}"}
+    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": response, "error": error}
+
+
+def _shuffled(records: list[dict[str, Any]], shuffle: random.Random) -> list[dict[str, Any]]:
+    """OpenAI does not keep the input's order; this server never does, so that code which
+    matches results by position fails here, not only sometimes in production."""
+    out = list(records)
+    shuffle.shuffle(out)
+    if len(out) > 1 and out == records:
+        out = out[1:] + out[:1]
+    return out
+
+
+def _batch_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's usage, as OpenAI sums it over the lines that completed."""
+
+    def part(usage: dict[str, Any], details: str, name: str) -> int:
+        return int((usage.get(details) or {}).get(name, 0))
+
+    return {
+        "input_tokens": sum(u["prompt_tokens"] for u in usages),
+        "input_tokens_details": {
+            "cached_tokens": sum(part(u, "prompt_tokens_details", "cached_tokens") for u in usages)
+        },
+        "output_tokens": sum(u["completion_tokens"] for u in usages),
+        "output_tokens_details": {
+            "reasoning_tokens": sum(part(u, "completion_tokens_details", "reasoning_tokens") for u in usages)
+        },
+        "total_tokens": sum(u["total_tokens"] for u in usages),
+    }
+
+
+def _error(
+    message: str, kind: str = "invalid_request_error", *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error body."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _batch_not_found(batch_id: str) -> dict[str, Any]:
+    return _error(f"No batch found with id '{batch_id}'.", param="batch_id")
 
 
 def _stream(
@@ -234,3 +677,11 @@ def _send(
         handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(payload)
+
+
+def _send_bytes(handler: BaseHTTPRequestHandler, content: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(len(content)))
+    handler.end_headers()
+    handler.wfile.write(content)
