@@ -514,7 +514,7 @@ class BatchCheck:
     rollout_id: int
     status: str
     collected: bool  # whether this check collected it (a batch is collected once)
-    recorded: Counter[str] = field(default_factory=Counter)  # states this check recorded
+    recorded: dict[str, int] = field(default_factory=dict)  # states this check recorded
 
 
 def check_batches(
@@ -578,7 +578,7 @@ def check_batches(
                 .where(jobs.batch_id == job.batch_id, jobs.collected_at.is_(None))
                 .values(collected_at=utcnow())
             ).rowcount
-        checks.append(BatchCheck(job.batch_id, job.rollout_id, batch.status, first == 1, recorded))
+        checks.append(BatchCheck(job.batch_id, job.rollout_id, batch.status, first == 1, dict(recorded)))
     return checks
 
 

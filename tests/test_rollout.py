@@ -4,6 +4,8 @@ the candidate, as pre-warmed hits with no LLM call."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -12,14 +14,15 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from core import admin, rollout, staged_programs
-from core.db import Database
+from core.db import Database, make_engine
 from core.generators import make_generator
+from core.models import parse_onboarding
 from core.schema import ai_coach_cache, rollout_programs, training_programs
 from core.service import ProgramService
 from core.settings import Settings
-from tests.conftest import CliRun
-from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, count_rows
+from tests.conftest import CliRun, Shared
+from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
+from tests.helpers import PROFILE, count_rows, start_cli
 
 CURRENT, CANDIDATE = "gpt-4o-mini", "gpt-4.1-mini"
 USERS = ("u1", "u2", "u3")
@@ -151,7 +154,12 @@ def test_failed_and_invalid_live_generations_are_counted_never_staged(
     assert {row.state for row in rows} == {"invalid"} and all(row.program is None for row in rows)
     assert all("sessions" in row.error for row in rows)
     [summary] = rollout.summaries(engine, current)
-    assert (summary.id, summary.states, summary.used, summary.phase) == (started.rollout_id, {"invalid": 3}, 0, "collected")
+    assert (summary.id, summary.states, summary.used, summary.phase) == (
+        started.rollout_id,
+        {"invalid": 3},
+        0,
+        "collected",
+    )
     assert summary.cost is not None and summary.cost > 0  # billed all the same
     assert staged_programs.has_staged(engine, rows[0].cache_key, rows[0].generator_version) is False
 
@@ -189,3 +197,127 @@ def test_the_cli_plans_starts_live_and_reports_rollouts(
 
     refused = cli(url, "rollout", "plan", "--model", CANDIDATE)
     assert refused.code == 2 and refused.stderr.count("\n") == 1 and "OPENAI_API_KEY" in refused.stderr
+
+
+def check(engine: Engine, settings: Settings) -> list[rollout.BatchCheck]:
+    return rollout.check_batches(engine, settings)
+
+
+def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    started = rollout.start(engine, current, candidate, actor="cli")
+    [batch] = fake_openai.batches
+    assert started.batch_ids == (batch.id,) and fake_openai.calls == 0
+    assert len(batch.lines) == 3 and batch.endpoint == "/v1/chat/completions"
+    # The line is the request a live call sends, unstreamed, named by the candidate and the key.
+    line = batch.lines[0]
+    version, key = line["custom_id"].split("|", 1)
+    assert version == candidate.identity.version and key.startswith("program:u")
+    assert line["body"] == candidate.request(parse_onboarding(PROFILE), False)
+    assert {row.state for row in staged_rows(engine)} == {"pending"}
+
+    [polled] = check(engine, current)  # validating -> in progress
+    assert (polled.status, polled.collected) == ("in_progress", False)
+    [summary] = rollout.summaries(engine, current)
+    assert summary.phase == "in progress"
+    [collected] = check(engine, current)  # the results come back shuffled
+    assert (collected.status, collected.collected, collected.recorded) == ("completed", True, {"staged": 3})
+    assert check(engine, current) == []  # collected once
+    [summary] = rollout.summaries(engine, current)
+    assert (summary.phase, summary.states, summary.batches) == ("collected", {"staged": 3}, {"completed": 1})
+    price = current.price_of(CANDIDATE)
+    assert price is not None
+    assert summary.cost == pytest.approx(3 * price.cost(PROMPT_TOKENS, COMPLETION_TOKENS, tier="batch"))
+
+    switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
+    result = serve(switched, "u3")
+    assert result.prewarmed_by == started.rollout_id and fake_openai.calls == 0
+    [summary] = rollout.summaries(engine, current)
+    assert summary.used == 1 and summary.saved == pytest.approx(price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
+    spent = rollout.spend(engine, current)
+    assert (spent.batch, spent.saved) == (pytest.approx(summary.cost), pytest.approx(summary.saved))
+
+
+def test_failed_and_invalid_lines_are_counted_and_listed_never_staged(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(
+        batch=BatchBehaviour(
+            polls_in_progress=0,
+            fail_custom_ids=frozenset({":uu1:"}),
+            line_behaviours={":uu2:": Behaviour(mode="refusal")},
+        )
+    )
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    [collected] = check(engine, current)
+    assert collected.recorded == {"failed": 1, "invalid": 1, "staged": 1}
+    by_user = {row.user_id: row for row in staged_rows(engine)}
+    assert by_user["u1"].state == "failed" and "injected failure" in by_user["u1"].error
+    assert by_user["u2"].state == "invalid" and "refused" in by_user["u2"].error and by_user["u2"].program is None
+    assert by_user["u2"].prompt_tokens == PROMPT_TOKENS  # a refusal is billed
+    assert by_user["u3"].state == "staged"
+
+
+@pytest.mark.parametrize("outcome", ["expired", "cancelled"])
+def test_a_batch_that_ends_early_keeps_what_completed(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, outcome: str
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, outcome=outcome, completed_before_end=1))
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    [collected] = check(engine, current)
+    assert (collected.status, collected.recorded) == (outcome, {"staged": 1, "failed": 2})
+    failed = [row for row in staged_rows(engine) if row.state == "failed"]
+    assert all(f"batch_{outcome}" in row.error for row in failed)
+
+
+def test_requests_are_split_into_files_within_the_batch_api_limits(engine: Engine, current: Settings) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    with engine.connect() as connection:
+        found = rollout.targets(connection, candidate.identity.version)
+    files = list(rollout.batch_files(candidate, found, max_lines=2))
+    assert [len(chunk) for chunk, _ in files] == [2, 1]
+    assert [data.count(b"\n") for _, data in files] == [2, 1]
+    one_line = len(files[1][1])
+    by_size = list(rollout.batch_files(candidate, found, max_bytes=2 * one_line + 10))
+    assert [len(chunk) for chunk, _ in by_size] == [2, 1]
+    assert all(len(data) <= 2 * one_line + 10 for _, data in by_size)
+
+
+def test_a_batch_submission_the_server_refuses_is_recorded_and_the_cli_fails_in_one_line(
+    engine: Engine, current: Settings, cli: Callable[..., CliRun]
+) -> None:
+    # No server listens there: the upload fails, and the requests are recorded as failed.
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "LLM_MAX_RETRIES": "0"}
+    done = cli(str(current.database_url), "rollout", "start", "--model", CANDIDATE, **env)
+    assert done.code == 1 and done.stderr.count("\n") == 1 and "could not be submitted" in done.stderr
+    [summary] = rollout.summaries(engine, current)
+    assert summary.states == {"failed": 3} and summary.error
+
+
+def test_two_instances_collecting_at_once_record_each_result_once(
+    shared_database: Shared, fake_openai: FakeOpenAI
+) -> None:
+    settings = settings_for(shared_database.url, fake_openai)
+    engine = make_engine(shared_database.url)
+    try:
+        service = app_service(engine, settings)
+        for user in USERS:
+            serve(service, user)
+        fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
+        rollout.start(engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli")
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, **shared_database.env()}
+        collectors = [start_cli(shared_database.url, "rollout", "status", **env) for _ in range(2)]
+        outputs = [process.communicate(timeout=120) for process in collectors]
+        assert [process.returncode for process in collectors] == [0, 0], outputs
+        reports = [json.loads(out) for out, _ in outputs]
+        recorded = Counter[str]()
+        for report in reports:
+            for batch in report["batches"]:
+                recorded.update(batch["recorded"])
+        assert recorded == {"staged": 3}  # each result recorded by one of them
+        assert sum(b["collected"] for r in reports for b in r["batches"]) == 1
+        assert [row.state for row in staged_rows(engine)] == ["staged"] * 3
+    finally:
+        engine.dispose()
