@@ -226,6 +226,7 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
     totals = monitoring.summary(database.engine)
     usage = monitoring.usage_by_generator(database.engine)
     costs = monitoring.costs(usage, settings)
+    rollouts = rollout_steps.spend(database.engine, settings)
     return {
         "entries": {"valid": store.valid_entries, "expired": store.expired_entries},
         "storage_bytes": store.table_bytes,
@@ -237,9 +238,18 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
         "llm_calls_avoided": costs.llm_calls_avoided,
         "hit_rate": totals.hit_rate,
         "cache_errors": totals.cache_read_errors + totals.cache_write_errors,
-        "llm_cost_usd": round(costs.spent, 6),
+        "llm_cost_usd": round(costs.spent + rollouts.total, 6),
+        "llm_cost_split_usd": {
+            "input": round(costs.spend.input, 6),
+            "cached_input": round(costs.spend.cached_input, 6),
+            "output": round(costs.spend.output, 6),
+            "batch": round(rollouts.batch, 6),
+            "live_prewarm": round(rollouts.live, 6),
+            "trials": round(rollouts.trials, 6),
+        },
         "cost_saved_usd": round(costs.saved, 6),
-        "unpriced_models": list(costs.unpriced_models),
+        "prewarmed_hits_live_cost_usd": round(rollouts.saved, 6),
+        "unpriced_models": sorted({*costs.unpriced_models, *rollouts.unpriced_models}),
         "generators": [_generator_stats(u, settings) for u in usage],
     }
 
@@ -256,6 +266,8 @@ def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> di
         "llm_calls": usage.llm_calls,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
         "cost_usd": None if spent is None else round(spent, 6),
         "cost_saved_usd": None if saved is None else round(saved, 6),
         "rejected": usage.rejected,

@@ -870,6 +870,10 @@ class RolloutSpend:
     saved: float = 0.0  # the pre-warmed hits at the live price
     unpriced_models: tuple[str, ...] = ()
 
+    @property
+    def total(self) -> float:
+        return self.trials + self.live + self.batch
+
 
 def spend(engine: Engine, settings: Settings, since: datetime | None = None) -> RolloutSpend:
     """Rollout spend by kind, each model at its price and its tier (batch lines at the batch price)."""

@@ -234,7 +234,8 @@ def rollouts(allowed: bool) -> None:
     if check.button("Check batches now", disabled=not usable, icon=":material/sync:"):
         checks = rollout.check_batches(get_engine(), settings)
         collected = sum(c.collected for c in checks)
-        st.session_state.admin_notice = f"Checked {len(checks)} batches; {collected} collected."
+        checked = "1 batch" if len(checks) == 1 else f"{len(checks)} batches"
+        st.session_state.admin_notice = f"Checked {checked}; {collected} collected."
         st.rerun()
     rollout_table()
 
@@ -282,8 +283,8 @@ def start_rollout(asked: tuple[str, bool]) -> str:
     failed = f" {escape_markdown(started.error)}" if started.error else ""
     if live:
         return f"Rollout #{started.rollout_id}: {started.requested:,} programs generated live.{failed}"
-    batches = len(started.batch_ids)
-    return f"Rollout #{started.rollout_id}: {started.requested:,} requests submitted in {batches} batches.{failed}"
+    batches = "1 batch" if len(started.batch_ids) == 1 else f"{len(started.batch_ids)} batches"
+    return f"Rollout #{started.rollout_id}: {started.requested:,} requests submitted in {batches}.{failed}"
 
 
 def show_trial(trial: rollout.Trial) -> None:

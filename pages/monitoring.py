@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import monitoring
+from core import monitoring, rollout
 from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
 from pages.common import get_engine, get_settings
 
@@ -53,13 +53,20 @@ def read_overview(database_url: str, window: str, granularity: monitoring.Granul
     return monitoring.overview(get_engine(), window, granularity)
 
 
+@st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
+def read_rollout_spend(database_url: str, window: str) -> rollout.RolloutSpend:
+    return rollout.spend(get_engine(), get_settings(), monitoring.window_start(window))
+
+
 def chart(figure: go.Figure, *, key: str) -> None:
     figure.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend_title_text="", height=330)
     figure.update_xaxes(type="category")
     st.plotly_chart(figure, key=key)
 
 
-def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: monitoring.Storage) -> None:
+def headline(
+    summary: monitoring.Summary, costs: monitoring.Costs, rollouts: rollout.RolloutSpend, storage: monitoring.Storage
+) -> None:
     # Two rows of three: six in one row cut the labels off at common widths.
     top, bottom = st.columns(3), st.columns(3)
     rate = summary.hit_rate
@@ -79,9 +86,9 @@ def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: moni
     )
     bottom[0].metric(
         "LLM spend",
-        format_dollars(costs.spent),
+        format_dollars(costs.spent + rollouts.total),
         border=True,
-        help="Every billed token at its model's price (MODEL_PRICES), failed generations included",
+        help="Every billed token at its model's price (MODEL_PRICES), failed generations and rollouts included",
     )
     bottom[1].metric(
         "Time saved",
@@ -98,12 +105,19 @@ def headline(summary: monitoring.Summary, costs: monitoring.Costs, storage: moni
     if costs.spent:
         spend = costs.spend
         st.caption(
-            f"LLM spend: {format_dollars(spend.input)} input, {format_dollars(spend.cached_input)} cached input "
-            f"(read from the LLM server's prompt cache, at its lower price), {format_dollars(spend.output)} output."
+            f"Requests' LLM spend: {format_dollars(spend.input)} input, {format_dollars(spend.cached_input)} "
+            f"cached input (read from the LLM server's prompt cache, at its lower price), "
+            f"{format_dollars(spend.output)} output."
         )
-    if costs.unpriced_models:
+    if rollouts.total:
+        st.caption(
+            f"Rollouts: {format_dollars(rollouts.batch)} in batches (at the Batch API's price), "
+            f"{format_dollars(rollouts.live)} in live pre-warms, {format_dollars(rollouts.trials)} in trials; "
+            f"their pre-warmed hits would have cost {format_dollars(rollouts.saved)} live."
+        )
+    if unpriced_models := sorted({*costs.unpriced_models, *rollouts.unpriced_models}):
         # Model names are the LLM server's: shown as they are, never as Markdown or a link.
-        unpriced = ", ".join(code_span(model) for model in costs.unpriced_models)
+        unpriced = ", ".join(code_span(model) for model in unpriced_models)
         st.warning(
             f"No price for {unpriced}: its tokens are left out of LLM spend and cost saved. Add it to `MODEL_PRICES`.",
             icon=":material/price_change:",
@@ -408,11 +422,13 @@ if controls[2].button(
 ):
     monitoring.refresh_rollup(get_engine(), max_hours=ROLLUP_HOURS_PER_REFRESH)
     read_overview.clear()
+    read_rollout_spend.clear()
 figures = read_overview(get_settings().database_url, window, granularity)
 controls[2].caption(f"As of {figures.as_of:%H:%M:%S} UTC, read again after a minute or on Refresh.")
 usage = figures.usage
 costs = monitoring.costs(usage, get_settings())
-headline(figures.summary, costs, figures.storage)
+rollouts = read_rollout_spend(get_settings().database_url, window)
+headline(figures.summary, costs, rollouts, figures.storage)
 
 requests = frame(figures.requests, granularity)
 if requests.empty:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, update
+from streamlit.testing.v1 import AppTest
 
 from core import admin, rollout, staged_programs
 from core.db import Database, make_engine
@@ -22,7 +23,8 @@ from core.service import ProgramService
 from core.settings import Settings
 from tests.conftest import CliRun, Shared
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, count_rows, start_cli
+from tests.helpers import PROFILE, as_read, count_rows, start_cli
+from tests.test_pages import fill, submit
 
 CURRENT, CANDIDATE = "gpt-4o-mini", "gpt-4.1-mini"
 USERS = ("u1", "u2", "u3")
@@ -321,3 +323,44 @@ def test_two_instances_collecting_at_once_record_each_result_once(
         assert [row.state for row in staged_rows(engine)] == ["staged"] * 3
     finally:
         engine.dispose()
+
+
+def test_stats_split_spend_into_requests_tokens_batches_and_trials(
+    engine: Engine, current: Settings, cli: Callable[..., CliRun], fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(cached_tokens=300, reasoning_tokens=40))
+    serve(app_service(engine, current), "u4")
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
+    candidate = rollout.candidate(current, CANDIDATE)
+    rollout.start(engine, current, candidate, actor="cli")
+    check(engine, current)
+    rollout.trial(
+        engine, current, candidate, current_version=make_generator(current).identity.version, actor="cli", sample=1
+    )
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
+    stats = cli(str(current.database_url), "stats", **env).json()
+
+    [generator] = stats["generators"]
+    assert (generator["cached_tokens"], generator["reasoning_tokens"]) == (300, 40)
+    by_kind = {s.kind: s.cost for s in rollout.summaries(engine, current)}
+    split = stats["llm_cost_split_usd"]
+    assert split["batch"] == pytest.approx(by_kind["batch"], abs=1e-6)
+    assert split["trials"] == pytest.approx(by_kind["trial"], abs=1e-6) and split["live_prewarm"] == 0
+    requests = split["input"] + split["cached_input"] + split["output"]
+    assert stats["llm_cost_usd"] == pytest.approx(requests + split["batch"] + split["trials"], abs=1e-5)
+
+
+def test_the_generate_page_says_a_hit_was_prewarmed(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, app_test: Callable[..., AppTest]
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
+    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    check(engine, current)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": CANDIDATE}
+    at = app_test(str(current.database_url), **env).run()
+    submit(fill(at, "u1", **PROFILE))
+    assert not at.exception and fake_openai.calls == 0
+    [badge] = [as_read(s.value).replace("**", "") for s in at.success]
+    assert badge.startswith(
+        f"Cache hit, pre-warmed: written by {CANDIDATE} ahead of the switch (rollout #{started.rollout_id})"
+    )
