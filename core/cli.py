@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from core import admin, logs, monitoring, rejections
@@ -281,7 +282,7 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
         checks = rollout_steps.check_batches(engine, settings)
         return {
             "batches": [dataclasses.asdict(check) for check in checks],
-            "rollouts": [_rollout_summary(s) for s in rollout_steps.summaries(engine, settings, limit=10)],
+            "rollouts": [_rollout_summary(engine, s) for s in rollout_steps.summaries(engine, settings, limit=10)],
         }
     generator = rollout_steps.candidate(settings, args.model)
     if args.step == "try":
@@ -325,16 +326,17 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
         requested_within_days=args.requested_days,
     )
     if started.error and not started.batch_ids:
-        raise RolloutFailed(started.error)
+        raise rollout_steps.RolloutFailed(started.error)
     return dataclasses.asdict(started)
 
 
-class RolloutFailed(RuntimeError):
-    """Nothing of a rollout could be submitted."""
-
-
-def _rollout_summary(summary: rollout_steps.RolloutSummary) -> dict[str, Any]:
-    return {**dataclasses.asdict(summary), "phase": summary.phase}
+def _rollout_summary(engine: Engine, summary: rollout_steps.RolloutSummary) -> dict[str, Any]:
+    problems = rollout_steps.problems(engine, summary.id) if {"failed", "invalid"} & set(summary.states) else []
+    return {
+        **dataclasses.asdict(summary),
+        "phase": summary.phase,
+        "problems": [dataclasses.asdict(p) for p in problems],
+    }
 
 
 def _invalidate(args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
@@ -403,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             return _check_migrations(database)
         _emit(REPORTS[args.command](args, settings, database))
         return EXIT_OK
-    except (SchemaRefused, RolloutFailed) as exc:
+    except (SchemaRefused, rollout_steps.RolloutFailed) as exc:
         return _fail(EXIT_FAILED, str(exc))
     except ContractError as exc:
         return _fail(EXIT_INVALID, str(exc))

@@ -51,6 +51,7 @@ from core.schema import (
     utcnow,
 )
 from core.settings import ModelPrice, PriceTier, Settings
+from core.single_flight import LEASE_SECONDS, Lease
 
 RolloutKind = Literal["trial", "batch", "live"]
 ProgramState = Literal["pending", "staged", "tried", "invalid", "failed"]
@@ -77,6 +78,10 @@ class RolloutRefused(ContractError):
 
     def __init__(self, name: str, rule: str) -> None:
         super().__init__("rollout", [FieldError(name, rule)])
+
+
+class RolloutFailed(RuntimeError):
+    """A rollout could not run: nothing of it was submitted, or another start holds it."""
 
 
 def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
@@ -359,7 +364,26 @@ def start(
     requested_within_days: float | None = None,
     client: openai.OpenAI | None = None,
 ) -> Started:
-    """Pre-warm the keys `plan` names for the candidate: as batches, or live with `live`."""
+    """Pre-warm the keys `plan` names for the candidate: as batches, or live with `live`.
+    One start per candidate at a time, across instances (a lease in the database): a second
+    one fails at once rather than asking for the same programs twice."""
+    lease = Lease.claim(engine, f"rollout:{generator.identity.version}", LEASE_SECONDS)
+    if lease is None:
+        raise RolloutFailed(f"a pre-warm for {generator.identity.model} is being started elsewhere; try again after it")
+    with lease:
+        return _start(engine, settings, generator, actor, limit, live, requested_within_days, client)
+
+
+def _start(
+    engine: Engine,
+    settings: Settings,
+    generator: ProgramGenerator,
+    actor: str,
+    limit: int | None,
+    live: bool,
+    requested_within_days: float | None,
+    client: openai.OpenAI | None,
+) -> Started:
     found = plan(engine, settings, generator, requested_within_days=requested_within_days, limit=limit).targets
     kind: RolloutKind = "live" if live else "batch"
     if not found:
@@ -858,6 +882,25 @@ def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[Ro
             )
         )
     return found
+
+
+@dataclass(frozen=True)
+class Problem:
+    cache_key: str
+    state: ProgramState  # failed (no answer) or invalid (an answer that is not a valid program)
+    error: str | None
+
+
+def problems(engine: Engine, rollout_id: int, *, limit: int = 20) -> list[Problem]:
+    """A rollout's failed and invalid programs, with what was wrong, for the operator to read."""
+    query = (
+        select(asked.cache_key, asked.state, asked.error)
+        .where(asked.rollout_id == rollout_id, asked.state.in_(("failed", "invalid")))
+        .order_by(asked.id)
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        return [Problem(*row) for row in connection.execute(query)]
 
 
 @dataclass(frozen=True)

@@ -275,9 +275,12 @@ def show_plan(plan: rollout.Plan) -> None:
 def start_rollout(asked: tuple[str, bool]) -> str:
     model, live = asked
     settings = get_settings()
-    started = rollout.start(
-        get_engine(), settings, rollout.candidate(settings, model), actor=current_actor(), live=live
-    )
+    try:
+        started = rollout.start(
+            get_engine(), settings, rollout.candidate(settings, model), actor=current_actor(), live=live
+        )
+    except rollout.RolloutFailed as exc:
+        return f"Not started: {escape_markdown(str(exc))}"
     if started.rollout_id is None:
         return f"Nothing to pre-warm for {markdown_code(model)}: every valid entry is its own or staged already."
     failed = f" {escape_markdown(started.error)}" if started.error else ""
@@ -358,6 +361,14 @@ def rollout_table() -> None:
         hide_index=True,
         width="stretch",
     )
+    for summary in listed:
+        if {"failed", "invalid"} & set(summary.states):
+            with st.expander(f"Rollout #{summary.id}: failed and invalid programs", icon=":material/report:"):
+                for problem in rollout.problems(get_engine(), summary.id):
+                    st.markdown(
+                        f"- {markdown_code(short_key(problem.cache_key))} {problem.state}: "
+                        f"{escape_markdown(problem.error or 'no reason given')}"
+                    )
 
 
 def recent() -> None:

@@ -21,6 +21,7 @@ from core.models import parse_onboarding
 from core.schema import ai_coach_cache, rollout_programs, training_programs
 from core.service import ProgramService
 from core.settings import Settings
+from core.single_flight import Lease
 from tests.conftest import CliRun, Shared
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, as_read, count_rows, start_cli
@@ -33,9 +34,9 @@ DAY = timedelta(hours=25)
 
 def settings_for(database_url: str, fake: FakeOpenAI, model: str = CURRENT) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database_url,
-        openai_api_key="sk-test",  # type: ignore[arg-type]
+        openai_api_key="sk-test",
         openai_base_url=fake.base_url,
         openai_model=model,
     )
@@ -260,6 +261,9 @@ def test_failed_and_invalid_lines_are_counted_and_listed_never_staged(
     assert by_user["u2"].state == "invalid" and "refused" in by_user["u2"].error and by_user["u2"].program is None
     assert by_user["u2"].prompt_tokens == PROMPT_TOKENS  # a refusal is billed
     assert by_user["u3"].state == "staged"
+    [summary] = rollout.summaries(engine, current)
+    listed = {(p.state, p.error) for p in rollout.problems(engine, summary.id)}
+    assert listed == {("failed", by_user["u1"].error), ("invalid", by_user["u2"].error)}
 
 
 @pytest.mark.parametrize("outcome", ["expired", "cancelled"])
@@ -321,8 +325,25 @@ def test_two_instances_collecting_at_once_record_each_result_once(
         assert recorded == {"staged": 3}  # each result recorded by one of them
         assert sum(b["collected"] for r in reports for b in r["batches"]) == 1
         assert [row.state for row in staged_rows(engine)] == ["staged"] * 3
+        switched = app_service(engine, settings_for(shared_database.url, fake_openai, CANDIDATE))
+        assert serve(switched, "u1").prewarmed_by is not None and fake_openai.calls == 0
     finally:
         engine.dispose()
+
+
+def test_a_second_start_for_the_same_candidate_fails_while_one_runs(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, cli: Callable[..., CliRun]
+) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    # Another instance is starting a pre-warm for the candidate: it holds the lease.
+    held = Lease.claim(engine, f"rollout:{candidate.identity.version}", 60)
+    assert held is not None
+    with held:
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
+        done = cli(str(current.database_url), "rollout", "start", "--model", CANDIDATE, **env)
+    assert done.code == 1 and done.stderr.count("\n") == 1 and "being started elsewhere" in done.stderr
+    assert fake_openai.batches == [] and rollout.summaries(engine, current) == []
+    assert rollout.start(engine, current, candidate, actor="cli").requested == 3  # once it is done
 
 
 def test_stats_split_spend_into_requests_tokens_batches_and_trials(
