@@ -237,8 +237,11 @@ def look_again(submission: Submission[GenerationResult]) -> None:
         st.rerun()
 
 
-def waiting_note(submission: Submission[GenerationResult]) -> None:
+def waiting_line(submission: Submission[GenerationResult]) -> None:
     st.info(f"{submission.phase}… {submission.elapsed_seconds():.0f} s so far.", icon=":material/hourglass_top:")
+
+
+def stop_waiting_button() -> None:
     st.button(
         "Stop waiting",
         icon=":material/cancel:",
@@ -386,7 +389,7 @@ def outcome(state: CoachPanel) -> None:
     if state.abandoned is not None:
         abandoned_note(state.abandoned)
     if state.waiting and state.submission is not None:
-        waiting_note(state.submission)
+        stop_waiting_button()
         if state.submission.progress is not None:
             render_program_so_far(state.submission.progress)
     elif isinstance(state.outcome, Failure):
@@ -411,7 +414,16 @@ def coach_panel() -> None:
     # The outcome is written first, so that its badge reaches the browser before the form.
     with result_column:
         state = collect()
-        outcome(state)
+        # A run that ends in st.rerun (each look while a request is in flight) leaves on screen
+        # what the run before drew that it does not draw again: Streamlit clears that only when
+        # a run completes, and a container drawn where one was keeps the old one's content. So
+        # the outcome is one container, and a look draws its first line, an element, in that
+        # container's place: the earlier program goes, rather than stay under the next one's
+        # "is writing" line.
+        if state.waiting and state.submission is not None:
+            waiting_line(state.submission)
+        with st.container():
+            outcome(state)
     with form_column:
         questionnaire()
     if state.waiting and state.submission is not None:

@@ -98,3 +98,39 @@ def test_a_stream_that_fails_takes_the_partial_program_off_the_page_and_caches_n
     assert count_rows(engine, ai_coach_cache) == 0
     assert count_rows(engine, training_programs) == 0
     engine.dispose()
+
+
+def test_the_previous_program_leaves_the_page_while_the_next_one_is_being_written(
+    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(tokens_per_second=2_000))
+    page = open_fresh(context, server)
+    type_id(page, "fill", "earlier-client")
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("button", name="Download JSON")).to_have_count(1)
+    settle(page)
+
+    # The next client's program takes a while to begin: nothing of the earlier one may stay.
+    fake_openai.reset(Behaviour(delay_seconds=4, tokens_per_second=2_000))
+    type_id(page, "fill", "next-client")
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text(re.compile(r"is writing the program, which takes 5-15 s… \d+ s so far"))).to_be_visible(
+        timeout=10_000
+    )
+    # Looked at every 50 ms for two seconds, across several of the page's quarter-second looks.
+    seen = page.evaluate(
+        """async () => {
+            const seen = [];
+            for (let i = 0; i < 40; i++) {
+                const buttons = [...document.querySelectorAll("button")];
+                seen.push(buttons.filter((b) => b.innerText.includes("Download JSON")).length);
+                await new Promise((done) => setTimeout(done, 50));
+            }
+            return seen;
+        }"""
+    )
+    assert seen == [0] * 40, seen
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("button", name="Download JSON")).to_have_count(1)
+    settle(page)
