@@ -363,10 +363,10 @@ def table(results: dict[str, Any]) -> str:
             f"(target <= {COST_TARGET:.0%}: {_met(spend['met'])})"
         )
         lines.append(
-            f"of which the switch's own misses without pre-warm: "
+            f"without pre-warm, the switch's own misses (generator_changed): "
             f"{without['after']['misses_by_reason'].get('generator_changed', 0):,}, "
             f"${c['generator_changed_misses_live']:.2f} live; "
-            f"the pre-warm at the live price ${c['prewarm_at_live_price']:.2f}"
+            f"the pre-warm's keys at the live price: ${c['prewarm_at_live_price']:.2f}"
         )
         lines.append(
             f"wall time: {r['without_prewarm']['seconds']} s without pre-warm, {r['with_prewarm']['seconds']} s with"
