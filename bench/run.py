@@ -340,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only generations from a real model (llama.cpp's server, SmolLM2-135M) over 12 small profiles",
     )
+    parser.add_argument(
+        "--rollout",
+        action="store_true",
+        help="only three replayed days of requests across a model switch, with and without a pre-warm",
+    )
+    parser.add_argument("--users", type=int, help="--rollout: how many users' requests to replay")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -350,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         result = real_llm.measure(log)
         print(real_llm.table(result))
         _add_to_results(args.out, "real_llm", result)
+        return 0
+
+    if args.rollout:
+        from bench import replay
+
+        result = replay.measure(args.users or replay.USERS, log, postgres=not args.skip_postgres)
+        print(replay.table(result))
+        _add_to_results(args.out, "rollout", result)
         return 0
 
     if args.browser or args.concurrency:
