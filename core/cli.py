@@ -92,6 +92,9 @@ def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
         step.add_argument(
             "--requested-days", type=float, help="also the keys requested in the last N days (not only valid entries)"
         )
+        step.add_argument(
+            "--min-hours-left", type=float, default=0.0, help="only entries valid for at least this many more hours"
+        )
         step.add_argument("--limit", type=int, help="at most this many keys")
         if name == "start":
             step.add_argument(
@@ -302,12 +305,9 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
                 for p in trial.profiles
             ],
         }
-    if args.limit is not None and args.limit < 1:
-        raise rollout_steps.RolloutRefused("limit", "must be at least 1")
+    selection = rollout_steps.Selection(args.requested_days, args.min_hours_left, args.limit)
     if args.step == "plan":
-        plan = rollout_steps.plan(
-            engine, settings, generator, requested_within_days=args.requested_days, limit=args.limit
-        )
+        plan = rollout_steps.plan(engine, settings, generator, selection)
         return {
             "model": plan.model,
             "generator_version": plan.generator_version,
@@ -316,15 +316,7 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
             "estimated_cost_usd": {"live": plan.live_cost, "batch": plan.batch_cost},
             "estimated_from_entries": plan.with_recorded_tokens,
         }
-    started = rollout_steps.start(
-        engine,
-        settings,
-        generator,
-        actor="cli",
-        limit=args.limit,
-        live=args.live,
-        requested_within_days=args.requested_days,
-    )
+    started = rollout_steps.start(engine, settings, generator, actor="cli", selection=selection, live=args.live)
     if started.error and not started.batch_ids:
         raise rollout_steps.RolloutFailed(started.error)
     return dataclasses.asdict(started)

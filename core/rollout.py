@@ -158,24 +158,47 @@ def _ready(dialect: str, version: str) -> Any:
     )
 
 
-def _wanted(dialect: str, version: str, requested_since: datetime | None) -> Any:
-    now = database_now(dialect)
+@dataclass(frozen=True)
+class Selection:
+    """Which keys a pre-warm regenerates: those whose entries are valid now (for at least
+    `min_hours_left` more hours: an entry about to expire is seldom asked for again, and its
+    pre-warmed program would be paid for all the same) and were made by another generator;
+    with `requested_within_days`, also the keys requested in that many last days; at most
+    `limit` of them."""
+
+    requested_within_days: float | None = None
+    min_hours_left: float = 0.0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, value, least in (
+            ("requested_days", self.requested_within_days, 0),
+            ("min_hours_left", self.min_hours_left, 0),
+            ("limit", self.limit, 1),
+        ):
+            if value is not None and not least <= value < float("inf"):
+                raise RolloutRefused(name, f"must be a number of at least {least}")
+
+
+def _wanted(dialect: str, version: str, selection: Selection) -> Any:
     other = or_(cache.generator_version.is_(None), cache.generator_version != version)
     valid = select(cache.cache_key).where(
-        cache.cache_key.startswith(CACHE_KEY_PREFIX, autoescape=True), cache.expires_at > now, other
+        cache.cache_key.startswith(CACHE_KEY_PREFIX, autoescape=True),
+        cache.expires_at > database_now(dialect, selection.min_hours_left * 3600),
+        other,
     )
-    if requested_since is None:
+    if not selection.requested_within_days:
         return valid
-    return valid.union(select(events.cache_key).where(events.created_at >= requested_since, events.outcome != "error"))
+    since = utcnow() - timedelta(days=selection.requested_within_days)
+    return valid.union(select(events.cache_key).where(events.created_at >= since, events.outcome != "error"))
 
 
-def targets(
-    connection: Connection, version: str, *, requested_since: datetime | None = None, limit: int | None = None
-) -> list[Target]:
+def targets(connection: Connection, version: str, selection: Selection | None = None) -> list[Target]:
     """The keys a pre-warm for `version` would regenerate, each with the newest answers
     history recorded for it; keys with no usable answers are left out."""
     dialect = connection.dialect.name
-    wanted = _wanted(dialect, version, requested_since).subquery()
+    selection = selection or Selection()
+    wanted = _wanted(dialect, version, selection).subquery()
     newest = func.row_number().over(
         partition_by=programs.cache_key, order_by=(programs.created_at.desc(), programs.id.desc())
     )
@@ -210,7 +233,7 @@ def targets(
         .outerjoin(ai_coach_cache, valid_entry)
         .where(latest.c.n == 1)
         .order_by(latest.c.cache_key)
-        .limit(limit)
+        .limit(selection.limit)
     )
     found = []
     for row in connection.execute(query):
@@ -226,13 +249,10 @@ def plan(
     engine: Engine,
     settings: Settings,
     generator: ProgramGenerator,
-    *,
-    requested_within_days: float | None = None,
-    limit: int | None = None,
+    selection: Selection | None = None,
 ) -> Plan:
-    since = utcnow() - timedelta(days=requested_within_days) if requested_within_days else None
     with engine.connect() as connection:
-        found = targets(connection, generator.identity.version, requested_since=since, limit=limit)
+        found = targets(connection, generator.identity.version, selection)
     price = settings.price_of(generator.identity.model)
     recorded = [t for t in found if t.prompt_tokens is not None and t.completion_tokens is not None]
 
@@ -359,9 +379,8 @@ def start(
     generator: ProgramGenerator,
     *,
     actor: str,
-    limit: int | None = None,
+    selection: Selection | None = None,
     live: bool = False,
-    requested_within_days: float | None = None,
     client: openai.OpenAI | None = None,
 ) -> Started:
     """Pre-warm the keys `plan` names for the candidate: as batches, or live with `live`.
@@ -371,7 +390,7 @@ def start(
     if lease is None:
         raise RolloutFailed(f"a pre-warm for {generator.identity.model} is being started elsewhere; try again after it")
     with lease:
-        return _start(engine, settings, generator, actor, limit, live, requested_within_days, client)
+        return _start(engine, settings, generator, actor, selection, live, client)
 
 
 def _start(
@@ -379,12 +398,11 @@ def _start(
     settings: Settings,
     generator: ProgramGenerator,
     actor: str,
-    limit: int | None,
+    selection: Selection | None,
     live: bool,
-    requested_within_days: float | None,
     client: openai.OpenAI | None,
 ) -> Started:
-    found = plan(engine, settings, generator, requested_within_days=requested_within_days, limit=limit).targets
+    found = plan(engine, settings, generator, selection).targets
     kind: RolloutKind = "live" if live else "batch"
     if not found:
         return Started(None, kind, 0)

@@ -24,7 +24,7 @@ from core.settings import Settings
 from core.single_flight import Lease
 from tests.conftest import CliRun, Shared
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, as_read, count_rows, start_cli
+from tests.helpers import PROFILE, as_read, count_rows, expire_entries, start_cli
 from tests.test_pages import fill, submit
 
 CURRENT, CANDIDATE = "gpt-4o-mini", "gpt-4.1-mini"
@@ -81,7 +81,21 @@ def test_the_plan_names_the_keys_another_generator_made_and_prices_them_live_and
     assert plan.batch_cost == pytest.approx(plan.live_cost / 2)
     # The current generator has nothing to pre-warm: its own entries are its own.
     assert rollout.plan(engine, current, rollout.candidate(current, CURRENT)).count == 0
-    assert rollout.plan(engine, current, candidate, limit=2).count == 2
+    assert rollout.plan(engine, current, candidate, rollout.Selection(limit=2)).count == 2
+    # Entries valid for 24 h: none has 25 h left.
+    assert rollout.plan(engine, current, candidate, rollout.Selection(min_hours_left=23)).count == 3
+    assert rollout.plan(engine, current, candidate, rollout.Selection(min_hours_left=25)).count == 0
+
+
+def test_keys_requested_lately_whose_entries_expired_are_planned_only_when_asked_for(
+    engine: Engine, current: Settings
+) -> None:
+    expire_entries(engine, ai_coach_cache.c.user_id == "u1")
+    candidate = rollout.candidate(current, CANDIDATE)
+    assert {t.user_id for t in rollout.plan(engine, current, candidate).targets} == {"u2", "u3"}
+    lately = rollout.plan(engine, current, candidate, rollout.Selection(requested_within_days=1))
+    assert {t.user_id for t in lately.targets} == set(USERS)
+    assert lately.by_generator == {make_generator(current).identity.version: 2, "none": 1}
 
 
 def test_a_live_prewarm_stages_programs_that_the_switched_app_serves_as_prewarmed_hits(
@@ -198,6 +212,8 @@ def test_the_cli_plans_starts_live_and_reports_rollouts(
     status = cli(url, "rollout", "status", **env).json()
     assert status["batches"] == [] and status["rollouts"][0]["states"] == {"staged": 2}
 
+    bad = cli(url, "rollout", "plan", "--model", CANDIDATE, "--limit", "0", **env)
+    assert bad.code == 2 and bad.stderr.count("\n") == 1 and "limit: must be a number of at least 1" in bad.stderr
     refused = cli(url, "rollout", "plan", "--model", CANDIDATE)
     assert refused.code == 2 and refused.stderr.count("\n") == 1 and "OPENAI_API_KEY" in refused.stderr
 
