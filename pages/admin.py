@@ -201,12 +201,28 @@ def rollouts(allowed: bool) -> None:
     usable = allowed and settings.uses_openai
     with st.form("rollout", border=False, enter_to_submit=False):
         model = st.text_input("Candidate model", key="rollout_model").strip()
-        sample = st.number_input("Profiles to try", min_value=1, max_value=100, value=rollout.DEFAULT_SAMPLE)
+        options = st.columns(3)
+        sample = options[0].number_input("Profiles to try", min_value=1, max_value=100, value=rollout.DEFAULT_SAMPLE)
+        hours_left = options[1].number_input(
+            "Pre-warm entries valid for at least (hours)",
+            min_value=0.0,
+            value=0.0,
+            step=1.0,
+            help="An entry about to expire is seldom asked for again, and its program is paid for all the same",
+        )
+        requested_days = options[2].number_input(
+            "Also keys requested in the last (days)",
+            min_value=0.0,
+            value=0.0,
+            step=1.0,
+            help="Keys without a valid entry that were asked for lately; 0 leaves them out",
+        )
         live = st.checkbox("Live calls instead of a batch (servers without a Batch API)", key="rollout_live")
         cols = st.columns(3)
         tried = cols[0].form_submit_button("Try it", disabled=not usable, icon=":material/science:")
         planned = cols[1].form_submit_button("Plan pre-warm", disabled=not usable, icon=":material/list_alt:")
         started = cols[2].form_submit_button("Start pre-warm", disabled=not usable, icon=":material/rocket_launch:")
+    selection = rollout.Selection(requested_within_days=requested_days or None, min_hours_left=hours_left)
     if usable and (tried or planned or started):
         try:
             candidate = rollout.candidate(settings, model)
@@ -217,12 +233,12 @@ def rollouts(allowed: bool) -> None:
             with st.spinner(f"Trying {escape_markdown(model)} on up to {int(sample)} profiles…"):
                 try_candidate(candidate, int(sample))
         elif planned:
-            show_plan(rollout.plan(get_engine(), settings, candidate))
+            show_plan(rollout.plan(get_engine(), settings, candidate, selection))
         else:
-            st.session_state.confirm_rollout = (model, live)
+            st.session_state.confirm_rollout = (model, live, selection)
     if usable and st.session_state.get("confirm_rollout"):
-        chosen, live_chosen = st.session_state.confirm_rollout
-        plan = rollout.plan(get_engine(), settings, rollout.candidate(settings, chosen))
+        chosen, live_chosen, chosen_selection = st.session_state.confirm_rollout
+        plan = rollout.plan(get_engine(), settings, rollout.candidate(settings, chosen), chosen_selection)
         cost = plan.live_cost if live_chosen else plan.batch_cost
         how = "live" if live_chosen else "as a batch"
         question = f"Regenerate {plan.count:,} programs with {markdown_code(chosen)} {how}, for about {dollars(cost)}?"
@@ -272,12 +288,17 @@ def show_plan(plan: rollout.Plan) -> None:
     )
 
 
-def start_rollout(asked: tuple[str, bool]) -> str:
-    model, live = asked
+def start_rollout(asked: tuple[str, bool, rollout.Selection]) -> str:
+    model, live, selection = asked
     settings = get_settings()
     try:
         started = rollout.start(
-            get_engine(), settings, rollout.candidate(settings, model), actor=current_actor(), live=live
+            get_engine(),
+            settings,
+            rollout.candidate(settings, model),
+            actor=current_actor(),
+            selection=selection,
+            live=live,
         )
     except rollout.RolloutFailed as exc:
         return f"Not started: {escape_markdown(str(exc))}"

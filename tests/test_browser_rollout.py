@@ -47,8 +47,13 @@ def test_an_operator_plans_starts_collects_and_tries_a_rollout(
     settle(page)
     go_to(page, "Cache admin")
 
+    hours_left = page.get_by_role("spinbutton", name="Pre-warm entries valid for at least (hours)")
+    hours_left.fill("25")  # every entry expires within 24 h
     press(page, "Plan pre-warm")
     planned = page.get_by_test_id("stMetric").filter(has_text="Programs to regenerate")
+    expect(planned.get_by_test_id("stMetricValue")).to_have_text("0")
+    hours_left.fill("0")
+    press(page, "Plan pre-warm")
     expect(planned.get_by_test_id("stMetricValue")).to_have_text("3")
 
     press(page, "Start pre-warm")
