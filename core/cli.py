@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, logs, monitoring, rejections
+from core import admin, logs, monitoring, rejections, rollout_reports
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
@@ -230,7 +230,7 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
     totals = monitoring.summary(database.engine)
     usage = monitoring.usage_by_generator(database.engine)
     costs = monitoring.costs(usage, settings)
-    rollouts = rollout_steps.spend(database.engine, settings)
+    rollouts = rollout_reports.spend(database.engine, settings)
     return {
         "entries": {"valid": store.valid_entries, "expired": store.expired_entries},
         "storage_bytes": store.table_bytes,
@@ -285,14 +285,13 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
         checks = rollout_steps.check_batches(engine, settings)
         return {
             "batches": [dataclasses.asdict(check) for check in checks],
-            "rollouts": [_rollout_summary(engine, s) for s in rollout_steps.summaries(engine, settings, limit=10)],
+            "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
         }
     generator = rollout_steps.candidate(settings, args.model)
     if args.step == "try":
+        tried = rollout_steps.trial(engine, settings, generator, actor="cli", sample=args.sample)
         current = make_generator(settings).identity.version
-        trial = rollout_steps.trial(
-            engine, settings, generator, current_version=current, actor="cli", sample=args.sample
-        )
+        trial = rollout_reports.trial_report(engine, settings, tried, current_version=current)
         return {
             "rollout_id": trial.rollout_id,
             "model": trial.model,
@@ -322,8 +321,8 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
     return dataclasses.asdict(started)
 
 
-def _rollout_summary(engine: Engine, summary: rollout_steps.RolloutSummary) -> dict[str, Any]:
-    problems = rollout_steps.problems(engine, summary.id) if {"failed", "invalid"} & set(summary.states) else []
+def _rollout_summary(engine: Engine, summary: rollout_reports.RolloutSummary) -> dict[str, Any]:
+    problems = rollout_reports.problems(engine, summary.id) if {"failed", "invalid"} & set(summary.states) else []
     return {
         **dataclasses.asdict(summary),
         "phase": summary.phase,

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from statistics import median, quantiles
 from time import perf_counter
 from typing import Any, Literal
 
@@ -34,7 +33,6 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
-from core.cache_key import key_sample
 from core.db import connect_to_write
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.generators.base import NOT_BILLED, BilledTokens, GenerationError, billed_tokens
@@ -199,24 +197,8 @@ def targets(connection: Connection, version: str, selection: Selection | None = 
     dialect = connection.dialect.name
     selection = selection or Selection()
     wanted = _wanted(dialect, version, selection).subquery()
-    newest = func.row_number().over(
-        partition_by=programs.cache_key, order_by=(programs.created_at.desc(), programs.id.desc())
-    )
-    latest = (
-        select(
-            programs.cache_key,
-            programs.user_id,
-            programs.onboarding_responses,
-            programs.has_paid_access,
-            newest.label("n"),
-        )
-        .where(
-            programs.cache_key.in_(select(wanted.c.cache_key)),
-            programs.cache_key.not_in(_ready(dialect, version)),
-            programs.onboarding_responses.is_not(None),
-            programs.has_paid_access.is_not(None),
-        )
-        .subquery()
+    latest = _newest_answers(
+        programs.cache_key.in_(select(wanted.c.cache_key)), programs.cache_key.not_in(_ready(dialect, version))
     )
     valid_entry = and_(cache.cache_key == latest.c.cache_key, cache.expires_at > database_now(dialect))
     query = (
@@ -235,14 +217,34 @@ def targets(connection: Connection, version: str, selection: Selection | None = 
         .order_by(latest.c.cache_key)
         .limit(selection.limit)
     )
-    found = []
-    for row in connection.execute(query):
+    return _usable(Target(row[0], str(row[1]), row[2], row[3], *row[4:]) for row in connection.execute(query))
+
+
+def _newest_answers(*where: Any) -> Any:
+    """Per key (among the history rows `where` selects), its newest row with answers and
+    a paid flag recorded, as the row numbered 1."""
+    newest = func.row_number().over(
+        partition_by=programs.cache_key, order_by=(programs.created_at.desc(), programs.id.desc())
+    )
+    columns = (programs.cache_key, programs.user_id, programs.onboarding_responses, programs.has_paid_access)
+    return (
+        select(*columns, programs.created_at, newest.label("n"))
+        .where(programs.onboarding_responses.is_not(None), programs.has_paid_access.is_not(None), *where)
+        .subquery()
+    )
+
+
+def _usable(found: Iterable[Target]) -> list[Target]:
+    """Those whose answers pass the contract: answers recorded under an older one can build
+    no request."""
+    usable = []
+    for target in found:
         try:
-            parse_onboarding(row.onboarding_responses)
+            parse_onboarding(target.answers)
         except ContractError:
-            continue  # answers recorded under an older contract: no request can be built
-        found.append(Target(row[0], str(row[1]), row[2], row[3], *row[4:]))
-    return found
+            continue
+        usable.append(target)
+    return usable
 
 
 def plan(
@@ -259,7 +261,7 @@ def plan(
     def estimate(tier: PriceTier) -> float | None:
         if price is None or not recorded:
             return None
-        known = sum(_cost(price, t.prompt_tokens, t.completion_tokens, t.cached_tokens, tier) for t in recorded)
+        known = sum(cost(price, t.prompt_tokens, t.completion_tokens, t.cached_tokens, tier) for t in recorded)
         return known / len(recorded) * len(found)
 
     return Plan(
@@ -273,7 +275,7 @@ def plan(
     )
 
 
-def _cost(price: ModelPrice, prompt: int | None, completion: int | None, cached: int | None, tier: PriceTier) -> float:
+def cost(price: ModelPrice, prompt: int | None, completion: int | None, cached: int | None, tier: PriceTier) -> float:
     return price.cost(prompt or 0, completion or 0, cached_tokens=cached or 0, tier=tier)
 
 
@@ -636,52 +638,17 @@ def _results(client: openai.OpenAI, *file_ids: str | None) -> dict[str, dict[str
     return results
 
 
-@dataclass(frozen=True)
-class Side:
-    """One generator's record on a trial's profiles."""
-
-    programs: int  # profiles it has a result for
-    valid_first_try: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    cost: float | None  # at its live price; None without one
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-
-
-@dataclass(frozen=True)
-class TrialProfile:
-    cache_key: str
-    candidate_state: ProgramState
-    candidate_program: Any | None
-    candidate_error: str | None
-    current_program: Any | None  # the newest program the current generator made for it
-
-
-@dataclass(frozen=True)
-class Trial:
-    rollout_id: int
-    model: str
-    generator_version: str
-    current_version: str
-    candidate: Side
-    current: Side
-    profiles: list[TrialProfile]
-
-
 def trial(
     engine: Engine,
     settings: Settings,
     generator: ProgramGenerator,
     *,
-    current_version: str,
     actor: str,
     sample: int = DEFAULT_SAMPLE,
-) -> Trial:
+) -> int:
     """Generate live with the candidate for the `sample` most recently requested profiles,
-    without touching the cache or history, and compare it with the current generator on
-    the same profiles."""
+    without touching the cache or history; the trial's rollout id, to compare it with the
+    current generator on the same profiles (core/rollout_reports.py)."""
     if sample < 1:
         raise RolloutRefused("sample", "must be at least 1")
     with engine.connect() as connection:
@@ -692,280 +659,11 @@ def trial(
     with connect_to_write(engine) as connection, connection.begin():
         _ask(connection, rollout_id, generator.identity.version, found)
     _run_live(engine, settings, generator, rollout_id, stage=False)
-    return trial_report(engine, settings, rollout_id, current_version=current_version)
+    return rollout_id
 
 
 def _recent_profiles(connection: Connection, sample: int) -> list[Target]:
-    newest = func.row_number().over(
-        partition_by=programs.cache_key, order_by=(programs.created_at.desc(), programs.id.desc())
-    )
-    latest = (
-        select(
-            programs.cache_key,
-            programs.user_id,
-            programs.onboarding_responses,
-            programs.has_paid_access,
-            programs.created_at,
-            newest.label("n"),
-        )
-        .where(
-            programs.cache_key.is_not(None),
-            programs.onboarding_responses.is_not(None),
-            programs.has_paid_access.is_not(None),
-        )
-        .subquery()
-    )
+    latest = _newest_answers(programs.cache_key.is_not(None))
     shown = (latest.c.cache_key, latest.c.user_id, latest.c.onboarding_responses, latest.c.has_paid_access)
     query = select(*shown).where(latest.c.n == 1).order_by(latest.c.created_at.desc()).limit(sample)
-    return [Target(row[0], str(row[1]), row[2], row[3]) for row in connection.execute(query)]
-
-
-def _side(
-    results: int,
-    valid: int,
-    attempts: int,
-    tokens: tuple[int, int, int],
-    latencies: list[float],
-    price: ModelPrice | None,
-) -> Side:
-    prompt, completion, cached = tokens
-    cuts = quantiles(latencies, n=20) if len(latencies) > 1 else latencies
-    return Side(
-        programs=results,
-        valid_first_try=valid / attempts if attempts else None,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=cached,
-        cost=_cost(price, prompt, completion, cached, "live") if price else None,
-        latency_p50_ms=median(latencies) if latencies else None,
-        latency_p95_ms=cuts[-1] if cuts else None,
-    )
-
-
-def trial_report(engine: Engine, settings: Settings, rollout_id: int, *, current_version: str) -> Trial:
-    """A trial's comparison: the candidate from its own record; the current generator from
-    what it did for the same keys (its generations in history, its failures in the events)."""
-    with engine.connect() as connection:
-        run = connection.execute(select(runs.model, runs.generator_version).where(runs.id == rollout_id)).one()
-        tried = list(
-            connection.execute(select(rollout_programs).where(asked.rollout_id == rollout_id).order_by(asked.id))
-        )
-        keys = [row.cache_key for row in tried]
-        made = list(
-            connection.execute(
-                select(
-                    programs.cache_key,
-                    programs.program,
-                    programs.latency_ms,
-                    programs.model,
-                    programs.prompt_tokens,
-                    programs.completion_tokens,
-                    programs.cached_tokens,
-                )
-                .where(
-                    programs.cache_key.in_(keys),
-                    programs.generator_version == current_version,
-                    programs.source != "cache",
-                )
-                .order_by(programs.created_at)
-            )
-        )
-        outcomes: Counter[str] = Counter(
-            dict(
-                connection.execute(
-                    select(events.outcome, func.count())
-                    .where(
-                        events.key_sample.in_(sorted({key_sample(k) for k in keys})),
-                        events.cache_key.in_(keys),
-                        events.generator_version == current_version,
-                        events.outcome != "hit",
-                    )
-                    .group_by(events.outcome)
-                ).all()
-            )
-        )
-    newest = {row.cache_key: row for row in made}
-    done = [row for row in tried if row.state != "pending"]
-    candidate_side = _side(
-        len(done),
-        sum(row.state == "tried" for row in done),
-        len(done),
-        tuple(
-            sum(getattr(row, name) or 0 for row in done)
-            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
-        ),  # type: ignore[arg-type]
-        [row.latency_ms for row in done if row.latency_ms is not None],
-        settings.price_of(run.model),
-    )
-    current_model = made[-1].model if made else None
-    current_side = _side(
-        len(newest),
-        outcomes["miss"] + outcomes["bypass"],
-        sum(outcomes.values()),
-        tuple(
-            sum(getattr(row, name) or 0 for row in made)
-            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
-        ),  # type: ignore[arg-type]
-        [row.latency_ms for row in made if row.latency_ms is not None],
-        settings.price_of(current_model) if current_model else None,
-    )
-    profiles = [
-        TrialProfile(
-            row.cache_key,
-            row.state,
-            row.program,
-            row.error,
-            newest[row.cache_key].program if row.cache_key in newest else None,
-        )
-        for row in tried
-    ]
-    return Trial(rollout_id, run.model, run.generator_version, current_version, candidate_side, current_side, profiles)
-
-
-@dataclass(frozen=True)
-class RolloutSummary:
-    id: int
-    kind: RolloutKind
-    model: str
-    generator_version: str
-    created_by: str
-    created_at: datetime
-    requested: int
-    states: dict[str, int]  # programs by state
-    used: int  # staged programs a request took
-    batches: dict[str, int]  # batch jobs by OpenAI's status
-    error: str | None
-    cost: float | None  # what its generations were billed, at its tier's price
-    saved: float | None  # the pre-warmed hits at the live price: what they would have cost
-
-    @property
-    def phase(self) -> str:
-        """planned, submitted, in progress or collected, as an operator follows it."""
-        if self.states.get("pending"):
-            if self.kind != "batch":
-                return "in progress"
-            return "submitted" if set(self.batches) <= {"validating"} else "in progress"
-        return "collected"
-
-
-def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[RolloutSummary]:
-    """The newest rollouts with what became of each."""
-    with engine.connect() as connection:
-        listed = list(
-            connection.execute(select(rollouts).order_by(runs.created_at.desc(), runs.id.desc()).limit(limit))
-        )
-        ids = [row.id for row in listed]
-        per_state = connection.execute(
-            select(
-                asked.rollout_id,
-                asked.state,
-                func.count(),
-                func.count(asked.used_at),
-                func.coalesce(func.sum(asked.prompt_tokens), 0),
-                func.coalesce(func.sum(asked.completion_tokens), 0),
-                func.coalesce(func.sum(asked.cached_tokens), 0),
-                # What the used ones were billed: what their hits saved at the live price.
-                func.coalesce(func.sum(asked.prompt_tokens).filter(asked.used_at.is_not(None)), 0),
-                func.coalesce(func.sum(asked.completion_tokens).filter(asked.used_at.is_not(None)), 0),
-                func.coalesce(func.sum(asked.cached_tokens).filter(asked.used_at.is_not(None)), 0),
-            )
-            .where(asked.rollout_id.in_(ids))
-            .group_by(asked.rollout_id, asked.state)
-        ).all()
-        per_batch = connection.execute(
-            select(jobs.rollout_id, jobs.status, func.count())
-            .where(jobs.rollout_id.in_(ids))
-            .group_by(jobs.rollout_id, jobs.status)
-        ).all()
-    found = []
-    for run in listed:
-        rows = [r for r in per_state if r[0] == run.id]
-        price = settings.price_of(run.model)
-        tier: PriceTier = "batch" if run.kind == "batch" else "live"
-        found.append(
-            RolloutSummary(
-                id=run.id,
-                kind=run.kind,
-                model=run.model,
-                generator_version=run.generator_version,
-                created_by=run.created_by,
-                created_at=run.created_at,
-                requested=run.requested,
-                states={r[1]: r[2] for r in rows},
-                used=sum(r[3] for r in rows),
-                batches={r[1]: r[2] for r in per_batch if r[0] == run.id},
-                error=run.error,
-                cost=sum(_cost(price, r[4], r[5], r[6], tier) for r in rows) if price else None,
-                saved=sum(_cost(price, r[7], r[8], r[9], "live") for r in rows) if price else None,
-            )
-        )
-    return found
-
-
-@dataclass(frozen=True)
-class Problem:
-    cache_key: str
-    state: ProgramState  # failed (no answer) or invalid (an answer that is not a valid program)
-    error: str | None
-
-
-def problems(engine: Engine, rollout_id: int, *, limit: int = 20) -> list[Problem]:
-    """A rollout's failed and invalid programs, with what was wrong, for the operator to read."""
-    query = (
-        select(asked.cache_key, asked.state, asked.error)
-        .where(asked.rollout_id == rollout_id, asked.state.in_(("failed", "invalid")))
-        .order_by(asked.id)
-        .limit(limit)
-    )
-    with engine.connect() as connection:
-        return [Problem(*row) for row in connection.execute(query)]
-
-
-@dataclass(frozen=True)
-class RolloutSpend:
-    """What rollouts were billed in a window, by how: trials, live pre-warms, batches."""
-
-    trials: float = 0.0
-    live: float = 0.0
-    batch: float = 0.0
-    saved: float = 0.0  # the pre-warmed hits at the live price
-    unpriced_models: tuple[str, ...] = ()
-
-    @property
-    def total(self) -> float:
-        return self.trials + self.live + self.batch
-
-
-def spend(engine: Engine, settings: Settings, since: datetime | None = None) -> RolloutSpend:
-    """Rollout spend by kind, each model at its price and its tier (batch lines at the batch price)."""
-    query = (
-        select(
-            runs.kind,
-            runs.model,
-            func.coalesce(func.sum(asked.prompt_tokens), 0),
-            func.coalesce(func.sum(asked.completion_tokens), 0),
-            func.coalesce(func.sum(asked.cached_tokens), 0),
-            func.coalesce(func.sum(asked.prompt_tokens).filter(asked.used_at.is_not(None)), 0),
-            func.coalesce(func.sum(asked.completion_tokens).filter(asked.used_at.is_not(None)), 0),
-            func.coalesce(func.sum(asked.cached_tokens).filter(asked.used_at.is_not(None)), 0),
-        )
-        .join(rollouts, runs.id == asked.rollout_id)
-        .group_by(runs.kind, runs.model)
-    )
-    if since is not None:
-        query = query.where(runs.created_at >= since)
-    totals = {"trial": 0.0, "live": 0.0, "batch": 0.0}
-    saved = 0.0
-    unpriced = set()
-    with engine.connect() as connection:
-        for kind, model, prompt, completion, cached, used_prompt, used_completion, used_cached in connection.execute(
-            query
-        ):
-            price = settings.price_of(model)
-            if price is None:
-                if prompt:
-                    unpriced.add(model)
-                continue
-            totals[kind] += _cost(price, prompt, completion, cached, "batch" if kind == "batch" else "live")
-            saved += _cost(price, used_prompt, used_completion, used_cached, "live")
-    return RolloutSpend(totals["trial"], totals["live"], totals["batch"], saved, tuple(sorted(unpriced)))
+    return _usable(Target(row[0], str(row[1]), row[2], row[3]) for row in connection.execute(query))

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import admin, cache_store, rollout
+from core import admin, cache_store, rollout, rollout_reports
 from core.formatting import format_bytes, format_dollars, format_duration, markdown_code
 from core.models import ContractError
 from core.schema import utcnow
@@ -245,7 +245,7 @@ def rollouts(allowed: bool) -> None:
         confirm("rollout", question, "Yes, start", start_rollout)
     trial_id = st.session_state.get("rollout_trial")
     if trial_id is not None:
-        show_trial(rollout.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
+        show_trial(rollout_reports.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
     check, _ = st.columns([1, 3])
     if check.button("Check batches now", disabled=not usable, icon=":material/sync:"):
         checks = rollout.check_batches(get_engine(), settings)
@@ -266,14 +266,13 @@ def try_candidate(candidate: Any, sample: int) -> None:
             get_engine(),
             get_settings(),
             candidate,
-            current_version=current_version(),
             actor=current_actor(),
             sample=sample,
         )
     except ContractError as exc:
         st.error(escape_markdown(str(exc)), icon=":material/error:")
         return
-    st.session_state.rollout_trial = trial.rollout_id
+    st.session_state.rollout_trial = trial
 
 
 def show_plan(plan: rollout.Plan) -> None:
@@ -311,7 +310,7 @@ def start_rollout(asked: tuple[str, bool, rollout.Selection]) -> str:
     return f"Rollout #{started.rollout_id}: {started.requested:,} requests submitted in {batches}.{failed}"
 
 
-def show_trial(trial: rollout.Trial) -> None:
+def show_trial(trial: rollout_reports.Trial) -> None:
     st.markdown(f"**Trial #{trial.rollout_id}** of {markdown_code(trial.model)} against the current generator")
     sides = {"Candidate": trial.candidate, "Current": trial.current}
     st.dataframe(
@@ -357,7 +356,7 @@ def show_trial(trial: rollout.Trial) -> None:
 
 
 def rollout_table() -> None:
-    listed = rollout.summaries(get_engine(), get_settings())
+    listed = rollout_reports.summaries(get_engine(), get_settings())
     if not listed:
         st.caption("No rollout has run yet.")
         return
@@ -385,7 +384,7 @@ def rollout_table() -> None:
     for summary in listed:
         if {"failed", "invalid"} & set(summary.states):
             with st.expander(f"Rollout #{summary.id}: failed and invalid programs", icon=":material/report:"):
-                for problem in rollout.problems(get_engine(), summary.id):
+                for problem in rollout_reports.problems(get_engine(), summary.id):
                     st.markdown(
                         f"- {markdown_code(short_key(problem.cache_key))} {problem.state}: "
                         f"{escape_markdown(problem.error or 'no reason given')}"

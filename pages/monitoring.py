@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import monitoring, rollout
+from core import monitoring, rollout_reports
 from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
 from pages.common import get_engine, get_settings
 
@@ -54,8 +54,8 @@ def read_overview(database_url: str, window: str, granularity: monitoring.Granul
 
 
 @st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
-def read_rollout_spend(database_url: str, window: str) -> rollout.RolloutSpend:
-    return rollout.spend(get_engine(), get_settings(), monitoring.window_start(window))
+def read_rollout_spend(database_url: str, window: str) -> rollout_reports.RolloutSpend:
+    return rollout_reports.spend(get_engine(), get_settings(), monitoring.window_start(window))
 
 
 def chart(figure: go.Figure, *, key: str) -> None:
@@ -65,7 +65,10 @@ def chart(figure: go.Figure, *, key: str) -> None:
 
 
 def headline(
-    summary: monitoring.Summary, costs: monitoring.Costs, rollouts: rollout.RolloutSpend, storage: monitoring.Storage
+    summary: monitoring.Summary,
+    costs: monitoring.Costs,
+    rollouts: rollout_reports.RolloutSpend,
+    storage: monitoring.Storage,
 ) -> None:
     # Two rows of three: six in one row cut the labels off at common widths.
     top, bottom = st.columns(3), st.columns(3)

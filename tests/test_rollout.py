@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from streamlit.testing.v1 import AppTest
 
-from core import admin, rollout, staged_programs
+from core import admin, rollout, rollout_reports, staged_programs
 from core.db import Database, make_engine
 from core.generators import make_generator
 from core.models import parse_onboarding
@@ -170,7 +170,7 @@ def test_failed_and_invalid_live_generations_are_counted_never_staged(
     rows = staged_rows(engine)
     assert {row.state for row in rows} == {"invalid"} and all(row.program is None for row in rows)
     assert all("sessions" in row.error for row in rows)
-    [summary] = rollout.summaries(engine, current)
+    [summary] = rollout_reports.summaries(engine, current)
     assert (summary.id, summary.states, summary.used, summary.phase) == (
         started.rollout_id,
         {"invalid": 3},
@@ -186,8 +186,9 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
 ) -> None:
     before = (count_rows(engine, ai_coach_cache), count_rows(engine, training_programs))
     candidate = rollout.candidate(current, CANDIDATE)
-    trial = rollout.trial(
-        engine, current, candidate, current_version=make_generator(current).identity.version, actor="cli", sample=2
+    tried = rollout.trial(engine, current, candidate, actor="cli", sample=2)
+    trial = rollout_reports.trial_report(
+        engine, current, tried, current_version=make_generator(current).identity.version
     )
     assert (count_rows(engine, ai_coach_cache), count_rows(engine, training_programs)) == before
     assert fake_openai.calls == 2 and len(trial.profiles) == 2
@@ -197,7 +198,7 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
     assert all(p.candidate_program and p.current_program for p in trial.profiles)
     # A trial's programs are never served.
     assert rollout.plan(engine, current, candidate).count == 3
-    assert rollout.spend(engine, current).trials > 0
+    assert rollout_reports.spend(engine, current).trials > 0
 
 
 def test_the_cli_plans_starts_live_and_reports_rollouts(
@@ -239,12 +240,12 @@ def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
 
     [polled] = check(engine, current)  # validating -> in progress
     assert (polled.status, polled.collected) == ("in_progress", False)
-    [summary] = rollout.summaries(engine, current)
+    [summary] = rollout_reports.summaries(engine, current)
     assert summary.phase == "in progress"
     [collected] = check(engine, current)  # the results come back shuffled
     assert (collected.status, collected.collected, collected.recorded) == ("completed", True, {"staged": 3})
     assert check(engine, current) == []  # collected once
-    [summary] = rollout.summaries(engine, current)
+    [summary] = rollout_reports.summaries(engine, current)
     assert (summary.phase, summary.states, summary.batches) == ("collected", {"staged": 3}, {"completed": 1})
     price = current.price_of(CANDIDATE)
     assert price is not None
@@ -253,9 +254,9 @@ def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     result = serve(switched, "u3")
     assert result.prewarmed_by == started.rollout_id and fake_openai.calls == 0
-    [summary] = rollout.summaries(engine, current)
+    [summary] = rollout_reports.summaries(engine, current)
     assert summary.used == 1 and summary.saved == pytest.approx(price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
-    spent = rollout.spend(engine, current)
+    spent = rollout_reports.spend(engine, current)
     assert (spent.batch, spent.saved) == (pytest.approx(summary.cost), pytest.approx(summary.saved))
 
 
@@ -277,8 +278,8 @@ def test_failed_and_invalid_lines_are_counted_and_listed_never_staged(
     assert by_user["u2"].state == "invalid" and "refused" in by_user["u2"].error and by_user["u2"].program is None
     assert by_user["u2"].prompt_tokens == PROMPT_TOKENS  # a refusal is billed
     assert by_user["u3"].state == "staged"
-    [summary] = rollout.summaries(engine, current)
-    listed = {(p.state, p.error) for p in rollout.problems(engine, summary.id)}
+    [summary] = rollout_reports.summaries(engine, current)
+    listed = {(p.state, p.error) for p in rollout_reports.problems(engine, summary.id)}
     assert listed == {("failed", by_user["u1"].error), ("invalid", by_user["u2"].error)}
 
 
@@ -314,7 +315,7 @@ def test_a_batch_submission_the_server_refuses_is_recorded_and_the_cli_fails_in_
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "LLM_MAX_RETRIES": "0"}
     done = cli(str(current.database_url), "rollout", "start", "--model", CANDIDATE, **env)
     assert done.code == 1 and done.stderr.count("\n") == 1 and "could not be submitted" in done.stderr
-    [summary] = rollout.summaries(engine, current)
+    [summary] = rollout_reports.summaries(engine, current)
     assert summary.states == {"failed": 3} and summary.error
 
 
@@ -358,7 +359,7 @@ def test_a_second_start_for_the_same_candidate_fails_while_one_runs(
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
         done = cli(str(current.database_url), "rollout", "start", "--model", CANDIDATE, **env)
     assert done.code == 1 and done.stderr.count("\n") == 1 and "being started elsewhere" in done.stderr
-    assert fake_openai.batches == [] and rollout.summaries(engine, current) == []
+    assert fake_openai.batches == [] and rollout_reports.summaries(engine, current) == []
     assert rollout.start(engine, current, candidate, actor="cli").requested == 3  # once it is done
 
 
@@ -371,15 +372,13 @@ def test_stats_split_spend_into_requests_tokens_batches_and_trials(
     candidate = rollout.candidate(current, CANDIDATE)
     rollout.start(engine, current, candidate, actor="cli")
     check(engine, current)
-    rollout.trial(
-        engine, current, candidate, current_version=make_generator(current).identity.version, actor="cli", sample=1
-    )
+    rollout.trial(engine, current, candidate, actor="cli", sample=1)
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
     stats = cli(str(current.database_url), "stats", **env).json()
 
     [generator] = stats["generators"]
     assert (generator["cached_tokens"], generator["reasoning_tokens"]) == (300, 40)
-    by_kind = {s.kind: s.cost for s in rollout.summaries(engine, current)}
+    by_kind = {s.kind: s.cost for s in rollout_reports.summaries(engine, current)}
     split = stats["llm_cost_split_usd"]
     assert split["batch"] == pytest.approx(by_kind["batch"], abs=1e-6)
     assert split["trials"] == pytest.approx(by_kind["trial"], abs=1e-6) and split["live_prewarm"] == 0
