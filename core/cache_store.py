@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core import entry_fate
 from core.cache_key import key_sample
-from core.db import connect_to_write
+from core.db import connect_for_one_read, connect_to_write
 from core.generators.base import TOKEN_FIELDS, BilledTokens
 from core.schema import (
     CACHE_KEY_PREFIX,
@@ -104,13 +104,9 @@ _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqli
 
 def read_entry(engine: Engine, key: str, known_row_version: str | None = None) -> CacheEntry | None:
     """The entry under `key`, expired or not: an expired one tells the miss reason. Its
-    program is left out when its row version is `known_row_version`. One statement, which
-    needs no transaction: PostgreSQL runs it in autocommit, one round trip; SQLite's WAL
-    reader never waits for a writer."""
-    connection = engine.connect()
-    if connection.dialect.name == "postgresql":
-        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-    with connection:
+    program is left out when its row version is `known_row_version`. One statement, in no
+    transaction of its own (connect_for_one_read)."""
+    with connect_for_one_read(engine) as connection:
         row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_row_version}).first()
     return CacheEntry(*row) if row else None
 

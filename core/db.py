@@ -25,6 +25,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant naming "coach-cache migrations" among PostgreSQL advisory locks.
 MIGRATION_LOCK_ID = 4_904_901
 WRITES = "coach_cache_writes"
+ONE_READ = "coach_cache_one_read"
 T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -84,7 +85,10 @@ def _sqlite_engine(database_url: str) -> Engine:
     def _begin(conn: Any) -> None:
         # A transaction that will write takes the write lock up front: a read transaction
         # upgraded later fails at once (SQLITE_BUSY) if another connection wrote meanwhile.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITES) else "BEGIN")
+        # One read needs none: SQLite runs a lone statement in a transaction of its own.
+        options = conn.get_execution_options()
+        if not options.get(ONE_READ):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITES) else "BEGIN")
 
     waits.bound_sqlite(engine)
     return engine
@@ -97,6 +101,16 @@ def missing_sqlite_file(engine: Engine) -> Path | None:
         return None
     path = Path(database)
     return None if path.exists() else path
+
+
+def connect_for_one_read(engine: Engine) -> Connection:
+    """A connection for one statement that only reads, which needs no transaction around
+    it: PostgreSQL runs it in autocommit, one round trip; SQLite in a transaction of its own
+    (in WAL mode a reader never waits for a writer)."""
+    connection = engine.connect()
+    if connection.dialect.name == "postgresql":
+        return connection.execution_options(isolation_level="AUTOCOMMIT")
+    return connection.execution_options(**{ONE_READ: True})
 
 
 def connect_to_write(engine: Engine) -> Connection:
