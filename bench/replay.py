@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine, text
 
-from core import rollout
+from core import rollout, rollout_reports
 from core.db import connect_to_write, is_postgres, make_engine, migrate
 from core.generators import Generation, OnProgress
 from core.generators.base import BilledTokens, GeneratorIdentity
@@ -220,7 +220,7 @@ def replay(
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["windows"] = {name: tally.as_dict() for name, tally in tallies.items()}
     if prewarm:
-        summary = rollout.summaries(engine, settings, limit=1)[0]
+        summary = rollout_reports.summaries(engine, settings, limit=1)[0]
         out["rollout"].update(
             used=summary.used, states=summary.states, summary_cost=summary.cost, summary_saved=summary.saved
         )
