@@ -283,6 +283,8 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
     engine = database.engine
     if args.step == "status":
         checks = rollout_steps.check_batches(engine, settings)
+        if checks and all(check.problem for check in checks):
+            raise rollout_steps.RolloutFailed(f"no batch could be checked: {checks[0].problem}")
         return {
             "batches": [dataclasses.asdict(check) for check in checks],
             "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],

@@ -20,6 +20,7 @@ update of a pending row, so two collectors never count a result twice."""
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,8 @@ from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, upda
 
 from core.db import connect_to_write
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
-from core.generators.base import NOT_BILLED, BilledTokens, GenerationError, billed_tokens
+from core.generators.base import NOT_BILLED, BilledTokens, Generation, GenerationError, billed_tokens
+from core.generators.openai_chat import one_line
 from core.models import ContractError, FieldError, parse_onboarding, parse_program
 from core.schema import (
     CACHE_KEY_PREFIX,
@@ -51,6 +53,7 @@ from core.schema import (
 from core.settings import ModelPrice, PriceTier, Settings
 from core.single_flight import LEASE_SECONDS, Lease
 
+log = logging.getLogger(__name__)
 RolloutKind = Literal["trial", "batch", "live"]
 ProgramState = Literal["pending", "staged", "tried", "invalid", "failed"]
 # OpenAI's limits on one batch input file.
@@ -62,6 +65,7 @@ FINISHED = ("completed", "expired", "cancelled", "failed")
 DEFAULT_SAMPLE = 10
 # Live calls at once, for a trial or a pre-warm without a Batch API.
 LIVE_CONCURRENCY = 4
+RECORDS_PER_TRANSACTION = 500
 
 cache = ai_coach_cache.c
 programs = training_programs.c
@@ -82,10 +86,14 @@ class RolloutFailed(RuntimeError):
     """A rollout could not run: nothing of it was submitted, or another start holds it."""
 
 
-def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
-    """The generator the app would run with OPENAI_MODEL=`model`, all else as configured."""
+def _require_key(settings: Settings) -> None:
     if not settings.uses_openai:
         raise RolloutRefused("OPENAI_API_KEY", "must be set: a rollout tries or pre-warms an OpenAI-compatible model")
+
+
+def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
+    """The generator the app would run with OPENAI_MODEL=`model`, all else as configured."""
+    _require_key(settings)
     if not model.strip():
         raise RolloutRefused("model", "is required")
     generator = make_generator(settings.model_copy(update={"openai_model": model.strip()}))
@@ -139,8 +147,10 @@ class Plan:
 
 def _ready(dialect: str, version: str) -> Any:
     """Keys that need no pre-warm for `version`: a valid entry of its own, a staged program
-    waiting, or a request already pending in a rollout."""
+    waiting, or a request in a batch still out. A request a live run left pending (it was
+    killed) blocks nothing."""
     now = database_now(dialect)
+    out = select(jobs.batch_id).where(jobs.collected_at.is_(None))
     return (
         select(cache.cache_key)
         .where(cache.generator_version == version, cache.expires_at > now)
@@ -148,7 +158,7 @@ def _ready(dialect: str, version: str) -> Any:
             select(asked.cache_key).where(
                 asked.generator_version == version,
                 or_(
-                    asked.state == "pending",
+                    and_(asked.state == "pending", asked.batch_id.in_(out)),
                     and_(asked.state == "staged", asked.used_at.is_(None), asked.expires_at > now),
                 ),
             )
@@ -217,9 +227,21 @@ def targets(connection: Connection, version: str, selection: Selection | None = 
         .outerjoin(ai_coach_cache, valid_entry)
         .where(latest.c.n == 1)
         .order_by(latest.c.cache_key)
-        .limit(selection.limit)
     )
-    return _usable(Target(row[0], str(row[1]), row[2], row[3], *row[4:]) for row in connection.execute(query))
+    found = (
+        Target(
+            row.cache_key,
+            str(row.user_id),
+            row.onboarding_responses,
+            row.has_paid_access,
+            made_by=row.generator_version,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cached_tokens=row.cached_tokens,
+        )
+        for row in connection.execute(query)
+    )
+    return _usable(found, selection.limit)
 
 
 def _newest_answers(*where: Any) -> Any:
@@ -236,11 +258,13 @@ def _newest_answers(*where: Any) -> Any:
     )
 
 
-def _usable(found: Iterable[Target]) -> list[Target]:
-    """Those whose answers pass the contract: answers recorded under an older one can build
-    no request."""
-    usable = []
+def _usable(found: Iterable[Target], limit: int | None) -> list[Target]:
+    """The first `limit` (all, with None) whose answers pass the contract: answers recorded
+    under an older one can build no request."""
+    usable: list[Target] = []
     for target in found:
+        if limit is not None and len(usable) == limit:
+            break
         try:
             parse_onboarding(target.answers)
         except ContractError:
@@ -406,8 +430,10 @@ def _start(
     live: bool,
     client: openai.OpenAI | None,
 ) -> Started:
-    found = plan(engine, settings, generator, selection).targets
     kind: RolloutKind = "live" if live else "batch"
+    if not live and not isinstance(generator, OpenAIChatGenerator):
+        raise RolloutRefused("live", "is the only way for a generator without a Batch API")
+    found = plan(engine, settings, generator, selection).targets
     if not found:
         return Started(None, kind, 0)
     rollout_id = _new_rollout(engine, kind, generator, len(found), actor)
@@ -417,26 +443,46 @@ def _start(
             _ask(connection, rollout_id, version, found)
         _run_live(engine, settings, generator, rollout_id, stage=True)
         return Started(rollout_id, kind, len(found))
-    if not isinstance(generator, OpenAIChatGenerator):
-        raise RolloutRefused("live", "is the only way for a generator without a Batch API")
+    assert isinstance(generator, OpenAIChatGenerator)  # refused above otherwise
     client = client or batch_client(settings)
     submitted: list[str] = []
-    error = None
+    errors: list[str] = []
     for chunk, data in batch_files(generator, found):
         try:
-            file = client.files.create(file=(f"rollout-{rollout_id}.jsonl", data), purpose="batch")
-            batch = client.batches.create(
-                input_file_id=file.id,
-                endpoint=BATCH_ENDPOINT,
-                completion_window="24h",
-                metadata={"coach_cache_rollout": str(rollout_id), "generator_version": version},
-            )
+            submitted.append(_submit(engine, client, generator, rollout_id, chunk, data))
         except openai.APIError as exc:
-            error = f"the batch could not be submitted: {exc.message}"
+            error = f"the batch could not be submitted: {generator.describe(exc)}"
+            errors.append(error)
             with connect_to_write(engine) as connection, connection.begin():
                 _ask(connection, rollout_id, version, chunk, state="failed", error=error)
                 connection.execute(update(rollouts).where(runs.id == rollout_id).values(error=error))
-            continue
+    return Started(rollout_id, kind, len(found), tuple(submitted), errors[0] if errors else None)
+
+
+def _submit(
+    engine: Engine,
+    client: openai.OpenAI,
+    generator: OpenAIChatGenerator,
+    rollout_id: int,
+    chunk: list[Target],
+    data: bytes,
+) -> str:
+    """Upload one input file and create its batch, recorded with its requests; the batch's
+    id. A file whose batch could not be created is deleted; a batch that could not be
+    recorded is cancelled, so that nothing runs (and is billed) that no one will collect."""
+    version = generator.identity.version
+    file = client.files.create(file=(f"rollout-{rollout_id}.jsonl", data), purpose="batch")
+    try:
+        batch = client.batches.create(
+            input_file_id=file.id,
+            endpoint=BATCH_ENDPOINT,
+            completion_window="24h",
+            metadata={"coach_cache_rollout": str(rollout_id), "generator_version": version},
+        )
+    except openai.APIError:
+        _quietly(lambda: client.files.delete(file.id))
+        raise
+    try:
         with connect_to_write(engine) as connection, connection.begin():
             connection.execute(
                 insert(rollout_batches).values(
@@ -449,8 +495,18 @@ def _start(
                 )
             )
             _ask(connection, rollout_id, version, chunk, batch_id=batch.id)
-        submitted.append(batch.id)
-    return Started(rollout_id, kind, len(found), tuple(submitted), error)
+    except BaseException:
+        _quietly(lambda: client.batches.cancel(batch.id))
+        raise
+    return batch.id
+
+
+def _quietly(undo: Callable[[], object]) -> None:
+    """Undo what can be undone on the way out of a failure, which it must not hide."""
+    try:
+        undo()
+    except openai.APIError:
+        log.warning("Could not undo a rollout's submission", exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -464,39 +520,60 @@ class Judged:
     latency_ms: float | None = None
 
 
-def _judge_program(program: Any, profile_answers: dict[str, Any]) -> str:
-    """The program as stored, or ContractError: the contract and the profile, as for a miss."""
-    checked = parse_program(program, parse_onboarding(profile_answers))
-    return json.dumps(checked, ensure_ascii=False, separators=(",", ":"))
+def _judged(generation: Generation, answers: dict[str, Any], valid: ProgramState, generated_at: datetime) -> Judged:
+    """A generation's program as a miss's is judged: the contract and the profile."""
+    tokens = billed_tokens(generation)
+    try:
+        checked = parse_program(generation.program, parse_onboarding(answers))
+    except ContractError as exc:
+        return Judged("invalid", tokens, generation.model, error=str(exc))
+    program_json = json.dumps(checked, ensure_ascii=False, separators=(",", ":"))
+    return Judged(valid, tokens, generation.model, program_json, generated_at=generated_at)
 
 
-def judge_line(
-    line: dict[str, Any] | None, answers: dict[str, Any], generator: OpenAIChatGenerator, valid: ProgramState
-) -> Judged:
-    """What one batch result line (None: the batch ended before it ran) gives."""
+@dataclass(frozen=True)
+class Finished:
+    """A batch that runs no more lines, as a check saw it: what its lines say, by custom_id,
+    when it was submitted and checked (a line ran in between), and why a line without a
+    result did not run."""
+
+    results: dict[str, Any]
+    submitted_at: datetime
+    checked_at: datetime
+    not_run: str
+    status: str
+
+
+def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerator, batch: Finished) -> Judged:
+    """What one batch result line (None: the batch ended before it ran) gives. A line is
+    the server's word: anything it holds that is not what OpenAI documents fails that line,
+    not the collection."""
     if line is None:
-        return Judged("failed", error="not run: the batch ended before this request")
-    if line.get("error"):
-        error = line["error"]
-        return Judged("failed", error=f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip(": "))
-    response = line.get("response") or {}
-    body = response.get("body") or {}
-    if response.get("status_code") != 200:
-        said = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-        return Judged("failed", error=f"HTTP {response.get('status_code')}: {said or 'no message'}")
+        return Judged("failed", error=f"not run: {batch.not_run}")
+    error = line.get("error") if isinstance(line, dict) else "the result line is not a JSON object"
+    if error:
+        said = f"{error.get('code') or 'error'}: {error.get('message') or ''}" if isinstance(error, dict) else error
+        return Judged("failed", error=one_line(str(said)))
+    response = line.get("response")
+    body = response.get("body") if isinstance(response, dict) else None
+    if not isinstance(response, dict) or response.get("status_code") != 200:
+        status = response.get("status_code") if isinstance(response, dict) else None
+        inner = body.get("error") if isinstance(body, dict) else None
+        said = inner.get("message") if isinstance(inner, dict) else None
+        return Judged("failed", error=one_line(f"HTTP {status}: {said or 'no message'}"))
     try:
         completion = ChatCompletion.model_validate(body)
     except ValidationError:
         return Judged("invalid", error="the result is not a chat completion")
-    generated_at = datetime.fromtimestamp(completion.created, UTC)
+    # When the line ran, by its own word, within when the batch was submitted and checked:
+    # a program's TTL runs from then, and a server's clock (or its unit) is not trusted further.
+    ran = datetime.fromtimestamp(min(max(completion.created, 0), 2**32), UTC)
+    generated_at = min(max(ran, batch.submitted_at), batch.checked_at)
     try:
         generation = generator.from_completion(completion)
-        program_json = _judge_program(generation.program, answers)
     except GenerationError as exc:
-        return Judged("invalid", billed_tokens(exc), error=str(exc), generated_at=generated_at)
-    except ContractError as exc:
-        return Judged("invalid", billed_tokens(generation), generation.model, error=str(exc), generated_at=generated_at)
-    return Judged(valid, billed_tokens(generation), generation.model, program_json, generated_at=generated_at)
+        return Judged("invalid", billed_tokens(exc), error=str(exc))
+    return _judged(generation, answers, "staged", generated_at)
 
 
 def _record(connection: Connection, row_id: int, judged: Judged, ttl: timedelta) -> bool:
@@ -541,26 +618,33 @@ def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, r
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
-            tokens = billed_tokens(generation)
-            try:
-                program_json = _judge_program(generation.program, row.onboarding_responses)
-                judged = Judged(valid, tokens, generation.model, program_json, generated_at=generated_at)
-            except ContractError as exc:
-                judged = Judged("invalid", tokens, generation.model, error=str(exc))
+            judged = _judged(generation, row.onboarding_responses, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
             _record(connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl)
 
-    with ThreadPoolExecutor(max_workers=LIVE_CONCURRENCY, thread_name_prefix="rollout") as pool:
+    pool = ThreadPoolExecutor(max_workers=LIVE_CONCURRENCY, thread_name_prefix="rollout")
+    try:
         list(pool.map(one, pending))
+    finally:
+        # Interrupted (Ctrl-C, a failed database): what has not started does not start, and
+        # is recorded as not run rather than left pending.
+        pool.shutdown(wait=True, cancel_futures=True)
+        with connect_to_write(engine) as connection, connection.begin():
+            connection.execute(
+                update(rollout_programs)
+                .where(asked.rollout_id == rollout_id, asked.state == "pending")
+                .values(state="failed", error="not run: the rollout was interrupted")
+            )
 
 
 @dataclass(frozen=True)
 class BatchCheck:
     batch_id: str
     rollout_id: int
-    status: str
+    status: str  # as OpenAI said it; "unknown" when it could not be asked
     collected: bool  # whether this check collected it (a batch is collected once)
     recorded: dict[str, int] = field(default_factory=dict)  # states this check recorded
+    problem: str | None = None  # why it could not be checked (it is checked again next time)
 
 
 def check_batches(
@@ -574,12 +658,13 @@ def check_batches(
     matched by custom_id (OpenAI keeps no order), judged, and recorded; lines a batch that
     expired or was cancelled never ran are recorded as failed. Safe to run twice at once:
     each pending program is recorded by one call only."""
-    client = client or batch_client(settings)
     generator_for = generator_for or (lambda model: candidate(settings, model))
+    _require_key(settings)
+    client = client or batch_client(settings)
     with engine.connect() as connection:
         open_jobs = list(
             connection.execute(
-                select(jobs.batch_id, jobs.rollout_id, runs.model, runs.generator_version)
+                select(jobs.batch_id, jobs.rollout_id, jobs.submitted_at, runs.model, runs.generator_version)
                 .join(rollouts, runs.id == jobs.rollout_id)
                 .where(jobs.collected_at.is_(None))
                 .order_by(jobs.submitted_at)
@@ -587,56 +672,79 @@ def check_batches(
         )
     checks = []
     for job in open_jobs:
-        try:
-            batch = client.batches.retrieve(job.batch_id)
-            with connect_to_write(engine) as connection, connection.begin():
-                connection.execute(
-                    update(rollout_batches)
-                    .where(jobs.batch_id == job.batch_id)
-                    .values(status=batch.status, checked_at=utcnow())
-                )
-            if batch.status not in FINISHED:
-                checks.append(BatchCheck(job.batch_id, job.rollout_id, batch.status, False))
-                continue
-            results = _results(client, batch.output_file_id, batch.error_file_id)
-        except openai.APIError as exc:
-            # Left for the next check: nothing of this batch was recorded as collected.
-            checks.append(BatchCheck(job.batch_id, job.rollout_id, f"not checked: {exc.message}", False))
-            continue
         generator = generator_for(job.model)
-        ttl = timedelta(hours=settings.cache_ttl_hours)
-        recorded: Counter[str] = Counter()
-        with engine.connect() as connection:
-            pending = _pending(connection, asked.batch_id == job.batch_id)
-        for row in pending:
-            judged = judge_line(
-                results.get(custom_id(job.generator_version, row.cache_key)),
-                row.onboarding_responses,
-                generator,
-                "staged",
-            )
-            with connect_to_write(engine) as connection, connection.begin():
-                if _record(connection, row.id, judged, ttl):
-                    recorded[judged.state] += 1
+        try:
+            finished = _poll(engine, client, job.batch_id, job.submitted_at)
+        except (openai.APIError, ValueError) as exc:
+            # Left for the next check: nothing of this batch was recorded as collected.
+            said = generator.describe(exc) if isinstance(exc, openai.APIError) else one_line(str(exc))
+            checks.append(BatchCheck(job.batch_id, job.rollout_id, "unknown", False, problem=said))
+            continue
+        if isinstance(finished, str):
+            checks.append(BatchCheck(job.batch_id, job.rollout_id, finished, False))
+            continue
+        recorded = _collect(engine, settings, generator, job, finished)
         with connect_to_write(engine) as connection, connection.begin():
             first = connection.execute(
                 update(rollout_batches)
                 .where(jobs.batch_id == job.batch_id, jobs.collected_at.is_(None))
                 .values(collected_at=utcnow())
             ).rowcount
-        checks.append(BatchCheck(job.batch_id, job.rollout_id, batch.status, first == 1, dict(recorded)))
+        checks.append(BatchCheck(job.batch_id, job.rollout_id, finished.status, first == 1, recorded))
     return checks
 
 
-def _results(client: openai.OpenAI, *file_ids: str | None) -> dict[str, dict[str, Any]]:
-    """A finished batch's result lines, output and errors, by custom_id."""
-    results: dict[str, dict[str, Any]] = {}
+def _poll(engine: Engine, client: openai.OpenAI, batch_id: str, submitted_at: datetime) -> Finished | str:
+    """The batch's status, recorded; when it runs no more lines, what they gave."""
+    batch = client.batches.retrieve(batch_id)
+    checked_at = utcnow()
+    with connect_to_write(engine) as connection, connection.begin():
+        connection.execute(
+            update(rollout_batches).where(jobs.batch_id == batch_id).values(status=batch.status, checked_at=checked_at)
+        )
+    if batch.status not in FINISHED:
+        return batch.status
+    why = {"expired": "the batch expired first", "cancelled": "the batch was cancelled first"}
+    not_run = why.get(batch.status, "the batch ended before this request")
+    if batch.status == "failed":
+        said = "; ".join(e.message or e.code or "" for e in (batch.errors.data or [])) if batch.errors else ""
+        not_run = f"the batch failed: {one_line(said or 'no reason given')}"
+    results = _results(client, batch.output_file_id, batch.error_file_id)
+    return Finished(results, submitted_at, checked_at, not_run, batch.status)
+
+
+def _collect(
+    engine: Engine, settings: Settings, generator: OpenAIChatGenerator, job: Any, finished: Finished
+) -> dict[str, int]:
+    """Record each pending request of a finished batch from its line; the states this call
+    recorded. A few hundred a transaction: a long write would hold up requests' writes."""
+    ttl = timedelta(hours=settings.cache_ttl_hours)
+    recorded: Counter[str] = Counter()
+    with engine.connect() as connection:
+        pending = _pending(connection, asked.batch_id == job.batch_id)
+    for start in range(0, len(pending), RECORDS_PER_TRANSACTION):
+        with connect_to_write(engine) as connection, connection.begin():
+            for row in pending[start : start + RECORDS_PER_TRANSACTION]:
+                line = finished.results.get(custom_id(job.generator_version, row.cache_key))
+                judged = judge_line(line, row.onboarding_responses, generator, finished)
+                if _record(connection, row.id, judged, ttl):
+                    recorded[judged.state] += 1
+    return dict(recorded)
+
+
+def _results(client: openai.OpenAI, *file_ids: str | None) -> dict[str, Any]:
+    """A finished batch's result lines, output and errors, by custom_id; a line that is no
+    JSON object with a custom_id matches no request, which is then recorded as not run."""
+    results: dict[str, Any] = {}
     for file_id in file_ids:
         if file_id:
             for text in client.files.content(file_id).text.splitlines():
-                if text.strip():
+                try:
                     line = json.loads(text)
-                    results[str(line.get("custom_id"))] = line
+                except ValueError:
+                    continue
+                if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+                    results[line["custom_id"]] = line
     return results
 
 
@@ -667,5 +775,7 @@ def trial(
 def _recent_profiles(connection: Connection, sample: int) -> list[Target]:
     latest = _newest_answers(programs.cache_key.is_not(None))
     shown = (latest.c.cache_key, latest.c.user_id, latest.c.onboarding_responses, latest.c.has_paid_access)
-    query = select(*shown).where(latest.c.n == 1).order_by(latest.c.created_at.desc()).limit(sample)
-    return _usable(Target(row[0], str(row[1]), row[2], row[3]) for row in connection.execute(query))
+    query = select(*shown).where(latest.c.n == 1).order_by(latest.c.created_at.desc())
+    # Streamed, so that taking the newest few reads no more of a long history than it needs.
+    rows = connection.execution_options(yield_per=100).execute(query)
+    return _usable((Target(row[0], str(row[1]), row[2], row[3]) for row in rows), sample)

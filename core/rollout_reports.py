@@ -58,18 +58,16 @@ class Trial:
     profiles: list[TrialProfile]
 
 
-def _side(
-    results: int,
-    valid: int,
-    attempts: int,
-    tokens: tuple[int, int, int],
-    latencies: list[float],
-    price: ModelPrice | None,
-) -> Side:
-    prompt, completion, cached = tokens
+def _side(rows: list[Any], valid: int, attempts: int, price: ModelPrice | None) -> Side:
+    """One generator's record from one generation per profile (`rows`, each with its
+    tokens and latency), `valid` of its `attempts` on those profiles valid."""
+    prompt, completion, cached = (
+        sum(getattr(row, name) or 0 for row in rows) for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
+    )
+    latencies = [row.latency_ms for row in rows if row.latency_ms is not None]
     cuts = quantiles(latencies, n=20) if len(latencies) > 1 else latencies
     return Side(
-        programs=results,
+        programs=len(rows),
         valid_first_try=valid / attempts if attempts else None,
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -122,31 +120,15 @@ def trial_report(engine: Engine, settings: Settings, rollout_id: int, *, current
                 ).all()
             )
         )
+    # The current generator's newest program for each key, as the candidate made one each.
     newest = {row.cache_key: row for row in made}
     done = [row for row in tried if row.state != "pending"]
-    candidate_side = _side(
-        len(done),
-        sum(row.state == "tried" for row in done),
-        len(done),
-        tuple(
-            sum(getattr(row, name) or 0 for row in done)
-            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
-        ),  # type: ignore[arg-type]
-        [row.latency_ms for row in done if row.latency_ms is not None],
-        settings.price_of(run.model),
-    )
+    tried_valid = sum(row.state == "tried" for row in done)
+    candidate_side = _side(done, tried_valid, len(done), settings.price_of(run.model))
     current_model = made[-1].model if made else None
-    current_side = _side(
-        len(newest),
-        outcomes["miss"] + outcomes["bypass"],
-        sum(outcomes.values()),
-        tuple(
-            sum(getattr(row, name) or 0 for row in made)
-            for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
-        ),  # type: ignore[arg-type]
-        [row.latency_ms for row in made if row.latency_ms is not None],
-        settings.price_of(current_model) if current_model else None,
-    )
+    current_price = settings.price_of(current_model) if current_model else None
+    made_valid = outcomes["miss"] + outcomes["bypass"]
+    current_side = _side(list(newest.values()), made_valid, sum(outcomes.values()), current_price)
     profiles = [
         TrialProfile(
             row.cache_key,
@@ -178,11 +160,14 @@ class RolloutSummary:
 
     @property
     def phase(self) -> str:
-        """planned, submitted, in progress or collected, as an operator follows it."""
+        """submitted, in progress, collected, or not submitted (every batch refused), as an
+        operator follows it. A plan is not recorded: it is read again each time."""
         if self.states.get("pending"):
             if self.kind != "batch":
                 return "in progress"
             return "submitted" if set(self.batches) <= {"validating"} else "in progress"
+        if self.kind == "batch" and not self.batches:
+            return "not submitted"
         return "collected"
 
 

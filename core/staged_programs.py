@@ -42,7 +42,7 @@ class StagedProgram:
         )
 
 
-def _usable(dialect: str) -> Any:
+def _takeable(dialect: str) -> Any:
     return and_(
         staged.cache_key == bindparam("key"),
         staged.generator_version == bindparam("version"),
@@ -55,7 +55,7 @@ def _usable(dialect: str) -> Any:
 def has_staged(engine: Engine, key: str, generator_version: str) -> bool:
     """Whether a usable staged program waits for the key: one read, no lock, so that a miss
     with nothing staged (nearly every one) never takes a write lock for it."""
-    query = select(staged.id).where(_usable(engine.dialect.name)).limit(1)
+    query = select(staged.id).where(_takeable(engine.dialect.name)).limit(1)
     with engine.connect() as connection:
         return connection.execute(query, {"key": key, "version": generator_version}).first() is not None
 
@@ -67,7 +67,7 @@ def claim(connection: Connection, key: str, generator_version: str) -> StagedPro
     dialect = connection.dialect.name
     newest = (
         select(staged.id)
-        .where(_usable(dialect))
+        .where(_takeable(dialect))
         .order_by(staged.generated_at.desc())
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -95,15 +95,23 @@ def claim(connection: Connection, key: str, generator_version: str) -> StagedPro
 
 
 def mark_invalid(connection: Connection, staged_id: int, error: str) -> None:
-    """A claimed program that no longer passes validation: never offered again."""
-    connection.execute(update(rollout_programs).where(staged.id == staged_id).values(state="invalid", error=error))
+    """A claimed program that no longer passes validation: never offered again, and not
+    counted as used (nor as what a used one saved)."""
+    connection.execute(
+        update(rollout_programs)
+        .where(staged.id == staged_id)
+        .values(state="invalid", error=error, used_at=None, program=null(), size_bytes=0)
+    )
 
 
 def drop_expired(engine: Engine) -> int:
-    """Drop the programs of staged rows that expired (used or not: a used one's program is
-    the entry's by then); the rows stay, so a rollout's counts outlive its programs."""
+    """Drop the programs of staged and tried rows that expired (a used one's program is the
+    entry's by then; a trial's was there to be read); the rows stay, so a rollout's counts
+    outlive its programs."""
     expired = and_(
-        staged.state == "staged", staged.program.is_not(None), staged.expires_at <= database_now(engine.dialect.name)
+        staged.state.in_(("staged", "tried")),
+        staged.program.is_not(None),
+        staged.expires_at <= database_now(engine.dialect.name),
     )
     with connect_to_write(engine) as connection, connection.begin():
         return connection.execute(update(rollout_programs).where(expired).values(program=null())).rowcount

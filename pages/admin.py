@@ -251,7 +251,8 @@ def rollouts(allowed: bool) -> None:
         checks = rollout.check_batches(get_engine(), settings)
         collected = sum(c.collected for c in checks)
         checked = "1 batch" if len(checks) == 1 else f"{len(checks)} batches"
-        st.session_state.admin_notice = f"Checked {checked}; {collected} collected."
+        problems = " ".join(f"{c.batch_id}: {escape_markdown(c.problem)}." for c in checks if c.problem)
+        st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems}".strip()
         st.rerun()
     rollout_table()
 
@@ -370,7 +371,8 @@ def rollout_table() -> None:
                 "By": [r.created_by for r in listed],
                 "Phase": [r.phase for r in listed],
                 "Requested": [r.requested for r in listed],
-                "Staged": [r.states.get("staged", 0) + r.states.get("tried", 0) for r in listed],
+                "Staged": [r.states.get("staged", 0) for r in listed],
+                "Tried": [r.states.get("tried", 0) for r in listed],
                 "Failed": [r.states.get("failed", 0) for r in listed],
                 "Invalid": [r.states.get("invalid", 0) for r in listed],
                 "Used": [r.used for r in listed],

@@ -10,19 +10,21 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import openai
 import pytest
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import DBAPIError
 from streamlit.testing.v1 import AppTest
 
 from core import admin, rollout, rollout_reports, staged_programs
 from core.db import Database, make_engine
 from core.generators import make_generator
 from core.models import parse_onboarding
-from core.schema import ai_coach_cache, rollout_programs, training_programs
+from core.schema import ai_coach_cache, rollout_programs, training_programs, utcnow
 from core.service import ProgramService
 from core.settings import Settings
 from core.single_flight import Lease
-from tests.conftest import CliRun, Shared
+from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, as_read, count_rows, expire_entries, start_cli
 from tests.test_pages import fill, submit
@@ -400,3 +402,122 @@ def test_the_generate_page_says_a_hit_was_prewarmed(
     assert badge.startswith(
         f"Cache hit, pre-warmed: written by {CANDIDATE} ahead of the switch (rollout #{started.rollout_id})"
     )
+
+
+class Interrupted:
+    """The candidate, failing hard (not as a GenerationError) on its second call, as a
+    process killed or a database lost in the middle of a live pre-warm."""
+
+    def __init__(self, generator: Any) -> None:
+        self._generator, self.identity, self.name, self.calls = generator, generator.identity, generator.name, 0
+
+    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("killed")
+        return self._generator.generate(profile, has_paid_access)
+
+
+def test_an_interrupted_live_prewarm_leaves_no_request_pending_and_the_rest_is_planned_again(
+    engine: Engine, current: Settings
+) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    with pytest.raises(RuntimeError, match="killed"):
+        rollout.start(engine, current, Interrupted(candidate), actor="cli", live=True)
+    states = Counter(row.state for row in staged_rows(engine))
+    assert states["pending"] == 0 and states["failed"] >= 1, states
+    assert {row.error for row in staged_rows(engine) if row.state == "failed"} == {
+        "not run: the rollout was interrupted"
+    }
+    assert rollout.plan(engine, current, candidate).count == states["failed"]
+
+
+def finished(**results: Any) -> rollout.Finished:
+    submitted = utcnow() - timedelta(hours=2)
+    return rollout.Finished(results, submitted, submitted + timedelta(hours=1), "the batch expired first", "expired")
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (None, "not run: the batch expired first"),
+        (["not", "an", "object"], "the result line is not a JSON object"),
+        ({"custom_id": "x", "error": "rate limited"}, "rate limited"),
+        ({"custom_id": "x", "error": {"code": "batch_expired", "message": "too late"}}, "batch_expired: too late"),
+        ({"custom_id": "x", "response": "nonsense"}, "HTTP None: no message"),
+        ({"custom_id": "x", "response": {"status_code": 500, "body": "down"}}, "HTTP 500: no message"),
+    ],
+)
+def test_a_result_line_not_as_openai_documents_it_fails_that_line_only(current: Settings, line: Any, says: str) -> None:
+    judged = rollout.judge_line(line, PROFILE, rollout.candidate(current, CANDIDATE), finished())
+    assert (judged.state, judged.error) == ("failed", says)
+
+
+def test_a_lines_time_is_kept_between_the_batchs_submission_and_its_check(
+    current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    body = candidate.request(parse_onboarding(PROFILE), False)
+    answer = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).chat.completions.create(**body)
+    batch = finished()
+    for created, expected in ((answer.created * 1000, batch.checked_at), (0, batch.submitted_at)):
+        line = {"custom_id": "x", "response": {"status_code": 200, "body": {**answer.model_dump(), "created": created}}}
+        judged = rollout.judge_line(line, PROFILE, candidate, batch)
+        assert (judged.state, judged.generated_at) == ("staged", expected)
+
+
+def test_status_without_an_api_key_is_one_line_naming_it(current: Settings, cli: Callable[..., CliRun]) -> None:
+    done = cli(str(current.database_url), "rollout", "status")
+    assert done.code == 2 and done.stderr.count("\n") == 1 and "OPENAI_API_KEY" in done.stderr
+
+
+def test_a_batch_that_fails_validation_records_why_its_lines_did_not_run(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, max_lines=2))  # the file holds 3
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    [collected] = check(engine, current)
+    assert (collected.status, collected.recorded) == ("failed", {"failed": 3})
+    assert all(row.error.startswith("not run: the batch failed: ") for row in staged_rows(engine))
+    assert rollout.plan(engine, current, rollout.candidate(current, CANDIDATE)).count == 3  # to try again
+
+
+def test_a_staged_program_that_no_longer_validates_is_not_served_nor_counted_as_used(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    with engine.begin() as connection:
+        connection.execute(update(rollout_programs).values(program={"title": "hand-edited"}))
+    switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
+    fake_openai.reset()
+    result = serve(switched, "u1")
+    assert not result.cache_hit and result.prewarmed_by is None and fake_openai.calls == 1
+    [summary] = rollout_reports.summaries(engine, current)
+    assert (summary.used, summary.saved, summary.states) == (0, 0, {"staged": 2, "invalid": 1})
+
+
+def test_a_trial_compares_with_the_current_generators_newest_program_per_profile(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    service = app_service(engine, current)
+    for _ in range(2):
+        serve(service, "u3", force_refresh=True)  # u3 is the most recently requested
+    candidate = rollout.candidate(current, CANDIDATE)
+    tried = rollout.trial(engine, current, candidate, actor="cli", sample=2)
+    trial = rollout_reports.trial_report(
+        engine, current, tried, current_version=make_generator(current).identity.version
+    )
+    assert (trial.current.programs, trial.current.prompt_tokens) == (2, 2 * PROMPT_TOKENS)
+    assert trial.current.prompt_tokens == trial.candidate.prompt_tokens
+
+
+def test_a_batch_that_could_not_be_recorded_is_cancelled(faults: Faults, fake_openai: FakeOpenAI) -> None:
+    settings = settings_for(faults.url, fake_openai)
+    service = app_service(faults.engine, settings)
+    for user in USERS:
+        serve(service, user)
+    faults.deny("rollout_batches", "INSERT")
+    with pytest.raises(DBAPIError):
+        rollout.start(faults.engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli")
+    [batch] = fake_openai.batches
+    assert batch.status in ("cancelling", "cancelled")  # nothing runs, or is billed, unrecorded

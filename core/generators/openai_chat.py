@@ -236,7 +236,7 @@ class OpenAIChatGenerator:
                 **self.request(profile, has_paid_access), stream=True, stream_options={"include_usage": True}
             )
         except openai.APIError as exc:
-            raise GenerationError(self._describe(exc)) from None
+            raise GenerationError(self.describe(exc)) from None
         answer = _Answer(self.model)
         with stream:
             self._read(stream, answer, ProgressReporter(on_progress))
@@ -270,7 +270,7 @@ class OpenAIChatGenerator:
         except openai.APIConnectionError:
             raise answer.failed("the connection to the LLM server dropped before the answer was complete") from None
         except openai.APIError as exc:
-            said = _one_line(_redacted(_server_message(exc.body) or exc.message, self._api_key))
+            said = one_line(_redacted(_server_message(exc.body) or exc.message, self._api_key))
             raise answer.failed(f"the LLM server stopped the answer with an error: {said}") from None
 
     def missing_model_warning(self) -> str | None:
@@ -286,7 +286,7 @@ class OpenAIChatGenerator:
         shown = ", ".join(sorted(served)[:10])
         return f"the LLM server does not list OPENAI_MODEL={self.model}; it serves: {shown}"
 
-    def _describe(self, exc: openai.APIError) -> str:
+    def describe(self, exc: openai.APIError) -> str:
         """What failed, in one line: for an HTTP error the server's own message (OpenAI's names
         the offending schema path), never the API key."""
         if isinstance(exc, openai.APITimeoutError):
@@ -294,7 +294,7 @@ class OpenAIChatGenerator:
         if isinstance(exc, openai.APIConnectionError):
             return "could not connect to the LLM server"
         if isinstance(exc, openai.APIStatusError):
-            said = _one_line(_redacted(_server_message(exc.body), self._api_key))
+            said = one_line(_redacted(_server_message(exc.body), self._api_key))
             line = f"the LLM server answered HTTP {exc.status_code}" + (f": {said}" if said else "")
             cause = self._likely_cause(exc.status_code, said)
             return f"{line} ({cause})" if cause else line
@@ -318,7 +318,7 @@ class OpenAIChatGenerator:
         if not answer.chosen:
             raise GenerationError("the LLM answered with no choices")
         if answer.refusal:
-            raise GenerationError(f"the LLM refused: {_one_line(answer.refusal)}")
+            raise GenerationError(f"the LLM refused: {one_line(answer.refusal)}")
         if answer.finish_reason == "length":
             raise GenerationError(
                 f"the LLM's answer was cut off at {self.cap_parameter}={self.max_completion_tokens} "
@@ -428,6 +428,6 @@ def _redacted(text: str, secret: str) -> str:
     return decoded.replace(secret, "[key]")
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     collapsed = re.sub(r"\s+", " ", text).strip()
     return collapsed if len(collapsed) <= SERVER_MESSAGE_CHARS else collapsed[: SERVER_MESSAGE_CHARS - 1] + "…"
