@@ -22,6 +22,18 @@ events = generation_events.c
 runs = rollouts.c
 jobs = rollout_batches.c
 asked = rollout_programs.c
+_TOKENS = (asked.prompt_tokens, asked.completion_tokens, asked.cached_tokens)
+# Sums of what a rollout's programs were billed, then of what its used ones were: what their
+# hits saved, at the live price.
+BILLED_AND_USED = (
+    *(func.coalesce(func.sum(column), 0) for column in _TOKENS),
+    *(func.coalesce(func.sum(column).filter(asked.used_at.is_not(None)), 0) for column in _TOKENS),
+)
+
+
+def tier(kind: RolloutKind) -> PriceTier:
+    """The price a rollout's generations are billed at: a batch's at the Batch API's."""
+    return "batch" if kind == "batch" else "live"
 
 
 @dataclass(frozen=True)
@@ -184,13 +196,7 @@ def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[Ro
                 asked.state,
                 func.count(),
                 func.count(asked.used_at),
-                func.coalesce(func.sum(asked.prompt_tokens), 0),
-                func.coalesce(func.sum(asked.completion_tokens), 0),
-                func.coalesce(func.sum(asked.cached_tokens), 0),
-                # What the used ones were billed: what their hits saved at the live price.
-                func.coalesce(func.sum(asked.prompt_tokens).filter(asked.used_at.is_not(None)), 0),
-                func.coalesce(func.sum(asked.completion_tokens).filter(asked.used_at.is_not(None)), 0),
-                func.coalesce(func.sum(asked.cached_tokens).filter(asked.used_at.is_not(None)), 0),
+                *BILLED_AND_USED,
             )
             .where(asked.rollout_id.in_(ids))
             .group_by(asked.rollout_id, asked.state)
@@ -204,7 +210,6 @@ def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[Ro
     for run in listed:
         rows = [r for r in per_state if r[0] == run.id]
         price = settings.price_of(run.model)
-        tier: PriceTier = "batch" if run.kind == "batch" else "live"
         found.append(
             RolloutSummary(
                 id=run.id,
@@ -218,7 +223,7 @@ def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[Ro
                 used=sum(r[3] for r in rows),
                 batches={r[1]: r[2] for r in per_batch if r[0] == run.id},
                 error=run.error,
-                cost=sum(cost(price, r[4], r[5], r[6], tier) for r in rows) if price else None,
+                cost=sum(cost(price, r[4], r[5], r[6], tier(run.kind)) for r in rows) if price else None,
                 saved=sum(cost(price, r[7], r[8], r[9], "live") for r in rows) if price else None,
             )
         )
@@ -265,12 +270,7 @@ def spend(engine: Engine, settings: Settings, since: datetime | None = None) -> 
         select(
             runs.kind,
             runs.model,
-            func.coalesce(func.sum(asked.prompt_tokens), 0),
-            func.coalesce(func.sum(asked.completion_tokens), 0),
-            func.coalesce(func.sum(asked.cached_tokens), 0),
-            func.coalesce(func.sum(asked.prompt_tokens).filter(asked.used_at.is_not(None)), 0),
-            func.coalesce(func.sum(asked.completion_tokens).filter(asked.used_at.is_not(None)), 0),
-            func.coalesce(func.sum(asked.cached_tokens).filter(asked.used_at.is_not(None)), 0),
+            *BILLED_AND_USED,
         )
         .join(rollouts, runs.id == asked.rollout_id)
         .group_by(runs.kind, runs.model)
@@ -289,6 +289,6 @@ def spend(engine: Engine, settings: Settings, since: datetime | None = None) -> 
                 if prompt:
                     unpriced.add(model)
                 continue
-            totals[kind] += cost(price, prompt, completion, cached, "batch" if kind == "batch" else "live")
+            totals[kind] += cost(price, prompt, completion, cached, tier(kind))
             saved += cost(price, used_prompt, used_completion, used_cached, "live")
     return RolloutSpend(totals["trial"], totals["live"], totals["batch"], saved, tuple(sorted(unpriced)))
