@@ -346,6 +346,9 @@ def test_two_instances_collecting_at_once_record_each_result_once(
         assert [row.state for row in staged_rows(engine)] == ["staged"] * 3
         switched = app_service(engine, settings_for(shared_database.url, fake_openai, CANDIDATE))
         assert serve(switched, "u1").prewarmed_by is not None and fake_openai.calls == 0
+        # A trial streams the newest profiles from history (a server-side cursor on PostgreSQL).
+        tried = rollout.trial(engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli", sample=2)
+        assert rollout_reports.summaries(engine, settings)[0].states == {"tried": 2}, tried
     finally:
         engine.dispose()
 
