@@ -107,10 +107,14 @@ def connect_for_one_read(engine: Engine) -> Connection:
     """A connection for one statement that only reads, which needs no transaction around
     it: PostgreSQL runs it in autocommit, one round trip; SQLite in a transaction of its own
     (in WAL mode a reader never waits for a writer)."""
-    connection = engine.connect()
-    if connection.dialect.name == "postgresql":
-        return connection.execution_options(isolation_level="AUTOCOMMIT")
-    return connection.execution_options(**{ONE_READ: True})
+    if engine.dialect.name == "postgresql":
+        return connect_for_one_statement(engine)
+    return engine.connect().execution_options(**{ONE_READ: True})
+
+
+def connect_for_one_statement(engine: Engine) -> Connection:
+    """PostgreSQL only: a connection in autocommit, for one statement that is atomic by itself."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def connect_to_write(engine: Engine) -> Connection:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError
 
 from core.cache_key import key_sample
 from core.cache_store import CacheEntry
+from core.db import connect_for_one_statement, connect_to_write
 from core.models import PAID_ACCESS, PROGRAM
 from core.schema import (
     ProgramId,
@@ -164,31 +165,41 @@ def _copy_values(record: HistoryRecord, entry_written_at: datetime) -> dict[str,
     }
 
 
-# On PostgreSQL the history row and the event go in one statement, one round trip.
+# On PostgreSQL the history row, copied from the entry, and the event go in one statement:
+# the event is inserted for each program row inserted, so the statement writes both or
+# neither, and needs no transaction around it (autocommit: one round trip, not three).
 _EVENT_COLUMNS = [c.name for c in generation_events.columns if c.name != "id"]
-_PROGRAM_AND_EVENT = select(_INSERT_PROGRAM_FROM_CACHE.cte("program_row").c.id).add_cte(
+_PROGRAM_ROW = _INSERT_PROGRAM_FROM_CACHE.cte("program_row")
+_PROGRAM_AND_EVENT = select(_PROGRAM_ROW.c.id).add_cte(
     insert(generation_events)
-    .values({name: bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS})
+    .from_select(
+        _EVENT_COLUMNS,
+        select(
+            *(bindparam(f"event_{name}", type_=generation_events.c[name].type) for name in _EVENT_COLUMNS)
+        ).select_from(_PROGRAM_ROW),
+    )
     .cte("event_row")
 )
 
 
-def insert_program_and_event(
-    connection: Connection, record: HistoryRecord, event: GenerationEvent, *, entry_written_at: datetime | None
+def save_program_and_event(
+    engine: Engine, record: HistoryRecord, event: GenerationEvent, *, entry_written_at: datetime | None
 ) -> ProgramId:
     """The history row (copied from the cache entry written at `entry_written_at` when
-    given) and the request's event, in the caller's transaction."""
-    if entry_written_at is not None and connection.dialect.name == "postgresql":
+    given) and the request's event: both or neither."""
+    if entry_written_at is not None and engine.dialect.name == "postgresql":
         params = {**_copy_values(record, entry_written_at), **_event_values(event, prefix="event_")}
-        row = connection.execute(_PROGRAM_AND_EVENT, params).first()
+        with connect_for_one_statement(engine) as connection:
+            row = connection.execute(_PROGRAM_AND_EVENT, params).first()
         if row is not None:
             return row[0]
-        # The entry was rewritten since it was read: the event is in, the program (the one
-        # validated and served) is sent; the caller's transaction commits both or neither.
-        return insert_program(connection, record)
-    program_id = insert_program(connection, record, entry_written_at=entry_written_at)
-    insert_event(connection, event)
-    return program_id
+        # The entry was rewritten since it was read, and nothing was written: the program
+        # validated and served is sent instead.
+        entry_written_at = None
+    with connect_to_write(engine) as connection, connection.begin():
+        program_id = insert_program(connection, record, entry_written_at=entry_written_at)
+        insert_event(connection, event)
+        return program_id
 
 
 @dataclass(frozen=True)

@@ -602,15 +602,12 @@ class ProgramService:
         *,
         entry_written_at: datetime | None,
     ) -> GenerationResult:
-        """The history row and the request's event in one transaction: both or neither.
+        """The history row and the request's event, both or neither (history.save_program_and_event).
         `entry_written_at` is the cache entry's `updated_at` when the program can be copied
         from that very write of the entry."""
         result = replace(result, warnings=tuple(request.warnings))
         try:
-            with connect_to_write(self.engine) as connection, connection.begin():
-                program_id = history.insert_program_and_event(
-                    connection, record, event, entry_written_at=entry_written_at
-                )
+            program_id = history.save_program_and_event(self.engine, record, event, entry_written_at=entry_written_at)
         except DBAPIError as exc:
             message = f"The program could not be saved to history ({describe_db_error(exc)})."
             log.error("History save failed for %s: %s", request.key, message)

@@ -455,6 +455,29 @@ def test_a_hit_saves_its_history_row_and_its_event_together_or_neither(
     assert (len(programs(faults.engine)), len(events(faults.engine))) == (before[0] + 1, before[1] + 1)
 
 
+def test_a_hit_whose_entry_was_rewritten_before_its_copy_saves_the_program_it_served_with_one_event(
+    service: ProgramService, engine: Engine
+) -> None:
+    served = generate(service)
+    hit = generate(service)
+    record = history.HistoryRecord(
+        user_id="u1",
+        program_json=hit.program_json,
+        onboarding_responses=hit.onboarding_responses,
+        has_paid_access=False,
+        source="cache",
+        cache_key=hit.cache_key,
+        latency_ms=1.0,
+    )
+    event = history.GenerationEvent(user_id="u1", cache_key=hit.cache_key, outcome="hit", latency_ms=1.0)
+    before = len(programs(engine)), len(events(engine))
+    # Written at another time than the entry's: the entry was rewritten since it was read.
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+    saved = history.save_program_and_event(engine, record, event, entry_written_at=long_ago)
+    assert (len(programs(engine)), len(events(engine))) == (before[0] + 1, before[1] + 1)
+    assert programs(engine)[-1]["id"] == saved and programs(engine)[-1]["program"] == served.program
+
+
 def test_entries_of_the_same_answers_share_their_onboarding_hash_whatever_the_access(engine: Engine) -> None:
     service = ProgramService(engine=engine, generator=CountingGenerator(), key_secret=b"team-secret")
     free, paid = generate(service, has_paid_access=False), generate(service, has_paid_access=True)
