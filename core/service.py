@@ -158,14 +158,8 @@ class _Request:
         """The normalized answers, as stored and compared."""
         return self.profile.normalized()
 
-    def served(
-        self,
-        program_json: str,
-        expires_at: datetime,
-        model: str | None,
-        generator_version: str | None,
-    ) -> GenerationResult:
-        """This request served from the cache entry that expires at `expires_at`."""
+    def served(self, program_json: str, entry: cache_store.CacheEntry, prewarmed_by: int | None) -> GenerationResult:
+        """This request served from `entry`, whose program is `program_json`."""
         return GenerationResult(
             program_json=program_json,
             cache_hit=True,
@@ -173,9 +167,10 @@ class _Request:
             latency_ms=self.elapsed_ms(),
             requested_at=self.requested_at,
             onboarding_responses=self.answers,
-            expires_at=expires_at,
-            model=model,
-            generator_version=generator_version,
+            expires_at=entry.expires_at,
+            model=entry.model,
+            generator_version=entry.generator_version,
+            prewarmed_by=prewarmed_by,
             since_previous=self.since_previous,
         )
 
@@ -418,10 +413,9 @@ class ProgramService:
         self, request: _Request, entry: cache_store.CacheEntry, program_json: str, prewarmed_by: int | None = None
     ) -> GenerationResult:
         """A hit on `entry`, whose program is `program_json`, validated: saved to history."""
-        result = request.served(program_json, entry.expires_at, entry.model, entry.generator_version)
+        result = request.served(program_json, entry, prewarmed_by)
         event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
         record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
-        result = replace(result, prewarmed_by=prewarmed_by)
         return self._save(request, result, record, event, entry_written_at=entry.updated_at)
 
     def _prewarmed(self, request: _Request) -> GenerationResult | None:
