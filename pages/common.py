@@ -122,12 +122,16 @@ def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], N
         st.expander("Reject this program", icon=":material/thumb_down:"),
         st.form(f"reject-{key}", border=False, enter_to_submit=False),
     ):
-        st.selectbox(
+        # Radio buttons, not a select box: a select box's list, opened while the expander
+        # still unfolds, closes by itself when the unfolding scrolls it (about one quick
+        # click in four); and four reasons are one click each.
+        st.radio(
             "Reason",
             rejections.CATEGORIES,
             index=None,
             format_func=lambda category: rejections.CATEGORY_TEXT[category].capitalize(),
-            placeholder="Why is it wrong for the client?",
+            horizontal=True,
+            help="Why is it wrong for the client?",
             key=f"reject-{key}-category",
         )
         st.text_area("Note", max_chars=rejections.NOTE_MAX_CHARS, placeholder="Optional", key=f"reject-{key}-note")

@@ -348,7 +348,7 @@ def test_a_program_opens_from_a_link_and_a_missing_one_is_named(app: AppTest) ->
 
 
 def reject_in_history(at: AppTest, program_id: str, reason: str | None, note: str = "") -> AppTest:
-    at.selectbox(key=f"reject-history-{program_id}-category").set_value(reason)  # in a form: sent with the click
+    at.radio(key=f"reject-history-{program_id}-category").set_value(reason)  # in a form: sent with the click
     at.text_area(key=f"reject-history-{program_id}-note").set_value(note)
     return at.button(key=f"FormSubmitter:reject-history-{program_id}-Reject").click().run()
 

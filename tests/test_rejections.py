@@ -252,8 +252,7 @@ def test_a_coach_rejects_the_served_program_and_the_same_answers_generate_anew(
     settle(page)
     expect(page.get_by_text("Cache miss")).to_be_visible()
     page.get_by_text("Reject this program").click()
-    page.get_by_test_id("stSelectbox").filter(has_text="Reason").click()
-    page.get_by_role("option", name="Wrong level").click()
+    page.get_by_test_id("stRadio").filter(has_text="Reason").get_by_text("Wrong level", exact=True).click()
     page.get_by_role("textbox", name="Note", exact=True).fill("far too hard for her knee")
     page.get_by_role("button", name="Reject", exact=True).click()  # at once: the first click counts
     expect(
