@@ -46,6 +46,10 @@ class Behaviour:
     # as fast as the socket takes them.
     tokens_per_second: float | None = None
     chunk_chars: int = 4
+    # A streamed answer holds once its first session is written (writing only whitespace)
+    # until `go_on()`: a test sees the partial program for as long as it needs, however busy
+    # the machine.
+    hold_after_first_session: bool = False
     # Answer this many first requests with HTTP `status` (and Retry-After), then behave.
     fail_first: int = 0
     retry_after: str | None = None
@@ -186,6 +190,7 @@ class FakeOpenAI:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._stop_hanging = threading.Event()
+        self._held = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -224,8 +229,13 @@ class FakeOpenAI:
         self.thread.start()
         return self
 
+    def go_on(self) -> None:
+        """Let a stream held after its first session (Behaviour.hold_after_first_session) go on."""
+        self._held.set()
+
     def stop(self) -> None:
         self._stop_hanging.set()
+        self._held.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -234,6 +244,7 @@ class FakeOpenAI:
             self.behaviour = behaviour or Behaviour()
             self.batch_behaviour = batch or BatchBehaviour()
             self.calls = 0
+            self._held.clear()
             self.requests.clear()
             self.files.clear()
             self.batches.clear()
@@ -255,7 +266,8 @@ class FakeOpenAI:
             time.sleep(b.delay_seconds)
         content, finish_reason, refusal = _written(body, b)
         if streamed:
-            return _stream(handler, body, content, b, finish_reason, refusal)
+            held = self._held if b.hold_after_first_session else None
+            return _stream(handler, body, content, b, finish_reason, refusal, held)
         return _send(handler, 200, _completion(body["model"], content, b, finish_reason, refusal))
 
     # The Batch API. Every change to files and batches is made holding the lock: polls come
@@ -590,11 +602,13 @@ def _stream(
     behaviour: Behaviour,
     finish_reason: str,
     refusal: str | None,
+    held: threading.Event | None = None,
 ) -> None:
     """The answer as OpenAI streams it: server-sent events over a chunked response, a delta
     of a few characters each, at the behaviour's pace; the usage in a last chunk of its own
     when the request asked for it. A `cut` answer stops half-way, as a dropped connection
-    does: without the chunked body's end."""
+    does: without the chunked body's end. With `held`, it holds once its first session is
+    written, until that event is set."""
     handler.protocol_version = "HTTP/1.1"  # chunked transfer encoding, so a cut shows
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
@@ -617,11 +631,21 @@ def _stream(
     pieces = [content[i : i + size] for i in range(0, len(content), size)]
     if behaviour.mode == "cut":
         pieces = pieces[: len(pieces) // 2]
-    started = time.monotonic()
-    for n, piece in enumerate(pieces):
+    hold_at = _first_session_end(content) if held else 0
+    due, sent = time.monotonic(), 0
+    for piece in pieces:
         if behaviour.tokens_per_second:
-            time.sleep(max(0.0, started + n / behaviour.tokens_per_second - time.monotonic()))
+            time.sleep(max(0.0, due - time.monotonic()))
+            due += 1 / behaviour.tokens_per_second
         chunk({"content": piece})
+        sent += len(piece)
+        if held is not None and sent >= hold_at:
+            # Whitespace between JSON tokens while held, as a model may write: the answer
+            # keeps growing, so the client keeps looking at what is complete.
+            deadline = time.monotonic() + 60
+            while not held.wait(0.1) and time.monotonic() < deadline:
+                chunk({"content": " "})
+            held, due = None, time.monotonic()
     if behaviour.mode == "cut":
         return
     if refusal:
@@ -631,6 +655,14 @@ def _stream(
         send(json.dumps({**_head(body["model"], "chat.completion.chunk"), "choices": [], "usage": _usage(behaviour)}))
     send("[DONE]")
     handler.wfile.write(b"0\r\n\r\n")
+
+
+def _first_session_end(content: str) -> int:
+    """Where, in `content` (a program's JSON, maybe cut short), the first session is written
+    and the next one begun: from there a reader of the prefix knows the first is complete."""
+    start = content.index('"sessions": [') + len('"sessions": [')
+    end = json.JSONDecoder().raw_decode(content, start)[1]
+    return content.index("{", end) + 1
 
 
 def _head(model: str, kind: str) -> dict[str, Any]:

@@ -81,12 +81,13 @@ def test_the_first_session_is_shown_long_before_the_program_is_complete_which_is
 def test_a_stream_that_fails_takes_the_partial_program_off_the_page_and_caches_nothing(
     server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI, mode: str, says: str
 ) -> None:
-    fake_openai.reset(Behaviour(mode=mode, tokens_per_second=800))
+    fake_openai.reset(Behaviour(mode=mode, tokens_per_second=800, hold_after_first_session=True))
     page = open_fresh(context, server)
     type_id(page, "fill", f"failing-{mode}")
     page.get_by_role("button", name="Generate program").click()
     expect(page.get_by_text(FIRST_SESSION).first).to_be_visible(timeout=20_000)
     expect(page.get_by_text(WRITING)).to_be_visible()
+    fake_openai.go_on()
     failed = page.get_by_text(f"Generation failed: generation failed: {says}")
     if mode == "wrong_shape":
         failed = page.get_by_text(f"Generation failed: {says}")
