@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, logs, monitoring, rejections, rollout_reports
+from core import admin, logs, monitoring, rejections, rollout_reports, waits
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
@@ -129,11 +129,21 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
         responses = _read_profile(args.profile)
     except ValueError as exc:
         return _fail(EXIT_INVALID, str(exc))
+    # The start-up and the request wait on the database DATABASE_WAIT_SECONDS in all.
+    with waits.request_budget(settings.database_wait_seconds):
+        return _check_schema_and_generate(args, responses, settings, database)
+
+
+def _check_schema_and_generate(args: argparse.Namespace, responses: Any, settings: Settings, database: Database) -> int:
     try:
         database.ensure_schema()
     except DBAPIError as exc:
         # The program can still be made and printed; the service says what was not saved.
-        log.warning("database unavailable (%s): %s", settings.describe_database(), describe_db_error(exc))
+        log.warning(
+            "schema check and migration skipped: database unavailable (%s): %s",
+            settings.describe_database(),
+            describe_db_error(exc),
+        )
     generator = make_generator(settings)
     if warning := startup_warning(generator):
         log.warning(warning)
