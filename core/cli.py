@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from core import admin, logs, monitoring, rejections, rollout_reports, waits
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
-from core.db import Database, describe_db_error, make_engine
+from core.db import Database, describe_db_error, make_engine, missing_sqlite_file
 from core.entry_fate import MissReason
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
@@ -378,6 +378,11 @@ REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, 
 }
 
 
+# The commands that may create a SQLite file not there yet (as the dashboard does). Any
+# other on a missing file is a mistyped path: it would report on, or clean, a new empty one.
+CREATE_THE_DATABASE = ("migrate", "generate")
+
+
 # Options whose value may begin with '-' (a user id `-A1`, a note `-3 kg too heavy`).
 FREE_VALUES = ("--user-id", "--note")
 
@@ -402,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     database = Database(make_engine(settings.database_url), settings.migrations_database_url)
     try:
+        if args.command not in CREATE_THE_DATABASE and (missing := missing_sqlite_file(database.engine)):
+            return _fail(EXIT_INVALID, f"DATABASE_URL: {missing} does not exist; `python -m core migrate` creates it")
         if args.command == "generate":
             return _generate(args, settings, database)
         if args.command == "migrate" and args.check:

@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 
+from core import rejections
 from core.db import make_engine
 from core.generators import OfflineGenerator
 from core.models import load_contract
@@ -75,6 +76,27 @@ def test_migrate_check_on_a_sqlite_file_not_there_yet_creates_nothing_and_prints
     assert (again.returncode, again.stdout, one_line(again)) == (0, b"", "The schema is up to date; nothing to run.")
     output(run(f"sqlite:///{path}", "migrate"))  # which creates the file, and its directory
     assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats"],
+        ["cleanup"],
+        ["rollup"],
+        ["invalidate", "--generator", "v1"],
+        ["reject", "--program-id", "1", "--reason", rejections.CATEGORIES[0]],
+        ["rollout", "status"],
+    ],
+)
+def test_a_command_that_only_reads_or_cleans_refuses_a_sqlite_file_not_there(
+    cli: Callable[..., CliRun], tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "mistyped" / "coach.db"
+    done = cli(f"sqlite:///{path}", *command)
+    assert (done.code, done.stdout) == (2, "")
+    assert done.stderr == f"error: DATABASE_URL: {path} does not exist; `python -m core migrate` creates it\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_miss_then_hit(run: Run, database_url: str, profile_file: Path) -> None:
