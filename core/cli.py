@@ -349,6 +349,8 @@ def _invalidate(args: argparse.Namespace, _settings: Settings, database: Databas
         removal = admin.invalidate_user(database.engine, actor="cli", user_id=user_id)
     else:
         removal = admin.retire_generator(database.engine, actor="cli", generator_version=args.generator)
+        if removal.deleted == 0:
+            print(f"{args.generator} made programs, but no entry of it is left: 0 entries deleted", file=sys.stderr)
     return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
 
 

@@ -342,8 +342,15 @@ def test_invalidate_a_user_or_a_generator_from_the_command_line(
     insert_entries(engine, ["recommendation:uu1:today"], expired=False)
     assert output(run(database_url, "invalidate", "--user-id", "u1"))["deleted"] == 1
     version = OfflineGenerator.identity.version
-    assert output(run(database_url, "invalidate", "--generator", "not-a-version"))["deleted"] == 0
+    typo = run(database_url, "invalidate", "--generator", "nope")
+    assert (typo.returncode, typo.stdout) == (2, b"")
+    assert one_line(typo) == (
+        f"error: invalid invalidation: generator: nope never made a program here (the versions that did: {version})"
+    )
     assert output(run(database_url, "invalidate", "--generator", version))["deleted"] == 1
+    again = run(database_url, "invalidate", "--generator", version)
+    assert output(again)["deleted"] == 0
+    assert one_line(again) == f"{version} made programs, but no entry of it is left: 0 entries deleted"
     with engine.connect() as connection:
         left = connection.execute(select(ai_coach_cache.c.cache_key)).scalars().all()
         audited = connection.execute(select(admin_actions.c.action, admin_actions.c.target)).all()
@@ -351,7 +358,7 @@ def test_invalidate_a_user_or_a_generator_from_the_command_line(
     assert left == ["recommendation:uu1:today"]
     assert [tuple(a) for a in audited] == [
         ("invalidate_user", "u1"),
-        ("retire_generator", "not-a-version"),
+        ("retire_generator", version),
         ("retire_generator", version),
     ]
     refused = run(database_url, "invalidate", "--user-id", "a:b")
