@@ -300,6 +300,8 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
             "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
         }
     generator = rollout_steps.candidate(settings, args.model)
+    if warning := startup_warning(generator):
+        log.warning(warning)
     if args.step == "try":
         tried = rollout_steps.trial(engine, settings, generator, actor="cli", sample=args.sample)
         current = make_generator(settings).identity.version
