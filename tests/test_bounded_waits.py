@@ -28,8 +28,9 @@ WAIT = 2.0  # DATABASE_WAIT_SECONDS in these tests
 # attempts it may still make (libpq's shortest connect_timeout is 2 s) and the work around.
 BOUND = 12.0
 # What a CLI run may wait on a stalled database beyond its budget: the work around its
-# statements, and two processes' start-ups that need not take exactly as long.
-SPARE = 2.5
+# statements, and two processes' start-ups that need not take exactly as long (2.6 s apart
+# were seen at a load of 8).
+SPARE = 4.0
 
 
 @pytest.fixture
@@ -121,14 +122,17 @@ def test_generate_through_the_cli_while_postgresql_is_stalled_waits_its_budget_i
     with stallable.stalled():
         run = generate_against_a_stalled_database(url, profile)
     assert run.code == 3, run.stderr
-    assert json.loads(run.stdout)["program"]["weeks"]
+    printed = json.loads(run.stdout)
+    assert printed["program"]["weeks"]
+    # The start-up's wait spent the budget: the request itself waits on the database no more.
+    assert printed["latency_ms"] < 1000
     [skipped] = [line for line in run.stderr if "skipped" in line]
     assert skipped.endswith(
         f"schema check and migration skipped: database unavailable (PostgreSQL 127.0.0.1:{stallable.port}/coach): "
         "ConnectionTimeout: connection timeout expired"
     )
     assert "not saved" in run.stderr[-1]
-    # The start-up's wait and the request's share one budget (libpq waits 2 s at least).
+    # In all, the budget (libpq's connect_timeout is 2 s at least) and no more.
     assert run.waited < max(WAIT, MIN_CONNECT_SECONDS) + SPARE, f"waited {run.waited:.1f} s on the database"
 
 
