@@ -62,7 +62,8 @@ class NeverMadeAProgram(ContractError):
 
 def versions_that_made_programs(engine: Engine) -> list[str]:
     """Every generator identity with a program entry or a program in history ("unknown" for
-    those made before identities were recorded)."""
+    those made before identities were recorded). History's versions are read by a scan: an
+    operator's command pays it, never a coach's request."""
     with engine.connect() as connection:
         in_history = set(connection.execute(select(programs.generator_version).distinct()).scalars())
     in_cache = {group.generator_version for group in cache_store.entries_by_generator(engine)}
