@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, logs, monitoring, rejections, rollout_reports
+from core import admin, batch_collection, logs, monitoring, rejections, rollout_reports
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine
@@ -101,6 +101,11 @@ def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
                 "--live", action="store_true", help="through the chat endpoint, for servers without a Batch API"
             )
     steps.add_parser("status", help="poll the submitted batches and collect the finished ones (safe from cron)")
+    cancel = steps.add_parser(
+        "cancel",
+        help="cancel a rollout's batches still out: its keys can be planned again; what ran is still collected",
+    )
+    cancel.add_argument("--rollout-id", type=int, required=True, help="as `rollout status` lists it")
 
 
 def _emit(document: dict[str, Any]) -> None:
@@ -281,10 +286,20 @@ def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> di
 def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
     database.ensure_schema()
     engine = database.engine
-    if args.step == "status":
-        checks = rollout_steps.check_batches(engine, settings)
+    if args.step in ("status", "cancel"):
+        if args.step == "cancel":
+            checks = batch_collection.cancel(engine, settings, args.rollout_id)
+        else:
+            checks = batch_collection.check_batches(engine, settings)
         if checks and all(check.problem for check in checks):
-            raise rollout_steps.RolloutFailed(f"no batch could be checked: {checks[0].problem}")
+            done = "checked" if args.step == "status" else "cancelled"
+            raise rollout_steps.RolloutFailed(f"no batch could be {done}: {checks[0].problem}")
+        for check in checks:
+            if check.given_up:
+                print(
+                    f"note: batch {check.batch_id} given up, its keys can be planned again: {check.given_up}",
+                    file=sys.stderr,
+                )
         return {
             "batches": [dataclasses.asdict(check) for check in checks],
             "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],

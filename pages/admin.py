@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import admin, cache_store, rollout, rollout_reports
+from core import admin, batch_collection, cache_store, rollout, rollout_reports
 from core.formatting import format_bytes, format_dollars, format_duration, markdown_code
 from core.models import ContractError
 from core.schema import utcnow
@@ -249,10 +249,14 @@ def rollouts(allowed: bool) -> None:
         show_trial(rollout_reports.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
     check, _ = st.columns([1, 3])
     if check.button("Check batches now", disabled=not usable, icon=":material/sync:"):
-        checks = rollout.check_batches(get_engine(), settings)
+        checks = batch_collection.check_batches(get_engine(), settings)
         collected = sum(c.collected for c in checks)
         checked = "1 batch" if len(checks) == 1 else f"{len(checks)} batches"
-        problems = " ".join(f"{c.batch_id}: {escape_markdown(c.problem)}." for c in checks if c.problem)
+        problems = " ".join(
+            f"{c.batch_id}: {escape_markdown(c.problem or f'given up: {c.given_up}')}."
+            for c in checks
+            if c.problem or c.given_up
+        )
         st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems}".strip()
         st.rerun()
     rollout_table()

@@ -64,6 +64,8 @@ class Behaviour:
     # servers that do not report them do).
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # The model an answer says wrote it (None: the one asked for), as a hostile server may.
+    answered_model: str | None = None
 
 
 # What OpenAI's Batch API takes, and the limits of one input file.
@@ -98,6 +100,10 @@ class BatchBehaviour:
     # A line whose custom_id contains a key is answered as that Behaviour says (its mode and
     # billed tokens); any other line as the server's own Behaviour does at the time.
     line_behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    # A line whose custom_id contains one of these is answered twice in the output file (each
+    # answer billed), as a server that retried it may; or, with `also_errored`, once in each file.
+    answered_twice: frozenset[str] = frozenset()
+    also_errored: frozenset[str] = frozenset()
     # OpenAI's limits for one input file; lower them to test how a big rollout is split.
     max_lines: int = MAX_BATCH_LINES
     max_file_bytes: int = MAX_BATCH_FILE_BYTES
@@ -318,6 +324,14 @@ class FakeOpenAI:
             return _send(handler, status, document)
         return _send(handler, 404, _error(f"Unknown request URL: POST {path}."))
 
+    def forget(self, batch_id: str) -> None:
+        """The server loses the batch, as after a change of API key or organisation: from now
+        on it answers 404 for it, and its files stay."""
+        with self._lock:
+            batch = self._batch(batch_id)
+            assert batch is not None, f"no batch {batch_id} to forget"
+            self.batches.remove(batch)
+
     def _batch(self, batch_id: str) -> FakeBatch | None:
         return next((batch for batch in self.batches if batch.id == batch_id), None)
 
@@ -390,10 +404,20 @@ class FakeOpenAI:
 
     def _finish(self, batch: FakeBatch, outcome: str, ran: int) -> None:
         answered = [self._run_line(line, batch.behaviour) for line in batch.lines[:ran]]
+        answered += [
+            self._run_line(line, batch.behaviour)
+            for line in batch.lines[:ran]
+            if any(part in line["custom_id"] for part in batch.behaviour.answered_twice)
+        ]
         self.batch_lines_answered += len(answered)
         outputs = [record for record in answered if record["response"]["status_code"] == 200]
         errors = [record for record in answered if record["response"]["status_code"] != 200]
         errors += [_record(line["custom_id"], None, NOT_RUN[outcome]) for line in batch.lines[ran:]]
+        errors += [
+            _record(line["custom_id"], {"status_code": 500, "body": _error("retried", "server_error")})
+            for line in batch.lines[:ran]
+            if any(part in line["custom_id"] for part in batch.behaviour.also_errored)
+        ]
         shuffle = random.Random(batch.behaviour.seed)
         batch.output_file_id = self._output_file(batch, "output", _shuffled(outputs, shuffle))
         batch.error_file_id = self._output_file(batch, "error", _shuffled(errors, shuffle))
@@ -686,7 +710,7 @@ def _completion(
     model: str, content: str, behaviour: Behaviour, finish_reason: str = "stop", refusal: str | None = None
 ) -> dict[str, Any]:
     return {
-        **_head(model, "chat.completion"),
+        **_head(behaviour.answered_model or model, "chat.completion"),
         "choices": [
             {
                 "index": 0,

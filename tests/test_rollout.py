@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import DBAPIError
 from streamlit.testing.v1 import AppTest
 
-from core import admin, rollout, rollout_reports, staged_programs
+from core import admin, batch_collection, rollout, rollout_reports, staged_programs
 from core.db import Database, make_engine
 from core.generators import make_generator
 from core.models import parse_onboarding
@@ -221,8 +221,8 @@ def test_the_cli_plans_starts_live_and_reports_rollouts(
     assert refused.code == 2 and refused.stderr.count("\n") == 1 and "OPENAI_API_KEY" in refused.stderr
 
 
-def check(engine: Engine, settings: Settings) -> list[rollout.BatchCheck]:
-    return rollout.check_batches(engine, settings)
+def check(engine: Engine, settings: Settings) -> list[batch_collection.BatchCheck]:
+    return batch_collection.check_batches(engine, settings)
 
 
 def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
@@ -435,9 +435,9 @@ def test_an_interrupted_live_prewarm_leaves_no_request_pending_and_the_rest_is_p
     assert rollout.plan(engine, current, candidate).count == states["failed"]
 
 
-def finished(**results: Any) -> rollout.Finished:
+def finished() -> batch_collection.Finished:
     submitted = utcnow() - timedelta(hours=2)
-    return rollout.Finished(results, submitted, submitted + timedelta(hours=1), "the batch expired first", "expired")
+    return batch_collection.Finished((), submitted, submitted + timedelta(hours=1), "the batch expired first", "expired")
 
 
 @pytest.mark.parametrize(
@@ -452,7 +452,7 @@ def finished(**results: Any) -> rollout.Finished:
     ],
 )
 def test_a_result_line_not_as_openai_documents_it_fails_that_line_only(current: Settings, line: Any, says: str) -> None:
-    judged = rollout.judge_line(line, PROFILE, rollout.candidate(current, CANDIDATE), finished())
+    judged = batch_collection.judge_line(line, PROFILE, rollout.candidate(current, CANDIDATE), finished())
     assert (judged.state, judged.error) == ("failed", says)
 
 
@@ -465,7 +465,7 @@ def test_a_lines_time_is_kept_between_the_batchs_submission_and_its_check(
     batch = finished()
     for created, expected in ((answer.created * 1000, batch.checked_at), (0, batch.submitted_at)):
         line = {"custom_id": "x", "response": {"status_code": 200, "body": {**answer.model_dump(), "created": created}}}
-        judged = rollout.judge_line(line, PROFILE, candidate, batch)
+        judged = batch_collection.judge_line(line, PROFILE, candidate, batch)
         assert (judged.state, judged.generated_at) == ("staged", expected)
 
 
