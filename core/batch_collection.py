@@ -32,6 +32,7 @@ from core.rollout import (
     _judged,
     _require_key,
     batch_client,
+    bill_voided,
     candidate,
     custom_id,
     pending_programs,
@@ -320,7 +321,7 @@ class _Collection:
         if earlier is None:
             if record_result(connection, row.id, judged, self.ttl):
                 self._count(custom, None, judged.state, judged.tokens)
-            elif row.state == "voided" and _bill_voided(connection, row.id, judged.tokens):
+            elif row.state == "voided" and bill_voided(connection, row.id, judged.tokens):
                 self.mine[custom] = ("voided", judged.tokens)
             return
         state, tokens = earlier
@@ -336,14 +337,6 @@ class _Collection:
             self.recorded[old] -= 1
         self.recorded[new] += 1
         self.mine[custom] = (new, tokens)
-
-
-def _bill_voided(connection: Connection, row_id: int, tokens: BilledTokens) -> bool:
-    """The tokens of a line whose request an invalidation voided while it was out: billed all
-    the same. Only while none are recorded, so that two collectors record them once."""
-    unbilled = (asked.prompt_tokens.is_(None), asked.completion_tokens.is_(None))
-    statement = update(rollout_programs).where(asked.id == row_id, asked.state == "voided", *unbilled)
-    return connection.execute(statement.values(**tokens)).rowcount == 1
 
 
 def _added(one: BilledTokens, other: BilledTokens) -> BilledTokens:

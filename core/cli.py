@@ -339,7 +339,9 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
 
 
 def _rollout_summary(engine: Engine, summary: rollout_reports.RolloutSummary) -> dict[str, Any]:
-    problems = rollout_reports.problems(engine, summary.id) if {"failed", "invalid"} & set(summary.states) else []
+    problems = (
+        rollout_reports.problems(engine, summary.id) if set(rollout_reports.PROBLEMS) & set(summary.states) else []
+    )
     return {
         **dataclasses.asdict(summary),
         "phase": summary.phase,
@@ -354,7 +356,11 @@ def _invalidate(args: argparse.Namespace, _settings: Settings, database: Databas
         removal = admin.invalidate_user(database.engine, actor="cli", user_id=user_id)
     else:
         removal = admin.retire_generator(database.engine, actor="cli", generator_version=args.generator)
-    return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
+    return {
+        "deleted": removal.deleted,
+        "bytes_reclaimed": removal.bytes_reclaimed,
+        "staged_voided": removal.staged_voided,
+    }
 
 
 def _reject(args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
@@ -369,6 +375,7 @@ def _reject(args: argparse.Namespace, _settings: Settings, database: Database) -
         "rejected_at": outcome.rejected_at,
         "cache_key": outcome.cache_key,
         "entry": outcome.entry,
+        "staged_voided": outcome.staged_voided,
     }
 
 

@@ -52,7 +52,8 @@ from core.single_flight import LEASE_SECONDS, Lease
 
 log = logging.getLogger(__name__)
 RolloutKind = Literal["trial", "batch", "live"]
-ProgramState = Literal["pending", "staged", "tried", "invalid", "failed"]
+# voided: an invalidation covered it before it was used (core/staged_programs.py).
+ProgramState = Literal["pending", "staged", "tried", "invalid", "failed", "voided"]
 # OpenAI's limits on one batch input file.
 BATCH_MAX_LINES = 50_000
 BATCH_MAX_BYTES = 200 * 2**20
@@ -546,6 +547,14 @@ def record_result(connection: Connection, row_id: int, judged: Judged, ttl: time
     return done.rowcount == 1
 
 
+def bill_voided(connection: Connection, row_id: int, tokens: BilledTokens) -> bool:
+    """The tokens of an answer whose request an invalidation voided while it was out: billed
+    all the same. Only while none are recorded, so that two collectors record them once."""
+    unbilled = (asked.prompt_tokens.is_(None), asked.completion_tokens.is_(None))
+    statement = update(rollout_programs).where(asked.id == row_id, asked.state == "voided", *unbilled)
+    return connection.execute(statement.values(**tokens)).rowcount == 1
+
+
 def pending_programs(connection: Connection, condition: Any, *, limit: int | None = None) -> list[Any]:
     query = select(asked.id, asked.cache_key, asked.onboarding_responses, asked.has_paid_access, asked.state).where(
         condition, asked.state == "pending"
@@ -570,7 +579,10 @@ def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, r
         else:
             judged = _judged(generation, row.onboarding_responses, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
-            record_result(connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl)
+            if not record_result(
+                connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl
+            ):
+                bill_voided(connection, row.id, judged.tokens)
 
     pool = ThreadPoolExecutor(max_workers=LIVE_CONCURRENCY, thread_name_prefix="rollout")
     try:

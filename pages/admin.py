@@ -389,8 +389,8 @@ def rollout_table() -> None:
         width="stretch",
     )
     for summary in listed:
-        if {"failed", "invalid"} & set(summary.states):
-            with st.expander(f"Rollout #{summary.id}: failed and invalid programs", icon=":material/report:"):
+        if set(rollout_reports.PROBLEMS) & set(summary.states):
+            with st.expander(f"Rollout #{summary.id}: failed, invalid and voided programs", icon=":material/report:"):
                 for problem in rollout_reports.problems(get_engine(), summary.id):
                     st.markdown(
                         f"- {markdown_code(short_key(problem.cache_key))} {problem.state}: "

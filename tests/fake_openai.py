@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import policy
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler
@@ -100,9 +100,10 @@ class BatchBehaviour:
     # A line whose custom_id contains a key is answered as that Behaviour says (its mode and
     # billed tokens); any other line as the server's own Behaviour does at the time.
     line_behaviours: dict[str, Behaviour] = field(default_factory=dict)
-    # A line whose custom_id contains one of these is answered twice in the output file (each
-    # answer billed), as a server that retried it may; or, with `also_errored`, once in each file.
-    answered_twice: frozenset[str] = frozenset()
+    # A line whose custom_id contains a key is answered a second time in the output file (each
+    # answer billed), as that Behaviour says, as a server that retried it may; or, with
+    # `also_errored`, also written in the error file.
+    answered_twice: dict[str, Behaviour] = field(default_factory=dict)
     also_errored: frozenset[str] = frozenset()
     # OpenAI's limits for one input file; lower them to test how a big rollout is split.
     max_lines: int = MAX_BATCH_LINES
@@ -405,9 +406,10 @@ class FakeOpenAI:
     def _finish(self, batch: FakeBatch, outcome: str, ran: int) -> None:
         answered = [self._run_line(line, batch.behaviour) for line in batch.lines[:ran]]
         answered += [
-            self._run_line(line, batch.behaviour)
+            self._run_line(line, replace(batch.behaviour, line_behaviours={part: again}))
             for line in batch.lines[:ran]
-            if any(part in line["custom_id"] for part in batch.behaviour.answered_twice)
+            for part, again in batch.behaviour.answered_twice.items()
+            if part in line["custom_id"]
         ]
         self.batch_lines_answered += len(answered)
         outputs = [record for record in answered if record["response"]["status_code"] == 200]

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import DBAPIError
 from streamlit.testing.v1 import AppTest
 
-from core import admin, batch_collection, rollout, rollout_reports, staged_programs
+from core import admin, batch_collection, rejections, rollout, rollout_reports, staged_programs
 from core.db import Database, make_engine
 from core.generators import make_generator
 from core.models import parse_onboarding
@@ -437,7 +437,9 @@ def test_an_interrupted_live_prewarm_leaves_no_request_pending_and_the_rest_is_p
 
 def finished() -> batch_collection.Finished:
     submitted = utcnow() - timedelta(hours=2)
-    return batch_collection.Finished((), submitted, submitted + timedelta(hours=1), "the batch expired first", "expired")
+    return batch_collection.Finished(
+        (), submitted, submitted + timedelta(hours=1), "the batch expired first", "expired"
+    )
 
 
 @pytest.mark.parametrize(
@@ -524,3 +526,50 @@ def test_a_batch_that_could_not_be_recorded_is_cancelled(faults: Faults, fake_op
         rollout.start(faults.engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli")
     [batch] = fake_openai.batches
     assert batch.status in ("cancelling", "cancelled")  # nothing runs, or is billed, unrecorded
+
+
+def invalidate(engine: Engine, how: str, version: str) -> None:
+    """As an operator or a coach does: a user's entries, a generator's, or a rejection of u1's program."""
+    if how == "user":
+        admin.invalidate_user(engine, actor="ops", user_id="u1")
+    elif how == "generator":
+        admin.retire_generator(engine, actor="ops", generator_version=version)
+    else:
+        with engine.connect() as connection:
+            program_id = connection.execute(
+                select(training_programs.c.id).where(training_programs.c.user_id == "u1")
+            ).scalar_one()
+        rejections.reject(engine, program_id=program_id, category="wrong_level", note=None, actor="coach")
+
+
+@pytest.mark.parametrize(("how", "voided"), [("user", {"u1"}), ("generator", set(USERS)), ("rejection", {"u1"})])
+def test_an_invalidation_voids_the_staged_programs_it_covers(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, how: str, voided: set[str]
+) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    rollout.start(engine, current, candidate, actor="cli", live=True)
+    invalidate(engine, how, candidate.identity.version)
+    switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
+    fake_openai.reset()
+    result = serve(switched, "u1")
+    assert result.prewarmed_by is None and fake_openai.calls == 1
+    rows = staged_rows(engine)
+    assert {row.user_id for row in rows if row.state == "voided"} == voided
+    assert all(row.program is None and row.error.startswith("voided: ") for row in rows if row.state == "voided")
+    [summary] = rollout_reports.summaries(engine, current)
+    assert summary.states.get("voided") == len(voided) and summary.used == 0
+
+
+def test_a_request_voided_while_its_batch_was_out_is_billed_and_never_staged(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
+    candidate = rollout.candidate(current, CANDIDATE)
+    rollout.start(engine, current, candidate, actor="cli")
+    admin.invalidate_user(engine, actor="ops", user_id="u1")
+    [collected] = check(engine, current)
+    assert collected.recorded == {"staged": 2}
+    u1 = next(row for row in staged_rows(engine) if row.user_id == "u1")
+    assert (u1.state, u1.program, u1.prompt_tokens) == ("voided", None, PROMPT_TOKENS)
+    switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
+    assert serve(switched, "u1").prewarmed_by is None
