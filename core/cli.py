@@ -287,23 +287,7 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
     database.ensure_schema()
     engine = database.engine
     if args.step in ("status", "cancel"):
-        if args.step == "cancel":
-            checks = batch_collection.cancel(engine, settings, args.rollout_id)
-        else:
-            checks = batch_collection.check_batches(engine, settings)
-        if checks and all(check.problem for check in checks):
-            done = "checked" if args.step == "status" else "cancelled"
-            raise rollout_steps.RolloutFailed(f"no batch could be {done}: {checks[0].problem}")
-        for check in checks:
-            if check.given_up:
-                print(
-                    f"note: batch {check.batch_id} given up, its keys can be planned again: {check.given_up}",
-                    file=sys.stderr,
-                )
-        return {
-            "batches": [dataclasses.asdict(check) for check in checks],
-            "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
-        }
+        return _rollout_batches(args, settings, engine)
     generator = rollout_steps.candidate(settings, args.model)
     if args.step == "try":
         tried = rollout_steps.trial(engine, settings, generator, actor="cli", sample=args.sample)
@@ -336,6 +320,32 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
     if started.error and not started.batch_ids:
         raise rollout_steps.RolloutFailed(started.error)
     return dataclasses.asdict(started)
+
+
+def _rollout_batches(args: argparse.Namespace, settings: Settings, engine: Engine) -> dict[str, Any]:
+    """`status` (from cron) or `cancel`: what became of the batches out, and of live runs
+    that stopped; each given up is one line on stderr, and the command still succeeds."""
+    given_up_runs = rollout_steps.give_up_stale(engine) if args.step == "status" else {}
+    if args.step == "cancel":
+        checks = batch_collection.cancel(engine, settings, args.rollout_id)
+    else:
+        checks = batch_collection.check_batches(engine, settings)
+    if checks and all(check.problem for check in checks):
+        done = "checked" if args.step == "status" else "cancelled"
+        raise rollout_steps.RolloutFailed(f"no batch could be {done}: {checks[0].problem}")
+    for rollout_id, count in given_up_runs.items():
+        print(f"note: rollout {rollout_id}: {count} requests {rollout_steps.GIVEN_UP}", file=sys.stderr)
+    for check in checks:
+        if check.given_up:
+            print(
+                f"note: batch {check.batch_id} given up, its keys can be planned again: {check.given_up}",
+                file=sys.stderr,
+            )
+    return {
+        "batches": [dataclasses.asdict(check) for check in checks],
+        "given_up_runs": given_up_runs,
+        "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
+    }
 
 
 def _rollout_summary(engine: Engine, summary: rollout_reports.RolloutSummary) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from time import perf_counter
 from typing import Any, Literal
 
 import openai
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, or_, select, update
 
 from core.db import connect_to_write
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
@@ -41,6 +41,7 @@ from core.schema import (
     ai_coach_cache,
     database_now,
     generation_events,
+    generation_leases,
     rollout_batches,
     rollout_programs,
     rollouts,
@@ -62,6 +63,13 @@ DEFAULT_SAMPLE = 10
 # Live calls at once, for a trial or a pre-warm without a Batch API.
 LIVE_CONCURRENCY = 4
 RECORDS_PER_TRANSACTION = 500
+# A live run's lease, "rollout-run:<rollout id>", and what its requests are recorded with when
+# it lapsed before they were (give_up_stale).
+RUN_LEASE_PREFIX = "rollout-run:"
+GIVEN_UP = (
+    "given up: the run that asked for it stopped before recording it (its process was killed?); "
+    "a call it had in flight may have been billed, unrecorded"
+)
 
 cache = ai_coach_cache.c
 programs = training_programs.c
@@ -69,6 +77,7 @@ events = generation_events.c
 runs = rollouts.c
 jobs = rollout_batches.c
 asked = rollout_programs.c
+leases = generation_leases.c
 
 
 class RolloutRefused(ContractError):
@@ -435,9 +444,7 @@ def _start(
     rollout_id = _new_rollout(engine, kind, generator, len(found), actor)
     version = generator.identity.version
     if live:
-        with connect_to_write(engine) as connection, connection.begin():
-            _ask(connection, rollout_id, version, found)
-        _run_live(engine, settings, generator, rollout_id, stage=True)
+        _run_live(engine, settings, generator, rollout_id, found, stage=True)
         return Started(rollout_id, kind, len(found))
     assert isinstance(generator, OpenAIChatGenerator)  # refused above otherwise
     client = client or batch_client(settings)
@@ -562,9 +569,44 @@ def pending_programs(connection: Connection, condition: Any, *, limit: int | Non
     return list(connection.execute(query.order_by(asked.id).limit(limit)))
 
 
-def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, rollout_id: int, *, stage: bool) -> None:
-    """Generate every pending program of the rollout through the chat endpoint, a few at
-    once, recording each as it comes back."""
+def give_up_stale(engine: Engine) -> dict[int, int]:
+    """Record as failed, saying so, the requests of live runs (trials, live pre-warms) whose
+    run stopped without recording them: its lease lapsed, so nothing will. How many, by
+    rollout. Their keys can be planned again."""
+    dialect = engine.dialect.name
+    running = select(leases.cache_key).where(leases.expires_at > database_now(dialect))
+    run_key = literal(RUN_LEASE_PREFIX) + cast(asked.rollout_id, String)
+    stale = (asked.state == "pending", asked.batch_id.is_(None), run_key.not_in(running))
+    with connect_to_write(engine) as connection, connection.begin():
+        given_up = connection.execute(
+            update(rollout_programs).where(*stale).values(state="failed", error=GIVEN_UP).returning(asked.rollout_id)
+        )
+        return dict(Counter(given_up.scalars()))
+
+
+def _run_live(
+    engine: Engine,
+    settings: Settings,
+    generator: ProgramGenerator,
+    rollout_id: int,
+    found: Sequence[Target],
+    *,
+    stage: bool,
+) -> None:
+    """Ask for `found` and generate each through the chat endpoint, a few at once, recording
+    each as it comes back; under a lease on the run, renewed while it runs, so that what a
+    killed run left pending is given up once it lapses (give_up_stale)."""
+    lease = Lease.claim(engine, f"{RUN_LEASE_PREFIX}{rollout_id}", settings.generation_lease_seconds)
+    assert lease is not None  # a new rollout's: nobody else has asked for it
+    with lease:
+        with connect_to_write(engine) as connection, connection.begin():
+            _ask(connection, rollout_id, generator.identity.version, found)
+        _generate_pending(engine, settings, generator, rollout_id, stage=stage)
+
+
+def _generate_pending(
+    engine: Engine, settings: Settings, generator: ProgramGenerator, rollout_id: int, *, stage: bool
+) -> None:
     with engine.connect() as connection:
         pending = pending_programs(connection, asked.rollout_id == rollout_id)
     ttl = timedelta(hours=settings.cache_ttl_hours)
@@ -617,9 +659,7 @@ def trial(
     if not found:
         raise RolloutRefused("sample", "there are no requested profiles to try yet: generate a program first")
     rollout_id = _new_rollout(engine, "trial", generator, len(found), actor)
-    with connect_to_write(engine) as connection, connection.begin():
-        _ask(connection, rollout_id, generator.identity.version, found)
-    _run_live(engine, settings, generator, rollout_id, stage=False)
+    _run_live(engine, settings, generator, rollout_id, found, stage=False)
     return rollout_id
 
 

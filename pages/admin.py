@@ -249,6 +249,7 @@ def rollouts(allowed: bool) -> None:
         show_trial(rollout_reports.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
     check, _ = st.columns([1, 3])
     if check.button("Check batches now", disabled=not usable, icon=":material/sync:"):
+        stopped = rollout.give_up_stale(get_engine())
         checks = batch_collection.check_batches(get_engine(), settings)
         collected = sum(c.collected for c in checks)
         checked = "1 batch" if len(checks) == 1 else f"{len(checks)} batches"
@@ -257,7 +258,8 @@ def rollouts(allowed: bool) -> None:
             for c in checks
             if c.problem or c.given_up
         )
-        st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems}".strip()
+        runs = " ".join(f"Rollout #{n}: {count} requests {rollout.GIVEN_UP}." for n, count in stopped.items())
+        st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems} {runs}".strip()
         st.rerun()
     rollout_table()
 
