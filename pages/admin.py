@@ -126,7 +126,7 @@ def invalidate(allowed: bool) -> None:
             removal = admin.invalidate_user(
                 get_engine(), actor=current_actor(), user_id=user_id, user_id_check=get_database().check_user_id
             )
-            return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}."
+            return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}.{voided_text(removal)}"
 
         question = f"Delete every cached program of {markdown_code(pending)}? {regenerated()}"
         confirm("invalidate", question, "Yes, invalidate", invalidate_user)
@@ -176,7 +176,7 @@ def generators(allowed: bool) -> None:
 
         def retire(version: str) -> str:
             removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=version)
-            return f"Retired {entries_text(removal.deleted)} made by {markdown_code(version)}."
+            return f"Retired {entries_text(removal.deleted)} made by {markdown_code(version)}.{voided_text(removal)}"
 
         question = f"Delete every cached program made by {markdown_code(pending)}? {regenerated()}"
         confirm("retire", question, "Yes, retire", retire)
@@ -262,6 +262,12 @@ def rollouts(allowed: bool) -> None:
         st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems} {runs}".strip()
         st.rerun()
     rollout_table()
+
+
+def voided_text(removal: cache_store.Removal) -> str:
+    """What an invalidation did to programs rollouts staged, when it did anything."""
+    n = removal.staged_voided
+    return f" Voided {n} pre-warmed program{'s' if n != 1 else ''} not yet served." if n else ""
 
 
 def current_version() -> str:
@@ -382,6 +388,7 @@ def rollout_table() -> None:
                 "Tried": [r.states.get("tried", 0) for r in listed],
                 "Failed": [r.states.get("failed", 0) for r in listed],
                 "Invalid": [r.states.get("invalid", 0) for r in listed],
+                "Voided": [r.states.get("voided", 0) for r in listed],
                 "Used": [r.used for r in listed],
                 "Cost": [dollars(r.cost) for r in listed],
                 "Saved": [dollars(r.saved) for r in listed],

@@ -573,3 +573,18 @@ def test_a_request_voided_while_its_batch_was_out_is_billed_and_never_staged(
     assert (u1.state, u1.program, u1.prompt_tokens) == ("voided", None, PROMPT_TOKENS)
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     assert serve(switched, "u1").prewarmed_by is None
+
+
+def test_the_admin_page_says_what_an_invalidation_voided(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, app_test: Callable[..., AppTest]
+) -> None:
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
+    at = app_test(str(current.database_url), **env).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="invalidate_user").set_value("u1")
+    next(b for b in at.button if b.label == "Invalidate").click().run()
+    at.button(key="invalidate_yes").click().run()
+    assert at.success[0].value == "Invalidated 1 entry of `u1`. Voided 1 pre-warmed program not yet served."
+    [table] = [frame.value for frame in at.dataframe if "Voided" in frame.value]
+    assert list(table["Voided"]) == [1]
