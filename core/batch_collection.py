@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import openai
 from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, String, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from core.db import connect_to_write
 from core.generators import OpenAIChatGenerator
@@ -27,6 +27,7 @@ from core.generators.base import BilledTokens, GenerationError, billed_tokens
 from core.generators.openai_chat import one_line
 from core.rollout import (
     RECORDS_PER_TRANSACTION,
+    STATUS_MAX_CHARS,
     Judged,
     RolloutRefused,
     _judged,
@@ -35,6 +36,7 @@ from core.rollout import (
     bill_voided,
     candidate,
     custom_id,
+    max_chars,
     pending_programs,
     record_result,
 )
@@ -65,16 +67,10 @@ class Finished:
     status: str
 
 
-def _max_chars(column: Any) -> int:
-    assert isinstance(column.type, String) and column.type.length is not None
-    return column.type.length
-
-
 # What one result line may put in a row, checked before it reaches the database: past these
 # PostgreSQL refuses the statement (and SQLite's driver a number past 2^63), which would fail
 # the whole collection on every run; and a negative count would lower the spend reported.
-MODEL_MAX_CHARS = _max_chars(asked.model)
-STATUS_MAX_CHARS = _max_chars(jobs.status)
+MODEL_MAX_CHARS = max_chars(asked.model)
 COUNT_MAX = 2**31 - 1  # the token columns are INTEGER
 
 

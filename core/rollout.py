@@ -80,6 +80,16 @@ asked = rollout_programs.c
 leases = generation_leases.c
 
 
+def max_chars(column: Any) -> int:
+    """The most characters a String column holds: what the server says is cut to it."""
+    assert isinstance(column.type, String) and column.type.length is not None
+    return int(column.type.length)
+
+
+# A batch's status as the server says it (OpenAI documents eight, none longer than 11).
+STATUS_MAX_CHARS = max_chars(jobs.status)
+
+
 class RolloutRefused(ContractError):
     """A rollout that cannot be run as asked; names the setting or option to change."""
 
@@ -493,7 +503,7 @@ def _submit(
                     rollout_id=rollout_id,
                     input_file_id=file.id,
                     lines=len(chunk),
-                    status=batch.status,
+                    status=batch.status[:STATUS_MAX_CHARS],
                     submitted_at=utcnow(),
                 )
             )

@@ -105,6 +105,13 @@ class BatchBehaviour:
     # `also_errored`, also written in the error file.
     answered_twice: dict[str, Behaviour] = field(default_factory=dict)
     also_errored: frozenset[str] = frozenset()
+    # Lines for custom_ids no request has, of about this many bytes each, added to the output
+    # file: an output as big as a full batch's without running as many requests.
+    padding_lines: int = 0
+    padding_line_bytes: int = 1000
+    # What polls say the batch's status is (None: the true one), as a server beyond OpenAI's
+    # documented statuses may.
+    said_status: str | None = None
     # OpenAI's limits for one input file; lower them to test how a big rollout is split.
     max_lines: int = MAX_BATCH_LINES
     max_file_bytes: int = MAX_BATCH_FILE_BYTES
@@ -167,7 +174,7 @@ class FakeBatch:
             "errors": {"object": "list", "data": self.errors} if self.status == "failed" else None,
             "input_file_id": self.input_file_id,
             "completion_window": self.completion_window,
-            "status": self.status,
+            "status": self.behaviour.said_status or self.status,
             "output_file_id": self.output_file_id,
             "error_file_id": self.error_file_id,
             "created_at": self.created_at,
@@ -421,7 +428,9 @@ class FakeOpenAI:
             if any(part in line["custom_id"] for part in batch.behaviour.also_errored)
         ]
         shuffle = random.Random(batch.behaviour.seed)
-        batch.output_file_id = self._output_file(batch, "output", _shuffled(outputs, shuffle))
+        filler = {"status_code": 200, "body": {"filler": "x" * batch.behaviour.padding_line_bytes}}
+        padding = [_record(f"padding-{n}", filler) for n in range(batch.behaviour.padding_lines)]
+        batch.output_file_id = self._output_file(batch, "output", _shuffled(outputs, shuffle) + padding)
         batch.error_file_id = self._output_file(batch, "error", _shuffled(errors, shuffle))
         batch.completed, batch.failed = len(outputs), len(errors)
         batch.usage = _batch_usage([record["response"]["body"]["usage"] for record in outputs])

@@ -4,9 +4,11 @@ the server forgot is given up, and an operator can cancel one."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import openai
 import pytest
 from openai.types.chat import ChatCompletion
 from sqlalchemy import Engine
@@ -178,3 +180,50 @@ def test_cancelling_a_batch_the_server_forgot_gives_it_up_at_once(
     [cancelled] = batch_collection.cancel(engine, current, started.rollout_id)
     assert cancelled.given_up and cancelled.recorded == {"failed": 3}
     assert plannable(engine, current) == 3
+
+
+def test_a_big_output_file_is_read_as_it_streams_in_never_held_whole(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    # About 20 MB of lines beside the three results: a full batch of large programs is gigabytes.
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, padding_lines=20_000, padding_line_bytes=1000))
+    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    [batch_id] = started.batch_ids
+    client = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url)
+    output_file_id = client.batches.retrieve(batch_id).output_file_id  # the stand-in writes its files now
+    assert output_file_id is not None
+    size = len(fake_openai.files[output_file_id].content)
+    tracemalloc.start()
+    try:
+        [collected] = check(engine, current)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert collected.recorded == {"staged": 3}
+    assert size > 20_000_000 and peak < size / 4, f"{peak:,} bytes at most while collecting a {size:,}-byte file"
+
+
+def test_a_batch_status_beyond_openais_is_recorded_cut_to_its_column(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(said_status="s" * 300))
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    [polled] = check(engine, current)
+    assert (polled.status, polled.collected, polled.problem) == ("s" * 300, False, None)
+    [summary] = rollout_reports.summaries(engine, current)
+    assert summary.batches == {"s" * batch_collection.STATUS_MAX_CHARS: 1}
+
+
+def test_cancelling_a_batch_that_already_ended_leaves_it_to_be_collected(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, cli: Callable[..., CliRun]
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
+    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).batches.retrieve(started.batch_ids[0])
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
+    done = cli(str(current.database_url), "rollout", "cancel", "--rollout-id", str(started.rollout_id), **env)
+    assert done.code == 1 and done.stderr.count("\n") == 1
+    assert "not cancelled: it has already ended; `rollout status` collects it" in done.stderr
+    assert plannable(engine, current) == 0
+    [collected] = check(engine, current)
+    assert collected.recorded == {"staged": 3}
