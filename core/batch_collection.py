@@ -30,15 +30,15 @@ from core.rollout import (
     STATUS_MAX_CHARS,
     Judged,
     RolloutRefused,
-    _judged,
-    _require_key,
     batch_client,
     bill_voided,
     candidate,
     custom_id,
+    judge_generation,
     max_chars,
     pending_programs,
     record_result,
+    require_key,
 )
 from core.schema import rollout_batches, rollout_programs, rollouts, utcnow
 from core.settings import Settings
@@ -75,8 +75,8 @@ COUNT_MAX = 2**31 - 1  # the token columns are INTEGER
 
 
 def out_of_bounds(completion: ChatCompletion) -> str | None:
-    """Why an answer cannot be recorded as the server wrote it (None: it can). The line is
-    then recorded as failed with this reason, and its tokens are not recorded."""
+    """Which field of an answer breaks which rule, so that it cannot be recorded as the server
+    wrote it (None: it can)."""
     usage = completion.usage
     prompt_details = usage.prompt_tokens_details if usage else None
     completion_details = usage.completion_tokens_details if usage else None
@@ -90,11 +90,11 @@ def out_of_bounds(completion: ChatCompletion) -> str | None:
     }
     for name, count in counts.items():
         if count is not None and not 0 <= count <= COUNT_MAX:
-            return f"usage.{name} is {count}, not a count from 0 to {COUNT_MAX}; its tokens are not recorded"
+            return f"usage.{name} is {count}, not a count from 0 to {COUNT_MAX}"
     if len(completion.model) > MODEL_MAX_CHARS:
-        return f"model is {len(completion.model)} characters, more than {MODEL_MAX_CHARS}; its tokens are not recorded"
+        return f"model is {len(completion.model)} characters, more than {MODEL_MAX_CHARS}"
     if not completion.model.isprintable():
-        return "model holds a control character; its tokens are not recorded"
+        return "model holds a control character"
     return None
 
 
@@ -120,7 +120,8 @@ def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerato
     except ValidationError:
         return Judged("invalid", error="the result is not a chat completion")
     if broken := out_of_bounds(completion):
-        return Judged("failed", error=broken)
+        # Nothing of such a line is trusted, its usage included.
+        return Judged("failed", error=f"{broken}; its tokens are not recorded")
     # When the line ran, by its own word, within when the batch was submitted and checked:
     # a program's TTL runs from then, and a server's clock (or its unit) is not trusted further.
     ran = datetime.fromtimestamp(min(max(completion.created, 0), 2**32), UTC)
@@ -129,7 +130,7 @@ def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerato
         generation = generator.from_completion(completion)
     except GenerationError as exc:
         return Judged("invalid", billed_tokens(exc), error=str(exc))
-    return _judged(generation, answers, "staged", generated_at)
+    return judge_generation(generation, answers, "staged", generated_at)
 
 
 def _text(said: str) -> str:
@@ -169,10 +170,11 @@ def check_batches(
 ) -> list[BatchCheck]:
     """Poll every batch not collected yet and collect those that finished: results are
     matched by custom_id (OpenAI keeps no order), judged, and recorded; lines a batch that
-    expired or was cancelled never ran are recorded as failed. Safe to run twice at once:
-    each pending program is recorded by one call only."""
+    expired or was cancelled never ran are recorded as failed; one the server answers 404 for
+    on NOT_FOUND_CHECKS checks in a row is given up. Safe to run twice at once: each pending
+    program is recorded by one call only."""
     generator_for = generator_for or (lambda model: candidate(settings, model))
-    _require_key(settings)
+    require_key(settings)
     client = client or batch_client(settings)
     checks = []
     for job in _open_jobs(engine):
@@ -250,7 +252,7 @@ def cancel(
     and its keys can be planned again at once; what it ran before the cancel took hold is
     still collected by `check_batches` (it was billed), and the rest is recorded as not run
     then. A batch the server no longer knows is given up at once."""
-    _require_key(settings)
+    require_key(settings)
     found = _open_jobs(engine, jobs.rollout_id == rollout_id)
     if not found:
         raise RolloutRefused("rollout_id", f"rollout {rollout_id} has no batch still out to cancel")

@@ -101,14 +101,14 @@ class RolloutFailed(RuntimeError):
     """A rollout could not run: nothing of it was submitted, or another start holds it."""
 
 
-def _require_key(settings: Settings) -> None:
+def require_key(settings: Settings) -> None:
     if not settings.uses_openai:
         raise RolloutRefused("OPENAI_API_KEY", "must be set: a rollout tries or pre-warms an OpenAI-compatible model")
 
 
 def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
     """The generator the app would run with OPENAI_MODEL=`model`, all else as configured."""
-    _require_key(settings)
+    require_key(settings)
     if not model.strip():
         raise RolloutRefused("model", "is required")
     generator = make_generator(settings.model_copy(update={"openai_model": model.strip()}))
@@ -533,7 +533,9 @@ class Judged:
     latency_ms: float | None = None
 
 
-def _judged(generation: Generation, answers: dict[str, Any], valid: ProgramState, generated_at: datetime) -> Judged:
+def judge_generation(
+    generation: Generation, answers: dict[str, Any], valid: ProgramState, generated_at: datetime
+) -> Judged:
     """A generation's program as a miss's is judged: the contract and the profile."""
     tokens = billed_tokens(generation)
     try:
@@ -629,7 +631,7 @@ def _generate_pending(
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
-            judged = _judged(generation, row.onboarding_responses, valid, generated_at)
+            judged = judge_generation(generation, row.onboarding_responses, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
             if not record_result(
                 connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl

@@ -448,6 +448,7 @@ def finished() -> batch_collection.Finished:
         (None, "not run: the batch expired first"),
         (["not", "an", "object"], "the result line is not a JSON object"),
         ({"custom_id": "x", "error": "rate limited"}, "rate limited"),
+        ({"custom_id": "x", "error": "rate\x00limited"}, "rate limited"),  # a text column holds no NUL
         ({"custom_id": "x", "error": {"code": "batch_expired", "message": "too late"}}, "batch_expired: too late"),
         ({"custom_id": "x", "response": "nonsense"}, "HTTP None: no message"),
         ({"custom_id": "x", "response": {"status_code": 500, "body": "down"}}, "HTTP 500: no message"),
@@ -588,3 +589,30 @@ def test_the_admin_page_says_what_an_invalidation_voided(
     assert at.success[0].value == "Invalidated 1 entry of `u1`. Voided 1 pre-warmed program not yet served."
     [table] = [frame.value for frame in at.dataframe if "Voided" in frame.value]
     assert list(table["Voided"]) == [1]
+
+
+class InvalidatingU1:
+    """The candidate, with u1's programs invalidated during every call, as an operator may
+    while a live pre-warm runs."""
+
+    def __init__(self, generator: Any, engine: Engine) -> None:
+        self._generator, self._engine = generator, engine
+        self.identity, self.name = generator.identity, generator.name
+
+    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None) -> Any:
+        admin.invalidate_user(self._engine, actor="ops", user_id="u1")
+        return self._generator.generate(profile, has_paid_access)
+
+
+def test_a_request_voided_while_a_live_run_generates_it_is_billed_and_never_staged(
+    engine: Engine, current: Settings
+) -> None:
+    rollout.start(
+        engine, current, InvalidatingU1(rollout.candidate(current, CANDIDATE), engine), actor="cli", live=True
+    )
+    states = {row.user_id: (row.state, row.program is None, row.prompt_tokens) for row in staged_rows(engine)}
+    assert states == {
+        "u1": ("voided", True, PROMPT_TOKENS),
+        "u2": ("staged", False, PROMPT_TOKENS),
+        "u3": ("staged", False, PROMPT_TOKENS),
+    }
