@@ -27,7 +27,7 @@ from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.partial_program import ProgramSoFar
 from core.schema import utcnow
 from core.service import MISS_REASON_TEXT, GenerationResult
-from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Refused, Rejected, Request, Submission
+from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Refused, Rejected, Request, Submission
 from pages.common import (
     database_problem,
     escape_markdown,
@@ -111,12 +111,17 @@ def load_latest() -> None:
         loaded = Loaded(user_id, problem=escape_markdown(str(exc)))
     except DBAPIError as exc:
         loaded = Loaded(user_id, problem=unavailable_text(describe_db_error(exc)))
-    become(panel().loaded_answers(loaded))
-    if loaded.latest is None:
-        return
-    for field in ANSWERS:
-        st.session_state[f"form_{field}"] = loaded.latest.onboarding_responses.get(field, DEFAULTS[field])
-    st.session_state.form_has_paid_access = loaded.latest.has_paid_access
+    if loaded.latest is not None:
+        for field in ANSWERS:
+            st.session_state[f"form_{field}"] = loaded.latest.onboarding_responses.get(field, DEFAULTS[field])
+        st.session_state.form_has_paid_access = loaded.latest.has_paid_access
+    become(panel().loaded_answers(loaded).sent(sent_form()))
+
+
+def sent_form() -> Form:
+    """The questionnaire as its fields hold it, in a callback of one of its buttons."""
+    answers = {field: st.session_state[f"form_{field}"] for field in ANSWERS}
+    return Form(st.session_state.user_id, answers, st.session_state.form_has_paid_access)
 
 
 def field_error(field: str) -> None:
@@ -132,8 +137,14 @@ def field_error(field: str) -> None:
 
 
 def questionnaire() -> None:
-    for field, default in DEFAULTS.items():
-        st.session_state.setdefault(f"form_{field}", default)
+    # A field Streamlit has forgotten (a run of another page did not draw it) is drawn again
+    # with what was last sent, so that the answers stay beside the program they asked for.
+    shown = {"user_id": "", **{f"form_{field}": default for field, default in DEFAULTS.items()}}
+    if kept := panel().form:
+        shown |= {f"form_{field}": value for field, value in kept.answers.items()}
+        shown |= {"user_id": kept.user_id, "form_has_paid_access": kept.has_paid_access}
+    for key, value in shown.items():
+        st.session_state.setdefault(key, value)
     with st.form("questionnaire", border=True, enter_to_submit=False):
         id_column, load_column = st.columns([5, 3], vertical_alignment="bottom")
         id_column.text_input(
@@ -172,14 +183,9 @@ def questionnaire() -> None:
 
 def generate_clicked() -> None:
     """Runs before the page does, so the outcome can be written before the form is."""
-    answers = {field: st.session_state[f"form_{field}"] for field in ANSWERS}
-    request = Request(
-        user_id=st.session_state.user_id.strip(),
-        responses={k: v for k, v in answers.items() if v is not None and v != ""},
-        has_paid_access=st.session_state.form_has_paid_access,
-        force_refresh=st.session_state.force_refresh,
-    )
-    state = panel().clicked(request, start, window_seconds=get_settings().double_click_seconds)
+    form = sent_form()
+    request = form.request(force_refresh=st.session_state.force_refresh)
+    state = panel().sent(form).clicked(request, start, window_seconds=get_settings().double_click_seconds)
     become(state)
     # A forced refresh is for the request it was taken for: left ticked, every later click
     # would pay for a generation. Here, in the callback, is the last moment before the box

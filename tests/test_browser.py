@@ -319,6 +319,37 @@ def test_force_refresh_is_for_the_click_it_was_ticked_for(
     assert fake_openai.calls == 1
 
 
+# No double-click window: the click after coming back is a request of its own.
+@pytest.mark.parametrize("server_settings", [{"DOUBLE_CLICK_SECONDS": "0"}])
+def test_the_answers_sent_are_still_in_the_form_after_a_visit_to_another_page(
+    server: str, context: BrowserContext, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset()
+    page = open_fresh(context, server)
+    type_id(page, "fill", "client-2")
+    page.get_by_role("textbox", name="Injuries or limitations").fill("Sore left knee")
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    page.close()
+
+    page = open_fresh(context, server)
+    type_id(page, "fill", "client-2")
+    page.get_by_role("button", name="Load latest").click()
+    expect(page.get_by_text("Loaded the answers of client-2's latest program")).to_be_visible()
+    page.get_by_role("spinbutton", name="Session length (minutes)").fill("60")
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text("Cache miss: the profile changed (Session length (minutes))")).to_be_visible(timeout=20_000)
+    go_to(page, "Program history")
+    go_to(page, "Generate program")
+    page.get_by_role("button", name="Generate program").click()
+    # The same answers, the injuries included: the program just generated, from the cache.
+    expect(page.get_by_text("Cache hit")).to_be_visible(timeout=20_000)
+    assert fake_openai.calls == 2
+    expect(page.get_by_role("textbox", name="User ID")).to_have_value("client-2")
+    expect(page.get_by_role("textbox", name="Injuries or limitations")).to_have_value("Sore left knee")
+    expect(page.get_by_role("spinbutton", name="Session length (minutes)")).to_have_value("60")
+
+
 def test_a_click_while_a_program_is_generated_is_refused_in_words_and_every_click_is_accounted_for(
     server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
 ) -> None:
