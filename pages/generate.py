@@ -20,13 +20,13 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 from streamlit.errors import StreamlitInvalidLayoutContextError
 
-from core import history
+from core import history, monitoring
 from core.db import describe_db_error
 from core.formatting import format_duration
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.partial_program import ProgramSoFar
 from core.schema import utcnow
-from core.service import MISS_REASON_TEXT, GenerationResult
+from core.service import MISS_REASON_TEXT, GenerationResult, ProgramService
 from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Refused, Rejected, Request, Submission
 from pages.common import (
     database_problem,
@@ -198,7 +198,7 @@ def start(request: Request) -> Submission[GenerationResult]:
 
     def work(say: Callable[[str], None], show: Callable[[ProgramSoFar], None]) -> GenerationResult:
         # A database back since the page was drawn gets its pending migrations first.
-        database.unavailable()
+        usable = database.unavailable() is None
         return service.generate(
             user_id=request.user_id,
             onboarding_responses=request.responses,
@@ -206,7 +206,7 @@ def start(request: Request) -> Submission[GenerationResult]:
             force_refresh=request.force_refresh,
             on_generating=lambda reason: say(
                 f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {escape_markdown(generator)} is writing the "
-                "program, which takes 5-15 s"
+                f"program{how_long_lately(service, usable)}"
             ),
             on_waiting=lambda reason: say(
                 f"**Cache miss** ({MISS_REASON_TEXT[reason]}): an identical request (another tab or coach) is "
@@ -216,6 +216,17 @@ def start(request: Request) -> Submission[GenerationResult]:
         )
 
     return Submission(request.fingerprints()[0], work, phase="Checking the cache")
+
+
+def how_long_lately(service: ProgramService, usable: bool) -> str:
+    """ ", which has taken it about 48 s lately": its recent median, said only when there is one."""
+    if not usable:
+        return ""
+    try:
+        seconds = monitoring.recent_generation_seconds(service.engine, service.generator.identity.version)
+    except DBAPIError:  # gone since it was checked: the program is what matters
+        return ""
+    return "" if seconds is None else f", which has taken it about {seconds:.0f} s lately"
 
 
 def collect() -> CoachPanel:
@@ -399,7 +410,8 @@ def outcome(state: CoachPanel) -> None:
         if state.submission.progress is not None:
             render_program_so_far(state.submission.progress)
     elif isinstance(state.outcome, Failure):
-        st.error(f"**Generation failed**: {escape_markdown(state.outcome.message)}", icon=":material/error:")
+        # The message says what failed ("generation failed: …", "the generated program is invalid: …").
+        st.error(f"**No program**: {escape_markdown(state.outcome.message)}", icon=":material/error:")
     elif isinstance(state.outcome, GenerationResult) and state.request is not None:
         result = state.outcome
         show_outcome(result)

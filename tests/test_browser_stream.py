@@ -88,9 +88,9 @@ def test_a_stream_that_fails_takes_the_partial_program_off_the_page_and_caches_n
     expect(page.get_by_text(FIRST_SESSION).first).to_be_visible(timeout=20_000)
     expect(page.get_by_text(WRITING)).to_be_visible()
     fake_openai.go_on()
-    failed = page.get_by_text(f"Generation failed: generation failed: {says}")
+    failed = page.get_by_text(f"No program: generation failed: {says}")
     if mode == "wrong_shape":
-        failed = page.get_by_text(f"Generation failed: {says}")
+        failed = page.get_by_text(f"No program: {says}")
     expect(failed).to_be_visible(timeout=30_000)
     expect(page.get_by_text(WRITING)).to_have_count(0)
     expect(page.get_by_text(FIRST_SESSION)).to_have_count(0)

@@ -120,7 +120,8 @@ def test_a_failed_forced_request_keeps_the_box_ticked(
     fake_openai.reset(Behaviour(mode="status", status=500))
     app.session_state["force_refresh"] = True
     submit(fill(app))
-    assert "Generation failed" in app.error[0].value
+    failed = as_read(app.error[0].value)
+    assert failed.startswith("**No program**: generation failed: ") and failed.lower().count("failed") == 1
     assert app.checkbox(key="force_refresh").value is True
     fake_openai.reset()
     submit(app)
