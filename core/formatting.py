@@ -14,6 +14,12 @@ DOLLAR_DIGITS = 4
 DOLLAR_PRINTF = f"$%,.{DOLLAR_DIGITS}g"
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 day`, `3 days`, `1,024 entries`: a count and its noun, singular for one only.
+    Every count written in words goes through here, so none reads "1 days"."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def format_bytes(size: float | None) -> str:
     if size is None:
         return "–"

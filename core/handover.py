@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from core.formatting import counted
+
 EXERCISE_COLUMNS = {"name": "Exercise", "sets": "Sets", "reps": "Reps", "rest_seconds": "Rest (s)", "notes": "Notes"}
 
 
@@ -39,7 +41,7 @@ def program_markdown(program: dict[str, Any], *, user_id: str, created_at: datet
         f"# {_cell(program['title'])}",
         "",
         f"For **{user_id}**, {created_at:%Y-%m-%d}. {goal.capitalize()}, {program['experience_level']}, "
-        f"{program['duration_weeks']} weeks, {program['days_per_week']} days a week.",
+        f"{counted(program['duration_weeks'], 'week')}, {counted(program['days_per_week'], 'day')} a week.",
         "",
         program["summary"],
     ]

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import admin, cache_store, rollout, rollout_reports
-from core.formatting import format_bytes, format_dollars, format_duration, markdown_code
+from core.formatting import counted, format_bytes, format_dollars, format_duration, markdown_code
 from core.models import ContractError
 from core.schema import utcnow
 from pages.common import (
@@ -37,7 +37,7 @@ def counts() -> None:
 
 def entries_text(count: int, kind: str = "") -> str:
     """`1 entry`, `2 entries`, `1 expired entry`."""
-    return " ".join(filter(None, (f"{count:,}", kind, "entry" if count == 1 else "entries")))
+    return counted(count, " ".join(filter(None, (kind, "entry"))), " ".join(filter(None, (kind, "entries"))))
 
 
 def regenerated() -> str:

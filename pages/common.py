@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core import handover, logs, rejections
 from core.db import Database, describe_db_error, make_engine
-from core.formatting import markdown_code
+from core.formatting import counted, markdown_code
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
 from core.partial_program import ProgramSoFar
@@ -239,8 +239,8 @@ def program_heading(program: dict[str, Any]) -> None:
         goal = program["goal"].replace("_", " ").capitalize()
         st.markdown(
             f":material/flag: {goal} · :material/signal_cellular_alt: {program['experience_level'].capitalize()} · "
-            f":material/calendar_month: {program['duration_weeks']} weeks · "
-            f":material/event_repeat: {program['days_per_week']} days a week"
+            f":material/calendar_month: {counted(program['duration_weeks'], 'week')} · "
+            f":material/event_repeat: {counted(program['days_per_week'], 'day')} a week"
         )
 
 

@@ -30,3 +30,11 @@ def test_json_is_exactly_the_contract_document_and_files_are_named_after_user_an
     program = build_program(profile, False)
     assert parse_program(json.loads(program_json(program)), profile) == program
     assert file_name("client-1", WHEN, "md") == "training-program-client-1-2026-11-25.md"
+
+
+def test_one_day_a_week_reads_in_the_singular_in_the_title_summary_and_hand_out() -> None:
+    program = build_program(parse_onboarding({**PROFILE, "days_per_week": 1}), False)
+    text = program_markdown(program, user_id="client-1", created_at=WHEN)
+    assert "1 day a week" in program["title"] and "1 session a week" in program["summary"]
+    assert "4 weeks, 1 day a week." in text
+    assert "1 days" not in text and "1 sessions" not in text
