@@ -539,3 +539,15 @@ def test_a_model_name_from_the_llm_server_is_shown_as_text(app: AppTest, app_eng
     assert texts and not [text for text in texts if "<a " in text or "</a>" in text]
     legend = chart_spec(app, "Hit rate by generator")["data"][0]["name"]
     assert legend == f"{html.escape(hostile, quote=False)} · openai-p1-test"
+
+
+def test_an_unpriced_models_costs_read_as_a_dash_and_its_spend_axis_starts_at_zero(
+    app: AppTest, app_engine: Engine
+) -> None:
+    log_requests(app_engine, (3, "miss"), (2.5, "hit"), model="local-llama")
+    app.switch_page("pages/monitoring.py").run()
+    tables = [next(d for d in app.dataframe if column in d.value.columns) for column in ("LLM spend", "Input")]
+    assert tables[0].value["LLM spend"].isna().all() and tables[1].value["Input"].isna().all()
+    assert {d.proto.placeholder for d in tables} == {"–"}  # drawn for a missing value, not "None"
+    axis = chart_spec(app, "LLM spend by generator (USD)")["layout"]["yaxis"]
+    assert axis["rangemode"] == "tozero"  # every spend is 0 or unknown: the axis runs 0 to 1, not -1 to 1
