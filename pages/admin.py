@@ -99,6 +99,10 @@ def cleanup(allowed: bool) -> None:
         st.session_state.confirm_cleanup = True
     if allowed and st.session_state.get("confirm_cleanup"):
         expired = cache_store.count_entries(get_engine())["expired_entries"]
+        if not expired:  # said, not asked: there is nothing to confirm
+            st.session_state.confirm_cleanup = None
+            st.info("There are no expired entries: nothing to delete.", icon=":material/check_circle:")
+            return
 
         def delete(_: object) -> str:
             removal = admin.delete_expired_entries(get_engine(), actor=current_actor())
@@ -128,7 +132,13 @@ def invalidate(allowed: bool) -> None:
             )
             return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}."
 
-        question = f"Delete every cached program of {markdown_code(pending)}? {regenerated()}"
+        held = cache_store.count_entries(get_engine(), user_id=pending)
+        programs = held["valid_entries"] + held["expired_entries"]
+        if not programs:  # said, not asked: there is nothing to confirm
+            st.session_state.confirm_invalidate = None
+            st.info(f"The cache holds no programs of {markdown_code(pending)}: nothing to invalidate.")
+            return
+        question = f"Delete {counted(programs, 'cached program')} of {markdown_code(pending)}? {regenerated()}"
         confirm("invalidate", question, "Yes, invalidate", invalidate_user)
 
 

@@ -141,7 +141,7 @@ def test_the_first_click_on_invalidate_counts_right_after_typing(
         else:
             box.press_sequentially(user)
         page.get_by_role("button", name="Invalidate").click()  # at once: no pause, Enter or Tab
-        expect(page.get_by_text(f"Delete every cached program of {user}?")).to_be_visible()
+        expect(page.get_by_text(f"Delete 1 cached program of {user}?")).to_be_visible()
         page.get_by_role("button", name="Yes, invalidate").click()
         expect(page.get_by_text(f"Invalidated 1 entry of {user}.")).to_be_visible()
         assert count_rows(engine, ai_coach_cache, ai_coach_cache.c.user_id == user) == 0, user

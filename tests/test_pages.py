@@ -265,6 +265,18 @@ def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, ap
     assert list(app.dataframe[-1].value["Action"]) == ["cleanup"]
 
 
+def test_nothing_to_delete_is_said_and_not_asked(app: AppTest) -> None:
+    submit(fill(app, "valid-user"))
+    app.switch_page("pages/admin.py").run()
+    next(b for b in app.button if b.label == "Delete expired entries").click().run()
+    assert [i.value for i in app.info] == ["There are no expired entries: nothing to delete."]
+    assert not app.warning and not [b for b in app.button if b.label.startswith("Yes, ")]
+    app.text_input(key="invalidate_user").set_value("nobody-here")
+    next(b for b in app.button if b.label == "Invalidate").click().run()
+    assert [i.value for i in app.info] == ["The cache holds no programs of `nobody-here`: nothing to invalidate."]
+    assert not app.warning and not [b for b in app.button if b.label.startswith("Yes, ")]
+
+
 def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -> None:
     submit(fill(app, "leaving-user"))
     app.switch_page("pages/admin.py").run()
@@ -282,11 +294,12 @@ def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -
 def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
     app: AppTest, tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
 ) -> None:
+    submit(fill(app, "leaving-user"))
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in app.button if b.label == "Invalidate").click().run()
     question = app.warning[0].value
-    assert question.startswith("Delete every cached program of `leaving-user`?")
+    assert question.startswith("Delete 1 cached program of `leaving-user`?")
     assert "will generate a new program with the current generator, Offline rule-based generator." in question
     assert "LLM" not in question
     online = app_test(
@@ -295,6 +308,7 @@ def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
         OPENAI_BASE_URL=fake_openai.base_url,
         OPENAI_MODEL="gpt-e2e",
     ).run()
+    submit(fill(online, "leaving-user"))
     online.switch_page("pages/admin.py").run()
     online.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in online.button if b.label == "Invalidate").click().run()
@@ -316,7 +330,7 @@ def test_a_user_id_is_named_as_typed_never_as_markdown(app: AppTest, app_engine:
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value("__bold__")
     next(b for b in app.button if b.label == "Invalidate").click().run()
-    assert app.warning[0].value.startswith("Delete every cached program of `__bold__`?")
+    assert app.warning[0].value.startswith("Delete 1 cached program of `__bold__`?")
     app.button(key="invalidate_yes").click().run()
     assert app.success[0].value == "Invalidated 1 entry of `__bold__`."
 
