@@ -42,7 +42,7 @@ def entries_text(count: int, kind: str = "") -> str:
 
 def regenerated() -> str:
     """What follows an invalidation: a new program, from the generator this app runs."""
-    generator = escape_markdown(get_settings().describe_generator())
+    generator = markdown_code(get_settings().describe_generator())  # its URL copied as it is
     return f"Their next request will generate a new program with the current generator, {generator}."
 
 

@@ -272,9 +272,11 @@ def program_weeks(weeks: list[Any], *, key: str) -> None:
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:&])")
 # What GitHub-flavoured Markdown makes a link of even when escaped (it finds them in the text
-# after escapes are read): a scheme before `:`, `www.`, and an e-mail's `@`. A word joiner
-# (U+2060, invisible) inside each keeps them text.
-AUTOLINK_START = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=\\?[:.])|(?=@)")
+# after escapes are read): a scheme before `:`, `www.`, and an e-mail's `@` (between the
+# characters an address is made of). A word joiner (U+2060, invisible) inside each keeps them
+# text; it is copied with them, so ids and URLs a coach may copy go in code spans instead
+# (markdown_code), and an `@` no address is made around (the rule "'.', '_', '@' or '-'") has none.
+AUTOLINK_START = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=\\?[:.])|(?<=[\w.+-])(?=@[\w\\-])")
 WORD_JOINER = "\u2060"
 LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
 ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)

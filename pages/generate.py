@@ -22,7 +22,7 @@ from streamlit.errors import StreamlitInvalidLayoutContextError
 
 from core import history, monitoring
 from core.db import describe_db_error
-from core.formatting import format_duration
+from core.formatting import format_duration, markdown_code
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.partial_program import ProgramSoFar
 from core.schema import utcnow
@@ -194,7 +194,8 @@ def generate_clicked() -> None:
 
 
 def start(request: Request) -> Submission[GenerationResult]:
-    service, generator, database = get_service(), get_settings().describe_generator(), get_database()
+    # In a code span: the generator's URL is copied from the page as it is.
+    service, generator, database = get_service(), markdown_code(get_settings().describe_generator()), get_database()
 
     def work(say: Callable[[str], None], show: Callable[[ProgramSoFar], None]) -> GenerationResult:
         # A database back since the page was drawn gets its pending migrations first.
@@ -205,12 +206,12 @@ def start(request: Request) -> Submission[GenerationResult]:
             has_paid_access=request.has_paid_access,
             force_refresh=request.force_refresh,
             on_generating=lambda reason: say(
-                f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {escape_markdown(generator)} is writing the "
+                f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {generator} is writing the "
                 f"program{how_long_lately(service, usable)}"
             ),
             on_waiting=lambda reason: say(
                 f"**Cache miss** ({MISS_REASON_TEXT[reason]}): an identical request (another tab or coach) is "
-                f"having {escape_markdown(generator)} write this program; waiting for it rather than paying twice"
+                f"having {generator} write this program; waiting for it rather than paying twice"
             ),
             on_progress=show,
         )
@@ -272,7 +273,8 @@ def stop_waiting() -> None:
 
 
 def who(user_id: str) -> str:
-    return escape_markdown(user_id) or "an empty User ID"
+    """A user id as typed, in a code span: copied from the page, it is the id itself."""
+    return markdown_code(user_id) if user_id else "an empty User ID"
 
 
 def refused_note(refused: Refused, *, waiting: bool) -> None:
@@ -391,7 +393,7 @@ def loaded_note(loaded: Loaded) -> None:
         st.info(f"No earlier program for {who(loaded.user_id)}: the form is unchanged.")
     else:
         st.info(
-            f"Loaded the answers of {escape_markdown(loaded.user_id)}'s latest program, "
+            f"Loaded the answers of {who(loaded.user_id)}'s latest program, "
             f"#{loaded.latest.program_id} of {loaded.latest.created_at:%Y-%m-%d %H:%M} UTC.",
             icon=":material/download_done:",
         )

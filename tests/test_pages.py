@@ -48,6 +48,19 @@ def test_shell_shows_four_pages_and_the_active_database_and_generator(app: AppTe
     assert not app.exception
 
 
+def test_a_url_and_the_user_id_rule_are_shown_without_invisible_characters(
+    tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
+) -> None:
+    # A word joiner (U+2060) keeps text from being made a link, and is copied with it.
+    llm = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": "gpt-e2e"}
+    app = app_test(f"sqlite:///{tmp_path}/coach.db", **llm).run()
+    sidebar = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"`OpenAI gpt-e2e at {fake_openai.base_url}`" in sidebar and "\u2060" not in sidebar
+    submit(fill(app, "coach one@example.com"))
+    [error] = app.error
+    assert "'@'" in error.value and "\u2060" not in error.value
+
+
 def test_a_bad_setting_is_one_plain_message_not_a_stack_trace(tmp_path: Path, app_test: Callable[..., AppTest]) -> None:
     at = app_test(f"sqlite:///{tmp_path}/coach.db", CACHE_TTL_HOURS="abc").run()
     assert not at.exception
@@ -144,11 +157,11 @@ def test_answers_typed_are_never_replaced_unless_the_coach_loads_the_latest(app:
     assert app.session_state["form_days_per_week"] == 5
     assert app.session_state["form_notes"] == "early mornings"
     note = app.info[0].value
-    assert note.startswith("Loaded the answers of returning-client's latest program, #1 of ") and "UTC" in note
+    assert note.startswith("Loaded the answers of `returning-client`'s latest program, #1 of ") and "UTC" in note
 
     load_latest(fill(app, "nobody-yet", goal="fat_loss"))
     assert app.session_state["form_goal"] == "fat_loss"
-    assert "No earlier program for nobody-yet" in app.info[0].value
+    assert "No earlier program for `nobody-yet`" in app.info[0].value
 
 
 def test_a_returning_users_changes_are_listed_with_a_link_to_the_previous_program(app: AppTest) -> None:
@@ -300,7 +313,7 @@ def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
     next(b for b in app.button if b.label == "Invalidate").click().run()
     question = app.warning[0].value
     assert question.startswith("Delete 1 cached program of `leaving-user`?")
-    assert "will generate a new program with the current generator, Offline rule-based generator." in question
+    assert "will generate a new program with the current generator, `Offline rule-based generator`." in question
     assert "LLM" not in question
     online = app_test(
         f"sqlite:///{tmp_path}/online.db",
@@ -312,8 +325,7 @@ def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
     online.switch_page("pages/admin.py").run()
     online.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in online.button if b.label == "Invalidate").click().run()
-    shown = as_read(online.warning[0].value)
-    assert f"the current generator, OpenAI gpt-e2e at {fake_openai.base_url}." in shown
+    assert f"the current generator, `OpenAI gpt-e2e at {fake_openai.base_url}`." in online.warning[0].value
 
 
 @pytest.mark.parametrize(("typed", "said"), [("", "Type a user id first."), ("bad:id", "1-128 characters")])
