@@ -74,10 +74,10 @@ def get_generator_warning() -> str | None:
     return startup_warning(get_service().generator)
 
 
-def user_filter(label: str, key: str) -> str | None:
+def user_filter(label: str, key: str, *, placeholder: str = "All users") -> str | None:
     """A "filter by user" field: None for all users, else the id as the database stores it.
     An id the database could not hold is refused under the field, and the page stops."""
-    typed = st.text_input(label, placeholder="All users", key=key).strip()
+    typed = st.text_input(label, placeholder=placeholder, key=key).strip()
     if not typed:
         return None
     try:
@@ -106,20 +106,24 @@ def current_actor() -> str:
 def reject_section(
     program_id: ProgramId, *, key: str, rejected: Rejected | None, done: Callable[[Rejected], None]
 ) -> None:
-    """What the coach's last rejection of this program came to, if any, and the form to
-    reject it, until a rejection is recorded."""
-    if rejected is not None:
-        rejection_note(rejected)
-    if not isinstance(rejected, rejections.RejectionOutcome):
-        reject_form(program_id, key=key, done=done)
+    """The coach's rejection of this program once it is recorded, else the form to reject it."""
+    if isinstance(rejected, rejections.RejectionOutcome):
+        st.success(f"Program #{markdown_code(rejected.training_program_id)} {rejected.text}.", icon=":material/block:")
+    else:
+        reject_form(program_id, key=key, done=done, refused=rejected)
 
 
-def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], None]) -> None:
+def reject_form(
+    program_id: ProgramId, *, key: str, done: Callable[[Rejected], None], refused: FieldErrors | Failure | None
+) -> None:
     """ "Reject this program": a reason and an optional note, one form, so that picking them
     reruns nothing and the first click on the button is the one that counts; `done` keeps
-    what it came to."""
+    what it came to. A rejection `refused` is said in the form, each problem under its field,
+    and the form stays open: a note drawn above it would move it, and the browser would draw
+    it anew, folded, hiding the field to correct."""
+    errors = refused.errors if isinstance(refused, FieldErrors) else {}
     with (
-        st.expander("Reject this program", icon=":material/thumb_down:"),
+        st.expander("Reject this program", icon=":material/thumb_down:", expanded=refused is not None),
         st.form(f"reject-{key}", border=False, enter_to_submit=False),
     ):
         # Radio buttons, not a select box: a select box's list, opened while the expander
@@ -134,7 +138,11 @@ def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], N
             help="Why is it wrong for the client?",
             key=f"reject-{key}-category",
         )
+        rejection_errors(errors, ["category"])
         st.text_area("Note", max_chars=rejections.NOTE_MAX_CHARS, placeholder="Optional", key=f"reject-{key}-note")
+        rejection_errors(errors, [field for field in errors if field != "category"])
+        if isinstance(refused, Failure):
+            st.error(f"**Not rejected**: {refused.message}", icon=":material/cloud_off:")
         st.form_submit_button("Reject", type="primary", on_click=lambda: done(_rejected(program_id, key)))
 
 
@@ -156,18 +164,13 @@ def _rejected(program_id: ProgramId, key: str) -> Rejected:
         return Failure(unavailable_text(describe_db_error(exc)))
 
 
-def rejection_note(rejected: Rejected) -> None:
-    """What a click on "Reject" came to, under the program it rejected."""
-    if isinstance(rejected, rejections.RejectionOutcome):
-        st.success(f"Program #{markdown_code(rejected.training_program_id)} {rejected.text}.", icon=":material/block:")
-    elif isinstance(rejected, FieldErrors):
-        problems = "; ".join(
-            f"{REJECTION_FIELDS.get(field, field)}: {escape_markdown(message)}"
-            for field, message in rejected.errors.items()
-        )
-        st.error(f"**Not rejected**: {problems}. Nothing was recorded.", icon=":material/error:")
-    else:
-        st.error(f"**Not rejected**: {rejected.message}", icon=":material/cloud_off:")
+def rejection_errors(errors: dict[str, str], fields: list[str]) -> None:
+    """What is wrong with `fields`, under the last of them (the note's place also takes the
+    errors of fields the form does not show)."""
+    for field in fields:
+        if field in errors:
+            text = f"**{REJECTION_FIELDS.get(field, field)}**: {escape_markdown(errors[field])}. Nothing was recorded."
+            st.error(text, icon=":material/error:")
 
 
 def rejected_note(rejection: rejections.Rejection) -> None:

@@ -243,6 +243,8 @@ def test_a_refused_user_filter_can_be_corrected_and_applied(app: AppTest) -> Non
     app.text_input(key="history_user").set_value("bad:id")  # in a form: sent with the click
     apply_filters(app)
     assert "1-128 characters" in app.error[0].value and not app.dataframe
+    # The other filters stay, to be changed with the id.
+    assert {"history_dates", "history_source"} <= {w.key for w in [*app.date_input, *app.selectbox]}
     app.text_input(key="history_user").set_value("kept-client")
     apply_filters(app)
     assert not app.error and list(app.dataframe[0].value["User"]) == ["kept-client"]
@@ -386,7 +388,7 @@ def test_a_program_rejected_in_history_shows_as_rejected_with_its_reason(app: Ap
     app.query_params["program"] = "1"
     app.run()
     reject_in_history(app, "1", None)
-    assert app.error[0].value == "**Not rejected**: Reason: is required. Nothing was recorded."
+    assert app.error[0].value == "**Reason**: is required. Nothing was recorded."
     reject_in_history(app, "1", "wrong_equipment", "no *barbell* at home")
     assert not app.exception
     assert [s.value for s in app.success] == [
