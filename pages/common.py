@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -14,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core import handover, logs, rejections
 from core.db import Database, describe_db_error, make_engine
-from core.formatting import counted, markdown_code
+from core.formatting import counted, escape_markdown, markdown_code
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
 from core.partial_program import ProgramSoFar
@@ -269,32 +268,5 @@ def program_weeks(weeks: list[Any], *, key: str) -> None:
         focus = escape_markdown(session["focus"])
         st.markdown(
             f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min\n\n"
-            + handover.session_table(session, cell=table_cell)
+            + handover.session_table(session)
         )
-
-
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:&])")
-# What GitHub-flavoured Markdown makes a link of even when escaped (it finds them in the text
-# after escapes are read): a scheme before `:`, `www.`, and an e-mail's `@` (between the
-# characters an address is made of). A word joiner (U+2060, invisible) inside each keeps them
-# text; it is copied with them, so ids and URLs a coach may copy go in code spans instead
-# (markdown_code), and an `@` no address is made around (the rule "'.', '_', '@' or '-'") has none.
-AUTOLINK_START = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=\\?[:.])|(?<=[\w.+-])(?=@[\w\\-])")
-WORD_JOINER = "\u2060"
-LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
-ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)
-
-
-def table_cell(value: object) -> str:
-    """A value as the text of one Markdown table cell: one line, shown as text."""
-    return escape_markdown(" ".join(str(value).split()))
-
-
-def escape_markdown(text: str) -> str:
-    """Text from users, the database or the LLM is shown as text, never as markup (links,
-    bare URLs and e-mail addresses, images, HTML, entities, Streamlit directives such as
-    :red[...])."""
-    text = MARKDOWN_SPECIAL.sub(r"\\\1", text)
-    text = AUTOLINK_START.sub(lambda m: m.group(0) + WORD_JOINER, text)
-    text = LIST_MARKER.sub(r"\1\\\2", text)
-    return ORDERED_MARKER.sub(r"\1\\.", text)
