@@ -20,7 +20,7 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 from streamlit.errors import StreamlitInvalidLayoutContextError
 
-from core import history, monitoring
+from core import history, monitoring, waits
 from core.db import describe_db_error
 from core.formatting import format_duration, markdown_code
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
@@ -86,6 +86,8 @@ PANEL = "coach_panel"  # the session's one value of what the panel shows
 # progress line; then the panel looks again every quarter second.
 FIRST_LOOK_SECONDS = 0.1
 LOOK_AGAIN_SECONDS = 0.25
+# What saying how long the generator has taken lately may wait on the database.
+LATELY_WAIT_SECONDS = 1.0
 
 
 def panel() -> CoachPanel:
@@ -224,8 +226,10 @@ def how_long_lately(service: ProgramService, usable: bool) -> str:
     if not usable:
         return ""
     try:
-        seconds = monitoring.recent_generation_seconds(service.engine, service.generator.identity.version)
-    except DBAPIError:  # gone since it was checked: the program is what matters
+        # Its own second at most, not the request's: a stalled database costs this line only.
+        with waits.request_budget(LATELY_WAIT_SECONDS):
+            seconds = monitoring.recent_generation_seconds(service.engine, service.generator.identity.version)
+    except DBAPIError:  # gone or stalled since it was checked: the program is what matters
         return ""
     return "" if seconds is None else f", which has taken it about {seconds:.0f} s lately"
 
