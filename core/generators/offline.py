@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.formatting import counted
 from core.generators.base import Generation, GeneratorIdentity, OnProgress, fingerprint, program_weeks
 from core.models import OnboardingResponses
 from core.settings import OFFLINE_MODEL
@@ -157,7 +158,7 @@ def choose(pattern: str, equipment: set[str], avoid: set[str], used: set[str]) -
 # Bumped by hand when the rules change what they write; the fingerprint of this module's
 # source catches any change that was not bumped (at the cost of regenerating after a
 # change that only touched a comment).
-RULES_VERSION = "r1"
+RULES_VERSION = "r2"
 MODEL = OFFLINE_MODEL
 
 
@@ -271,13 +272,13 @@ def _exercise_note(week: int, weeks: int, pattern: str) -> str:
 
 def _title(profile: OnboardingResponses, weeks: int) -> str:
     goal = profile.goal.replace("_", " ")
-    return f"{weeks}-week {goal} plan, {profile.days_per_week} days a week ({profile.experience_level})"
+    return f"{weeks}-week {goal} plan, {counted(profile.days_per_week, 'day')} a week ({profile.experience_level})"
 
 
 def _summary(profile: OnboardingResponses, weeks: int, has_paid_access: bool) -> str:
     kit = ", ".join(e.replace("_", " ") for e in profile.equipment) or "bodyweight only"
     parts = [
-        f"{weeks} weeks to {GOAL_WORDS[profile.goal]}: {profile.days_per_week} sessions a week "
+        f"{counted(weeks, 'week')} to {GOAL_WORDS[profile.goal]}: {counted(profile.days_per_week, 'session')} a week "
         f"of about {profile.session_minutes} minutes, using {kit}.",
         "Every fourth week is a deload." if weeks >= 4 else "",
         "Paid plan: a full progressive block." if has_paid_access else "Free plan: a 4-week starter block.",
