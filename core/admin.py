@@ -12,7 +12,7 @@ from sqlalchemy import Engine, insert, select
 from core import cache_store, staged_programs
 from core.cache_key import check_user_id
 from core.models import ContractError, FieldError
-from core.schema import admin_actions, training_programs, utcnow
+from core.schema import admin_actions, rollouts, training_programs, utcnow
 
 actions = admin_actions.c
 programs = training_programs.c
@@ -61,13 +61,15 @@ class NeverMadeAProgram(ContractError):
 
 
 def versions_that_made_programs(engine: Engine) -> list[str]:
-    """Every generator identity with a program entry or a program in history ("unknown" for
-    those made before identities were recorded). History's versions are read by a scan: an
-    operator's command pays it, never a coach's request."""
+    """Every generator identity with a program entry, a program in history, or a rollout (a
+    candidate's programs staged or still being made, which an invalidation voids) ("unknown"
+    for those made before identities were recorded). History's versions are read by a scan:
+    an operator's command pays it, never a coach's request."""
     with engine.connect() as connection:
         in_history = set(connection.execute(select(programs.generator_version).distinct()).scalars())
+        in_rollouts = set(connection.execute(select(rollouts.c.generator_version).distinct()).scalars())
     in_cache = {group.generator_version for group in cache_store.entries_by_generator(engine)}
-    return sorted(version or UNKNOWN_GENERATOR for version in in_history | in_cache)
+    return sorted(version or UNKNOWN_GENERATOR for version in in_history | in_cache | in_rollouts)
 
 
 def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> cache_store.Removal:
