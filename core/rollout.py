@@ -35,10 +35,11 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from core.db import connect_to_write
+from core.fit import validate_program
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.generators.base import NOT_BILLED, BilledTokens, Generation, GenerationError, billed_tokens
 from core.generators.openai_chat import one_line
-from core.models import ContractError, FieldError, parse_onboarding, parse_program
+from core.models import ContractError, FieldError, parse_onboarding
 from core.schema import (
     CACHE_KEY_PREFIX,
     ai_coach_cache,
@@ -520,11 +521,13 @@ class Judged:
     latency_ms: float | None = None
 
 
-def _judged(generation: Generation, answers: dict[str, Any], valid: ProgramState, generated_at: datetime) -> Judged:
-    """A generation's program as a miss's is judged: the contract and the profile."""
+def _judged(
+    generation: Generation, answers: dict[str, Any], has_paid_access: bool, valid: ProgramState, generated_at: datetime
+) -> Judged:
+    """A generation's program as a miss's is judged: the contract, and whether it fits the client."""
     tokens = billed_tokens(generation)
     try:
-        checked = parse_program(generation.program, parse_onboarding(answers))
+        checked = validate_program(generation.program, parse_onboarding(answers), has_paid_access)
     except ContractError as exc:
         return Judged("invalid", tokens, generation.model, error=str(exc))
     program_json = json.dumps(checked, ensure_ascii=False, separators=(",", ":"))
@@ -544,7 +547,9 @@ class Finished:
     status: str
 
 
-def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerator, batch: Finished) -> Judged:
+def judge_line(
+    line: Any, answers: dict[str, Any], has_paid_access: bool, generator: OpenAIChatGenerator, batch: Finished
+) -> Judged:
     """What one batch result line (None: the batch ended before it ran) gives. A line is
     the server's word: anything it holds that is not what OpenAI documents fails that line,
     not the collection."""
@@ -573,7 +578,7 @@ def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerato
         generation = generator.from_completion(completion)
     except GenerationError as exc:
         return Judged("invalid", billed_tokens(exc), error=str(exc))
-    return _judged(generation, answers, "staged", generated_at)
+    return _judged(generation, answers, has_paid_access, "staged", generated_at)
 
 
 def _record(connection: Connection, row_id: int, judged: Judged, ttl: timedelta) -> bool:
@@ -618,7 +623,7 @@ def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, r
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
-            judged = _judged(generation, row.onboarding_responses, valid, generated_at)
+            judged = _judged(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
             _record(connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl)
 
@@ -726,7 +731,7 @@ def _collect(
         with connect_to_write(engine) as connection, connection.begin():
             for row in pending[start : start + RECORDS_PER_TRANSACTION]:
                 line = finished.results.get(custom_id(job.generator_version, row.cache_key))
-                judged = judge_line(line, row.onboarding_responses, generator, finished)
+                judged = judge_line(line, row.onboarding_responses, row.has_paid_access, generator, finished)
                 if _record(connection, row.id, judged, ttl):
                     recorded[judged.state] += 1
     return dict(recorded)

@@ -24,18 +24,12 @@ from core import cache_store, entry_fate, history, single_flight, staged_program
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
+from core.fit import validate_program, validate_program_json
 from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
 from core.generators.base import NOT_BILLED, BilledTokens, billed_tokens
 from core.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.logs import FIELDS
-from core.models import (
-    ContractError,
-    OnboardingResponses,
-    TrainingProgram,
-    parse_onboarding,
-    parse_program,
-    parse_program_json,
-)
+from core.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding
 from core.schema import ProgramId, utcnow
 from core.settings import Settings
 from core.single_flight import SingleFlightTimeout
@@ -433,7 +427,7 @@ class ProgramService:
                 if staged is None:
                     return None
                 try:
-                    parse_program_json(staged.program_json, request.profile)
+                    validate_program_json(staged.program_json, request.profile, request.has_paid_access)
                 except ContractError as exc:
                     log.warning("Staged program for %s no longer validates, generating: %s", request.key, exc)
                     staged_programs.mark_invalid(connection, staged.id, str(exc))
@@ -477,7 +471,7 @@ class ProgramService:
             return known[1]
         program_json = entry.data_json or ""
         try:
-            parse_program_json(program_json, request.profile)
+            validate_program_json(program_json, request.profile, request.has_paid_access)
         except ContractError as exc:
             log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
             return None
@@ -530,7 +524,7 @@ class ProgramService:
             self._record_failure(request, reason, message, billed_tokens(exc))
             raise GenerationFailed(message) from None
         try:
-            program = parse_program(generation.program, request.profile)
+            program = validate_program(generation.program, request.profile, request.has_paid_access)
         except ContractError as exc:
             message = f"the generated program is invalid: {exc}. Nothing was cached or saved."
             self._record_failure(request, reason, message, billed_tokens(generation))

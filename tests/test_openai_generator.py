@@ -23,7 +23,7 @@ from core.schema import ai_coach_cache, generation_events, training_programs
 from core.service import GenerationFailed, GenerationResult, ProgramService
 from core.settings import Settings
 from tests import openai_strict
-from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
+from tests.fake_openai import BREAKING, COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, count_rows
 
 API_KEY = "sk-test-not-a-secret"
@@ -98,6 +98,21 @@ def test_a_bad_answer_caches_and_saves_nothing(
     fake_openai.reset()
     again = openai_service(engine, fake_openai)  # with time for a whole answer
     assert again.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False).cache_hit is False
+
+
+@pytest.mark.parametrize("rule", sorted(BREAKING))
+def test_an_answer_that_does_not_fit_the_client_is_refused_naming_the_rule_and_its_tokens_counted(
+    engine: Engine, fake_openai: FakeOpenAI, rule: str
+) -> None:
+    fake_openai.reset(Behaviour(breaks=rule))
+    client = {**PROFILE, "injuries": "lower back"}
+    with pytest.raises(GenerationFailed) as error:
+        openai_service(engine, fake_openai).generate(user_id="u1", onboarding_responses=client, has_paid_access=False)
+    assert f"(rules broken: {rule})" in str(error.value) and "Nothing was cached or saved" in str(error.value)
+    assert count_rows(engine, ai_coach_cache) == 0 and count_rows(engine, training_programs) == 0
+    with engine.connect() as connection:
+        event = connection.execute(select(generation_events)).one()
+    assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("error", PROMPT_TOKENS, COMPLETION_TOKENS)
 
 
 def test_the_answer_is_streamed_and_what_is_complete_is_shown_well_before_the_end(
@@ -233,7 +248,7 @@ def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
 
 
 def _valid_format() -> dict[str, Any]:
-    return program_response_format("gpt-test", days_per_week=3, weeks=8)
+    return program_response_format("gpt-test", parse_onboarding(PROFILE), True)
 
 
 def _schema(rf: dict[str, Any]) -> dict[str, Any]:
@@ -347,9 +362,15 @@ def test_a_server_that_does_not_serve_the_model_is_named_at_start(fake_openai: F
 
 
 def _answer_to(profile: dict[str, Any], paid: bool) -> dict[str, Any]:
-    """The offline coach's program for `profile`, as an answer to the request: unnumbered."""
+    """The offline coach's program for `profile`, as an answer to the request: its weeks
+    unnumbered and its sessions without days."""
     program = build_program(parse_onboarding(profile), paid)
-    return {**program, "weeks": [{k: v for k, v in w.items() if k != "week"} for w in program["weeks"]]}
+    weeks = [{"theme": w["theme"], "sessions": [_dayless(s) for s in w["sessions"]]} for w in program["weeks"]]
+    return {**program, "weeks": weeks}
+
+
+def _dayless(session: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in session.items() if k != "day"}
 
 
 BREAKS_THE_SHAPE = {
@@ -368,8 +389,9 @@ def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid
     """What the service checks beyond the contract is in the request itself, for a server that
     enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through
     is a valid program once numbered, and each way of breaking the shape is refused by it."""
-    profile = {**PROFILE, "days_per_week": days}
-    schema = program_response_format("smollm2", days_per_week=days, weeks=8 if paid else 4, flavour="full")
+    # 20 minutes: the offline coach writes at most 4 exercises a session, as many as the full request allows.
+    profile = {**PROFILE, "days_per_week": days, "session_minutes": 20}
+    schema = program_response_format("smollm2", parse_onboarding(profile), paid, flavour="full")
     assert schema["json_schema"]["strict"] is False  # not OpenAI's subset: it keeps string lengths
     validator = jsonschema.Draft202012Validator(schema["json_schema"]["schema"])
     answer = _answer_to(profile, paid)
@@ -382,7 +404,8 @@ def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid
 
 
 def test_the_full_request_bounds_every_string_and_list_so_none_runs_to_the_cap() -> None:
-    schema = program_response_format("smollm2", days_per_week=7, weeks=8, flavour="full")["json_schema"]["schema"]
+    profile = parse_onboarding({**PROFILE, "days_per_week": 7})
+    schema = program_response_format("smollm2", profile, True, flavour="full")["json_schema"]["schema"]
     unbounded: list[str] = []
 
     def walk(node: dict[str, Any], path: str) -> None:

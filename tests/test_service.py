@@ -161,6 +161,9 @@ def test_force_refresh_regenerates_and_replaces_the_entry(
         {"weeks": []},
         "a string",
         "days_per_week_mismatch",
+        # Well-formed, made before the fit rules: right for another client, not this one.
+        {"goal": "fat_loss"},
+        {"experience_level": "advanced"},
     ],
 )
 def test_an_entry_that_no_longer_validates_is_a_miss_and_is_overwritten(

@@ -14,14 +14,6 @@ from core.partial_program import ProgramSoFar
 # Told what of the program is complete while it is being written (core.partial_program).
 OnProgress = Callable[[ProgramSoFar], None]
 
-# Paid access buys a longer, progressive block; that is why the flag is part of the cache key.
-FREE_WEEKS = 4
-PAID_WEEKS = 8
-
-
-def program_weeks(has_paid_access: bool) -> int:
-    return PAID_WEEKS if has_paid_access else FREE_WEEKS
-
 
 @dataclass(frozen=True)
 class Generation:
