@@ -4,6 +4,7 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from core import waits
 from core.db import describe_db_error
 from core.formatting import markdown_code
 from core.settings import describe_configuration_error
@@ -65,7 +66,11 @@ else:
 if not signed_out:
     sidebar()
     # Checked on every page view: the first one after the database is back migrates it.
-    if problem := database_problem():
+    # It waits no longer than a request may: a held lock or a stalled server costs a page
+    # view DATABASE_WAIT_SECONDS, and the page says the database is unavailable meanwhile.
+    with waits.request_budget(get_settings().database_wait_seconds):
+        problem = database_problem()
+    if problem:
         st.error(problem, icon=":material/cloud_off:")
 try:
     pages.run()

@@ -11,9 +11,11 @@ from sqlalchemy import Engine, insert, select
 
 from core import cache_store, staged_programs
 from core.cache_key import check_user_id
-from core.schema import admin_actions, utcnow
+from core.models import ContractError, FieldError
+from core.schema import admin_actions, training_programs, utcnow
 
 actions = admin_actions.c
+programs = training_programs.c
 UNKNOWN_GENERATOR = "unknown"  # how an action names entries made before identities were recorded
 
 
@@ -49,9 +51,31 @@ def invalidate_user(
     return removal
 
 
+class NeverMadeAProgram(ContractError):
+    """A generator version no program here was made by: a typo, most likely. Nothing was
+    deleted or recorded."""
+
+    def __init__(self, version: str, made: list[str]) -> None:
+        did = f"the versions that did: {', '.join(made)}" if made else "none has yet"
+        super().__init__("invalidation", [FieldError("generator", f"{version} never made a program here ({did})")])
+
+
+def versions_that_made_programs(engine: Engine) -> list[str]:
+    """Every generator identity with a program entry or a program in history ("unknown" for
+    those made before identities were recorded). History's versions are read by a scan: an
+    operator's command pays it, never a coach's request."""
+    with engine.connect() as connection:
+        in_history = set(connection.execute(select(programs.generator_version).distinct()).scalars())
+    in_cache = {group.generator_version for group in cache_store.entries_by_generator(engine)}
+    return sorted(version or UNKNOWN_GENERATOR for version in in_history | in_cache)
+
+
 def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> cache_store.Removal:
     """Invalidate every program entry made by one generator identity (`generator_version`
-    as `python -m core generate` prints it, or "unknown")."""
+    as `python -m core generate` prints it, or "unknown"). Raises NeverMadeAProgram for a
+    version that made no program; one whose entries are all gone removes 0."""
+    if generator_version not in (made := versions_that_made_programs(engine)):
+        raise NeverMadeAProgram(generator_version, made)
     version = None if generator_version == UNKNOWN_GENERATOR else generator_version
     removal = cache_store.delete_generator_entries(engine, version, actor=actor)
     _record(engine, actor=actor, action="retire_generator", target=generator_version, removal=removal)

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, logs, monitoring, rejections, rollout_reports
+from core import admin, logs, monitoring, rejections, rollout_reports, waits
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
-from core.db import Database, describe_db_error, make_engine
+from core.db import Database, describe_db_error, make_engine, missing_sqlite_file
 from core.entry_fate import MissReason
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
@@ -129,11 +129,21 @@ def _generate(args: argparse.Namespace, settings: Settings, database: Database) 
         responses = _read_profile(args.profile)
     except ValueError as exc:
         return _fail(EXIT_INVALID, str(exc))
+    # The start-up and the request wait on the database DATABASE_WAIT_SECONDS in all.
+    with waits.request_budget(settings.database_wait_seconds):
+        return _check_schema_and_generate(args, responses, settings, database)
+
+
+def _check_schema_and_generate(args: argparse.Namespace, responses: Any, settings: Settings, database: Database) -> int:
     try:
         database.ensure_schema()
     except DBAPIError as exc:
         # The program can still be made and printed; the service says what was not saved.
-        log.warning("database unavailable (%s): %s", settings.describe_database(), describe_db_error(exc))
+        log.warning(
+            "schema check and migration skipped: database unavailable (%s): %s",
+            settings.describe_database(),
+            describe_db_error(exc),
+        )
     generator = make_generator(settings)
     if warning := startup_warning(generator):
         log.warning(warning)
@@ -290,6 +300,8 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
             "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
         }
     generator = rollout_steps.candidate(settings, args.model)
+    if warning := startup_warning(generator):
+        log.warning(warning)
     if args.step == "try":
         tried = rollout_steps.trial(engine, settings, generator, actor="cli", sample=args.sample)
         current = make_generator(settings).identity.version
@@ -339,6 +351,8 @@ def _invalidate(args: argparse.Namespace, _settings: Settings, database: Databas
         removal = admin.invalidate_user(database.engine, actor="cli", user_id=user_id)
     else:
         removal = admin.retire_generator(database.engine, actor="cli", generator_version=args.generator)
+        if removal.deleted == 0:
+            print(f"{args.generator} made programs, but no entry of it is left: 0 entries deleted", file=sys.stderr)
     return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
 
 
@@ -368,6 +382,11 @@ REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, 
 }
 
 
+# The commands that may create a SQLite file not there yet (as the dashboard does). Any
+# other on a missing file is a mistyped path: it would report on, or clean, a new empty one.
+CREATE_THE_DATABASE = ("migrate", "generate")
+
+
 # Options whose value may begin with '-' (a user id `-A1`, a note `-3 kg too heavy`).
 FREE_VALUES = ("--user-id", "--note")
 
@@ -392,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     database = Database(make_engine(settings.database_url), settings.migrations_database_url)
     try:
+        if args.command not in CREATE_THE_DATABASE and (missing := missing_sqlite_file(database.engine)):
+            return _fail(EXIT_INVALID, f"DATABASE_URL: {missing} does not exist; `python -m core migrate` creates it")
         if args.command == "generate":
             return _generate(args, settings, database)
         if args.command == "migrate" and args.check:

@@ -227,16 +227,23 @@ class Database:
         self._lock = threading.Lock()
 
     def ensure_schema(self) -> str:
-        """The schema's revision, migrating first if this process has not yet; raises
-        DBAPIError while the database cannot be reached."""
+        """The schema's revision, migrating first if it is behind; raises DBAPIError while
+        the database cannot be reached. The revision is read first, a plain read: a schema
+        already at head is never migrated, so a start waits for no write lock (another
+        process's write transaction, a migration's advisory lock)."""
         if self._revision is None:
             with self._lock:
                 if self._revision is None:
-                    revision = self._migrate()
-                    with self.engine.connect() as connection:
-                        self._uuid_user_ids = uuid_user_ids(connection)
+                    revision = self._read(current_revision)
+                    if revision != head_revision():
+                        revision = self._migrate()
+                    self._uuid_user_ids = self._read(uuid_user_ids)
                     self._revision = revision
         return self._revision
+
+    def _read(self, query: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as connection:
+            return query(connection)
 
     def check_user_id(self, user_id: Any) -> str:
         """A user id as this database stores it (see cache_key.check_user_id); the uuid rule

@@ -99,6 +99,9 @@ def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
         raise RolloutRefused("model", "is required")
     generator = make_generator(settings.model_copy(update={"openai_model": model.strip()}))
     assert isinstance(generator, OpenAIChatGenerator)  # uses_openai, checked above
+    if generator.identity.version == make_generator(settings).identity.version:
+        # Its entries are its own already: a trial would compare it with itself.
+        raise RolloutRefused("model", f"{model.strip()} is the generator the app runs now; name another model")
     return generator
 
 

@@ -5,7 +5,9 @@ Every statement has a deadline. A coach's request shares one budget (`request_bu
 all its statements: what they wait adds up, the LLM's time between them does not. Any other
 statement (a page's query, a lease renewal) gets STATEMENT_SECONDS, a migration's
 MIGRATION_SECONDS (`LIMIT`, an execution option: a lock wait or an index build on an adopted
-table may be long).
+table may be long), except inside a budget: the schema check at a request's start
+(`Database.ensure_schema` in the CLI's generate, on a dashboard page) waits no longer than
+the request may, and `python -m core migrate` is where a long migration runs.
 
 On PostgreSQL a watchdog thread shuts down the socket of a statement past its deadline: a
 stopped server cannot enforce its own `statement_timeout`, and its kernel still acknowledges
@@ -44,13 +46,21 @@ class DatabaseTooSlow(Exception):
 @dataclass
 class Budget:
     """Seconds a request may spend waiting on the database, its statements' time added up
-    (not its own work between them, such as the LLM's generation)."""
+    (not its own work between them, such as the LLM's generation). Inside another budget
+    (the CLI's whole run around its request), what it waits is charged to both."""
 
     seconds: float
     spent: float = 0.0
+    within: Budget | None = None
 
     def left(self) -> float:
-        return self.seconds - self.spent
+        mine = self.seconds - self.spent
+        return mine if self.within is None else min(mine, self.within.left())
+
+    def charge(self, seconds: float) -> None:
+        self.spent += seconds
+        if self.within is not None:
+            self.within.charge(seconds)
 
 
 _budget: ContextVar[Budget | None] = ContextVar("database_budget", default=None)
@@ -59,8 +69,8 @@ _budget: ContextVar[Budget | None] = ContextVar("database_budget", default=None)
 @contextmanager
 def request_budget(seconds: float) -> Iterator[Budget]:
     """Everything this thread asks of the database inside the block, connections included,
-    waits `seconds` in all at most."""
-    budget = Budget(seconds)
+    waits `seconds` in all at most (and no longer than an enclosing budget has left)."""
+    budget = Budget(seconds, within=_budget.get())
     token = _budget.set(budget)
     try:
         yield budget
@@ -69,10 +79,11 @@ def request_budget(seconds: float) -> Iterator[Budget]:
 
 
 def _seconds_left(options: dict[str, Any] | None = None) -> float:
-    if options and LIMIT in options:
-        return float(options[LIMIT])
+    # A connection's own limit (a migration's) is still bounded by the budget it runs in:
+    # a migration at a request's start (`Database.ensure_schema`) waits no longer than it.
+    limit = float(options[LIMIT]) if options and LIMIT in options else STATEMENT_SECONDS
     budget = _budget.get()
-    return STATEMENT_SECONDS if budget is None else min(STATEMENT_SECONDS, budget.left())
+    return limit if budget is None else min(limit, budget.left())
 
 
 def _started(info: dict[str, Any]) -> None:
@@ -83,7 +94,7 @@ def _charge(info: dict[str, Any]) -> None:
     started = info.pop("started", None)
     budget = _budget.get()
     if started is not None and budget is not None:
-        budget.spent += time.monotonic() - started
+        budget.charge(time.monotonic() - started)
 
 
 def _spent(statement: str | None) -> OperationalError:

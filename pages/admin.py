@@ -11,6 +11,7 @@ import streamlit as st
 
 from core import admin, cache_store, rollout, rollout_reports
 from core.formatting import format_bytes, format_dollars, format_duration, markdown_code
+from core.generators import startup_warning
 from core.models import ContractError
 from core.schema import utcnow
 from pages.common import (
@@ -230,6 +231,8 @@ def rollouts(allowed: bool) -> None:
         except ContractError as exc:
             st.error(escape_markdown(str(exc)), icon=":material/error:")
             return
+        if warning := startup_warning(candidate):
+            st.warning(escape_markdown(warning), icon=":material/warning:")
         if tried:
             with st.spinner(f"Trying {escape_markdown(model)} on up to {int(sample)} profiles…"):
                 try_candidate(candidate, int(sample))

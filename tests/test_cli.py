@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 
+from core import rejections
 from core.db import make_engine
 from core.generators import OfflineGenerator
 from core.models import load_contract
@@ -75,6 +76,27 @@ def test_migrate_check_on_a_sqlite_file_not_there_yet_creates_nothing_and_prints
     assert (again.returncode, again.stdout, one_line(again)) == (0, b"", "The schema is up to date; nothing to run.")
     output(run(f"sqlite:///{path}", "migrate"))  # which creates the file, and its directory
     assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stats"],
+        ["cleanup"],
+        ["rollup"],
+        ["invalidate", "--generator", "v1"],
+        ["reject", "--program-id", "1", "--reason", rejections.CATEGORIES[0]],
+        ["rollout", "status"],
+    ],
+)
+def test_a_command_that_only_reads_or_cleans_refuses_a_sqlite_file_not_there(
+    cli: Callable[..., CliRun], tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "mistyped" / "coach.db"
+    done = cli(f"sqlite:///{path}", *command)
+    assert (done.code, done.stdout) == (2, "")
+    assert done.stderr == f"error: DATABASE_URL: {path} does not exist; `python -m core migrate` creates it\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_miss_then_hit(run: Run, database_url: str, profile_file: Path) -> None:
@@ -320,8 +342,15 @@ def test_invalidate_a_user_or_a_generator_from_the_command_line(
     insert_entries(engine, ["recommendation:uu1:today"], expired=False)
     assert output(run(database_url, "invalidate", "--user-id", "u1"))["deleted"] == 1
     version = OfflineGenerator.identity.version
-    assert output(run(database_url, "invalidate", "--generator", "not-a-version"))["deleted"] == 0
+    typo = run(database_url, "invalidate", "--generator", "nope")
+    assert (typo.returncode, typo.stdout) == (2, b"")
+    assert one_line(typo) == (
+        f"error: invalid invalidation: generator: nope never made a program here (the versions that did: {version})"
+    )
     assert output(run(database_url, "invalidate", "--generator", version))["deleted"] == 1
+    again = run(database_url, "invalidate", "--generator", version)
+    assert output(again)["deleted"] == 0
+    assert one_line(again) == f"{version} made programs, but no entry of it is left: 0 entries deleted"
     with engine.connect() as connection:
         left = connection.execute(select(ai_coach_cache.c.cache_key)).scalars().all()
         audited = connection.execute(select(admin_actions.c.action, admin_actions.c.target)).all()
@@ -329,7 +358,7 @@ def test_invalidate_a_user_or_a_generator_from_the_command_line(
     assert left == ["recommendation:uu1:today"]
     assert [tuple(a) for a in audited] == [
         ("invalidate_user", "u1"),
-        ("retire_generator", "not-a-version"),
+        ("retire_generator", version),
         ("retire_generator", version),
     ]
     refused = run(database_url, "invalidate", "--user-id", "a:b")

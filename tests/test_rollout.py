@@ -81,8 +81,6 @@ def test_the_plan_names_the_keys_another_generator_made_and_prices_them_live_and
     assert price is not None
     assert plan.live_cost == pytest.approx(3 * price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
     assert plan.batch_cost == pytest.approx(plan.live_cost / 2)
-    # The current generator has nothing to pre-warm: its own entries are its own.
-    assert rollout.plan(engine, current, rollout.candidate(current, CURRENT)).count == 0
     assert rollout.plan(engine, current, candidate, rollout.Selection(limit=2)).count == 2
     # Entries valid for 24 h: none has 25 h left.
     assert rollout.plan(engine, current, candidate, rollout.Selection(min_hours_left=23)).count == 3
@@ -219,6 +217,46 @@ def test_the_cli_plans_starts_live_and_reports_rollouts(
     assert bad.code == 2 and bad.stderr.count("\n") == 1 and "limit: must be a number of at least 1" in bad.stderr
     refused = cli(url, "rollout", "plan", "--model", CANDIDATE)
     assert refused.code == 2 and refused.stderr.count("\n") == 1 and "OPENAI_API_KEY" in refused.stderr
+
+
+def test_the_cli_refuses_the_current_model_as_the_candidate_and_warns_of_one_the_server_does_not_list(
+    current: Settings, cli: Callable[..., CliRun], fake_openai: FakeOpenAI
+) -> None:
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": CURRENT}
+    url = str(current.database_url)
+    for step in (["plan"], ["try"], ["start", "--live"]):
+        refused = cli(url, "rollout", *step, "--model", CURRENT, **env)
+        assert (refused.code, refused.stdout) == (2, "")
+        assert (
+            refused.stderr
+            == f"error: invalid rollout: model: {CURRENT} is the generator the app runs now; name another model\n"
+        )
+    fake_openai.reset(Behaviour(served_models=(CURRENT,)))
+    planned = cli(url, "rollout", "plan", "--model", CANDIDATE, **env)
+    assert planned.json()["keys"] == 3
+    assert planned.stderr == (
+        f"WARNING core.cli: the LLM server does not list OPENAI_MODEL={CANDIDATE}; it serves: {CURRENT}\n"
+    )
+
+
+def test_try_it_refuses_the_current_model_and_warns_of_one_the_server_does_not_list(
+    current: Settings, fake_openai: FakeOpenAI, app_test: Callable[..., AppTest]
+) -> None:
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": CURRENT}
+    at = app_test(str(current.database_url), **env).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="rollout_model").input(CURRENT)
+    next(b for b in at.button if b.label == "Try it").click().run()
+    assert [as_read(e.value) for e in at.error] == [
+        f"invalid rollout: model: {CURRENT} is the generator the app runs now; name another model"
+    ]
+    assert fake_openai.calls == 0
+
+    fake_openai.reset(Behaviour(served_models=(CURRENT,)))
+    at.text_input(key="rollout_model").input(CANDIDATE)
+    next(b for b in at.button if b.label == "Try it").click().run()
+    assert not at.error
+    assert f"does not list OPENAI_MODEL={CANDIDATE}; it serves: {CURRENT}" in as_read(at.warning[-1].value)
 
 
 def check(engine: Engine, settings: Settings) -> list[rollout.BatchCheck]:
