@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -39,8 +39,32 @@ EXIT_CODES = """exit codes:
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_SAVED = 0, 1, 2, 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses an argument in one line, as every error here is, and says where help is
+    (argparse would print the usage first). Its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INVALID, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _bounded(kind: type[int] | type[float], least: int, most: int) -> Callable[[str], int | float]:
+    """An argparse type: a number of `kind` from `least` to `most` (nan and inf are not)."""
+    noun = "whole number" if kind is int else "number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be a {noun} from {least} to {most}, not {text[:40]!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m core",
         description="Coach Cache: ADR-049 program cache",
         epilog=EXIT_CODES,
@@ -82,7 +106,13 @@ def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
     steps = rollout.add_subparsers(dest="step", required=True)
     tried = steps.add_parser("try", help="generate live with the candidate for recent profiles; compare; cache nothing")
     tried.add_argument("--model", required=True)
-    tried.add_argument("--sample", type=int, default=rollout_steps.DEFAULT_SAMPLE, help="profiles to try")
+    tried.add_argument(
+        "--sample",
+        type=_bounded(int, 1, rollout_steps.MAX_SAMPLE),
+        default=rollout_steps.DEFAULT_SAMPLE,
+        help="profiles to try",
+    )
+    bounds = rollout_steps.SELECTION_BOUNDS
     for name, says in (
         ("plan", "what a pre-warm for the candidate would regenerate, and its cost live and batched"),
         ("start", "pre-warm the cache for the candidate: submit a batch (or run it live)"),
@@ -90,12 +120,17 @@ def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
         step = steps.add_parser(name, help=says)
         step.add_argument("--model", required=True)
         step.add_argument(
-            "--requested-days", type=float, help="also the keys requested in the last N days (not only valid entries)"
+            "--requested-days",
+            type=_bounded(float, *bounds["requested_days"]),
+            help="also the keys requested in the last N days (not only valid entries)",
         )
         step.add_argument(
-            "--min-hours-left", type=float, default=0.0, help="only entries valid for at least this many more hours"
+            "--min-hours-left",
+            type=_bounded(float, *bounds["min_hours_left"]),
+            default=0.0,
+            help="only entries valid for at least this many more hours",
         )
-        step.add_argument("--limit", type=int, help="at most this many keys")
+        step.add_argument("--limit", type=_bounded(int, *bounds["limit"]), help="at most this many keys")
         if name == "start":
             step.add_argument(
                 "--live", action="store_true", help="through the chat endpoint, for servers without a Batch API"
@@ -122,6 +157,10 @@ def _read_profile(path: Path) -> Any:
         return json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"profile: not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        # Python's parser gives up at about a thousand levels; a profile has two.
+        shown = "stdin" if str(path) == "-" else path
+        raise ValueError(f"profile: {shown} is JSON nested too deeply to be a profile (an object of answers)") from None
 
 
 def _generate(args: argparse.Namespace, settings: Settings, database: Database) -> int:

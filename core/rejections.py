@@ -5,6 +5,8 @@ generate anew. Rejecting an older program than the entry holds changes no entry.
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
@@ -47,6 +49,27 @@ class UnknownProgram(ContractError):
         super().__init__("rejection", [FieldError("program_id", f"there is no program {program_id}")])
 
 
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+
+
+def program_id_of(given: ProgramId) -> ProgramId:
+    """The history row id `given` names, read by one rule whatever the database: a whole
+    number or a uuid, each as its canonical text (bound untyped, the database reads it as
+    the column's own type); anything else is refused naming program_id (SQLite would take
+    `1.0` for row 1, where PostgreSQL refuses it). Whether a row has that id, the table's
+    integer or uuid ids included, is the database's to say (UnknownProgram)."""
+    if isinstance(given, int) and not isinstance(given, bool):
+        return given
+    text = str(given)
+    if _WHOLE_NUMBER.fullmatch(text):
+        return str(int(text))
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        rule = "must be a whole number, or a uuid where ids are uuids, as generate prints it"
+        raise ContractError("rejection", [FieldError("program_id", rule)]) from None
+
+
 def check(category: object, note: str | None) -> tuple[RejectionCategory, str | None]:
     """The category, and the note as stored (whitespace collapsed, None when empty), or a
     ContractError naming each field and its rule."""
@@ -83,9 +106,10 @@ def reject(
     """Record the rejection of history row `program_id` and invalidate the key's entry if
     it still holds that program, in one transaction. Raises ContractError (UnknownProgram
     for an id no row has); nothing is written then."""
+    wanted = program_id_of(program_id)
     checked, note = check(category, note)
     with connect_to_write(engine) as connection, connection.begin():
-        history_id, key = _history_row(connection, program_id)
+        history_id, key = _history_row(connection, wanted)
         recorded = (
             insert(program_rejections)
             .values(

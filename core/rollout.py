@@ -51,7 +51,7 @@ from core.schema import (
     training_programs,
     utcnow,
 )
-from core.settings import ModelPrice, PriceTier, Settings
+from core.settings import MAX_TTL_HOURS, ModelPrice, PriceTier, Settings
 from core.single_flight import LEASE_SECONDS, Lease
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,19 @@ def _ready(dialect: str, version: str) -> Any:
     )
 
 
+# What a pre-warm's selection may ask, least and most, from the command line or the page:
+# days of requests, at most ten years (more than any request log here holds; a date that far
+# back is still a date); hours an entry has left, at most the longest TTL (no entry is valid
+# longer); keys, at most a billion (more than a cache holds: past the keys there are, all).
+SELECTION_BOUNDS: dict[str, tuple[int, int]] = {
+    "requested_days": (0, 3660),
+    "min_hours_left": (0, MAX_TTL_HOURS),
+    "limit": (1, 10**9),
+}
+# A trial's profiles, each a live call while the operator waits.
+MAX_SAMPLE = 100
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which keys a pre-warm regenerates: those whose entries are valid now (for at least
@@ -185,13 +198,14 @@ class Selection:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        for name, value, least in (
-            ("requested_days", self.requested_within_days, 0),
-            ("min_hours_left", self.min_hours_left, 0),
-            ("limit", self.limit, 1),
+        for name, value in (
+            ("requested_days", self.requested_within_days),
+            ("min_hours_left", self.min_hours_left),
+            ("limit", self.limit),
         ):
-            if value is not None and not least <= value < float("inf"):
-                raise RolloutRefused(name, f"must be a number of at least {least}")
+            least, most = SELECTION_BOUNDS[name]
+            if value is not None and not least <= value <= most:
+                raise RolloutRefused(name, f"must be a number from {least} to {most}")
 
 
 def _wanted(dialect: str, version: str, selection: Selection) -> Any:
@@ -767,8 +781,8 @@ def trial(
     """Generate live with the candidate for the `sample` most recently requested profiles,
     without touching the cache or history; the trial's rollout id, to compare it with the
     current generator on the same profiles (core/rollout_reports.py)."""
-    if sample < 1:
-        raise RolloutRefused("sample", "must be at least 1")
+    if not 1 <= sample <= MAX_SAMPLE:
+        raise RolloutRefused("sample", f"must be a number from 1 to {MAX_SAMPLE}")
     with engine.connect() as connection:
         found = _recent_profiles(connection, sample)
     if not found:

@@ -204,6 +204,25 @@ class _Request:
         )
 
 
+@dataclass(frozen=True)
+class _Generated:
+    """A miss's program as it is to be stored: its result, history row and event."""
+
+    result: GenerationResult
+    record: HistoryRecord
+    event: GenerationEvent
+    written_at: datetime | None = None
+
+    def cached(self, written: cache_store.Written) -> _Generated:
+        """This program as cached by `written`: valid until its expiry."""
+        return _Generated(
+            replace(self.result, expires_at=written.expires_at),
+            self.record,
+            replace(self.event, entry_expires_at=written.expires_at),
+            written.updated_at,
+        )
+
+
 class ValidatedPrograms:
     """Entry versions this process has validated, as JSON text, bounded in bytes. On
     PostgreSQL a hit on a version already validated skips fetching and validating the
@@ -532,25 +551,6 @@ class ProgramService:
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
 
-        written: cache_store.Written | None = None
-        try:
-            with self.engine.begin() as connection:
-                written = cache_store.upsert_entry(
-                    connection,
-                    key=request.key,
-                    user_id=request.user_id,
-                    onboarding_hash=onboarding_hash(request.profile, self.key_secret),
-                    program_json=program_json,
-                    ttl=self.ttl,
-                    model=generation.model,
-                    generator_version=self.generator.identity.version,
-                    tokens=billed_tokens(generation),
-                )
-        except DBAPIError as exc:
-            log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
-            request.warnings.append("The program could not be cached; the next request will generate again.")
-            self._record_not_cached(request.key)
-
         identity = self.generator.identity
         record = request.record(program_json, identity.source, generation, generator_version=identity.version)
         result = GenerationResult(
@@ -560,7 +560,6 @@ class ProgramService:
             latency_ms=record.latency_ms,
             requested_at=request.requested_at,
             onboarding_responses=request.answers,
-            expires_at=written.expires_at if written else None,
             miss_reason=reason,
             changed_fields=changed,
             since_previous=request.since_previous,
@@ -572,14 +571,63 @@ class ProgramService:
             latency_ms=record.latency_ms,
             miss_reason=reason,
             llm_latency_ms=llm_latency_ms,
-            cache_write_error=written is None,
-            entry_expires_at=written.expires_at if written else None,
             generator_version=identity.version,
             model=generation.model,
             **billed_tokens(generation),
         )
-        # Copied from the entry just written rather than sent, parsed and compressed again.
-        return self._save(request, result, record, event, entry_written_at=written.updated_at if written else None)
+        upsert = partial(
+            cache_store.upsert_entry,
+            key=request.key,
+            user_id=request.user_id,
+            onboarding_hash=onboarding_hash(request.profile, self.key_secret),
+            program_json=program_json,
+            ttl=self.ttl,
+            model=generation.model,
+            generator_version=identity.version,
+            tokens=billed_tokens(generation),
+        )
+        return self._store(request, _Generated(result, record, event), upsert)
+
+    def _store(
+        self, request: _Request, generated: _Generated, upsert: Callable[[Connection], cache_store.Written]
+    ) -> GenerationResult:
+        """The entry, the history row and the event (with the tokens the generation was billed)
+        in one transaction: an instance killed between them leaves none of them, never an entry
+        served as a saving whose generation was not counted as spent. When that transaction
+        fails, as much as the database takes (`_store_in_part`)."""
+        try:
+            with connect_to_write(self.engine) as connection, connection.begin():
+                cached = generated.cached(upsert(connection))
+                # Copied from the entry just written rather than sent, parsed and compressed again.
+                program_id = history.insert_program(connection, cached.record, entry_written_at=cached.written_at)
+                history.insert_event(connection, cached.event)
+        except DBAPIError as exc:
+            return self._store_in_part(request, generated, upsert, exc)
+        return replace(cached.result, training_program_id=program_id, warnings=tuple(request.warnings))
+
+    def _store_in_part(
+        self,
+        request: _Request,
+        generated: _Generated,
+        upsert: Callable[[Connection], cache_store.Written],
+        failure: DBAPIError,
+    ) -> GenerationResult:
+        """The entry with its event, the history row kept to save again (`save_again`); or,
+        when the entry cannot be written either, the history row with its event and no entry."""
+        message = f"The program could not be saved to history ({describe_db_error(failure)})."
+        unsaved = replace(generated, event=replace(generated.event, history_error=True, error=message))
+        try:
+            with connect_to_write(self.engine) as connection, connection.begin():
+                cached = unsaved.cached(upsert(connection))
+                history.insert_event(connection, cached.event)
+        except DBAPIError as exc:
+            log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
+            request.warnings.append("The program could not be cached; the next request will generate again.")
+            self._record_not_cached(request.key)
+            event = replace(generated.event, cache_write_error=True)
+            return self._save(request, generated.result, generated.record, event, entry_written_at=None)
+        log.error("History save failed for %s: %s", request.key, message)
+        return replace(cached.result, warnings=tuple(request.warnings), history_error=message, unsaved=generated.record)
 
     def _save(
         self,

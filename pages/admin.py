@@ -203,10 +203,14 @@ def rollouts(allowed: bool) -> None:
     with st.form("rollout", border=False, enter_to_submit=False):
         model = st.text_input("Candidate model", key="rollout_model").strip()
         options = st.columns(3)
-        sample = options[0].number_input("Profiles to try", min_value=1, max_value=100, value=rollout.DEFAULT_SAMPLE)
+        sample = options[0].number_input(
+            "Profiles to try", min_value=1, max_value=rollout.MAX_SAMPLE, value=rollout.DEFAULT_SAMPLE
+        )
+        bounds = rollout.SELECTION_BOUNDS
         hours_left = options[1].number_input(
             "Pre-warm entries valid for at least (hours)",
             min_value=0.0,
+            max_value=float(bounds["min_hours_left"][1]),
             value=0.0,
             step=1.0,
             help="Leaves out entries about to expire: worth it only where their users seldom come back "
@@ -215,6 +219,7 @@ def rollouts(allowed: bool) -> None:
         requested_days = options[2].number_input(
             "Also keys requested in the last (days)",
             min_value=0.0,
+            max_value=float(bounds["requested_days"][1]),
             value=0.0,
             step=1.0,
             help="Keys without a valid entry that were asked for lately; 0 leaves them out",

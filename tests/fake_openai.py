@@ -38,7 +38,8 @@ PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
 @dataclass
 class Behaviour:
     # good | malformed | wrong_shape | truncated | content_filter | refusal | status | hang,
-    # and for a streamed answer also cut (the connection drops half-way, no HTTP error)
+    # and for a streamed answer also cut (the connection drops half-way, no HTTP error) and
+    # keepalive (half the answer, then only SSE comments, as a proxy sends while the server is silent)
     mode: str = "good"
     status: int = 500
     # Before the answer; a streamed one sends its headers first, then waits this long.
@@ -660,7 +661,7 @@ def _stream(
         time.sleep(behaviour.delay_seconds)
     size = behaviour.chunk_chars
     pieces = [content[i : i + size] for i in range(0, len(content), size)]
-    if behaviour.mode == "cut":
+    if behaviour.mode in ("cut", "keepalive"):
         pieces = pieces[: len(pieces) // 2]
     hold_at = _first_session_end(content) if held else 0
     due, sent = time.monotonic(), 0
@@ -678,6 +679,13 @@ def _stream(
                 chunk({"content": " "})
             held, due = None, time.monotonic()
     if behaviour.mode == "cut":
+        return
+    if behaviour.mode == "keepalive":
+        # A comment line every 0.1 s, each well within any read timeout, until the client leaves.
+        for _ in range(600):
+            comment = b": keepalive\n\n"
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(comment), comment))
+            time.sleep(0.1)
         return
     if refusal:
         chunk({"refusal": refusal})

@@ -143,6 +143,7 @@ def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(r
         (["--user-id", "u:1", "--profile", "-"], json.dumps(PROFILE).encode(), "user_id"),
         (["--user-id", "u1", "--profile", "-"], b'{"goal": "strength", \xff}', "not valid UTF-8 JSON"),
         (["--user-id", "u1", "--profile", "/nonexistent/p.json"], None, "cannot read"),
+        (["--user-id", "u1", "--profile", "-"], b"[" * 100_000 + b"]" * 100_000, "stdin is JSON nested too deeply"),
     ],
 )
 def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
@@ -157,6 +158,30 @@ def test_invalid_input_exits_2_with_one_line_and_writes_nothing(
     engine = make_engine(database_url)
     assert table_counts(engine) == (0, 0, 0)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rollout", "plan", "--model", "m", "--requested-days", "1e12"],
+        ["rollout", "plan", "--model", "m", "--min-hours-left", "1e12"],
+        ["rollout", "start", "--model", "m", "--min-hours-left", "1e308"],
+        ["rollout", "plan", "--model", "m", "--min-hours-left", "nan"],
+        ["rollout", "plan", "--model", "m", "--requested-days", "-1"],
+        ["rollout", "start", "--model", "m", "--limit", "1e3"],
+        ["rollout", "try", "--model", "m", "--sample", "1000000000000"],
+    ],
+)
+def test_every_number_on_the_command_line_is_bounded_in_one_line(
+    cli: Callable[..., CliRun], tmp_path: Path, args: list[str]
+) -> None:
+    database = tmp_path / "coach.db"
+    done = cli(f"sqlite:///{database}", *args, OPENAI_API_KEY="sk-test")
+    assert (done.code, done.stdout) == (2, "")
+    [line] = done.stderr.splitlines()
+    refusal = r"error: argument --[a-z-]+: must be a (whole )?number from \d+ to \d+, not '.+' \(see .+ --help\)"
+    assert re.fullmatch(refusal, line), line
+    assert not database.exists()  # refused before anything was opened
 
 
 def test_generation_failure_exits_1_and_writes_nothing_but_the_error_event(

@@ -1,17 +1,21 @@
 """Real faults in real components: a restarting PostgreSQL, a database that is gone,
-cleanup racing hits, a history table that refuses writes (seen from the page)."""
+cleanup racing hits, a history table that refuses writes (seen from the page), an instance
+killed between writes."""
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 from core.cache_store import delete_expired
@@ -21,7 +25,9 @@ from core.service import ProgramService
 from core.settings import Settings
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer, free_port
-from tests.conftest import Faults
+from testkit.pgbouncer import PgBouncer
+from tests.conftest import CliRun, Faults, Shared
+from tests.fake_openai import PROMPT_TOKENS, FakeOpenAI
 from tests.helpers import PROFILE, count_rows, insert_entries, start_cli
 from tests.test_pages import fill, submit
 
@@ -137,3 +143,60 @@ def test_instances_starting_together_on_an_empty_database_all_start(
         pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
     assert [p.returncode for p in processes] == [0, 0, 0], [err.decode() for _, err in finished]
     assert {json.loads(out)["revision"] for out, _ in finished} == {head_revision()}
+
+
+@pytest.fixture(params=["postgresql", "pgbouncer"])
+def pg_shared(request: pytest.FixtureRequest, pg: PostgresServer, pg_url: str) -> Shared:
+    # A backend whose statement waits on a lock notices its client is gone only by this
+    # check; without it, the statement of an instance killed while it waited would still run.
+    database = make_url(pg_url).database or ""
+    pg.admin(f"ALTER DATABASE {database} SET client_connection_check_interval = '100ms'")
+    if request.param == "postgresql":
+        return Shared(pg_url)
+    pooler: PgBouncer = request.getfixturevalue("pgbouncer")
+    return Shared(pooler.url(database), migrations_url=pg_url)
+
+
+def _waiting_on(engine: Engine, table: str) -> int:
+    """Lock requests on `table` not granted yet: statements of other sessions waiting for it."""
+    query = text(
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = :t AND NOT l.granted"
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(query, {"t": table}).scalar_one())
+
+
+def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {seconds} s"
+        time.sleep(0.05)
+
+
+def test_an_instance_killed_after_writing_its_entry_leaves_no_entry_whose_generation_is_uncounted(
+    pg_shared: Shared, pg_url: str, fake_openai: FakeOpenAI, tmp_path: Path, cli: Callable[..., CliRun]
+) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE))
+    llm = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": "gpt-test"}
+    args = ("generate", "--user-id", "u1", "--profile", str(profile))
+    observer = make_engine(pg_url)
+    # The history table locked against writes: the instance stops at its first write there,
+    # after its entry, until it is killed.
+    with observer.connect() as holder, holder.begin():
+        holder.execute(text("LOCK TABLE training_programs IN SHARE MODE"))
+        instance = start_cli(pg_shared.url, *args, DATABASE_WAIT_SECONDS="600", **llm, **pg_shared.env())
+        _until(lambda: _waiting_on(observer, "training_programs") > 0, "waiting on the history table")
+        assert fake_openai.calls == 1  # billed
+        instance.send_signal(signal.SIGKILL)
+        instance.wait()
+        _until(lambda: _waiting_on(observer, "training_programs") == 0, "gone from the server")
+    assert count_rows(observer, ai_coach_cache) == 0
+    observer.dispose()
+
+    # So the next request generates, and what each generation was billed is spent, none saved.
+    again = cli(pg_shared.url, *args, **llm, **pg_shared.env())
+    assert again.json()["cache_hit"] is False
+    stats = cli(pg_shared.url, "stats", **pg_shared.env()).json()
+    [generator] = stats["generators"]
+    assert (generator["generations"], generator["hits"], generator["prompt_tokens"]) == (1, 0, PROMPT_TOKENS)

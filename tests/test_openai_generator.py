@@ -78,6 +78,8 @@ def test_a_good_answer_is_validated_cached_and_saved_with_token_usage(engine: En
         (Behaviour(mode="cut"), "the connection to the LLM server dropped before the answer was complete"),
         # Each chunk comes in time, but the whole answer would take seconds: the timeout is the answer's.
         (Behaviour(tokens_per_second=200), "timeout"),
+        # Half the answer, then only comments, which reach no check between chunks: the timeout still holds.
+        (Behaviour(mode="keepalive"), "timeout"),
     ],
 )
 def test_a_bad_answer_caches_and_saves_nothing(
@@ -86,7 +88,7 @@ def test_a_bad_answer_caches_and_saves_nothing(
     fake_openai.reset(behaviour)
     # Short only where the timeout is the point: a loaded machine may take over half a second
     # to answer, and a timeout would then hide the failure under test.
-    timed = behaviour.mode == "hang" or behaviour.tokens_per_second is not None
+    timed = behaviour.mode in ("hang", "keepalive") or behaviour.tokens_per_second is not None
     service = openai_service(engine, fake_openai, timeout=0.5 if timed else 30)
     with pytest.raises(GenerationFailed) as error:
         service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)

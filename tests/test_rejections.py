@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, expect
 from sqlalchemy import Engine, select
 
 from core import admin, monitoring, rejections
+from core.db import make_engine
 from core.generators import Generation
 from core.generators.base import OnProgress
 from core.models import ContractError, OnboardingResponses
@@ -128,7 +129,7 @@ def test_a_rejection_is_checked_before_anything_is_written(service: ProgramServi
         (program_id, None, None, "category: is required"),
         (program_id, "other", "x" * 501, "note: must be at most 500 characters, not 501"),
         (9_999, "other", None, "program_id: there is no program 9999"),
-        ("not-an-id", "other", None, "program_id: there is no program not-an-id"),
+        ("not-an-id", "other", None, "program_id: must be a whole number, or a uuid where ids are uuids"),
     ]
     for given, category, note, says in cases:
         with pytest.raises(ContractError, match=says):
@@ -163,10 +164,30 @@ def test_reject_from_the_command_line_prints_one_json_object(
     assert unknown.stderr.strip().splitlines() == ["error: invalid rejection: program_id: there is no program 424242"]
     refused = cli(database_url, "reject", "--program-id", program_id, "--reason", "too_easy")
     assert (refused.code, refused.stdout) == (2, "")
-    assert refused.stderr.startswith("usage: python -m core reject") and "invalid choice: 'too_easy'" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "argument --reason: invalid choice: 'too_easy'" in refused.stderr
     long_note = cli(database_url, "reject", "--program-id", program_id, "--reason", "other", "--note", "x" * 501)
     assert long_note.code == 2 and "note: must be at most 500 characters" in long_note.stderr
     assert [g["rejected"] for g in cli(database_url, "stats").json()["generators"]] == [1]
+
+
+@pytest.mark.parametrize("given", ["1.0", "1e0", "+1", " 1", "0x1", "１"])
+def test_a_program_id_is_read_by_one_rule_on_both_databases(
+    cli: Callable[..., CliRun], database_url: str, tmp_path: Path, given: str
+) -> None:
+    # SQLite took `1.0` for program 1, PostgreSQL refused it: neither takes anything but the id as printed.
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE))
+    made = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile)).json()
+    assert made["training_program_id"] == 1
+    done = cli(database_url, "reject", "--program-id", given, "--reason", "other")
+    assert (done.code, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "error: invalid rejection: program_id: must be a whole number, or a uuid where ids are uuids, "
+        "as generate prints it"
+    ]
+    engine = make_engine(database_url)
+    assert recorded(engine) == [] and count_rows(engine, ai_coach_cache) == 1
+    engine.dispose()
 
 
 # An adopted Supabase-style database: uuid ids, other features' rows.
@@ -188,7 +209,9 @@ def test_a_rejection_on_adopted_tables_works_and_changes_no_other_features_rows(
     own = succeeded(run(product.url, "reject", "--program-id", legacy, "--reason", "other", "--note", "old"))
     assert own["entry"] == "no_entry"
     unknown = run(product.url, "reject", "--program-id", "client-7", "--reason", "other")
-    assert unknown.returncode == 2 and "there is no program client-7" in unknown.stderr.decode()
+    assert unknown.returncode == 2 and "program_id: must be a whole number" in unknown.stderr.decode()
+    number = run(product.url, "reject", "--program-id", "7", "--reason", "other")
+    assert number.returncode == 2 and "there is no program 7" in number.stderr.decode()
 
     again = succeeded(generate_in(run, product.url, tmp_path))
     assert (again["cache_hit"], again["miss_reason"]) == (False, "rejected")

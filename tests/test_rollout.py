@@ -201,6 +201,20 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
     assert rollout_reports.spend(engine, current).trials > 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("requested_within_days", 1e12, "requested_days"),
+        ("min_hours_left", 1e308, "min_hours_left"),
+        ("limit", 10**12, "limit"),
+    ],
+)
+def test_a_selection_past_its_bounds_is_refused_naming_the_option(option: str, value: float, named: str) -> None:
+    # As the admin page builds one: 1e12 days overflowed a date, 1e12 hours PostgreSQL's interval.
+    with pytest.raises(rollout.RolloutRefused, match=rf"{named}: must be a number from \d+ to \d+"):
+        rollout.Selection(**{option: value})
+
+
 def test_the_cli_plans_starts_live_and_reports_rollouts(
     engine: Engine, current: Settings, cli: Callable[..., CliRun], fake_openai: FakeOpenAI
 ) -> None:
@@ -214,7 +228,7 @@ def test_the_cli_plans_starts_live_and_reports_rollouts(
     assert status["batches"] == [] and status["rollouts"][0]["states"] == {"staged": 2}
 
     bad = cli(url, "rollout", "plan", "--model", CANDIDATE, "--limit", "0", **env)
-    assert bad.code == 2 and bad.stderr.count("\n") == 1 and "limit: must be a number of at least 1" in bad.stderr
+    assert bad.code == 2 and bad.stderr.count("\n") == 1 and "--limit: must be a whole number from 1 to" in bad.stderr
     refused = cli(url, "rollout", "plan", "--model", CANDIDATE)
     assert refused.code == 2 and refused.stderr.count("\n") == 1 and "OPENAI_API_KEY" in refused.stderr
 

@@ -262,6 +262,7 @@ def test_history_save_error_is_reported_with_the_program_and_can_be_saved_again(
     assert result.unsaved is not None
     assert count_rows(faults.engine, training_programs) == 0
     assert events(faults.engine)[-1]["history_error"] is True
+    assert count_rows(faults.engine, ai_coach_cache) == 1  # cached all the same, its event recorded
 
     refused = service.save_again(result)
     assert refused.history_error and refused.unsaved is result.unsaved  # still refused: kept to try again
@@ -290,6 +291,8 @@ def test_a_billed_miss_whose_event_could_not_be_recorded_is_recorded_when_its_pr
     faults.deny("generation_events", "INSERT")
     result = generate(service)
     assert result.history_error and result.program["weeks"] and events(faults.engine) == []
+    # No entry either: a hit on it would count as saved a generation never counted as spent.
+    assert count_rows(faults.engine, ai_coach_cache) == 0
 
     faults.allow("training_programs", "INSERT")
     faults.allow("generation_events", "INSERT")

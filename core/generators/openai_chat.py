@@ -6,10 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
+import threading
 from collections.abc import Iterable
-from time import perf_counter
+from types import TracebackType
 from typing import Any, Literal
 
+import httpx2
 import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -270,8 +273,8 @@ class OpenAIChatGenerator:
         except openai.APIError as exc:
             raise GenerationError(self.describe(exc)) from None
         answer = _Answer(self.model)
-        with stream:
-            self._read(stream, answer, ProgressReporter(on_progress))
+        with stream, _Deadline(stream.response, self.timeout_seconds) as deadline:
+            self._read(stream, answer, ProgressReporter(on_progress), deadline)
         return self._generation(answer)
 
     def from_completion(self, completion: ChatCompletion) -> Generation:
@@ -286,20 +289,20 @@ class OpenAIChatGenerator:
             raise answer.failed(str(exc)) from None
         return Generation(program=program, model=answer.model, **answer.tokens)
 
-    def _read(self, stream: Iterable[ChatCompletionChunk], answer: _Answer, progress: ProgressReporter) -> None:
-        """The stream's chunks into `answer`, until it ends or `timeout_seconds` have passed
-        since it began: the SDK's own timeout is then only the longest pause between chunks."""
-        deadline = perf_counter() + self.timeout_seconds
+    def _read(
+        self, stream: Iterable[ChatCompletionChunk], answer: _Answer, progress: ProgressReporter, deadline: _Deadline
+    ) -> None:
+        """The stream's chunks into `answer`, until it ends or `deadline` cuts it."""
         try:
             for chunk in stream:
                 answer.add(chunk)
                 if chunk.choices and chunk.choices[0].delta.content:
                     progress.written(lambda: answer.content)
-                if perf_counter() > deadline:
-                    raise answer.failed(TIMED_OUT)
         except openai.APITimeoutError:
             raise answer.failed(TIMED_OUT) from None
         except openai.APIConnectionError:
+            if deadline.passed:
+                raise answer.failed(TIMED_OUT) from None
             raise answer.failed("the connection to the LLM server dropped before the answer was complete") from None
         except openai.APIError as exc:
             said = one_line(_redacted(_server_message(exc.body) or exc.message, self._api_key))
@@ -365,6 +368,46 @@ class OpenAIChatGenerator:
             return numbered(json.loads(answer.content))
         except json.JSONDecodeError:
             raise GenerationError("the LLM answered with malformed JSON") from None
+
+
+class _Deadline:
+    """A streamed answer's end `seconds` after it began, whatever arrives meanwhile: the
+    SDK's own timeout is only the longest pause between reads, and a server (or a proxy)
+    that sends SSE comments (`: keepalive`) pauses never and yields no chunk, so no check
+    between chunks would ever run. At the deadline a timer shuts the connection's socket
+    down; the read in progress fails at once, and `passed` says why."""
+
+    def __init__(self, response: httpx2.Response, seconds: float) -> None:
+        self.passed = False
+        network = response.extensions.get("network_stream")
+        self._socket: socket.socket | None = network.get_extra_info("socket") if network else None
+        self._response = response
+        self._over = threading.Lock()  # held while cutting, and once the stream is read
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._timer.cancel()
+        self._over.acquire()  # a cut under way ends first; none starts after
+
+    def _cut(self) -> None:
+        if not self._over.acquire(blocking=False):
+            return
+        self.passed = True
+        try:
+            if self._socket is not None:
+                # The plain socket's shutdown, under TLS too: it wakes the reader blocked in recv().
+                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+            else:
+                self._response.close()
+        except OSError:
+            pass  # closed meanwhile
+        finally:
+            self._over.release()
 
 
 class _Answer:
