@@ -20,11 +20,11 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, entry_fate, history, single_flight, staged_programs, waits
+from core import cache_store, entry_fate, history, repair, single_flight, staged_programs, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
-from core.fit import validate_program, validate_program_json
+from core.fit import validate_program_json
 from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
 from core.generators.base import NOT_BILLED, BilledTokens, billed_tokens
 from core.history import GenerationEvent, HistoryRecord, Outcome, Source
@@ -52,6 +52,11 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "not_cached": "the last program for these answers could not be cached",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
+
+
+def _judged_fields(judged: repair.Judged) -> dict[str, Any]:
+    """An event's record of how a generation was judged: its attempts, and the fit rules any broke."""
+    return {"attempts": judged.attempts, "rules_broken": ",".join(judged.rules_broken) or None}
 
 
 def _digest_prefix(key: str) -> str:
@@ -269,6 +274,8 @@ class ProgramService:
     key_secret: bytes | None = None  # CACHE_KEY_SECRET: HMAC the key's digest
     # CACHE_ON_GENERATOR_CHANGE=serve: entries of another generator identity are still hits.
     serve_other_generators: bool = False
+    # LLM_REPAIR_ATTEMPTS: how many times a program that does not pass is sent back (core.repair).
+    repair_attempts: int = 1
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
@@ -283,6 +290,7 @@ class ProgramService:
             user_id_check=database.check_user_id,
             key_secret=settings.key_secret,
             serve_other_generators=settings.cache_on_generator_change == "serve",
+            repair_attempts=settings.llm_repair_attempts,
         )
 
     def generate(
@@ -536,17 +544,24 @@ class ProgramService:
             told.on_generating(reason)
         llm_started = perf_counter()
         try:
-            generation = self.generator.generate(request.profile, request.has_paid_access, told.on_progress)
+            judged = repair.generate_judged(
+                self.generator,
+                request.profile,
+                request.has_paid_access,
+                repairs=self.repair_attempts,
+                on_progress=told.on_progress,
+            )
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
             message = f"generation failed: {exc}. Nothing was cached or saved."
             self._record_failure(request, reason, message, billed_tokens(exc))
             raise GenerationFailed(message) from None
-        try:
-            program = validate_program(generation.program, request.profile, request.has_paid_access)
-        except ContractError as exc:
-            message = f"the generated program is invalid: {exc}. Nothing was cached or saved."
-            self._record_failure(request, reason, message, billed_tokens(generation))
+        generation, program = judged.generation, judged.program
+        outcome = _judged_fields(judged)
+        if program is None:
+            tried = f" ({judged.attempts} attempts)" if judged.attempts > 1 else ""
+            message = f"the generated program is invalid{tried}: {judged.refused}. Nothing was cached or saved."
+            self._record_failure(request, reason, message, billed_tokens(generation), **outcome)
             raise GenerationFailed(message) from None
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
@@ -574,6 +589,7 @@ class ProgramService:
             generator_version=identity.version,
             model=generation.model,
             **billed_tokens(generation),
+            **outcome,
         )
         upsert = partial(
             cache_store.upsert_entry,
@@ -658,6 +674,9 @@ class ProgramService:
         reason: MissReason,
         message: str,
         billed: BilledTokens = NOT_BILLED,
+        *,
+        attempts: int | None = None,
+        rules_broken: str | None = None,
     ) -> None:
         fields = {
             "outcome": "error",
@@ -677,6 +696,8 @@ class ProgramService:
                 generator_version=self.generator.identity.version,
                 model=self.generator.identity.model,
                 **billed,
+                attempts=attempts,
+                rules_broken=rules_broken,
             )
         )
 

@@ -62,6 +62,9 @@ class Behaviour:
     # A core.fit rule a well-formed answer breaks (a key of BREAKING), as a model that does
     # not follow the request's schema or the prompt may write it.
     breaks: str | None = None
+    # With `breaks`: an answer to a repair (a request that carries the earlier answer and
+    # what failed) breaks nothing.
+    mends: bool = False
     # What each answer says it billed.
     prompt_tokens: int = PROMPT_TOKENS
     completion_tokens: int = COMPLETION_TOKENS
@@ -476,12 +479,14 @@ BREAKING: dict[str, Callable[[dict[str, Any]], None]] = {
 
 def _written(body: dict[str, Any], behaviour: Behaviour) -> tuple[str, str, str | None]:
     """What the model writes for a request, as the behaviour has it: content, finish reason, refusal."""
-    request = json.loads(body["messages"][-1]["content"])
+    # The client's answers are the first user message (a repair adds the answer and what failed).
+    request = json.loads(next(m["content"] for m in body["messages"] if m["role"] == "user"))
     profile = parse_onboarding(request["onboarding_responses"])
     program = build_program(profile, request["has_paid_access"])
     if behaviour.mode == "wrong_shape":
         program["weeks"][0]["sessions"].append(program["weeks"][0]["sessions"][0])
-    if behaviour.breaks is not None:
+    repairing = any(m["role"] == "assistant" for m in body["messages"])
+    if behaviour.breaks is not None and not (behaviour.mends and repairing):
         BREAKING[behaviour.breaks](program)
     content = json.dumps(program)
     if behaviour.mode == "malformed":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from time import perf_counter, sleep
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core import monitoring
+from core.fit_report import FitReport, fit_by_generator
 from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
 from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
@@ -110,11 +112,47 @@ def test_an_answer_that_does_not_fit_the_client_is_refused_naming_the_rule_and_i
     client = {**PROFILE, "injuries": "lower back"}
     with pytest.raises(GenerationFailed) as error:
         openai_service(engine, fake_openai).generate(user_id="u1", onboarding_responses=client, has_paid_access=False)
-    assert f"(rules broken: {rule})" in str(error.value) and "Nothing was cached or saved" in str(error.value)
+    # Sent back once with what failed (LLM_REPAIR_ATTEMPTS=1), broken again: refused.
+    assert f"invalid (2 attempts): invalid training program for this client (rules broken: {rule})" in str(error.value)
+    assert "Nothing was cached or saved" in str(error.value)
     assert count_rows(engine, ai_coach_cache) == 0 and count_rows(engine, training_programs) == 0
     with engine.connect() as connection:
         event = connection.execute(select(generation_events)).one()
-    assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("error", PROMPT_TOKENS, COMPLETION_TOKENS)
+    assert (event.outcome, event.attempts, event.rules_broken) == ("error", 2, rule)
+    assert (event.prompt_tokens, event.completion_tokens) == (2 * PROMPT_TOKENS, 2 * COMPLETION_TOKENS)
+    assert fit_by_generator(engine) == [FitReport(event.generator_version, "gpt-test", refused=1, by_rule={rule: 1})]
+
+
+def test_a_program_that_does_not_fit_is_sent_back_with_what_failed_and_the_repaired_one_cached_once(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(breaks="session_length", mends=True))
+    result = openai_service(engine, fake_openai).generate(
+        user_id="u1", onboarding_responses=PROFILE, has_paid_access=False
+    )
+    first, repair = fake_openai.requests
+    assert repair["messages"][:2] == first["messages"]  # the same conversation, then
+    assert json.loads(repair["messages"][2]["content"])["weeks"][0]["sessions"][0]["duration_minutes"] == 240
+    assert "weeks.0.sessions.0.duration_minutes: is 240, the client has 45 minutes" in repair["messages"][3]["content"]
+    assert result.program["weeks"][0]["sessions"][0]["duration_minutes"] <= 45
+    assert count_rows(engine, ai_coach_cache) == 1 and count_rows(engine, training_programs) == 1
+    with engine.connect() as connection:
+        event = connection.execute(select(generation_events)).one()
+        row = connection.execute(select(training_programs)).one()
+    assert (event.outcome, event.attempts, event.rules_broken) == ("miss", 2, "session_length")
+    # Both attempts were billed, and both are counted, on the event and on the program.
+    assert (event.prompt_tokens, row.completion_tokens) == (2 * PROMPT_TOKENS, 2 * COMPLETION_TOKENS)
+    assert fit_by_generator(engine)[0].repaired == 1
+
+
+def test_with_no_repair_attempts_a_program_that_does_not_fit_is_refused_at_once(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(breaks="goal", mends=True))
+    service = replace(openai_service(engine, fake_openai), repair_attempts=0)
+    with pytest.raises(GenerationFailed, match=r"the generated program is invalid: invalid training program"):
+        service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    assert fake_openai.calls == 1
 
 
 def test_the_answer_is_streamed_and_what_is_complete_is_shown_well_before_the_end(
@@ -160,7 +198,7 @@ def test_a_stream_that_fails_after_showing_sessions_caches_and_saves_nothing(
     fake_openai.reset(Behaviour(mode=mode))
     heard: list[ProgramSoFar] = []
     with pytest.raises(GenerationFailed) as error:
-        openai_service(engine, fake_openai).generate(
+        replace(openai_service(engine, fake_openai), repair_attempts=0).generate(
             user_id="u1", onboarding_responses=PROFILE, has_paid_access=False, on_progress=heard.append
         )
     assert "Nothing was cached or saved" in str(error.value)
@@ -316,7 +354,8 @@ def test_the_local_server_refuses_what_openai_refuses_and_the_reason_reaches_the
 def test_every_billed_token_is_counted_failed_generations_included(
     engine: Engine, fake_openai: FakeOpenAI, mode: str
 ) -> None:
-    service = openai_service(engine, fake_openai)
+    # One attempt: a repair's tokens are counted in test_a_program_that_does_not_fit_is_sent_back_….
+    service = replace(openai_service(engine, fake_openai), repair_attempts=0)
     service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
     fake_openai.reset(Behaviour(mode=mode))
     with pytest.raises(GenerationFailed):

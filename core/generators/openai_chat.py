@@ -45,6 +45,9 @@ Rules:
 - If the client reports an injury or limitation, name it in safety_notes and avoid movements that load it.
 - Be brief: short notes.
 Answer with the program as JSON matching the schema, nothing else."""
+# What a repair asks, after the answer that did not pass (core.repair).
+REPAIR_PROMPT = """That program cannot be given to the client: {problems}.
+Write the whole program again, as JSON matching the schema, with each of these fixed and the rest kept."""
 
 # How much of JSON Schema the server enforces: `strict`, OpenAI's Structured Outputs subset
 # (no string lengths; fine-tuned models no number or array bounds either), or `full`, as
@@ -224,7 +227,7 @@ class OpenAIChatGenerator:
             for days in range(1, 8)
         ]
         schemas = [self._response_format(profile, paid) for profile in samples for paid in (False, True)]
-        shaped_by = (model, SYSTEM_PROMPT, schemas, revision(), temperature)
+        shaped_by = (model, SYSTEM_PROMPT, REPAIR_PROMPT, schemas, revision(), temperature)
         self.identity = GeneratorIdentity(
             kind="openai", model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}"
         )
@@ -266,10 +269,28 @@ class OpenAIChatGenerator:
         """The program, streamed: `on_progress` hears what of it is complete as it arrives.
         The usage comes in the stream's last chunk, so a failed answer's tokens are counted
         too when the server got to send them."""
+        return self._streamed(self.request(profile, has_paid_access), on_progress)
+
+    def repair(
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        answer: Any,
+        problems: str,
+        on_progress: OnProgress | None = None,
+    ) -> Generation:
+        """The program again, in the same conversation: the request, the answer the model gave
+        (as Coach Cache read it) and what is wrong with it (core.repair)."""
+        body = self.request(profile, has_paid_access)
+        body["messages"] += [
+            {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
+            {"role": "user", "content": REPAIR_PROMPT.format(problems=problems)},
+        ]
+        return self._streamed(body, on_progress)
+
+    def _streamed(self, body: dict[str, Any], on_progress: OnProgress | None) -> Generation:
         try:
-            stream = self._client.chat.completions.create(
-                **self.request(profile, has_paid_access), stream=True, stream_options={"include_usage": True}
-            )
+            stream = self._client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
         except openai.APIError as exc:
             raise GenerationError(self.describe(exc)) from None
         answer = _Answer(self.model)
