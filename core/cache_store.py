@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from core import entry_fate
+from core import entry_fate, staged_programs
 from core.cache_key import key_sample
 from core.db import connect_for_one_read, connect_to_write
 from core.generators.base import TOKEN_FIELDS, BilledTokens
@@ -35,6 +35,7 @@ from core.schema import (
     database_now,
     generation_events,
     json_text,
+    rollout_programs,
     training_programs,
 )
 
@@ -207,6 +208,8 @@ class Removal:
     bytes_reclaimed: int
     # Cleanup only: programs rollouts staged that expired, dropped (core/staged_programs.py).
     staged_dropped: int = 0
+    # An invalidation's: programs rollouts staged (or still asked for) that it voided.
+    staged_voided: int = 0
 
 
 def delete_expired(engine: Engine, *, actor: str, batch_size: int = CLEANUP_BATCH_SIZE) -> Removal:
@@ -225,25 +228,40 @@ def delete_generator_entries(
         cache.generator_version.is_(None) if generator_version is None else cache.generator_version == generator_version
     )
     fate = entry_fate.Removed("invalidated", actor)
-    return _delete_in_batches(engine, (_is_program_entry(), made_by), fate, batch_size)
+    staged = (
+        rollout_programs.c.generator_version.is_(None)
+        if generator_version is None
+        else rollout_programs.c.generator_version == generator_version
+    )
+    why = f"voided: generator {generator_version or 'unknown'} invalidated by {actor}"
+    return _delete_in_batches(engine, (_is_program_entry(), made_by), fate, batch_size, voided=(staged, why))
 
 
 def _delete_in_batches(
-    engine: Engine, conditions: tuple[Any, ...], fate: entry_fate.Removed, batch_size: int
+    engine: Engine,
+    conditions: tuple[Any, ...],
+    fate: entry_fate.Removed,
+    batch_size: int,
+    voided: tuple[Any, str] | None = None,
 ) -> Removal:
     """One short transaction per batch, so that writers (misses upserting their entry) never
-    wait long on a bulk deletion."""
-    deleted = reclaimed = 0
+    wait long on a bulk deletion. The staged programs `voided` covers (with why) are voided in
+    the first, so that none is served once entries begin to go."""
+    deleted = reclaimed = staged_voided = 0
+    first = True
     while True:
         batch = select(cache.id).where(*conditions).limit(batch_size).scalar_subquery()
         # The conditions are checked again on the row deleted: an entry rewritten meanwhile stays.
         statement = delete(ai_coach_cache).where(cache.id.in_(batch), *conditions)
         with connect_to_write(engine) as connection, connection.begin():
+            if voided is not None and first:
+                staged_voided = staged_programs.void(connection, *voided)
             count, size = _delete_counting(connection, statement, fate)
         deleted += count
         reclaimed += size
+        first = False
         if count < batch_size:
-            return Removal(deleted, reclaimed)
+            return Removal(deleted, reclaimed, staged_voided=staged_voided)
 
 
 def _delete_counting(connection: Connection, statement: Any, fate: entry_fate.Removed) -> tuple[int, int]:
@@ -271,8 +289,11 @@ def _delete_counting(connection: Connection, statement: Any, fate: entry_fate.Re
 def delete_user_entries(engine: Engine, user_id: str, *, actor: str) -> Removal:
     """Delete a user's program entries, recording each key's entry as invalidated by `actor`."""
     statement = delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id)
+    why = f"voided: user {user_id}'s programs invalidated by {actor}"
     with connect_to_write(engine) as connection, connection.begin():
-        return Removal(*_delete_counting(connection, statement, entry_fate.Removed("invalidated", actor)))
+        voided = staged_programs.void(connection, rollout_programs.c.user_id == user_id, why)
+        deleted, size = _delete_counting(connection, statement, entry_fate.Removed("invalidated", actor))
+        return Removal(deleted, size, staged_voided=voided)
 
 
 def delete_entry_holding(connection: Connection, key: str, program_id: ProgramId, *, actor: str) -> bool:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, logs, monitoring, rejections, rollout_reports, waits
+from core import admin, batch_collection, logs, monitoring, rejections, rollout_reports, waits
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine, missing_sqlite_file
@@ -137,6 +137,11 @@ def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
                 "--live", action="store_true", help="through the chat endpoint, for servers without a Batch API"
             )
     steps.add_parser("status", help="poll the submitted batches and collect the finished ones (safe from cron)")
+    cancel = steps.add_parser(
+        "cancel",
+        help="cancel a rollout's batches still out: its keys can be planned again; what ran is still collected",
+    )
+    cancel.add_argument("--rollout-id", type=int, required=True, help="as `rollout status` lists it")
 
 
 def _emit(document: dict[str, Any]) -> None:
@@ -332,14 +337,8 @@ def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> di
 def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
     database.ensure_schema()
     engine = database.engine
-    if args.step == "status":
-        checks = rollout_steps.check_batches(engine, settings)
-        if checks and all(check.problem for check in checks):
-            raise rollout_steps.RolloutFailed(f"no batch could be checked: {checks[0].problem}")
-        return {
-            "batches": [dataclasses.asdict(check) for check in checks],
-            "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
-        }
+    if args.step in ("status", "cancel"):
+        return _rollout_batches(args, settings, engine)
     generator = rollout_steps.candidate(settings, args.model)
     if warning := startup_warning(generator):
         log.warning(warning)
@@ -376,8 +375,36 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
     return dataclasses.asdict(started)
 
 
+def _rollout_batches(args: argparse.Namespace, settings: Settings, engine: Engine) -> dict[str, Any]:
+    """`status` (from cron) or `cancel`: what became of the batches out, and of live runs
+    that stopped; each given up is one line on stderr, and the command still succeeds."""
+    given_up_runs = rollout_steps.give_up_stale(engine) if args.step == "status" else {}
+    if args.step == "cancel":
+        checks = batch_collection.cancel(engine, settings, args.rollout_id)
+    else:
+        checks = batch_collection.check_batches(engine, settings)
+    if checks and all(check.problem for check in checks):
+        done = "checked" if args.step == "status" else "cancelled"
+        raise rollout_steps.RolloutFailed(f"no batch could be {done}: {checks[0].problem}")
+    for rollout_id, count in given_up_runs.items():
+        print(f"note: rollout {rollout_id}: {count} requests {rollout_steps.GIVEN_UP}", file=sys.stderr)
+    for check in checks:
+        if check.given_up:
+            print(
+                f"note: batch {check.batch_id} given up, its keys can be planned again: {check.given_up}",
+                file=sys.stderr,
+            )
+    return {
+        "batches": [dataclasses.asdict(check) for check in checks],
+        "given_up_runs": given_up_runs,
+        "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
+    }
+
+
 def _rollout_summary(engine: Engine, summary: rollout_reports.RolloutSummary) -> dict[str, Any]:
-    problems = rollout_reports.problems(engine, summary.id) if {"failed", "invalid"} & set(summary.states) else []
+    problems = (
+        rollout_reports.problems(engine, summary.id) if set(rollout_reports.PROBLEMS) & set(summary.states) else []
+    )
     return {
         **dataclasses.asdict(summary),
         "phase": summary.phase,
@@ -394,7 +421,11 @@ def _invalidate(args: argparse.Namespace, _settings: Settings, database: Databas
         removal = admin.retire_generator(database.engine, actor="cli", generator_version=args.generator)
         if removal.deleted == 0:
             print(f"{args.generator} made programs, but no entry of it is left: 0 entries deleted", file=sys.stderr)
-    return {"deleted": removal.deleted, "bytes_reclaimed": removal.bytes_reclaimed}
+    return {
+        "deleted": removal.deleted,
+        "bytes_reclaimed": removal.bytes_reclaimed,
+        "staged_voided": removal.staged_voided,
+    }
 
 
 def _reject(args: argparse.Namespace, _settings: Settings, database: Database) -> dict[str, Any]:
@@ -409,6 +440,7 @@ def _reject(args: argparse.Namespace, _settings: Settings, database: Database) -
         "rejected_at": outcome.rejected_at,
         "cache_key": outcome.cache_key,
         "entry": outcome.entry,
+        "staged_voided": outcome.staged_voided,
     }
 
 

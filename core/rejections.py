@@ -14,10 +14,10 @@ from typing import Literal, get_args
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import DataError
 
-from core import cache_store
+from core import cache_store, staged_programs
 from core.db import connect_to_write
 from core.models import ContractError, FieldError, collapse_whitespace
-from core.schema import ProgramId, database_now, program_rejections, training_programs
+from core.schema import ProgramId, database_now, program_rejections, rollout_programs, training_programs
 
 RejectionCategory = Literal["ignores_limitation", "wrong_level", "wrong_equipment", "other"]
 CATEGORIES: tuple[RejectionCategory, ...] = get_args(RejectionCategory)
@@ -94,6 +94,9 @@ class RejectionOutcome:
     rejected_at: datetime
     cache_key: str | None
     entry: EntryEffect
+    # Programs a rollout staged for the key (or still asked for), voided: none is served after
+    # a rejection, as its entry is not.
+    staged_voided: int = 0
 
     @property
     def text(self) -> str:
@@ -124,12 +127,16 @@ def reject(
         )
         rejected_at = connection.execute(recorded).scalar_one()
         entry: EntryEffect = "no_entry"
+        voided = 0
         if key is not None:
             if cache_store.delete_entry_holding(connection, key, history_id, actor=actor):
                 entry = "invalidated"
             elif cache_store.has_entry(connection, key):
                 entry = "left_alone"
-    return RejectionOutcome(history_id, checked, actor, rejected_at, key, entry)
+            if entry != "left_alone":  # as the entry: one written since is another program
+                covered = rollout_programs.c.cache_key == key
+                voided = staged_programs.void(connection, covered, f"voided: rejected by {actor}")
+    return RejectionOutcome(history_id, checked, actor, rejected_at, key, entry, voided)
 
 
 def _history_row(connection: Connection, program_id: ProgramId) -> tuple[ProgramId, str | None]:

@@ -9,10 +9,10 @@ switching, an operator can
 - start it: one request per key, from the answers history recorded for it, submitted as
   OpenAI batches (half price, within 24 h), or run live at a bounded concurrency for
   servers without a Batch API;
-- collect it (`check_batches`, from cron, safe twice at once): each result is matched by
-  its custom_id, validated against the contract and its profile, and the valid ones are
-  staged for the candidate's identity (core/staged_programs.py), serving nothing until
-  the app runs with the candidate.
+- collect it (core/batch_collection.py, from cron, safe twice at once): each result is
+  matched by its custom_id, validated against the contract and its profile, and the valid
+  ones are staged for the candidate's identity (core/staged_programs.py), serving nothing
+  until the app runs with the candidate.
 
 Every program asked for is a `rollout_programs` row; each state change is a conditional
 update of a pending row, so two collectors never count a result twice."""
@@ -25,26 +25,24 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from time import perf_counter
 from typing import Any, Literal
 
 import openai
-from openai.types.chat import ChatCompletion
-from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, or_, select, update
 
 from core.db import connect_to_write
 from core.fit import validate_program
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.generators.base import NOT_BILLED, BilledTokens, Generation, GenerationError, billed_tokens
-from core.generators.openai_chat import one_line
 from core.models import ContractError, FieldError, parse_onboarding
 from core.schema import (
     CACHE_KEY_PREFIX,
     ai_coach_cache,
     database_now,
     generation_events,
+    generation_leases,
     rollout_batches,
     rollout_programs,
     rollouts,
@@ -56,17 +54,23 @@ from core.single_flight import LEASE_SECONDS, Lease
 
 log = logging.getLogger(__name__)
 RolloutKind = Literal["trial", "batch", "live"]
-ProgramState = Literal["pending", "staged", "tried", "invalid", "failed"]
+# voided: an invalidation covered it before it was used (core/staged_programs.py).
+ProgramState = Literal["pending", "staged", "tried", "invalid", "failed", "voided"]
 # OpenAI's limits on one batch input file.
 BATCH_MAX_LINES = 50_000
 BATCH_MAX_BYTES = 200 * 2**20
 BATCH_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
-# A batch in one of these states runs no more lines: what it has is collected.
-FINISHED = ("completed", "expired", "cancelled", "failed")
 DEFAULT_SAMPLE = 10
 # Live calls at once, for a trial or a pre-warm without a Batch API.
 LIVE_CONCURRENCY = 4
 RECORDS_PER_TRANSACTION = 500
+# A live run's lease, "rollout-run:<rollout id>", and what its requests are recorded with when
+# it lapsed before they were (give_up_stale).
+RUN_LEASE_PREFIX = "rollout-run:"
+GIVEN_UP = (
+    "given up: the run that asked for it stopped before recording it (its process was killed?); "
+    "a call it had in flight may have been billed, unrecorded"
+)
 
 cache = ai_coach_cache.c
 programs = training_programs.c
@@ -74,6 +78,17 @@ events = generation_events.c
 runs = rollouts.c
 jobs = rollout_batches.c
 asked = rollout_programs.c
+leases = generation_leases.c
+
+
+def max_chars(column: Any) -> int:
+    """The most characters a String column holds: what the server says is cut to it."""
+    assert isinstance(column.type, String) and column.type.length is not None
+    return int(column.type.length)
+
+
+# A batch's status as the server says it (OpenAI documents eight, none longer than 11).
+STATUS_MAX_CHARS = max_chars(jobs.status)
 
 
 class RolloutRefused(ContractError):
@@ -87,14 +102,14 @@ class RolloutFailed(RuntimeError):
     """A rollout could not run: nothing of it was submitted, or another start holds it."""
 
 
-def _require_key(settings: Settings) -> None:
+def require_key(settings: Settings) -> None:
     if not settings.uses_openai:
         raise RolloutRefused("OPENAI_API_KEY", "must be set: a rollout tries or pre-warms an OpenAI-compatible model")
 
 
 def candidate(settings: Settings, model: str) -> OpenAIChatGenerator:
     """The generator the app would run with OPENAI_MODEL=`model`, all else as configured."""
-    _require_key(settings)
+    require_key(settings)
     if not model.strip():
         raise RolloutRefused("model", "is required")
     generator = make_generator(settings.model_copy(update={"openai_model": model.strip()}))
@@ -151,10 +166,10 @@ class Plan:
 
 def _ready(dialect: str, version: str) -> Any:
     """Keys that need no pre-warm for `version`: a valid entry of its own, a staged program
-    waiting, or a request in a batch still out. A request a live run left pending (it was
-    killed) blocks nothing."""
+    waiting, or a request in a batch still out (and not being cancelled). A request a live
+    run left pending (it was killed) blocks nothing."""
     now = database_now(dialect)
-    out = select(jobs.batch_id).where(jobs.collected_at.is_(None))
+    out = select(jobs.batch_id).where(jobs.collected_at.is_(None), jobs.cancel_requested_at.is_(None))
     return (
         select(cache.cache_key)
         .where(cache.generator_version == version, cache.expires_at > now)
@@ -457,9 +472,7 @@ def _start(
     rollout_id = _new_rollout(engine, kind, generator, len(found), actor)
     version = generator.identity.version
     if live:
-        with connect_to_write(engine) as connection, connection.begin():
-            _ask(connection, rollout_id, version, found)
-        _run_live(engine, settings, generator, rollout_id, stage=True)
+        _run_live(engine, settings, generator, rollout_id, found, stage=True)
         return Started(rollout_id, kind, len(found))
     assert isinstance(generator, OpenAIChatGenerator)  # refused above otherwise
     client = client or batch_client(settings)
@@ -508,7 +521,7 @@ def _submit(
                     rollout_id=rollout_id,
                     input_file_id=file.id,
                     lines=len(chunk),
-                    status=batch.status,
+                    status=batch.status[:STATUS_MAX_CHARS],
                     submitted_at=utcnow(),
                 )
             )
@@ -538,7 +551,7 @@ class Judged:
     latency_ms: float | None = None
 
 
-def _judged(
+def judge_generation(
     generation: Generation, answers: dict[str, Any], has_paid_access: bool, valid: ProgramState, generated_at: datetime
 ) -> Judged:
     """A generation's program as a miss's is judged: the contract, and whether it fits the client."""
@@ -551,55 +564,10 @@ def _judged(
     return Judged(valid, tokens, generation.model, program_json, generated_at=generated_at)
 
 
-@dataclass(frozen=True)
-class Finished:
-    """A batch that runs no more lines, as a check saw it: what its lines say, by custom_id,
-    when it was submitted and checked (a line ran in between), and why a line without a
-    result did not run."""
-
-    results: dict[str, Any]
-    submitted_at: datetime
-    checked_at: datetime
-    not_run: str
-    status: str
-
-
-def judge_line(
-    line: Any, answers: dict[str, Any], has_paid_access: bool, generator: OpenAIChatGenerator, batch: Finished
-) -> Judged:
-    """What one batch result line (None: the batch ended before it ran) gives. A line is
-    the server's word: anything it holds that is not what OpenAI documents fails that line,
-    not the collection."""
-    if line is None:
-        return Judged("failed", error=f"not run: {batch.not_run}")
-    error = line.get("error") if isinstance(line, dict) else "the result line is not a JSON object"
-    if error:
-        said = f"{error.get('code') or 'error'}: {error.get('message') or ''}" if isinstance(error, dict) else error
-        return Judged("failed", error=one_line(str(said)))
-    response = line.get("response")
-    body = response.get("body") if isinstance(response, dict) else None
-    if not isinstance(response, dict) or response.get("status_code") != 200:
-        status = response.get("status_code") if isinstance(response, dict) else None
-        inner = body.get("error") if isinstance(body, dict) else None
-        said = inner.get("message") if isinstance(inner, dict) else None
-        return Judged("failed", error=one_line(f"HTTP {status}: {said or 'no message'}"))
-    try:
-        completion = ChatCompletion.model_validate(body)
-    except ValidationError:
-        return Judged("invalid", error="the result is not a chat completion")
-    # When the line ran, by its own word, within when the batch was submitted and checked:
-    # a program's TTL runs from then, and a server's clock (or its unit) is not trusted further.
-    ran = datetime.fromtimestamp(min(max(completion.created, 0), 2**32), UTC)
-    generated_at = min(max(ran, batch.submitted_at), batch.checked_at)
-    try:
-        generation = generator.from_completion(completion)
-    except GenerationError as exc:
-        return Judged("invalid", billed_tokens(exc), error=str(exc))
-    return _judged(generation, answers, has_paid_access, "staged", generated_at)
-
-
-def _record(connection: Connection, row_id: int, judged: Judged, ttl: timedelta) -> bool:
-    """Record a pending program's result; whether this call did (another may have first)."""
+def record_result(connection: Connection, row_id: int, judged: Judged, ttl: timedelta, *, was: str = "pending") -> bool:
+    """Record a program's result over its state `was` (pending: its first; failed or invalid:
+    a valid answer a repeated line brought); whether this call did (another may have first).
+    The tokens are what the program was billed in all, its earlier lines' included."""
     expires_at = judged.generated_at + ttl if judged.generated_at and judged.program_json else None
     values = {
         "state": judged.state,
@@ -612,24 +580,65 @@ def _record(connection: Connection, row_id: int, judged: Judged, ttl: timedelta)
         "latency_ms": judged.latency_ms,
         **judged.tokens,
     }
-    done = connection.execute(
-        update(rollout_programs).where(asked.id == row_id, asked.state == "pending").values(**values)
-    )
+    done = connection.execute(update(rollout_programs).where(asked.id == row_id, asked.state == was).values(**values))
     return done.rowcount == 1
 
 
-def _pending(connection: Connection, condition: Any) -> list[Any]:
-    query = select(asked.id, asked.cache_key, asked.onboarding_responses, asked.has_paid_access).where(
+def bill_voided(connection: Connection, row_id: int, tokens: BilledTokens) -> bool:
+    """The tokens of an answer whose request an invalidation voided while it was out: billed
+    all the same. Only while none are recorded, so that two collectors record them once."""
+    unbilled = (asked.prompt_tokens.is_(None), asked.completion_tokens.is_(None))
+    statement = update(rollout_programs).where(asked.id == row_id, asked.state == "voided", *unbilled)
+    return connection.execute(statement.values(**tokens)).rowcount == 1
+
+
+def pending_programs(connection: Connection, condition: Any, *, limit: int | None = None) -> list[Any]:
+    query = select(asked.id, asked.cache_key, asked.onboarding_responses, asked.has_paid_access, asked.state).where(
         condition, asked.state == "pending"
     )
-    return list(connection.execute(query))
+    return list(connection.execute(query.order_by(asked.id).limit(limit)))
 
 
-def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, rollout_id: int, *, stage: bool) -> None:
-    """Generate every pending program of the rollout through the chat endpoint, a few at
-    once, recording each as it comes back."""
+def give_up_stale(engine: Engine) -> dict[int, int]:
+    """Record as failed, saying so, the requests of live runs (trials, live pre-warms) whose
+    run stopped without recording them: its lease lapsed, so nothing will. How many, by
+    rollout. Their keys can be planned again."""
+    dialect = engine.dialect.name
+    running = select(leases.cache_key).where(leases.expires_at > database_now(dialect))
+    run_key = literal(RUN_LEASE_PREFIX) + cast(asked.rollout_id, String)
+    stale = (asked.state == "pending", asked.batch_id.is_(None), run_key.not_in(running))
+    with connect_to_write(engine) as connection, connection.begin():
+        given_up = connection.execute(
+            update(rollout_programs).where(*stale).values(state="failed", error=GIVEN_UP).returning(asked.rollout_id)
+        )
+        return dict(Counter(given_up.scalars()))
+
+
+def _run_live(
+    engine: Engine,
+    settings: Settings,
+    generator: ProgramGenerator,
+    rollout_id: int,
+    found: Sequence[Target],
+    *,
+    stage: bool,
+) -> None:
+    """Ask for `found` and generate each through the chat endpoint, a few at once, recording
+    each as it comes back; under a lease on the run, renewed while it runs, so that what a
+    killed run left pending is given up once it lapses (give_up_stale)."""
+    lease = Lease.claim(engine, f"{RUN_LEASE_PREFIX}{rollout_id}", settings.generation_lease_seconds)
+    assert lease is not None  # a new rollout's: nobody else has asked for it
+    with lease:
+        with connect_to_write(engine) as connection, connection.begin():
+            _ask(connection, rollout_id, generator.identity.version, found)
+        _generate_pending(engine, settings, generator, rollout_id, stage=stage)
+
+
+def _generate_pending(
+    engine: Engine, settings: Settings, generator: ProgramGenerator, rollout_id: int, *, stage: bool
+) -> None:
     with engine.connect() as connection:
-        pending = _pending(connection, asked.rollout_id == rollout_id)
+        pending = pending_programs(connection, asked.rollout_id == rollout_id)
     ttl = timedelta(hours=settings.cache_ttl_hours)
     valid: ProgramState = "staged" if stage else "tried"
 
@@ -640,9 +649,12 @@ def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, r
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
-            judged = _judged(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
+            judged = judge_generation(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
-            _record(connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl)
+            if not record_result(
+                connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl
+            ):
+                bill_voided(connection, row.id, judged.tokens)
 
     pool = ThreadPoolExecutor(max_workers=LIVE_CONCURRENCY, thread_name_prefix="rollout")
     try:
@@ -657,117 +669,6 @@ def _run_live(engine: Engine, settings: Settings, generator: ProgramGenerator, r
                 .where(asked.rollout_id == rollout_id, asked.state == "pending")
                 .values(state="failed", error="not run: the rollout was interrupted")
             )
-
-
-@dataclass(frozen=True)
-class BatchCheck:
-    batch_id: str
-    rollout_id: int
-    status: str  # as OpenAI said it; "unknown" when it could not be asked
-    collected: bool  # whether this check collected it (a batch is collected once)
-    recorded: dict[str, int] = field(default_factory=dict)  # states this check recorded
-    problem: str | None = None  # why it could not be checked (it is checked again next time)
-
-
-def check_batches(
-    engine: Engine,
-    settings: Settings,
-    *,
-    client: openai.OpenAI | None = None,
-    generator_for: Callable[[str], OpenAIChatGenerator] | None = None,
-) -> list[BatchCheck]:
-    """Poll every batch not collected yet and collect those that finished: results are
-    matched by custom_id (OpenAI keeps no order), judged, and recorded; lines a batch that
-    expired or was cancelled never ran are recorded as failed. Safe to run twice at once:
-    each pending program is recorded by one call only."""
-    generator_for = generator_for or (lambda model: candidate(settings, model))
-    _require_key(settings)
-    client = client or batch_client(settings)
-    with engine.connect() as connection:
-        open_jobs = list(
-            connection.execute(
-                select(jobs.batch_id, jobs.rollout_id, jobs.submitted_at, runs.model, runs.generator_version)
-                .join(rollouts, runs.id == jobs.rollout_id)
-                .where(jobs.collected_at.is_(None))
-                .order_by(jobs.submitted_at)
-            )
-        )
-    checks = []
-    for job in open_jobs:
-        generator = generator_for(job.model)
-        try:
-            finished = _poll(engine, client, job.batch_id, job.submitted_at)
-        except (openai.APIError, ValueError) as exc:
-            # Left for the next check: nothing of this batch was recorded as collected.
-            said = generator.describe(exc) if isinstance(exc, openai.APIError) else one_line(str(exc))
-            checks.append(BatchCheck(job.batch_id, job.rollout_id, "unknown", False, problem=said))
-            continue
-        if isinstance(finished, str):
-            checks.append(BatchCheck(job.batch_id, job.rollout_id, finished, False))
-            continue
-        recorded = _collect(engine, settings, generator, job, finished)
-        with connect_to_write(engine) as connection, connection.begin():
-            first = connection.execute(
-                update(rollout_batches)
-                .where(jobs.batch_id == job.batch_id, jobs.collected_at.is_(None))
-                .values(collected_at=utcnow())
-            ).rowcount
-        checks.append(BatchCheck(job.batch_id, job.rollout_id, finished.status, first == 1, recorded))
-    return checks
-
-
-def _poll(engine: Engine, client: openai.OpenAI, batch_id: str, submitted_at: datetime) -> Finished | str:
-    """The batch's status, recorded; when it runs no more lines, what they gave."""
-    batch = client.batches.retrieve(batch_id)
-    checked_at = utcnow()
-    with connect_to_write(engine) as connection, connection.begin():
-        connection.execute(
-            update(rollout_batches).where(jobs.batch_id == batch_id).values(status=batch.status, checked_at=checked_at)
-        )
-    if batch.status not in FINISHED:
-        return batch.status
-    why = {"expired": "the batch expired first", "cancelled": "the batch was cancelled first"}
-    not_run = why.get(batch.status, "the batch ended before this request")
-    if batch.status == "failed":
-        said = "; ".join(e.message or e.code or "" for e in (batch.errors.data or [])) if batch.errors else ""
-        not_run = f"the batch failed: {one_line(said or 'no reason given')}"
-    results = _results(client, batch.output_file_id, batch.error_file_id)
-    return Finished(results, submitted_at, checked_at, not_run, batch.status)
-
-
-def _collect(
-    engine: Engine, settings: Settings, generator: OpenAIChatGenerator, job: Any, finished: Finished
-) -> dict[str, int]:
-    """Record each pending request of a finished batch from its line; the states this call
-    recorded. A few hundred a transaction: a long write would hold up requests' writes."""
-    ttl = timedelta(hours=settings.cache_ttl_hours)
-    recorded: Counter[str] = Counter()
-    with engine.connect() as connection:
-        pending = _pending(connection, asked.batch_id == job.batch_id)
-    for start in range(0, len(pending), RECORDS_PER_TRANSACTION):
-        with connect_to_write(engine) as connection, connection.begin():
-            for row in pending[start : start + RECORDS_PER_TRANSACTION]:
-                line = finished.results.get(custom_id(job.generator_version, row.cache_key))
-                judged = judge_line(line, row.onboarding_responses, row.has_paid_access, generator, finished)
-                if _record(connection, row.id, judged, ttl):
-                    recorded[judged.state] += 1
-    return dict(recorded)
-
-
-def _results(client: openai.OpenAI, *file_ids: str | None) -> dict[str, Any]:
-    """A finished batch's result lines, output and errors, by custom_id; a line that is no
-    JSON object with a custom_id matches no request, which is then recorded as not run."""
-    results: dict[str, Any] = {}
-    for file_id in file_ids:
-        if file_id:
-            for text in client.files.content(file_id).text.splitlines():
-                try:
-                    line = json.loads(text)
-                except ValueError:
-                    continue
-                if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
-                    results[line["custom_id"]] = line
-    return results
 
 
 def trial(
@@ -788,9 +689,7 @@ def trial(
     if not found:
         raise RolloutRefused("sample", "there are no requested profiles to try yet: generate a program first")
     rollout_id = _new_rollout(engine, "trial", generator, len(found), actor)
-    with connect_to_write(engine) as connection, connection.begin():
-        _ask(connection, rollout_id, generator.identity.version, found)
-    _run_live(engine, settings, generator, rollout_id, stage=False)
+    _run_live(engine, settings, generator, rollout_id, found, stage=False)
     return rollout_id
 
 

@@ -230,18 +230,23 @@ def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[Ro
     return found
 
 
+PROBLEMS: tuple[ProgramState, ...] = ("failed", "invalid", "voided")
+
+
 @dataclass(frozen=True)
 class Problem:
     cache_key: str
-    state: ProgramState  # failed (no answer) or invalid (an answer that is not a valid program)
+    # failed (no answer), invalid (an answer that is not a valid program), or voided (an
+    # invalidation covered it before it was used)
+    state: ProgramState
     error: str | None
 
 
 def problems(engine: Engine, rollout_id: int, *, limit: int = 20) -> list[Problem]:
-    """A rollout's failed and invalid programs, with what was wrong, for the operator to read."""
+    """A rollout's failed, invalid and voided programs, with what was wrong, for the operator to read."""
     query = (
         select(asked.cache_key, asked.state, asked.error)
-        .where(asked.rollout_id == rollout_id, asked.state.in_(("failed", "invalid")))
+        .where(asked.rollout_id == rollout_id, asked.state.in_(PROBLEMS))
         .order_by(asked.id)
         .limit(limit)
     )

@@ -296,6 +296,10 @@ rollout_batches = Table(
     Column("submitted_at", UTCDateTime(), nullable=False),
     Column("checked_at", UTCDateTime(), nullable=True),
     Column("collected_at", UTCDateTime(), nullable=True),
+    # Consecutive checks the server answered 404 for it (reset by any other answer).
+    Column("not_found_checks", Integer, nullable=False, server_default="0"),
+    # When an operator asked for it to be cancelled: its keys may be planned again at once.
+    Column("cancel_requested_at", UTCDateTime(), nullable=True),
     Index("ix_rollout_batches_rollout_id", "rollout_id"),
 )
 
@@ -313,7 +317,7 @@ rollout_programs = Table(
     Column("onboarding_responses", JsonDocument, nullable=False),
     Column("has_paid_access", Boolean, nullable=False),
     Column("generator_version", String(64), nullable=False),
-    Column("state", String(8), nullable=False),  # pending | staged | tried | invalid | failed
+    Column("state", String(8), nullable=False),  # pending | staged | tried | invalid | failed | voided
     Column("model", String(200), nullable=True),
     Column("program", JsonDocument, nullable=True),  # dropped by cleanup once expired
     Column("size_bytes", Integer, nullable=False, server_default="0"),

@@ -260,6 +260,16 @@ class ValidatedPrograms:
                 self._bytes -= len(evicted)
 
 
+def _hit(
+    request: _Request, entry: cache_store.CacheEntry, program_json: str, prewarmed_by: int | None
+) -> tuple[GenerationResult, HistoryRecord, GenerationEvent]:
+    """A hit on `entry`: what the request is served, its history row and its event."""
+    result = request.served(program_json, entry, prewarmed_by)
+    event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
+    record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
+    return result, record, event
+
+
 @dataclass
 class ProgramService:
     engine: Engine
@@ -434,9 +444,7 @@ class ProgramService:
         self, request: _Request, entry: cache_store.CacheEntry, program_json: str, prewarmed_by: int | None = None
     ) -> GenerationResult:
         """A hit on `entry`, whose program is `program_json`, validated: saved to history."""
-        result = request.served(program_json, entry, prewarmed_by)
-        event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
-        record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
+        result, record, event = _hit(request, entry, program_json, prewarmed_by)
         return self._save(request, result, record, event, entry_written_at=entry.updated_at)
 
     def _prewarmed(self, request: _Request) -> GenerationResult | None:
@@ -471,21 +479,26 @@ class ProgramService:
                     tokens=staged.tokens,
                     made_at=staged.generated_at,
                 )
+                entry = cache_store.CacheEntry(
+                    data_json=staged.program_json,
+                    row_version=None,
+                    expires_at=written.expires_at,
+                    created_at=staged.generated_at,
+                    updated_at=written.updated_at,
+                    generator_version=version,
+                    model=staged.model,
+                    **staged.tokens,
+                    valid=True,
+                )
+                # The hand-out (history row and event) commits with the claim: a process
+                # killed in between leaves the program staged, not used by no one.
+                result, record, event = _hit(request, entry, staged.program_json, staged.rollout_id)
+                program_id = history.insert_program(connection, record, entry_written_at=written.updated_at)
+                history.insert_event(connection, event)
         except DBAPIError as exc:
             log.warning("Could not take the staged program for %s: %s", request.key, describe_db_error(exc))
             return None
-        entry = cache_store.CacheEntry(
-            data_json=staged.program_json,
-            row_version=None,
-            expires_at=written.expires_at,
-            created_at=staged.generated_at,
-            updated_at=written.updated_at,
-            generator_version=version,
-            model=staged.model,
-            **staged.tokens,
-            valid=True,
-        )
-        return self._serve(request, entry, staged.program_json, prewarmed_by=staged.rollout_id)
+        return replace(result, warnings=tuple(request.warnings), training_program_id=program_id)
 
     def _validated_program(
         self, request: _Request, entry: cache_store.CacheEntry, known: tuple[str | None, str] | None

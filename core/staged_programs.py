@@ -1,7 +1,8 @@
 """Programs a rollout staged for a candidate generator identity (core/rollout.py), as the
 generation service takes them: on a miss under that identity, the newest valid staged
 program for the key is claimed once, becomes the key's cache entry and is served as a hit
-that says it was pre-warmed. Cleanup drops the programs of those that expired unused."""
+that says it was pre-warmed. Cleanup drops the programs of those that expired unused; an
+invalidation (of a user, a generator, by a rejection) voids those it covers."""
 
 from __future__ import annotations
 
@@ -102,6 +103,20 @@ def mark_invalid(connection: Connection, staged_id: int, error: str) -> None:
         .where(staged.id == staged_id)
         .values(state="invalid", error=error, used_at=None, program=null(), size_bytes=0)
     )
+
+
+def void(connection: Connection, covered: Any, why: str) -> int:
+    """Void the staged programs, and the requests still out, that `covered` selects (an
+    invalidation's: a user's, a generator's, a rejected key's), so that none is served after
+    it: their programs dropped, `why` recorded; how many. In the caller's write transaction,
+    the one that invalidates the entries. A voided request's answer, when it comes, is billed
+    and never staged (core/rollout.py)."""
+    statement = (
+        update(rollout_programs)
+        .where(covered, staged.state.in_(("staged", "pending")), staged.used_at.is_(None))
+        .values(state="voided", error=why, program=null(), size_bytes=0)
+    )
+    return connection.execute(statement).rowcount
 
 
 def drop_expired(engine: Engine) -> int:

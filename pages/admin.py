@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import admin, cache_store, rollout, rollout_reports
+from core import admin, batch_collection, cache_store, rollout, rollout_reports
 from core.formatting import format_bytes, format_dollars, format_duration, markdown_code
 from core.generators import startup_warning
 from core.models import ContractError
@@ -127,7 +127,7 @@ def invalidate(allowed: bool) -> None:
             removal = admin.invalidate_user(
                 get_engine(), actor=current_actor(), user_id=user_id, user_id_check=get_database().check_user_id
             )
-            return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}."
+            return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}.{voided_text(removal)}"
 
         question = f"Delete every cached program of {markdown_code(pending)}? {regenerated()}"
         confirm("invalidate", question, "Yes, invalidate", invalidate_user)
@@ -177,7 +177,7 @@ def generators(allowed: bool) -> None:
 
         def retire(version: str) -> str:
             removal = admin.retire_generator(get_engine(), actor=current_actor(), generator_version=version)
-            return f"Retired {entries_text(removal.deleted)} made by {markdown_code(version)}."
+            return f"Retired {entries_text(removal.deleted)} made by {markdown_code(version)}.{voided_text(removal)}"
 
         question = f"Delete every cached program made by {markdown_code(pending)}? {regenerated()}"
         confirm("retire", question, "Yes, retire", retire)
@@ -257,13 +257,25 @@ def rollouts(allowed: bool) -> None:
         show_trial(rollout_reports.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
     check, _ = st.columns([1, 3])
     if check.button("Check batches now", disabled=not usable, icon=":material/sync:"):
-        checks = rollout.check_batches(get_engine(), settings)
+        stopped = rollout.give_up_stale(get_engine())
+        checks = batch_collection.check_batches(get_engine(), settings)
         collected = sum(c.collected for c in checks)
         checked = "1 batch" if len(checks) == 1 else f"{len(checks)} batches"
-        problems = " ".join(f"{c.batch_id}: {escape_markdown(c.problem)}." for c in checks if c.problem)
-        st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems}".strip()
+        problems = " ".join(
+            f"{c.batch_id}: {escape_markdown(c.problem or f'given up: {c.given_up}')}."
+            for c in checks
+            if c.problem or c.given_up
+        )
+        runs = " ".join(f"Rollout #{n}: {count} requests {rollout.GIVEN_UP}." for n, count in stopped.items())
+        st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems} {runs}".strip()
         st.rerun()
     rollout_table()
+
+
+def voided_text(removal: cache_store.Removal) -> str:
+    """What an invalidation did to programs rollouts staged, when it did anything."""
+    n = removal.staged_voided
+    return f" Voided {n} pre-warmed program{'s' if n != 1 else ''} not yet served." if n else ""
 
 
 def current_version() -> str:
@@ -384,6 +396,7 @@ def rollout_table() -> None:
                 "Tried": [r.states.get("tried", 0) for r in listed],
                 "Failed": [r.states.get("failed", 0) for r in listed],
                 "Invalid": [r.states.get("invalid", 0) for r in listed],
+                "Voided": [r.states.get("voided", 0) for r in listed],
                 "Used": [r.used for r in listed],
                 "Cost": [dollars(r.cost) for r in listed],
                 "Saved": [dollars(r.saved) for r in listed],
@@ -393,8 +406,8 @@ def rollout_table() -> None:
         width="stretch",
     )
     for summary in listed:
-        if {"failed", "invalid"} & set(summary.states):
-            with st.expander(f"Rollout #{summary.id}: failed and invalid programs", icon=":material/report:"):
+        if set(rollout_reports.PROBLEMS) & set(summary.states):
+            with st.expander(f"Rollout #{summary.id}: failed, invalid and voided programs", icon=":material/report:"):
                 for problem in rollout_reports.problems(get_engine(), summary.id):
                     st.markdown(
                         f"- {markdown_code(short_key(problem.cache_key))} {problem.state}: "

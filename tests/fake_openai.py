@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import policy
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler
@@ -72,6 +72,8 @@ class Behaviour:
     # servers that do not report them do).
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # The model an answer says wrote it (None: the one asked for), as a hostile server may.
+    answered_model: str | None = None
 
 
 # What OpenAI's Batch API takes, and the limits of one input file.
@@ -106,6 +108,18 @@ class BatchBehaviour:
     # A line whose custom_id contains a key is answered as that Behaviour says (its mode and
     # billed tokens); any other line as the server's own Behaviour does at the time.
     line_behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    # A line whose custom_id contains a key is answered a second time in the output file (each
+    # answer billed), as that Behaviour says, as a server that retried it may; or, with
+    # `also_errored`, also written in the error file.
+    answered_twice: dict[str, Behaviour] = field(default_factory=dict)
+    also_errored: frozenset[str] = frozenset()
+    # Lines for custom_ids no request has, of about this many bytes each, added to the output
+    # file: an output as big as a full batch's without running as many requests.
+    padding_lines: int = 0
+    padding_line_bytes: int = 1000
+    # What polls say the batch's status is (None: the true one), as a server beyond OpenAI's
+    # documented statuses may.
+    said_status: str | None = None
     # OpenAI's limits for one input file; lower them to test how a big rollout is split.
     max_lines: int = MAX_BATCH_LINES
     max_file_bytes: int = MAX_BATCH_FILE_BYTES
@@ -168,7 +182,7 @@ class FakeBatch:
             "errors": {"object": "list", "data": self.errors} if self.status == "failed" else None,
             "input_file_id": self.input_file_id,
             "completion_window": self.completion_window,
-            "status": self.status,
+            "status": self.behaviour.said_status or self.status,
             "output_file_id": self.output_file_id,
             "error_file_id": self.error_file_id,
             "created_at": self.created_at,
@@ -326,6 +340,14 @@ class FakeOpenAI:
             return _send(handler, status, document)
         return _send(handler, 404, _error(f"Unknown request URL: POST {path}."))
 
+    def forget(self, batch_id: str) -> None:
+        """The server loses the batch, as after a change of API key or organisation: from now
+        on it answers 404 for it, and its files stay."""
+        with self._lock:
+            batch = self._batch(batch_id)
+            assert batch is not None, f"no batch {batch_id} to forget"
+            self.batches.remove(batch)
+
     def _batch(self, batch_id: str) -> FakeBatch | None:
         return next((batch for batch in self.batches if batch.id == batch_id), None)
 
@@ -398,12 +420,25 @@ class FakeOpenAI:
 
     def _finish(self, batch: FakeBatch, outcome: str, ran: int) -> None:
         answered = [self._run_line(line, batch.behaviour) for line in batch.lines[:ran]]
+        answered += [
+            self._run_line(line, replace(batch.behaviour, line_behaviours={part: again}))
+            for line in batch.lines[:ran]
+            for part, again in batch.behaviour.answered_twice.items()
+            if part in line["custom_id"]
+        ]
         self.batch_lines_answered += len(answered)
         outputs = [record for record in answered if record["response"]["status_code"] == 200]
         errors = [record for record in answered if record["response"]["status_code"] != 200]
         errors += [_record(line["custom_id"], None, NOT_RUN[outcome]) for line in batch.lines[ran:]]
+        errors += [
+            _record(line["custom_id"], {"status_code": 500, "body": _error("retried", "server_error")})
+            for line in batch.lines[:ran]
+            if any(part in line["custom_id"] for part in batch.behaviour.also_errored)
+        ]
         shuffle = random.Random(batch.behaviour.seed)
-        batch.output_file_id = self._output_file(batch, "output", _shuffled(outputs, shuffle))
+        filler = {"status_code": 200, "body": {"filler": "x" * batch.behaviour.padding_line_bytes}}
+        padding = [_record(f"padding-{n}", filler) for n in range(batch.behaviour.padding_lines)]
+        batch.output_file_id = self._output_file(batch, "output", _shuffled(outputs, shuffle) + padding)
         batch.error_file_id = self._output_file(batch, "error", _shuffled(errors, shuffle))
         batch.completed, batch.failed = len(outputs), len(errors)
         batch.usage = _batch_usage([record["response"]["body"]["usage"] for record in outputs])
@@ -730,7 +765,7 @@ def _completion(
     model: str, content: str, behaviour: Behaviour, finish_reason: str = "stop", refusal: str | None = None
 ) -> dict[str, Any]:
     return {
-        **_head(model, "chat.completion"),
+        **_head(behaviour.answered_model or model, "chat.completion"),
         "choices": [
             {
                 "index": 0,

@@ -332,3 +332,12 @@ def test_reset_forgets_files_and_batches(client: openai.OpenAI, fake_openai: Fak
         client.batches.retrieve(batch.id)
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(batch.input_file_id)
+
+
+def test_a_forgotten_batch_is_404_and_its_files_stay(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
+    batch = submit(client, [request_line("a")])
+    fake_openai.forget(batch.id)  # as after a change of API key or organisation
+    for call in (lambda: client.batches.retrieve(batch.id), lambda: client.batches.cancel(batch.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert client.files.retrieve(batch.input_file_id).id == batch.input_file_id

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import DBAPIError
 from streamlit.testing.v1 import AppTest
 
-from core import admin, rollout, rollout_reports, staged_programs
+from core import admin, batch_collection, rejections, rollout, rollout_reports, staged_programs
 from core.db import Database, make_engine
 from core.generators import make_generator
 from core.models import parse_onboarding
@@ -273,8 +273,8 @@ def test_try_it_refuses_the_current_model_and_warns_of_one_the_server_does_not_l
     assert f"does not list OPENAI_MODEL={CANDIDATE}; it serves: {CURRENT}" in as_read(at.warning[-1].value)
 
 
-def check(engine: Engine, settings: Settings) -> list[rollout.BatchCheck]:
-    return rollout.check_batches(engine, settings)
+def check(engine: Engine, settings: Settings) -> list[batch_collection.BatchCheck]:
+    return batch_collection.check_batches(engine, settings)
 
 
 def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
@@ -487,9 +487,11 @@ def test_an_interrupted_live_prewarm_leaves_no_request_pending_and_the_rest_is_p
     assert rollout.plan(engine, current, candidate).count == states["failed"]
 
 
-def finished(**results: Any) -> rollout.Finished:
+def finished() -> batch_collection.Finished:
     submitted = utcnow() - timedelta(hours=2)
-    return rollout.Finished(results, submitted, submitted + timedelta(hours=1), "the batch expired first", "expired")
+    return batch_collection.Finished(
+        (), submitted, submitted + timedelta(hours=1), "the batch expired first", "expired"
+    )
 
 
 @pytest.mark.parametrize(
@@ -498,13 +500,14 @@ def finished(**results: Any) -> rollout.Finished:
         (None, "not run: the batch expired first"),
         (["not", "an", "object"], "the result line is not a JSON object"),
         ({"custom_id": "x", "error": "rate limited"}, "rate limited"),
+        ({"custom_id": "x", "error": "rate\x00limited"}, "rate limited"),  # a text column holds no NUL
         ({"custom_id": "x", "error": {"code": "batch_expired", "message": "too late"}}, "batch_expired: too late"),
         ({"custom_id": "x", "response": "nonsense"}, "HTTP None: no message"),
         ({"custom_id": "x", "response": {"status_code": 500, "body": "down"}}, "HTTP 500: no message"),
     ],
 )
 def test_a_result_line_not_as_openai_documents_it_fails_that_line_only(current: Settings, line: Any, says: str) -> None:
-    judged = rollout.judge_line(line, PROFILE, False, rollout.candidate(current, CANDIDATE), finished())
+    judged = batch_collection.judge_line(line, PROFILE, False, rollout.candidate(current, CANDIDATE), finished())
     assert (judged.state, judged.error) == ("failed", says)
 
 
@@ -517,7 +520,7 @@ def test_a_lines_time_is_kept_between_the_batchs_submission_and_its_check(
     batch = finished()
     for created, expected in ((answer.created * 1000, batch.checked_at), (0, batch.submitted_at)):
         line = {"custom_id": "x", "response": {"status_code": 200, "body": {**answer.model_dump(), "created": created}}}
-        judged = rollout.judge_line(line, PROFILE, False, candidate, batch)
+        judged = batch_collection.judge_line(line, PROFILE, False, candidate, batch)
         assert (judged.state, judged.generated_at) == ("staged", expected)
 
 
@@ -529,7 +532,7 @@ def test_a_result_line_whose_program_does_not_fit_its_client_is_invalid_not_stag
     body = candidate.request(parse_onboarding(PROFILE), True)
     answer = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).chat.completions.create(**body)
     line = {"custom_id": "x", "response": {"status_code": 200, "body": answer.model_dump()}}
-    judged = rollout.judge_line(line, PROFILE, False, candidate, finished())
+    judged = batch_collection.judge_line(line, PROFILE, False, candidate, finished())
     assert judged.state == "invalid" and judged.program_json is None
     assert judged.error is not None and "(rules broken: weeks)" in judged.error
     assert judged.tokens["completion_tokens"] == COMPLETION_TOKENS  # billed all the same
@@ -590,3 +593,92 @@ def test_a_batch_that_could_not_be_recorded_is_cancelled(faults: Faults, fake_op
         rollout.start(faults.engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli")
     [batch] = fake_openai.batches
     assert batch.status in ("cancelling", "cancelled")  # nothing runs, or is billed, unrecorded
+
+
+def invalidate(engine: Engine, how: str, version: str) -> None:
+    """As an operator or a coach does: a user's entries, a generator's, or a rejection of u1's program."""
+    if how == "user":
+        admin.invalidate_user(engine, actor="ops", user_id="u1")
+    elif how == "generator":
+        admin.retire_generator(engine, actor="ops", generator_version=version)
+    else:
+        with engine.connect() as connection:
+            program_id = connection.execute(
+                select(training_programs.c.id).where(training_programs.c.user_id == "u1")
+            ).scalar_one()
+        rejections.reject(engine, program_id=program_id, category="wrong_level", note=None, actor="coach")
+
+
+@pytest.mark.parametrize(("how", "voided"), [("user", {"u1"}), ("generator", set(USERS)), ("rejection", {"u1"})])
+def test_an_invalidation_voids_the_staged_programs_it_covers(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, how: str, voided: set[str]
+) -> None:
+    candidate = rollout.candidate(current, CANDIDATE)
+    rollout.start(engine, current, candidate, actor="cli", live=True)
+    invalidate(engine, how, candidate.identity.version)
+    switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
+    fake_openai.reset()
+    result = serve(switched, "u1")
+    assert result.prewarmed_by is None and fake_openai.calls == 1
+    rows = staged_rows(engine)
+    assert {row.user_id for row in rows if row.state == "voided"} == voided
+    assert all(row.program is None and row.error.startswith("voided: ") for row in rows if row.state == "voided")
+    [summary] = rollout_reports.summaries(engine, current)
+    assert summary.states.get("voided") == len(voided) and summary.used == 0
+
+
+def test_a_request_voided_while_its_batch_was_out_is_billed_and_never_staged(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
+    candidate = rollout.candidate(current, CANDIDATE)
+    rollout.start(engine, current, candidate, actor="cli")
+    admin.invalidate_user(engine, actor="ops", user_id="u1")
+    [collected] = check(engine, current)
+    assert collected.recorded == {"staged": 2}
+    u1 = next(row for row in staged_rows(engine) if row.user_id == "u1")
+    assert (u1.state, u1.program, u1.prompt_tokens) == ("voided", None, PROMPT_TOKENS)
+    switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
+    assert serve(switched, "u1").prewarmed_by is None
+
+
+def test_the_admin_page_says_what_an_invalidation_voided(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI, app_test: Callable[..., AppTest]
+) -> None:
+    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
+    at = app_test(str(current.database_url), **env).run()
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="invalidate_user").set_value("u1")
+    next(b for b in at.button if b.label == "Invalidate").click().run()
+    at.button(key="invalidate_yes").click().run()
+    assert at.success[0].value == "Invalidated 1 entry of `u1`. Voided 1 pre-warmed program not yet served."
+    [table] = [frame.value for frame in at.dataframe if "Voided" in frame.value]
+    assert list(table["Voided"]) == [1]
+
+
+class InvalidatingU1:
+    """The candidate, with u1's programs invalidated during every call, as an operator may
+    while a live pre-warm runs."""
+
+    def __init__(self, generator: Any, engine: Engine) -> None:
+        self._generator, self._engine = generator, engine
+        self.identity, self.name = generator.identity, generator.name
+
+    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None) -> Any:
+        admin.invalidate_user(self._engine, actor="ops", user_id="u1")
+        return self._generator.generate(profile, has_paid_access)
+
+
+def test_a_request_voided_while_a_live_run_generates_it_is_billed_and_never_staged(
+    engine: Engine, current: Settings
+) -> None:
+    rollout.start(
+        engine, current, InvalidatingU1(rollout.candidate(current, CANDIDATE), engine), actor="cli", live=True
+    )
+    states = {row.user_id: (row.state, row.program is None, row.prompt_tokens) for row in staged_rows(engine)}
+    assert states == {
+        "u1": ("voided", True, PROMPT_TOKENS),
+        "u2": ("staged", False, PROMPT_TOKENS),
+        "u3": ("staged", False, PROMPT_TOKENS),
+    }
