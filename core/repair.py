@@ -4,12 +4,13 @@ LLM_REPAIR_ATTEMPTS times. Every attempt was billed: the result carries all thei
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from core.fit import Rule, UnfitProgram, validate_program
-from core.generators.base import TOKEN_FIELDS, Generation, GenerationError, OnProgress, ProgramGenerator
-from core.models import ContractError, OnboardingResponses, TrainingProgram
+from core.generators.base import TOKEN_FIELDS, Generation, GenerationError, OnProgress, ProgramGenerator, Rejected
+from core.models import ContractError, FieldError, OnboardingResponses, TrainingProgram
 
 
 @runtime_checkable
@@ -24,6 +25,7 @@ class Repairer(Protocol):
         answer: Any,
         problems: str,
         on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation: ...
 
 
@@ -51,25 +53,44 @@ def generate_judged(
     *,
     repairs: int,
     on_progress: OnProgress | None = None,
+    rejected: Rejected | None = None,
 ) -> Judged:
-    """GenerationError when an attempt fails outright, carrying every attempt's tokens."""
-    generation = generator.generate(profile, has_paid_access, on_progress)
+    """GenerationError when an attempt fails outright, carrying every attempt's tokens.
+    With `rejected` (the program a coach rejected for these answers), a program that is that
+    very program again does not pass: the coach would be handed back what they refused."""
+    generation = generator.generate(profile, has_paid_access, on_progress, rejected)
     attempts, broken = 1, set[Cause]()
     while True:
         try:
             program = validate_program(generation.program, profile, has_paid_access)
+            if rejected is not None and _same(program, rejected.program):
+                return Judged(generation, attempts, tuple(sorted(broken)), refused=HandedBack())
         except ContractError as exc:
             broken |= set(exc.rules) if isinstance(exc, UnfitProgram) else {"contract"}
             if attempts > repairs or not isinstance(generator, Repairer):
                 return Judged(generation, attempts, tuple(sorted(broken)), refused=exc)
             earlier = generation
             try:
-                again = generator.repair(profile, has_paid_access, generation.program, str(exc), on_progress)
+                again = generator.repair(profile, has_paid_access, generation.program, str(exc), on_progress, rejected)
             except GenerationError as failed:
                 raise _with_tokens(failed, earlier) from None
             generation, attempts = _added(again, earlier), attempts + 1
             continue
         return Judged(generation, attempts, tuple(sorted(broken)), program=program)
+
+
+class HandedBack(ContractError):
+    """A program that is the very one the coach rejected for these answers."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "program after a rejection",
+            [FieldError("(program)", "is the very program the coach rejected; this generator gave nothing else")],
+        )
+
+
+def _same(program: Any, rejected: Any) -> bool:
+    return json.dumps(program, sort_keys=True) == json.dumps(rejected, sort_keys=True)
 
 
 def _sum(a: int | None, b: int | None) -> int | None:

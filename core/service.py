@@ -20,13 +20,13 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, entry_fate, history, repair, single_flight, staged_programs, waits
+from core import cache_store, entry_fate, history, rejections, repair, single_flight, staged_programs, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
 from core.fit import validate_program_json
 from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
-from core.generators.base import NOT_BILLED, BilledTokens, billed_tokens
+from core.generators.base import NOT_BILLED, BilledTokens, Rejected, billed_tokens
 from core.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.logs import FIELDS
 from core.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding
@@ -555,6 +555,7 @@ class ProgramService:
     ) -> GenerationResult:
         if told.on_generating is not None:
             told.on_generating(reason)
+        rejected = self._rejected(request.key) if reason == "rejected" else None
         llm_started = perf_counter()
         try:
             judged = repair.generate_judged(
@@ -563,6 +564,7 @@ class ProgramService:
                 request.has_paid_access,
                 repairs=self.repair_attempts,
                 on_progress=told.on_progress,
+                rejected=rejected,
             )
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
@@ -616,6 +618,16 @@ class ProgramService:
             tokens=billed_tokens(generation),
         )
         return self._store(request, _Generated(result, record, event), upsert)
+
+    def _rejected(self, key: str) -> Rejected | None:
+        """The program a coach rejected for this key, for the generation after it; None when it
+        cannot be read (the generation goes on, as after any miss)."""
+        try:
+            with self.engine.connect() as connection:
+                return rejections.latest_for_key(connection, key)
+        except DBAPIError as exc:
+            log.warning("Could not read the rejection of %s: %s", key, describe_db_error(exc))
+            return None
 
     def _store(
         self, request: _Request, generated: _Generated, upsert: Callable[[Connection], cache_store.Written]

@@ -517,7 +517,9 @@ def _written(body: dict[str, Any], behaviour: Behaviour) -> tuple[str, str, str 
     # The client's answers are the first user message (a repair adds the answer and what failed).
     request = json.loads(next(m["content"] for m in body["messages"] if m["role"] == "user"))
     profile = parse_onboarding(request["onboarding_responses"])
-    program = build_program(profile, request["has_paid_access"])
+    # Told of a rejected program, it writes another, as a model asked to does.
+    rejected = (request.get("coach_rejected_the_last_program") or {}).get("its_exercises", [])
+    program = build_program(profile, request["has_paid_access"], frozenset(rejected))
     if behaviour.mode == "wrong_shape":
         program["weeks"][0]["sessions"].append(program["weeks"][0]["sessions"][0])
     repairing = any(m["role"] == "assistant" for m in body["messages"])

@@ -466,7 +466,7 @@ class Interrupted:
     def __init__(self, generator: Any) -> None:
         self._generator, self.identity, self.name, self.calls = generator, generator.identity, generator.name, 0
 
-    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None) -> Any:
+    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None, rejected: Any = None) -> Any:
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError("killed")

@@ -193,7 +193,9 @@ class BrokenGenerator:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool, on_progress: Any = None) -> Any:
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: Any = None, rejected: Any = None
+    ) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
         from core.generators import Generation

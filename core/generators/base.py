@@ -98,6 +98,20 @@ def fingerprint(*inputs: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """The program a coach rejected for these very answers, and why (core.rejections): the
+    generation after a rejection is told it, so that it answers the reason and differs."""
+
+    reason: str  # as the coach picked it
+    note: str | None
+    program: Any  # as it was handed out
+
+    def exercise_names(self) -> set[str]:
+        weeks = self.program.get("weeks", []) if isinstance(self.program, dict) else []
+        return {e["name"] for w in weeks for s in w["sessions"] for e in s["exercises"]}
+
+
 class ProgramGenerator(Protocol):
     @property
     def name(self) -> str: ...
@@ -106,8 +120,13 @@ class ProgramGenerator(Protocol):
     def identity(self) -> GeneratorIdentity: ...
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         """A generator that writes the program over time calls `on_progress` as more of it is
-        complete; one that takes milliseconds need not call it at all."""
+        complete; one that takes milliseconds need not call it at all. With `rejected`, the
+        program differs from the one a coach rejected for these answers and answers why."""
         ...

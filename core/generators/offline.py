@@ -1,14 +1,16 @@
-"""A rule-based coach: builds a sensible, contract-valid program from the profile with no
-network and no model. Deterministic: the same profile and access give the same program."""
+"""A rule-based coach: builds a sensible program that fits the client, from the catalogue's
+staples, with no network and no model. Deterministic: the same profile and access give the
+same program, and after a coach's rejection, one of other exercises where there are any."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.catalogue import STAPLES, Move, catalogue, revision, suits
 from core.fit import TRAINING_DAYS, injured_parts, program_weeks, session_seconds
-from core.generators.base import Generation, GeneratorIdentity, OnProgress, fingerprint
+from core.generators.base import Generation, GeneratorIdentity, OnProgress, Rejected, fingerprint
 from core.models import Exercise, OnboardingResponses, Session
 from core.settings import OFFLINE_MODEL
 
@@ -56,18 +58,26 @@ GOAL_WORDS = {
 }
 
 
-def choose(pattern: str, profile: OnboardingResponses, avoid: set[str], used: set[str]) -> Move | None:
-    """The first option the client can do safely and has not done yet this session; None
-    when every option needs what they lack or loads what they injured."""
+@dataclass(frozen=True)
+class Avoid:
+    """What a client's movements keep clear of: the body parts they injured (never loaded),
+    and the exercises of a program their coach rejected (others are chosen where there are)."""
+
+    parts: frozenset[str]
+    rejected: frozenset[str] = frozenset()
+
+
+def choose(pattern: str, profile: OnboardingResponses, avoid: Avoid, used: set[str]) -> Move | None:
+    """The first option the client can do safely and has not done yet this session, one the
+    rejected program did not have where there is one; None when every option needs what they
+    lack or loads what they injured."""
     entries = catalogue()
-    return next(
-        (
-            m
-            for m in STAPLES[pattern]
-            if m.name not in used and suits(entries[m.name], profile) and not (m.stresses & avoid)
-        ),
-        None,
-    )
+    safe = [
+        m
+        for m in STAPLES[pattern]
+        if m.name not in used and suits(entries[m.name], profile) and not (m.stresses & avoid.parts)
+    ]
+    return next((m for m in safe if m.name not in avoid.rejected), next(iter(safe), None))
 
 
 # Bumped by hand when the rules change what they write; the fingerprint of this module's
@@ -88,15 +98,24 @@ class OfflineGenerator:
     )
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         # Done in milliseconds: there is nothing to show before the whole program.
-        return Generation(program=build_program(profile, has_paid_access), model=MODEL)
+        shunned = frozenset(rejected.exercise_names()) if rejected is not None else frozenset()
+        return Generation(program=build_program(profile, has_paid_access, shunned), model=MODEL)
 
 
-def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:
+def build_program(
+    profile: OnboardingResponses, has_paid_access: bool, rejected: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The client's program; with `rejected`, the exercises of a program their coach rejected,
+    made of others where the client's equipment, level and injuries allow them."""
     weeks = program_weeks(has_paid_access)
-    avoid = injured_parts(profile.injuries)
+    avoid = Avoid(frozenset(injured_parts(profile.injuries)), rejected)
     templates = SPLITS[profile.days_per_week]
     return {
         "title": _title(profile, weeks),
@@ -116,7 +135,7 @@ def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[s
             }
             for week in range(1, weeks + 1)
         ],
-        "safety_notes": _safety_notes(profile, avoid),
+        "safety_notes": _safety_notes(profile, avoid.parts),
     }
 
 
@@ -143,7 +162,7 @@ MIN_CONDITIONING_MINUTES = 5
 
 
 def _session(
-    profile: OnboardingResponses, week: int, weeks: int, day: int, focus: str, patterns: list[str], avoid: set[str]
+    profile: OnboardingResponses, week: int, weeks: int, day: int, focus: str, patterns: list[str], avoid: Avoid
 ) -> dict[str, Any]:
     """The template's lifts, as many as fit the client's minutes (core.fit counts what each
     takes), then a conditioning block in the time that is left."""
@@ -223,7 +242,7 @@ def _summary(profile: OnboardingResponses, weeks: int, has_paid_access: bool) ->
     return " ".join(p for p in parts if p)[:2000]
 
 
-def _safety_notes(profile: OnboardingResponses, avoid: set[str]) -> list[str]:
+def _safety_notes(profile: OnboardingResponses, avoid: frozenset[str]) -> list[str]:
     notes = ["Warm up for 5-10 minutes before each session.", "Stop any exercise that causes sharp pain."]
     if profile.injuries:
         notes.append(f"Reported injuries or limitations: {profile.injuries}.")

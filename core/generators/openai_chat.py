@@ -27,6 +27,7 @@ from core.generators.base import (
     GenerationError,
     GeneratorIdentity,
     OnProgress,
+    Rejected,
     fingerprint,
 )
 from core.models import OnboardingResponses, load_contract, parse_onboarding
@@ -43,6 +44,8 @@ Rules:
 - Keep each session within session_minutes, counting every set (about 3 s a repetition) and the rest after it.
 - reps is a count ("10"), a range ("8-12"), a time ("30 s", "10 min") or "AMRAP".
 - If the client reports an injury or limitation, name it in safety_notes and avoid movements that load it.
+- If the coach rejected the last program (coach_rejected_the_last_program), write a different one that answers
+  the coach's reason and note, with other exercises where the client's equipment allows.
 - Be brief: short notes.
 Answer with the program as JSON matching the schema, nothing else."""
 # What a repair asks, after the answer that did not pass (core.repair).
@@ -239,17 +242,25 @@ class OpenAIChatGenerator:
     def _response_format(self, profile: OnboardingResponses, has_paid_access: bool) -> ResponseFormatJSONSchema:
         return program_response_format(self.model, profile, has_paid_access, flavour=self.schema)
 
-    def request(self, profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:
+    def request(
+        self, profile: OnboardingResponses, has_paid_access: bool, rejected: Rejected | None = None
+    ) -> dict[str, Any]:
         """The chat-completions request for one profile, unstreamed: what `generate` sends
         (streamed) and what a Batch API line carries as its body. The system prompt and the
         schema come first, so the server can cache that prefix (a server that enforces the
         schema as a grammar, as llama.cpp does, caches the prompt alone); the client's
         answers come last."""
-        answers = {
+        answers: dict[str, Any] = {
             "onboarding_responses": profile.normalized(),
             "has_paid_access": has_paid_access,
             "duration_weeks": program_weeks(has_paid_access),
         }
+        if rejected is not None:
+            answers["coach_rejected_the_last_program"] = {
+                "reason": rejected.reason,
+                "note": rejected.note,
+                "its_exercises": sorted(rejected.exercise_names()),
+            }
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
@@ -264,12 +275,16 @@ class OpenAIChatGenerator:
         return body
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         """The program, streamed: `on_progress` hears what of it is complete as it arrives.
         The usage comes in the stream's last chunk, so a failed answer's tokens are counted
         too when the server got to send them."""
-        return self._streamed(self.request(profile, has_paid_access), on_progress)
+        return self._streamed(self.request(profile, has_paid_access, rejected), on_progress)
 
     def repair(
         self,
@@ -278,10 +293,11 @@ class OpenAIChatGenerator:
         answer: Any,
         problems: str,
         on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         """The program again, in the same conversation: the request, the answer the model gave
         (as Coach Cache read it) and what is wrong with it (core.repair)."""
-        body = self.request(profile, has_paid_access)
+        body = self.request(profile, has_paid_access, rejected)
         body["messages"] += [
             {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
             {"role": "user", "content": REPAIR_PROMPT.format(problems=problems)},
