@@ -31,14 +31,15 @@ def sidebar() -> None:
         st.markdown(f":material/storage: **Database**  \n{escape_markdown(settings.describe_database())}")
         identity = get_service().generator.identity
         st.markdown(
-            f":material/smart_toy: **Generator**  \n{escape_markdown(settings.describe_generator())}  \n"
+            # In a code span: the server's URL is copied as it is, and never made a link.
+            f":material/smart_toy: **Generator**  \n{markdown_code(settings.describe_generator())}  \n"
             f"model {markdown_code(identity.model)} · version {markdown_code(identity.version)}"
         )
         if warning := get_generator_warning():
             st.warning(escape_markdown(warning), icon=":material/warning:")
         st.markdown(f":material/schedule: **Cache TTL**  \n{settings.cache_ttl_hours:g} h")
         if auth_enabled():
-            st.markdown(f":material/person: **Signed in**  \n{escape_markdown(current_actor())}")
+            st.markdown(f":material/person: **Signed in**  \n{markdown_code(current_actor())}")
             st.button("Sign out", on_click=st.logout, icon=":material/logout:")
 
 

@@ -393,7 +393,7 @@ def entries_by_generator(engine: Engine) -> list[GeneratorGroup]:
         return [GeneratorGroup(*row) for row in connection.execute(query)]
 
 
-def count_entries(engine: Engine) -> dict[str, int]:
+def count_entries(engine: Engine, *, user_id: str | None = None) -> dict[str, int]:
     is_valid = cache.expires_at > database_now(engine.dialect.name)
     query = select(
         func.count().filter(is_valid).label("valid_entries"),
@@ -401,5 +401,7 @@ def count_entries(engine: Engine) -> dict[str, int]:
         func.coalesce(func.sum(cache.size_bytes).filter(is_valid), 0).label("valid_bytes"),
         func.coalesce(func.sum(cache.size_bytes).filter(~is_valid), 0).label("expired_bytes"),
     ).where(_is_program_entry())
+    if user_id:
+        query = query.where(cache.user_id == user_id)
     with engine.connect() as connection:
         return dict(connection.execute(query).one()._mapping)

@@ -1,4 +1,5 @@
-"""How durations, sizes and dollars read, on the pages and in core's own labels (latency bins)."""
+"""How durations, sizes, dollars and counts read, on the pages and in core's own labels (latency
+bins), and text from users, the database or the LLM as Markdown shows it: as text."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from datetime import timedelta
 # and the columns stay numbers that sort.
 DOLLAR_DIGITS = 4
 DOLLAR_PRINTF = f"$%,.{DOLLAR_DIGITS}g"
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 day`, `3 days`, `1,024 entries`: a count and its noun, singular for one only.
+    Every count written in words goes through here, so none reads "1 days"."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
 def format_bytes(size: float | None) -> str:
@@ -53,3 +60,31 @@ def markdown_code(value: object) -> str:
     # drops one space on each side, so the padding is not shown.
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:&])")
+# What GitHub-flavoured Markdown makes a link of even when escaped (it finds them in the text
+# after escapes are read): a scheme before `:`, `www.`, and an e-mail's `@` (between the
+# characters an address is made of). A word joiner (U+2060, invisible) inside each keeps them
+# text; it is copied with them, so ids and URLs a coach may copy go in code spans instead
+# (markdown_code), and an `@` no address is made around (the rule "'.', '_', '@' or '-'") has none.
+AUTOLINK_START = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=\\?[:.])|(?<=[\w.+-])(?=@[\w\\-])")
+WORD_JOINER = "\u2060"
+LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
+ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)
+
+
+def escape_markdown(text: str) -> str:
+    """Text from users, the database or the LLM is shown as text, never as markup (links,
+    bare URLs and e-mail addresses, images, HTML, entities, Streamlit directives such as
+    :red[...]): on the pages and in the Markdown a coach hands a client alike."""
+    text = MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = AUTOLINK_START.sub(lambda m: m.group(0) + WORD_JOINER, text)
+    text = LIST_MARKER.sub(r"\1\\\2", text)
+    return ORDERED_MARKER.sub(r"\1\\.", text)
+
+
+def one_line(value: object) -> str:
+    """A value as the text of one line (a heading, a list item, a table cell), shown as text.
+    A table cell's `|` is escaped with the rest."""
+    return escape_markdown(" ".join(str(value).split()))

@@ -4,9 +4,10 @@ session) and the contract's JSON, in files named after the user and the date."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+
+from core.formatting import counted, escape_markdown, markdown_code, one_line
 
 EXERCISE_COLUMNS = {"name": "Exercise", "sets": "Sets", "reps": "Reps", "rest_seconds": "Rest (s)", "notes": "Notes"}
 
@@ -21,37 +22,35 @@ def program_json(program: dict[str, Any]) -> str:
     return json.dumps(program, indent=2, ensure_ascii=False)
 
 
-def _cell(value: object) -> str:
-    # A table cell is one line, and a pipe would end it.
-    return " ".join(str(value).split()).replace("|", "\\|")
-
-
-def session_table(session: dict[str, Any], cell: Callable[[object], str] = _cell) -> str:
-    """A session's exercises as a Markdown table; `cell` makes a value safe for a cell."""
+def session_table(session: dict[str, Any]) -> str:
+    """A session's exercises as a Markdown table, each value as text on one line."""
     lines = ["| " + " | ".join(EXERCISE_COLUMNS.values()) + " |", "|" + "---|" * len(EXERCISE_COLUMNS)]
-    lines += ["| " + " | ".join(cell(e[c]) for c in EXERCISE_COLUMNS) + " |" for e in session["exercises"]]
+    lines += ["| " + " | ".join(one_line(e[c]) for c in EXERCISE_COLUMNS) + " |" for e in session["exercises"]]
     return "\n".join(lines)
 
 
 def program_markdown(program: dict[str, Any], *, user_id: str, created_at: datetime) -> str:
+    """The program as a client reads it. Its text (the client's answers echoed, whatever the
+    LLM wrote) is escaped as the pages escape it: the document fetches no image and links
+    nowhere, wherever it is opened."""
     goal = program["goal"].replace("_", " ")
     lines = [
-        f"# {_cell(program['title'])}",
+        f"# {one_line(program['title'])}",
         "",
-        f"For **{user_id}**, {created_at:%Y-%m-%d}. {goal.capitalize()}, {program['experience_level']}, "
-        f"{program['duration_weeks']} weeks, {program['days_per_week']} days a week.",
+        f"For **{markdown_code(user_id)}**, {created_at:%Y-%m-%d}. {goal.capitalize()}, {program['experience_level']}, "
+        f"{counted(program['duration_weeks'], 'week')}, {counted(program['days_per_week'], 'day')} a week.",
         "",
-        program["summary"],
+        escape_markdown(program["summary"]),
     ]
     for week in program["weeks"]:
-        lines += ["", f"## Week {week['week']}: {_cell(week['theme'])}"]
+        lines += ["", f"## Week {week['week']}: {one_line(week['theme'])}"]
         for session in week["sessions"]:
             lines += [
                 "",
-                f"### Day {session['day']}: {_cell(session['focus'])} ({session['duration_minutes']} min)",
+                f"### Day {session['day']}: {one_line(session['focus'])} ({session['duration_minutes']} min)",
                 "",
                 session_table(session),
             ]
     if program["safety_notes"]:
-        lines += ["", "## Safety notes", ""] + [f"- {_cell(note)}" for note in program["safety_notes"]]
+        lines += ["", "## Safety notes", ""] + [f"- {one_line(note)}" for note in program["safety_notes"]]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,10 @@ from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
     Engine,
+    String,
     bindparam,
+    cast,
+    func,
     insert,
     select,
 )
@@ -290,7 +293,7 @@ def _list_columns() -> list[Any]:
 
 @dataclass(frozen=True)
 class HistoryFilter:
-    user_id: str | None = None
+    user_id: str | None = None  # every user id that begins with it
     since: datetime | None = None
     until: datetime | None = None
     source: Source | None = None
@@ -313,7 +316,12 @@ class HistoryPage:
 
 def _filtered(query: Any, flt: HistoryFilter) -> Any:
     if flt.user_id:
-        query = query.where(programs.user_id == flt.user_id)
+        # Every id that begins with it, as typed: substr, not LIKE, whose `_` is any character
+        # and which SQLite compares without case; on text, as an adopted table's uuid column
+        # has no substr. An index on user_id cannot serve it: the rows are found walking
+        # ix_training_programs_created_at back, newest first, until a page is full.
+        typed = cast(programs.user_id, String)
+        query = query.where(func.substr(typed, 1, len(flt.user_id)) == flt.user_id)
     if flt.since:
         query = query.where(programs.created_at >= flt.since)
     if flt.until:

@@ -4,6 +4,7 @@ that no query pulls a whole table into Python."""
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -822,6 +823,32 @@ def replay_ttls(
     key's last generation is younger than the TTL, unless it was forced or its entry was
     invalidated since the key's previous request (see `_replayed_requests`)."""
     return _served_requests(engine, since, summary(engine, since), max_requests).replay(ttl_hours)
+
+
+# "Lately", for how long a generator takes: its last 20 successful generations of the last
+# 7 days. The week bounds the walk back along ix_generation_events_created_at (newest first,
+# stopping at the 20th) for a generator that has made none lately; 20 is enough for a median
+# and recent enough to follow a slower model or a busier server.
+RECENT_GENERATIONS = 20
+RECENT_SPAN = timedelta(days=7)
+
+
+def recent_generation_seconds(engine: Engine, generator_version: str, now: datetime | None = None) -> float | None:
+    """The median time this generator identity's recent requests that generated a program
+    took, click to program, in seconds; None when it has generated none lately."""
+    query = (
+        select(events.latency_ms)
+        .where(
+            events.created_at >= (now or utcnow()) - RECENT_SPAN,
+            events.generator_version == generator_version,
+            events.outcome.in_(GENERATED_OUTCOMES),
+        )
+        .order_by(events.created_at.desc())
+        .limit(RECENT_GENERATIONS)
+    )
+    with engine.connect() as connection:
+        latencies = connection.execute(query).scalars().all()
+    return statistics.median(latencies) / 1000 if latencies else None
 
 
 def window_start(window: str, now: datetime | None = None) -> datetime | None:

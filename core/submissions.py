@@ -5,7 +5,7 @@ Streamlit call. A request is therefore served on a thread of its own (`Submissio
 by the session: the page only looks at it, and the run after an interruption goes on
 looking at the same request. What the page shows is one value, `CoachPanel`, replaced
 whole by its transitions (`clicked`, `collected`, `compared`, `loaded`, `save_retried`,
-`rejected`, `stopped_waiting`), so that every click ends in exactly one of three ways:
+`rejected`, `sent`, `stopped_waiting`), so that every click ends in exactly one of three ways:
 
 - taken: a new request, served on its own thread;
 - the rest of a double click: a click that asks for what the request in flight (or the one
@@ -102,6 +102,22 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Form:
+    """What the questionnaire held when one of its buttons sent it: the User ID and each
+    answer as its field holds it (None or "" for one left empty). Streamlit forgets a field's
+    value once a run of another page does not draw it; the form is drawn again from this, so
+    that coming back shows the answers beside the program they asked for."""
+
+    user_id: str
+    answers: dict[str, Any]
+    has_paid_access: bool
+
+    def request(self, *, force_refresh: bool) -> Request:
+        given = {field: value for field, value in self.answers.items() if value is not None and value != ""}
+        return Request(self.user_id.strip(), given, self.has_paid_access, force_refresh)
+
+
+@dataclass(frozen=True)
 class FieldErrors:
     """The request was refused: each answer's problem, by field."""
 
@@ -155,6 +171,7 @@ class CoachPanel:
     abandoned: Request | None = None
     save_failed_again: bool = False
     rejection: Rejected | None = None  # of the program shown
+    form: Form | None = None  # as last sent, kept whatever the panel shows
 
     @property
     def owes_refresh(self) -> bool:
@@ -175,7 +192,7 @@ class CoachPanel:
             if self.waiting:
                 clicks = self.refused.clicks + 1 if self.refused else 1
                 return replace(self, refused=Refused(request, self.request, current.elapsed_seconds(), clicks))
-        return CoachPanel(request=request, submission=start(request), waiting=True)
+        return CoachPanel(request=request, submission=start(request), waiting=True, form=self.form)
 
     def collected(self) -> CoachPanel:
         """The outcome of the request waited for, once it has been served."""
@@ -225,4 +242,8 @@ class CoachPanel:
         it generates is cached and saved as usual. The next click is taken."""
         if not self.waiting:
             return self
-        return CoachPanel(abandoned=self.request, loaded=self.loaded)
+        return CoachPanel(abandoned=self.request, loaded=self.loaded, form=self.form)
+
+    def sent(self, form: Form) -> CoachPanel:
+        """A button of the questionnaire sent `form`: what it is drawn with from now on."""
+        return replace(self, form=form)

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import admin, batch_collection, cache_store, rollout, rollout_reports
-from core.formatting import format_bytes, format_dollars, format_duration, markdown_code
+from core.formatting import counted, format_bytes, format_dollars, format_duration, markdown_code
 from core.generators import startup_warning
 from core.models import ContractError
 from core.schema import utcnow
@@ -38,12 +38,12 @@ def counts() -> None:
 
 def entries_text(count: int, kind: str = "") -> str:
     """`1 entry`, `2 entries`, `1 expired entry`."""
-    return " ".join(filter(None, (f"{count:,}", kind, "entry" if count == 1 else "entries")))
+    return counted(count, " ".join(filter(None, (kind, "entry"))), " ".join(filter(None, (kind, "entries"))))
 
 
 def regenerated() -> str:
     """What follows an invalidation: a new program, from the generator this app runs."""
-    generator = escape_markdown(get_settings().describe_generator())
+    generator = markdown_code(get_settings().describe_generator())  # its URL copied as it is
     return f"Their next request will generate a new program with the current generator, {generator}."
 
 
@@ -100,6 +100,10 @@ def cleanup(allowed: bool) -> None:
         st.session_state.confirm_cleanup = True
     if allowed and st.session_state.get("confirm_cleanup"):
         expired = cache_store.count_entries(get_engine())["expired_entries"]
+        if not expired:  # said, not asked: there is nothing to confirm
+            st.session_state.confirm_cleanup = None
+            st.info("There are no expired entries: nothing to delete.", icon=":material/check_circle:")
+            return
 
         def delete(_: object) -> str:
             removal = admin.delete_expired_entries(get_engine(), actor=current_actor())
@@ -129,7 +133,13 @@ def invalidate(allowed: bool) -> None:
             )
             return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}.{voided_text(removal)}"
 
-        question = f"Delete every cached program of {markdown_code(pending)}? {regenerated()}"
+        held = cache_store.count_entries(get_engine(), user_id=pending)
+        programs = held["valid_entries"] + held["expired_entries"]
+        if not programs:  # said, not asked: there is nothing to confirm
+            st.session_state.confirm_invalidate = None
+            st.info(f"The cache holds no programs of {markdown_code(pending)}: nothing to invalidate.")
+            return
+        question = f"Delete {counted(programs, 'cached program')} of {markdown_code(pending)}? {regenerated()}"
         confirm("invalidate", question, "Yes, invalidate", invalidate_user)
 
 

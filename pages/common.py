@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -14,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core import handover, logs, rejections
 from core.db import Database, describe_db_error, make_engine
-from core.formatting import markdown_code
+from core.formatting import counted, escape_markdown, markdown_code
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
 from core.partial_program import ProgramSoFar
@@ -74,10 +73,10 @@ def get_generator_warning() -> str | None:
     return startup_warning(get_service().generator)
 
 
-def user_filter(label: str, key: str) -> str | None:
+def user_filter(label: str, key: str, *, placeholder: str = "All users") -> str | None:
     """A "filter by user" field: None for all users, else the id as the database stores it.
     An id the database could not hold is refused under the field, and the page stops."""
-    typed = st.text_input(label, placeholder="All users", key=key).strip()
+    typed = st.text_input(label, placeholder=placeholder, key=key).strip()
     if not typed:
         return None
     try:
@@ -106,20 +105,24 @@ def current_actor() -> str:
 def reject_section(
     program_id: ProgramId, *, key: str, rejected: Rejected | None, done: Callable[[Rejected], None]
 ) -> None:
-    """What the coach's last rejection of this program came to, if any, and the form to
-    reject it, until a rejection is recorded."""
-    if rejected is not None:
-        rejection_note(rejected)
-    if not isinstance(rejected, rejections.RejectionOutcome):
-        reject_form(program_id, key=key, done=done)
+    """The coach's rejection of this program once it is recorded, else the form to reject it."""
+    if isinstance(rejected, rejections.RejectionOutcome):
+        st.success(f"Program #{markdown_code(rejected.training_program_id)} {rejected.text}.", icon=":material/block:")
+    else:
+        reject_form(program_id, key=key, done=done, refused=rejected)
 
 
-def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], None]) -> None:
+def reject_form(
+    program_id: ProgramId, *, key: str, done: Callable[[Rejected], None], refused: FieldErrors | Failure | None
+) -> None:
     """ "Reject this program": a reason and an optional note, one form, so that picking them
     reruns nothing and the first click on the button is the one that counts; `done` keeps
-    what it came to."""
+    what it came to. A rejection `refused` is said in the form, each problem under its field,
+    and the form stays open: a note drawn above it would move it, and the browser would draw
+    it anew, folded, hiding the field to correct."""
+    errors = refused.errors if isinstance(refused, FieldErrors) else {}
     with (
-        st.expander("Reject this program", icon=":material/thumb_down:"),
+        st.expander("Reject this program", icon=":material/thumb_down:", expanded=refused is not None),
         st.form(f"reject-{key}", border=False, enter_to_submit=False),
     ):
         # Radio buttons, not a select box: a select box's list, opened while the expander
@@ -134,7 +137,11 @@ def reject_form(program_id: ProgramId, *, key: str, done: Callable[[Rejected], N
             help="Why is it wrong for the client?",
             key=f"reject-{key}-category",
         )
+        rejection_errors(errors, ["category"])
         st.text_area("Note", max_chars=rejections.NOTE_MAX_CHARS, placeholder="Optional", key=f"reject-{key}-note")
+        rejection_errors(errors, [field for field in errors if field != "category"])
+        if isinstance(refused, Failure):
+            st.error(f"**Not rejected**: {refused.message}", icon=":material/cloud_off:")
         st.form_submit_button("Reject", type="primary", on_click=lambda: done(_rejected(program_id, key)))
 
 
@@ -156,18 +163,13 @@ def _rejected(program_id: ProgramId, key: str) -> Rejected:
         return Failure(unavailable_text(describe_db_error(exc)))
 
 
-def rejection_note(rejected: Rejected) -> None:
-    """What a click on "Reject" came to, under the program it rejected."""
-    if isinstance(rejected, rejections.RejectionOutcome):
-        st.success(f"Program #{markdown_code(rejected.training_program_id)} {rejected.text}.", icon=":material/block:")
-    elif isinstance(rejected, FieldErrors):
-        problems = "; ".join(
-            f"{REJECTION_FIELDS.get(field, field)}: {escape_markdown(message)}"
-            for field, message in rejected.errors.items()
-        )
-        st.error(f"**Not rejected**: {problems}. Nothing was recorded.", icon=":material/error:")
-    else:
-        st.error(f"**Not rejected**: {rejected.message}", icon=":material/cloud_off:")
+def rejection_errors(errors: dict[str, str], fields: list[str]) -> None:
+    """What is wrong with `fields`, under the last of them (the note's place also takes the
+    errors of fields the form does not show)."""
+    for field in fields:
+        if field in errors:
+            text = f"**{REJECTION_FIELDS.get(field, field)}**: {escape_markdown(errors[field])}. Nothing was recorded."
+            st.error(text, icon=":material/error:")
 
 
 def rejected_note(rejection: rejections.Rejection) -> None:
@@ -239,8 +241,8 @@ def program_heading(program: dict[str, Any]) -> None:
         goal = program["goal"].replace("_", " ").capitalize()
         st.markdown(
             f":material/flag: {goal} · :material/signal_cellular_alt: {program['experience_level'].capitalize()} · "
-            f":material/calendar_month: {program['duration_weeks']} weeks · "
-            f":material/event_repeat: {program['days_per_week']} days a week"
+            f":material/calendar_month: {counted(program['duration_weeks'], 'week')} · "
+            f":material/event_repeat: {counted(program['days_per_week'], 'day')} a week"
         )
 
 
@@ -266,30 +268,5 @@ def program_weeks(weeks: list[Any], *, key: str) -> None:
         focus = escape_markdown(session["focus"])
         st.markdown(
             f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min\n\n"
-            + handover.session_table(session, cell=table_cell)
+            + handover.session_table(session)
         )
-
-
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|$~!:&])")
-# What GitHub-flavoured Markdown makes a link of even when escaped (it finds them in the text
-# after escapes are read): a scheme before `:`, `www.`, and an e-mail's `@`. A word joiner
-# (U+2060, invisible) inside each keeps them text.
-AUTOLINK_START = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=\\?[:.])|(?=@)")
-WORD_JOINER = "\u2060"
-LIST_MARKER = re.compile(r"^(\s*)([-+])", re.MULTILINE)
-ORDERED_MARKER = re.compile(r"^(\s*\d+)\.", re.MULTILINE)
-
-
-def table_cell(value: object) -> str:
-    """A value as the text of one Markdown table cell: one line, shown as text."""
-    return escape_markdown(" ".join(str(value).split()))
-
-
-def escape_markdown(text: str) -> str:
-    """Text from users, the database or the LLM is shown as text, never as markup (links,
-    bare URLs and e-mail addresses, images, HTML, entities, Streamlit directives such as
-    :red[...])."""
-    text = MARKDOWN_SPECIAL.sub(r"\\\1", text)
-    text = AUTOLINK_START.sub(lambda m: m.group(0) + WORD_JOINER, text)
-    text = LIST_MARKER.sub(r"\1\\\2", text)
-    return ORDERED_MARKER.sub(r"\1\\.", text)

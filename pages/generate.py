@@ -20,14 +20,14 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 from streamlit.errors import StreamlitInvalidLayoutContextError
 
-from core import history
+from core import history, monitoring, waits
 from core.db import describe_db_error
-from core.formatting import format_duration
+from core.formatting import format_duration, markdown_code
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
 from core.partial_program import ProgramSoFar
 from core.schema import utcnow
-from core.service import MISS_REASON_TEXT, GenerationResult
-from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Refused, Rejected, Request, Submission
+from core.service import MISS_REASON_TEXT, GenerationResult, ProgramService
+from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Refused, Rejected, Request, Submission
 from pages.common import (
     database_problem,
     escape_markdown,
@@ -86,6 +86,8 @@ PANEL = "coach_panel"  # the session's one value of what the panel shows
 # progress line; then the panel looks again every quarter second.
 FIRST_LOOK_SECONDS = 0.1
 LOOK_AGAIN_SECONDS = 0.25
+# What saying how long the generator has taken lately may wait on the database.
+LATELY_WAIT_SECONDS = 1.0
 
 
 def panel() -> CoachPanel:
@@ -111,12 +113,17 @@ def load_latest() -> None:
         loaded = Loaded(user_id, problem=escape_markdown(str(exc)))
     except DBAPIError as exc:
         loaded = Loaded(user_id, problem=unavailable_text(describe_db_error(exc)))
-    become(panel().loaded_answers(loaded))
-    if loaded.latest is None:
-        return
-    for field in ANSWERS:
-        st.session_state[f"form_{field}"] = loaded.latest.onboarding_responses.get(field, DEFAULTS[field])
-    st.session_state.form_has_paid_access = loaded.latest.has_paid_access
+    if loaded.latest is not None:
+        for field in ANSWERS:
+            st.session_state[f"form_{field}"] = loaded.latest.onboarding_responses.get(field, DEFAULTS[field])
+        st.session_state.form_has_paid_access = loaded.latest.has_paid_access
+    become(panel().loaded_answers(loaded).sent(sent_form()))
+
+
+def sent_form() -> Form:
+    """The questionnaire as its fields hold it, in a callback of one of its buttons."""
+    answers = {field: st.session_state[f"form_{field}"] for field in ANSWERS}
+    return Form(st.session_state.user_id, answers, st.session_state.form_has_paid_access)
 
 
 def field_error(field: str) -> None:
@@ -132,8 +139,14 @@ def field_error(field: str) -> None:
 
 
 def questionnaire() -> None:
-    for field, default in DEFAULTS.items():
-        st.session_state.setdefault(f"form_{field}", default)
+    # A field Streamlit has forgotten (a run of another page did not draw it) is drawn again
+    # with what was last sent, so that the answers stay beside the program they asked for.
+    shown = {"user_id": "", **{f"form_{field}": default for field, default in DEFAULTS.items()}}
+    if kept := panel().form:
+        shown |= {f"form_{field}": value for field, value in kept.answers.items()}
+        shown |= {"user_id": kept.user_id, "form_has_paid_access": kept.has_paid_access}
+    for key, value in shown.items():
+        st.session_state.setdefault(key, value)
     with st.form("questionnaire", border=True, enter_to_submit=False):
         id_column, load_column = st.columns([5, 3], vertical_alignment="bottom")
         id_column.text_input(
@@ -172,14 +185,9 @@ def questionnaire() -> None:
 
 def generate_clicked() -> None:
     """Runs before the page does, so the outcome can be written before the form is."""
-    answers = {field: st.session_state[f"form_{field}"] for field in ANSWERS}
-    request = Request(
-        user_id=st.session_state.user_id.strip(),
-        responses={k: v for k, v in answers.items() if v is not None and v != ""},
-        has_paid_access=st.session_state.form_has_paid_access,
-        force_refresh=st.session_state.force_refresh,
-    )
-    state = panel().clicked(request, start, window_seconds=get_settings().double_click_seconds)
+    form = sent_form()
+    request = form.request(force_refresh=st.session_state.force_refresh)
+    state = panel().sent(form).clicked(request, start, window_seconds=get_settings().double_click_seconds)
     become(state)
     # A forced refresh is for the request it was taken for: left ticked, every later click
     # would pay for a generation. Here, in the callback, is the last moment before the box
@@ -188,28 +196,42 @@ def generate_clicked() -> None:
 
 
 def start(request: Request) -> Submission[GenerationResult]:
-    service, generator, database = get_service(), get_settings().describe_generator(), get_database()
+    # In a code span: the generator's URL is copied from the page as it is.
+    service, generator, database = get_service(), markdown_code(get_settings().describe_generator()), get_database()
 
     def work(say: Callable[[str], None], show: Callable[[ProgramSoFar], None]) -> GenerationResult:
         # A database back since the page was drawn gets its pending migrations first.
-        database.unavailable()
+        usable = database.unavailable() is None
         return service.generate(
             user_id=request.user_id,
             onboarding_responses=request.responses,
             has_paid_access=request.has_paid_access,
             force_refresh=request.force_refresh,
             on_generating=lambda reason: say(
-                f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {escape_markdown(generator)} is writing the "
-                "program, which takes 5-15 s"
+                f"**Cache miss** ({MISS_REASON_TEXT[reason]}): {generator} is writing the "
+                f"program{how_long_lately(service, usable)}"
             ),
             on_waiting=lambda reason: say(
                 f"**Cache miss** ({MISS_REASON_TEXT[reason]}): an identical request (another tab or coach) is "
-                f"having {escape_markdown(generator)} write this program; waiting for it rather than paying twice"
+                f"having {generator} write this program; waiting for it rather than paying twice"
             ),
             on_progress=show,
         )
 
     return Submission(request.fingerprints()[0], work, phase="Checking the cache")
+
+
+def how_long_lately(service: ProgramService, usable: bool) -> str:
+    """ ", which has taken it about 48 s lately": its recent median, said only when there is one."""
+    if not usable:
+        return ""
+    try:
+        # Its own second at most, not the request's: a stalled database costs this line only.
+        with waits.request_budget(LATELY_WAIT_SECONDS):
+            seconds = monitoring.recent_generation_seconds(service.engine, service.generator.identity.version)
+    except DBAPIError:  # gone or stalled since it was checked: the program is what matters
+        return ""
+    return "" if seconds is None else f", which has taken it about {seconds:.0f} s lately"
 
 
 def collect() -> CoachPanel:
@@ -255,7 +277,8 @@ def stop_waiting() -> None:
 
 
 def who(user_id: str) -> str:
-    return escape_markdown(user_id) or "an empty User ID"
+    """A user id as typed, in a code span: copied from the page, it is the id itself."""
+    return markdown_code(user_id) if user_id else "an empty User ID"
 
 
 def refused_note(refused: Refused, *, waiting: bool) -> None:
@@ -374,7 +397,7 @@ def loaded_note(loaded: Loaded) -> None:
         st.info(f"No earlier program for {who(loaded.user_id)}: the form is unchanged.")
     else:
         st.info(
-            f"Loaded the answers of {escape_markdown(loaded.user_id)}'s latest program, "
+            f"Loaded the answers of {who(loaded.user_id)}'s latest program, "
             f"#{loaded.latest.program_id} of {loaded.latest.created_at:%Y-%m-%d %H:%M} UTC.",
             icon=":material/download_done:",
         )
@@ -393,7 +416,8 @@ def outcome(state: CoachPanel) -> None:
         if state.submission.progress is not None:
             render_program_so_far(state.submission.progress)
     elif isinstance(state.outcome, Failure):
-        st.error(f"**Generation failed**: {escape_markdown(state.outcome.message)}", icon=":material/error:")
+        # The message says what failed ("generation failed: …", "the generated program is invalid: …").
+        st.error(f"**No program**: {escape_markdown(state.outcome.message)}", icon=":material/error:")
     elif isinstance(state.outcome, GenerationResult) and state.request is not None:
         result = state.outcome
         show_outcome(result)

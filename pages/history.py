@@ -27,16 +27,17 @@ def read_filter() -> HistoryFilter:
     left out of the file (a download button cannot be part of a form)."""
     with st.form("history_filters", border=False):
         cols = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
-        # Made first, though shown last: a refused user id stops the page, and the form
-        # must still have its button for the corrected id to be applied.
+        # The user field is made last, though shown first: a refused user id stops the page,
+        # and the form must still have its other filters and its button, to be applied with
+        # the corrected id.
         cols[3].form_submit_button("Apply filters", icon=":material/filter_alt:", width="stretch")
-        with cols[0]:
-            user_id = user_filter("User", key="history_user")
         today = datetime.now(UTC).date()
         span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
         source = cols[2].selectbox(
             "Source", (None, *history.SOURCES), format_func=lambda s: s or "All", key="history_source"
         )
+        with cols[0]:
+            user_id = user_filter("User", key="history_user", placeholder="All users, or an ID's beginning")
     days: tuple[date, ...] = span if isinstance(span, tuple) else (span,) if span else ()
     return HistoryFilter.from_form(user_id=user_id or "", days=days, source=source)
 

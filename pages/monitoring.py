@@ -23,6 +23,9 @@ FRESH_SECONDS = 60
 # What one click on Refresh rolls up at most: a bounded wait (cron rolls up the rest).
 ROLLUP_HOURS_PER_REFRESH = 72
 LABEL_FORMAT = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}
+# A table cell with no value (an unpriced model's cost, a share of no tokens): the dash the
+# headline shows, where the grid would otherwise write "None".
+MISSING = "–"
 
 
 def frame(rows: list[dict], granularity: monitoring.Granularity) -> pd.DataFrame:
@@ -269,13 +272,14 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
         ),
         hide_index=True,
         width="stretch",
+        placeholder=MISSING,
         column_config={
             "Hit rate": st.column_config.NumberColumn(format="percent"),
             "Rejected": st.column_config.TextColumn(
                 help="Programs it handed out that a coach rejected, and their share"
             ),
-            "LLM spend": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model"),
-            "Cost saved": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model"),
+            "LLM spend": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="–: no price for the model"),
+            "Cost saved": st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="–: no price for the model"),
         },
         key="generators",
     )
@@ -313,6 +317,8 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 figure.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.15})
                 if measure in ("hit rate", "rejected share"):
                     figure.update_traces(mode="lines+markers").update_yaxes(tickformat=".0%", range=[0, 1.05])
+                else:  # counts and dollars start at 0, even when every one is 0 (not -1 to 1)
+                    figure.update_yaxes(rangemode="tozero")
                 chart(figure, key=f"generator_{measure}")
     if over_time["tokens"].sum() == 0:
         st.caption("No LLM tokens were billed in this window: the offline generator makes no LLM call.")
@@ -368,9 +374,10 @@ def spend_by_kind(usage: list[monitoring.GeneratorUsage]) -> None:
         ),
         hide_index=True,
         width="stretch",
+        placeholder=MISSING,
         column_config={
             **{
-                name: st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="Empty: no price for the model")
+                name: st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="–: no price for the model")
                 for name in ("Input", "Cached input", "Output")
             },
             "Input cached": st.column_config.NumberColumn(
@@ -420,6 +427,7 @@ def ttl_what_if(served: monitoring.ServedRequests, costs: monitoring.Costs) -> N
         table,
         hide_index=True,
         width="stretch",
+        placeholder=MISSING,
         column_config={
             "Configured": st.column_config.CheckboxColumn(help="CACHE_TTL_HOURS"),
             "Hit rate": st.column_config.NumberColumn(format="percent"),

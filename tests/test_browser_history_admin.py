@@ -1,5 +1,6 @@
-"""The history page's CSV export and the admin page's invalidation, in Chromium, on SQLite
-and PostgreSQL: the file a coach downloads, and the first click after typing a user id."""
+"""The history page's CSV export, the admin page's invalidation and a refused rejection, in
+Chromium, on SQLite and PostgreSQL: the file a coach downloads, the first click after typing a
+user id, and the reject form left open beside its message."""
 
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def test_the_first_click_on_invalidate_counts_right_after_typing(
         else:
             box.press_sequentially(user)
         page.get_by_role("button", name="Invalidate").click()  # at once: no pause, Enter or Tab
-        expect(page.get_by_text(f"Delete every cached program of {user}?")).to_be_visible()
+        expect(page.get_by_text(f"Delete 1 cached program of {user}?")).to_be_visible()
         page.get_by_role("button", name="Yes, invalidate").click()
         expect(page.get_by_text(f"Invalidated 1 entry of {user}.")).to_be_visible()
         assert count_rows(engine, ai_coach_cache, ai_coach_cache.c.user_id == user) == 0, user
@@ -157,4 +158,25 @@ def test_invalidate_with_no_user_id_says_to_type_one(server: str, browser: Brows
     go_to(page, "Cache admin")
     page.get_by_role("button", name="Invalidate").click()
     expect(page.get_by_text("Type a user id first.")).to_be_visible()
+    page.close()
+
+
+def test_a_rejection_without_a_reason_keeps_the_form_open_with_the_message_beside_the_field(
+    server: str, browser: Browser, engine: Engine
+) -> None:
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(server)
+    settle(page)
+    page.get_by_role("textbox", name="User ID").fill("rejecting-client")
+    page.get_by_role("button", name="Generate program").click()
+    expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
+    page.get_by_text("Reject this program").click()
+    page.get_by_role("button", name="Reject", exact=True).click()
+    settle(page)
+    section = page.get_by_test_id("stExpander").filter(has_text="Reject this program")
+    expect(section.get_by_text("Reason: is required. Nothing was recorded.")).to_be_visible()
+    section.get_by_text("Wrong equipment").click()  # still open: the reason is one click away
+    page.get_by_role("button", name="Reject", exact=True).click()
+    expect(page.get_by_text("rejected; the cached entry was invalidated")).to_be_visible()
+    assert count_rows(engine, ai_coach_cache) == 0
     page.close()

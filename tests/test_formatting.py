@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.formatting import DOLLAR_PRINTF, format_dollars
+from core.formatting import DOLLAR_PRINTF, counted, format_dollars
 
 DOLLARS_SHOWN = [
     (0.0, "$0"),
@@ -26,3 +26,17 @@ def test_dollars_keep_four_significant_digits_as_the_tables_printf_does(amount: 
     # browser test checks these against Streamlit's own sprintf).
     assert DOLLAR_PRINTF == "$%,.4g"
     assert format_dollars(amount) == shown
+
+
+@pytest.mark.parametrize(
+    ("count", "noun", "plural", "shown"),
+    [
+        (1, "day", None, "1 day"),
+        (0, "day", None, "0 days"),
+        (7, "session", None, "7 sessions"),
+        (1, "expired entry", "expired entries", "1 expired entry"),
+        (1024, "entry", "entries", "1,024 entries"),
+    ],
+)
+def test_a_count_takes_the_singular_for_one_only(count: int, noun: str, plural: str | None, shown: str) -> None:
+    assert counted(count, noun, plural) == shown

@@ -163,7 +163,7 @@ def test_hostile_text_from_the_database_and_the_url_is_shown_as_text(
     # A user id as a coach may type one, that GitHub-flavoured Markdown would make a link.
     page.get_by_role("textbox", name="User ID to invalidate").fill("www.evil.example")
     page.get_by_role("button", name="Invalidate").click()
-    literally(page, "Delete every cached program of www.evil.example?")
+    literally(page, "The cache holds no programs of www.evil.example: nothing to invalidate.")
     settle(page)
     assert shown_markup(page, listener) == []
     page.close()

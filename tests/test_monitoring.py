@@ -294,3 +294,32 @@ def test_the_overview_reads_what_each_figure_reads_and_replays_without_the_datab
         connection.execute(generation_events.delete())
     assert figures.served.replay(ttls) == replayed
     assert [o.generations for o in replayed] == [6, 3, 2]
+
+
+def test_how_long_a_generator_takes_lately_is_the_median_of_its_recent_generations(engine: Engine) -> None:
+    assert monitoring.recent_generation_seconds(engine, "openai-p1-new") is None
+    now = utcnow()
+    plan = [
+        # (generator, outcome, seconds, days ago)
+        *[("openai-p1-new", "miss", 100.0 + n, 1 + n / 100) for n in range(25)],  # the 5 oldest left out
+        ("openai-p1-new", "bypass", 10.0, 0.5),
+        ("openai-p1-new", "hit", 0.005, 0.1),
+        ("openai-p1-new", "error", 300.0, 0.1),
+        ("openai-p1-old", "miss", 5.0, 0.1),
+        ("openai-p1-stale", "miss", 30.0, 8),
+    ]
+    with engine.begin() as connection:
+        for version, outcome, seconds, days in plan:
+            event = GenerationEvent(
+                user_id="u",
+                cache_key="program:uu:paidfalse:dk",
+                outcome=outcome,  # type: ignore[arg-type]
+                latency_ms=seconds * 1000,
+                generator_version=version,
+                created_at=now - timedelta(days=days),
+            )
+            insert_event(connection, event)
+    # The bypass and the 19 newest misses (100-118 s): the median is between the 10th and 11th.
+    assert monitoring.recent_generation_seconds(engine, "openai-p1-new") == pytest.approx(108.5)
+    assert monitoring.recent_generation_seconds(engine, "openai-p1-old") == pytest.approx(5.0)
+    assert monitoring.recent_generation_seconds(engine, "openai-p1-stale") is None  # not in the last week

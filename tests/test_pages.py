@@ -48,6 +48,19 @@ def test_shell_shows_four_pages_and_the_active_database_and_generator(app: AppTe
     assert not app.exception
 
 
+def test_a_url_and_the_user_id_rule_are_shown_without_invisible_characters(
+    tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
+) -> None:
+    # A word joiner (U+2060) keeps text from being made a link, and is copied with it.
+    llm = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": "gpt-e2e"}
+    app = app_test(f"sqlite:///{tmp_path}/coach.db", **llm).run()
+    sidebar = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"`OpenAI gpt-e2e at {fake_openai.base_url}`" in sidebar and "\u2060" not in sidebar
+    submit(fill(app, "coach one@example.com"))
+    [error] = app.error
+    assert "'@'" in error.value and "\u2060" not in error.value
+
+
 def test_a_bad_setting_is_one_plain_message_not_a_stack_trace(tmp_path: Path, app_test: Callable[..., AppTest]) -> None:
     at = app_test(f"sqlite:///{tmp_path}/coach.db", CACHE_TTL_HOURS="abc").run()
     assert not at.exception
@@ -120,7 +133,8 @@ def test_a_failed_forced_request_keeps_the_box_ticked(
     fake_openai.reset(Behaviour(mode="status", status=500))
     app.session_state["force_refresh"] = True
     submit(fill(app))
-    assert "Generation failed" in app.error[0].value
+    failed = as_read(app.error[0].value)
+    assert failed.startswith("**No program**: generation failed: ") and failed.lower().count("failed") == 1
     assert app.checkbox(key="force_refresh").value is True
     fake_openai.reset()
     submit(app)
@@ -143,11 +157,11 @@ def test_answers_typed_are_never_replaced_unless_the_coach_loads_the_latest(app:
     assert app.session_state["form_days_per_week"] == 5
     assert app.session_state["form_notes"] == "early mornings"
     note = app.info[0].value
-    assert note.startswith("Loaded the answers of returning-client's latest program, #1 of ") and "UTC" in note
+    assert note.startswith("Loaded the answers of `returning-client`'s latest program, #1 of ") and "UTC" in note
 
     load_latest(fill(app, "nobody-yet", goal="fat_loss"))
     assert app.session_state["form_goal"] == "fat_loss"
-    assert "No earlier program for nobody-yet" in app.info[0].value
+    assert "No earlier program for `nobody-yet`" in app.info[0].value
 
 
 def test_a_returning_users_changes_are_listed_with_a_link_to_the_previous_program(app: AppTest) -> None:
@@ -229,6 +243,8 @@ def test_a_refused_user_filter_can_be_corrected_and_applied(app: AppTest) -> Non
     app.text_input(key="history_user").set_value("bad:id")  # in a form: sent with the click
     apply_filters(app)
     assert "1-128 characters" in app.error[0].value and not app.dataframe
+    # The other filters stay, to be changed with the id.
+    assert {"history_dates", "history_source"} <= {w.key for w in [*app.date_input, *app.selectbox]}
     app.text_input(key="history_user").set_value("kept-client")
     apply_filters(app)
     assert not app.error and list(app.dataframe[0].value["User"]) == ["kept-client"]
@@ -264,6 +280,18 @@ def test_cleanup_asks_for_confirmation_and_deletes_only_expired(app: AppTest, ap
     assert list(app.dataframe[-1].value["Action"]) == ["cleanup"]
 
 
+def test_nothing_to_delete_is_said_and_not_asked(app: AppTest) -> None:
+    submit(fill(app, "valid-user"))
+    app.switch_page("pages/admin.py").run()
+    next(b for b in app.button if b.label == "Delete expired entries").click().run()
+    assert [i.value for i in app.info] == ["There are no expired entries: nothing to delete."]
+    assert not app.warning and not [b for b in app.button if b.label.startswith("Yes, ")]
+    app.text_input(key="invalidate_user").set_value("nobody-here")
+    next(b for b in app.button if b.label == "Invalidate").click().run()
+    assert [i.value for i in app.info] == ["The cache holds no programs of `nobody-here`: nothing to invalidate."]
+    assert not app.warning and not [b for b in app.button if b.label.startswith("Yes, ")]
+
+
 def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -> None:
     submit(fill(app, "leaving-user"))
     app.switch_page("pages/admin.py").run()
@@ -281,12 +309,13 @@ def test_invalidate_a_user_with_confirmation(app: AppTest, app_engine: Engine) -
 def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
     app: AppTest, tmp_path: Path, app_test: Callable[..., AppTest], fake_openai: FakeOpenAI
 ) -> None:
+    submit(fill(app, "leaving-user"))
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in app.button if b.label == "Invalidate").click().run()
     question = app.warning[0].value
-    assert question.startswith("Delete every cached program of `leaving-user`?")
-    assert "will generate a new program with the current generator, Offline rule-based generator." in question
+    assert question.startswith("Delete 1 cached program of `leaving-user`?")
+    assert "will generate a new program with the current generator, `Offline rule-based generator`." in question
     assert "LLM" not in question
     online = app_test(
         f"sqlite:///{tmp_path}/online.db",
@@ -294,11 +323,11 @@ def test_invalidating_says_what_the_next_request_does_and_with_which_generator(
         OPENAI_BASE_URL=fake_openai.base_url,
         OPENAI_MODEL="gpt-e2e",
     ).run()
+    submit(fill(online, "leaving-user"))
     online.switch_page("pages/admin.py").run()
     online.text_input(key="invalidate_user").set_value("leaving-user")
     next(b for b in online.button if b.label == "Invalidate").click().run()
-    shown = as_read(online.warning[0].value)
-    assert f"the current generator, OpenAI gpt-e2e at {fake_openai.base_url}." in shown
+    assert f"the current generator, `OpenAI gpt-e2e at {fake_openai.base_url}`." in online.warning[0].value
 
 
 @pytest.mark.parametrize(("typed", "said"), [("", "Type a user id first."), ("bad:id", "1-128 characters")])
@@ -315,7 +344,7 @@ def test_a_user_id_is_named_as_typed_never_as_markdown(app: AppTest, app_engine:
     app.switch_page("pages/admin.py").run()
     app.text_input(key="invalidate_user").set_value("__bold__")
     next(b for b in app.button if b.label == "Invalidate").click().run()
-    assert app.warning[0].value.startswith("Delete every cached program of `__bold__`?")
+    assert app.warning[0].value.startswith("Delete 1 cached program of `__bold__`?")
     app.button(key="invalidate_yes").click().run()
     assert app.success[0].value == "Invalidated 1 entry of `__bold__`."
 
@@ -359,7 +388,7 @@ def test_a_program_rejected_in_history_shows_as_rejected_with_its_reason(app: Ap
     app.query_params["program"] = "1"
     app.run()
     reject_in_history(app, "1", None)
-    assert app.error[0].value == "**Not rejected**: Reason: is required. Nothing was recorded."
+    assert app.error[0].value == "**Reason**: is required. Nothing was recorded."
     reject_in_history(app, "1", "wrong_equipment", "no *barbell* at home")
     assert not app.exception
     assert [s.value for s in app.success] == [
@@ -538,3 +567,15 @@ def test_a_model_name_from_the_llm_server_is_shown_as_text(app: AppTest, app_eng
     assert texts and not [text for text in texts if "<a " in text or "</a>" in text]
     legend = chart_spec(app, "Hit rate by generator")["data"][0]["name"]
     assert legend == f"{html.escape(hostile, quote=False)} · openai-p1-test"
+
+
+def test_an_unpriced_models_costs_read_as_a_dash_and_its_spend_axis_starts_at_zero(
+    app: AppTest, app_engine: Engine
+) -> None:
+    log_requests(app_engine, (3, "miss"), (2.5, "hit"), model="local-llama")
+    app.switch_page("pages/monitoring.py").run()
+    tables = [next(d for d in app.dataframe if column in d.value.columns) for column in ("LLM spend", "Input")]
+    assert tables[0].value["LLM spend"].isna().all() and tables[1].value["Input"].isna().all()
+    assert {d.proto.placeholder for d in tables} == {"–"}  # drawn for a missing value, not "None"
+    axis = chart_spec(app, "LLM spend by generator (USD)")["layout"]["yaxis"]
+    assert axis["rangemode"] == "tozero"  # every spend is 0 or unknown: the axis runs 0 to 1, not -1 to 1

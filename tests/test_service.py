@@ -320,6 +320,19 @@ def test_history_filters_are_whole_utc_days_and_open_ended_while_one_day_is_pick
     assert (one_day.user_id, one_day.since, one_day.until) == (None, datetime(2026, 11, 1, tzinfo=UTC), None)
 
 
+def test_the_user_filter_finds_every_id_that_begins_with_what_was_typed(service: ProgramService) -> None:
+    for user_id in ("client-1", "client-2", "Client-3", "clientele", "my-client", "client_x", "clientAx"):
+        generate(service, user_id=user_id)
+
+    def users(typed: str) -> list[str]:
+        return sorted(r.user_id for r in history.list_programs(service.engine, HistoryFilter(user_id=typed)).rows)
+
+    assert users("client") == ["client-1", "client-2", "clientAx", "client_x", "clientele"]
+    assert users("client-1") == ["client-1"]
+    assert users("client_") == ["client_x"]  # "_" is itself, not any character
+    assert users("Client") == ["Client-3"]  # as typed, on every database
+
+
 def test_the_csv_export_holds_the_filtered_rows(service: ProgramService) -> None:
     generate(service)
     generate(service)

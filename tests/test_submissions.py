@@ -10,7 +10,7 @@ from core.partial_program import ProgramSoFar
 from core.rejections import RejectionOutcome
 from core.schema import utcnow
 from core.service import GenerationFailed, GenerationResult, SincePrevious
-from core.submissions import CoachPanel, Failure, FieldErrors, Loaded, Request, Submission
+from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Request, Submission
 
 
 def test_a_second_click_while_or_just_after_a_request_is_served_is_a_repeat_and_later_ones_are_new() -> None:
@@ -192,3 +192,12 @@ def test_once_a_rejection_is_recorded_the_same_answers_asked_at_once_are_a_new_r
     taken = rejected.clicked(ask(), server, window_seconds=30)
     assert taken.waiting and taken.rejection is None and len(server.started) == 2
     assert CoachPanel().rejected(outcome) == CoachPanel()  # no program shown, none to reject
+
+
+def test_the_form_as_last_sent_is_kept_through_every_transition(server: Server) -> None:
+    form = Form(" client-1 ", {"goal": "strength", "age": None, "injuries": ""}, has_paid_access=True)
+    assert form.request(force_refresh=False) == Request("client-1", {"goal": "strength"}, True, False)
+    panel = CoachPanel().sent(form).clicked(ask(), server, window_seconds=30)
+    assert panel.form == form
+    assert panel.stopped_waiting().form == form  # the form stays, whatever the panel forgets
+    assert served(panel, server).form == form

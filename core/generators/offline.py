@@ -10,6 +10,7 @@ from typing import Any
 
 from core.catalogue import STAPLES, Move, catalogue, revision, suits
 from core.fit import TRAINING_DAYS, injured_parts, program_weeks, session_seconds
+from core.formatting import counted
 from core.generators.base import Generation, GeneratorIdentity, OnProgress, Rejected, fingerprint
 from core.models import Exercise, OnboardingResponses, Session
 from core.settings import OFFLINE_MODEL
@@ -83,7 +84,7 @@ def choose(pattern: str, profile: OnboardingResponses, avoid: Avoid, used: set[s
 # Bumped by hand when the rules change what they write; the fingerprint of this module's
 # source catches any change that was not bumped (at the cost of regenerating after a
 # change that only touched a comment).
-RULES_VERSION = "r2"
+RULES_VERSION = "r3"
 MODEL = OFFLINE_MODEL
 
 
@@ -226,13 +227,13 @@ def _exercise_note(week: int, weeks: int, pattern: str) -> str:
 
 def _title(profile: OnboardingResponses, weeks: int) -> str:
     goal = profile.goal.replace("_", " ")
-    return f"{weeks}-week {goal} plan, {profile.days_per_week} days a week ({profile.experience_level})"
+    return f"{weeks}-week {goal} plan, {counted(profile.days_per_week, 'day')} a week ({profile.experience_level})"
 
 
 def _summary(profile: OnboardingResponses, weeks: int, has_paid_access: bool) -> str:
     kit = ", ".join(e.replace("_", " ") for e in profile.equipment) or "bodyweight only"
     parts = [
-        f"{weeks} weeks to {GOAL_WORDS[profile.goal]}: {profile.days_per_week} sessions a week "
+        f"{counted(weeks, 'week')} to {GOAL_WORDS[profile.goal]}: {counted(profile.days_per_week, 'session')} a week "
         f"of about {profile.session_minutes} minutes, using {kit}.",
         "Every fourth week is a deload." if weeks >= 4 else "",
         "Paid plan: a full progressive block." if has_paid_access else "Free plan: a 4-week starter block.",
