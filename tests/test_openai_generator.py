@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core import monitoring
+from core.fit import validate_program
 from core.fit_report import FitReport, fit_by_generator
 from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
 from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
-from core.models import parse_onboarding, parse_program
+from core.models import parse_onboarding
 from core.partial_program import ProgramSoFar
 from core.schema import ai_coach_cache, generation_events, training_programs
 from core.service import GenerationFailed, GenerationResult, ProgramService
@@ -424,20 +425,34 @@ BREAKS_THE_SHAPE = {
 }
 
 
+def _longest_allowed(answer: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """`answer` with every session as long as the schema lets it be: as many exercises as it
+    allows, each with its most sets and longest rests, and sets of 20 repetitions."""
+    exercises = schema["properties"]["weeks"]["items"]["properties"]["sessions"]["items"]["properties"]["exercises"]
+    most = exercises["items"]["properties"]
+    for week in answer["weeks"]:
+        for session in week["sessions"]:
+            first = session["exercises"][0]
+            longest = {**first, "sets": most["sets"]["maximum"], "rest_seconds": most["rest_seconds"]["maximum"]}
+            session["exercises"] = [{**longest, "reps": "20"}] * exercises["maxItems"]
+    return answer
+
+
 @pytest.mark.parametrize("days", range(1, 8))
 @pytest.mark.parametrize("paid", [False, True])
-def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid: bool) -> None:
+@pytest.mark.parametrize("minutes", [15, 20, 45, 180])
+def test_every_answer_the_full_request_allows_is_a_valid_program_that_fits(days: int, paid: bool, minutes: int) -> None:
     """What the service checks beyond the contract is in the request itself, for a server that
-    enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through
-    is a valid program once numbered, and each way of breaking the shape is refused by it."""
-    # 20 minutes: the offline coach writes at most 4 exercises a session, as many as the full request allows.
-    profile = {**PROFILE, "days_per_week": days, "session_minutes": 20}
+    enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through,
+    even its longest sessions, is a valid program that fits the client once numbered, and each
+    way of breaking the shape is refused by it."""
+    profile = {**PROFILE, "days_per_week": days, "session_minutes": minutes}
     schema = program_response_format("smollm2", parse_onboarding(profile), paid, flavour="full")
     assert schema["json_schema"]["strict"] is False  # not OpenAI's subset: it keeps string lengths
     validator = jsonschema.Draft202012Validator(schema["json_schema"]["schema"])
-    answer = _answer_to(profile, paid)
+    answer = _longest_allowed(_answer_to(profile, paid), schema["json_schema"]["schema"])
     assert list(validator.iter_errors(answer)) == []
-    parse_program(numbered(answer), parse_onboarding(profile))
+    validate_program(numbered(answer), parse_onboarding(profile), paid)
     for name, breaking in BREAKS_THE_SHAPE.items():
         broken = copy.deepcopy(answer)
         breaking(broken)

@@ -74,6 +74,13 @@ ANSWER_LIMITS: dict[str, dict[str, int]] = {
     "safety_notes": {"maxItems": 3},
     "safety_notes.[]": {"maxLength": 100},
 }
+# In the `full` request a set takes at most a minute of work (core.fit counts it: 20
+# repetitions, 60 s, or AMRAP), so that bounds on sets and rests, worked out from the client's
+# minutes, keep every session a grammar lets through within them: a small model does not add
+# up what its sessions take.
+FULL_REPS_PATTERN = r"^(([1-9]|1[0-9]|20)(-([1-9]|1[0-9]|20))?|([1-9]|[1-5][0-9]|60) s|AMRAP)$"
+LONGEST_SET_SECONDS = 60
+MAX_SETS, MAX_REST_SECONDS = 10, 600  # the contract's
 # Strict mode supports no string length keywords, and fine-tuned models refuse number and
 # array bounds too. Such keywords are left out of the request and stated in the node's
 # description instead; the service validates every answer against the contract.
@@ -159,12 +166,25 @@ def program_response_format(
     exercise = session["properties"]["exercises"]["items"]["properties"]
     exercise["name"] = {"type": "string", "enum": choices_for(profile)}
     exercise["reps"]["pattern"] = REPS_PATTERN
+    if flavour == "full":
+        _bound_the_work(session["properties"]["exercises"], profile.session_minutes)
     if flavour == "strict":
         fine_tuned = model.startswith(FINE_TUNED_PREFIX)
         _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS, **PATTERN} if fine_tuned else STRING_LENGTHS)
     # `strict` tells OpenAI to hold the schema to its subset; the servers `full` is for ignore it.
     strict = flavour == "strict"
     return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": strict, "schema": schema}}
+
+
+def _bound_the_work(exercises: dict[str, Any], session_minutes: int) -> None:
+    """Sets and rests bounded so that the most exercises a session holds, each of its longest
+    sets and rests, stay within the client's minutes (core.fit.session_seconds)."""
+    share = session_minutes * 60 // exercises["maxItems"]  # each exercise's part of the session
+    sets = max(1, min(MAX_SETS, share // (LONGEST_SET_SECONDS + 60)))
+    rest = min(MAX_REST_SECONDS, share // sets - LONGEST_SET_SECONDS)
+    exercise = exercises["items"]["properties"]
+    exercise["sets"]["maximum"], exercise["rest_seconds"]["maximum"] = sets, rest
+    exercise["reps"]["pattern"] = FULL_REPS_PATTERN
 
 
 def _leave_out(node: dict[str, Any], name: str) -> None:
