@@ -27,7 +27,7 @@ from sqlalchemy import Engine, text
 from core import rollout, rollout_reports
 from core.db import connect_to_write, is_postgres, make_engine, migrate
 from core.generators import Generation, OnProgress
-from core.generators.base import BilledTokens, GeneratorIdentity
+from core.generators.base import BilledTokens, GeneratorIdentity, Rejected
 from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, OnboardingResponses
 from core.service import ProgramService
 from core.settings import ModelPrice, PriceTier, Settings
@@ -74,9 +74,15 @@ class BilledCountingGenerator(CountingGenerator):
         self.identity = identity
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
-        return replace(super().generate(profile, has_paid_access), model=self.identity.model, **TOKENS)
+        return replace(
+            super().generate(profile, has_paid_access, rejected=rejected), model=self.identity.model, **TOKENS
+        )
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,9 @@ def out_of_bounds(completion: ChatCompletion) -> str | None:
     return None
 
 
-def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerator, batch: Finished) -> Judged:
+def judge_line(
+    line: Any, answers: dict[str, Any], has_paid_access: bool, generator: OpenAIChatGenerator, batch: Finished
+) -> Judged:
     """What one batch result line (None: the batch ended before it ran) gives. A line is
     the server's word: anything it holds that is not what OpenAI documents, or that no
     column can hold, fails that line, not the collection."""
@@ -130,7 +132,7 @@ def judge_line(line: Any, answers: dict[str, Any], generator: OpenAIChatGenerato
         generation = generator.from_completion(completion)
     except GenerationError as exc:
         return Judged("invalid", billed_tokens(exc), error=str(exc))
-    return judge_generation(generation, answers, "staged", generated_at)
+    return judge_generation(generation, answers, has_paid_access, "staged", generated_at)
 
 
 def _text(said: str) -> str:
@@ -371,15 +373,15 @@ def _collect(
             rows = {
                 row.cache_key: row
                 for row in connection.execute(
-                    select(asked.id, asked.cache_key, asked.onboarding_responses, asked.state).where(
-                        asked.batch_id == job.batch_id, asked.cache_key.in_(keys)
-                    )
+                    select(
+                        asked.id, asked.cache_key, asked.onboarding_responses, asked.has_paid_access, asked.state
+                    ).where(asked.batch_id == job.batch_id, asked.cache_key.in_(keys))
                 )
             }
             for custom, line in lines:
                 row = rows.get(custom[len(prefix) :]) if custom.startswith(prefix) else None
                 if row is not None:
-                    judged = judge_line(line, row.onboarding_responses, generator, finished)
+                    judged = judge_line(line, row.onboarding_responses, row.has_paid_access, generator, finished)
                     collection.line(connection, custom, row, judged)
     not_run = Judged("failed", error=f"not run: {finished.not_run}")
     while True:

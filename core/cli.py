@@ -21,6 +21,7 @@ from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine, missing_sqlite_file
 from core.entry_fate import MissReason
+from core.fit_report import fit_by_generator
 from core.generators import make_generator, startup_warning
 from core.models import ContractError
 from core.partial_program import ProgramSoFar, progress_line
@@ -309,6 +310,7 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
         "prewarmed_hits_live_cost_usd": round(rollouts.saved, 6),
         "unpriced_models": sorted({*costs.unpriced_models, *rollouts.unpriced_models}),
         "generators": [_generator_stats(u, settings) for u in usage],
+        "fit": [dataclasses.asdict(report) for report in fit_by_generator(database.engine)],
     }
 
 

@@ -1,5 +1,6 @@
 """A program as a coach hands it over: a printable Markdown document (one table per
-session) and the contract's JSON, in files named after the user and the date."""
+session, then how each exercise is done, from the catalogue) and the contract's JSON, in
+files named after the user and the date."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from core.catalogue import catalogue
 from core.formatting import counted, escape_markdown, markdown_code, one_line
 
 EXERCISE_COLUMNS = {"name": "Exercise", "sets": "Sets", "reps": "Reps", "rest_seconds": "Rest (s)", "notes": "Notes"}
@@ -53,4 +55,23 @@ def program_markdown(program: dict[str, Any], *, user_id: str, created_at: datet
             ]
     if program["safety_notes"]:
         lines += ["", "## Safety notes", ""] + [f"- {one_line(note)}" for note in program["safety_notes"]]
+    guide = exercise_guide(program["weeks"])
+    if guide:
+        lines += ["", "## How to do the exercises", "", guide]
     return "\n".join(lines) + "\n"
+
+
+def exercise_guide(weeks: list[Any]) -> str:
+    """Each exercise of these weeks once, in the order first met, as the catalogue describes it:
+    the muscles it works and how it is done, as text. Names not in the catalogue (a program
+    made before it) are left out."""
+    entries = catalogue()
+    names = dict.fromkeys(e["name"] for w in weeks for s in w["sessions"] for e in s["exercises"])
+    parts = []
+    for entry in (entries[name] for name in names if name in entries):
+        muscles = ", ".join(entry.primary_muscles)
+        if entry.secondary_muscles:
+            muscles += f" (also {', '.join(entry.secondary_muscles)})"
+        steps = [f"{n}. {one_line(step)}" for n, step in enumerate(entry.instructions, start=1)]
+        parts.append("\n".join([f"**{one_line(entry.name)}** · works the {one_line(muscles)}", "", *steps]))
+    return "\n\n".join(parts)

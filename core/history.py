@@ -66,6 +66,10 @@ class GenerationEvent:
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
     saved_cached_tokens: int | None = None
+    # A generation's: how many attempts it took (a repair is one more), and the core.fit rules
+    # any attempt broke, comma-separated.
+    attempts: int | None = None
+    rules_broken: str | None = None
     created_at: datetime = field(default_factory=utcnow)
 
     def served_from(self, entry: CacheEntry) -> GenerationEvent:

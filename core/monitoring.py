@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from core.admin import UNKNOWN_GENERATOR
 from core.cache_store import count_entries
 from core.db import is_postgres
+from core.fit_report import FitReport, fit_by_generator
 from core.formatting import format_duration
 from core.schema import (
     UTCDateTime,
@@ -871,6 +872,7 @@ class Overview:
     entries_written: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     served: ServedRequests
+    fit: list[FitReport]
 
 
 # Queries of one view read at once, each on its own pooled connection: a view costs about
@@ -895,6 +897,7 @@ def overview(engine: Engine, window: str, granularity: Granularity, now: datetim
         "latency": lambda: latency_histogram(engine, since),
         "entries_written": lambda: entries_written_over_time(engine, since, granularity),
         "errors": lambda: errors_over_time(engine, since, granularity),
+        "fit": lambda: fit_by_generator(engine, since),
     }
     with ThreadPoolExecutor(max_workers=OVERVIEW_THREADS, thread_name_prefix="overview") as pool:
         read = {name: pool.submit(query) for name, query in figures.items()}

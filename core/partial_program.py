@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
 
+from core.fit import TRAINING_DAYS
 from core.models import EXPERIENCE_LEVELS, GOALS, Session, Week
 
 _SESSION = TypeAdapter(Session)
@@ -73,19 +74,21 @@ def program_so_far(partial: Any) -> ProgramSoFar:
         value = done.get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    goal, level = done.get("goal"), done.get("experience_level")
+    goal, level, days_per_week = done.get("goal"), done.get("experience_level"), count("days_per_week")
     return ProgramSoFar(
         title=text("title"),
         summary=text("summary"),
         goal=goal if goal in GOALS else None,
         experience_level=level if level in EXPERIENCE_LEVELS else None,
         duration_weeks=count("duration_weeks"),
-        days_per_week=count("days_per_week"),
-        weeks=_weeks(partial.get("weeks"), complete="weeks" in done),
+        days_per_week=days_per_week,
+        weeks=_weeks(
+            partial.get("weeks"), complete="weeks" in done, days=TRAINING_DAYS.get(count("days_per_week") or 0)
+        ),
     )
 
 
-def _weeks(weeks: Any, *, complete: bool) -> tuple[Week, ...]:
+def _weeks(weeks: Any, *, complete: bool, days: tuple[int, ...] | None) -> tuple[Week, ...]:
     if not isinstance(weeks, list):
         return ()
     shown: list[Week] = []
@@ -95,7 +98,7 @@ def _weeks(weeks: Any, *, complete: bool) -> tuple[Week, ...]:
         week_complete = complete or number < len(weeks)
         done = dict(list(week.items())[: _settled(week, week_complete)])
         sessions = week.get("sessions")
-        written = _sessions(sessions, complete="sessions" in done) if isinstance(sessions, list) else []
+        written = _sessions(sessions, complete="sessions" in done, days=days) if isinstance(sessions, list) else []
         if not written:
             break  # a later week cannot have a session complete before this one has
         theme = done.get("theme")
@@ -103,10 +106,14 @@ def _weeks(weeks: Any, *, complete: bool) -> tuple[Week, ...]:
     return tuple(shown)
 
 
-def _sessions(sessions: list[Any], *, complete: bool) -> list[Session]:
-    """The complete sessions, up to the first that is not a session: the page shows them."""
+def _sessions(sessions: list[Any], *, complete: bool, days: tuple[int, ...] | None) -> list[Session]:
+    """The complete sessions, up to the first that is not a session: the page shows them.
+    A session the LLM was not asked the day of is on the day its place gives it, as the
+    service gives it once the answer is whole (TRAINING_DAYS)."""
     written: list[Session] = []
-    for session in sessions[: _settled(sessions, complete)]:
+    for place, session in enumerate(sessions[: _settled(sessions, complete)]):
+        if isinstance(session, dict) and "day" not in session and days is not None and place < len(days):
+            session = {"day": days[place], **session}
         try:
             written.append(_SESSION.validate_python(session))
         except ValidationError:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DataError
 
 from core import cache_store, staged_programs
 from core.db import connect_to_write
+from core.generators.base import Rejected
 from core.models import ContractError, FieldError, collapse_whitespace
 from core.schema import ProgramId, database_now, program_rejections, rollout_programs, training_programs
 
@@ -183,3 +184,19 @@ def rejections_of(engine: Engine, program_ids: list[ProgramId]) -> dict[ProgramI
     with engine.connect() as connection:
         # In time order: each program's latest rejection is the one left.
         return {row.training_program_id: Rejection(*row) for row in connection.execute(query)}
+
+
+def latest_for_key(connection: Connection, cache_key: str) -> Rejected | None:
+    """The program last rejected among those handed out for this key, and why: what the
+    generation after the rejection is told (core.generators.base.Rejected)."""
+    query = (
+        select(rejections.category, rejections.note, programs.program)
+        .join(training_programs, programs.id == rejections.training_program_id)
+        .where(rejections.cache_key == cache_key)
+        .order_by(rejections.rejected_at.desc(), rejections.id.desc())
+        .limit(1)
+    )
+    row = connection.execute(query).first()
+    if row is None:
+        return None
+    return Rejected(reason=CATEGORY_TEXT.get(row.category, row.category), note=row.note, program=row.program)

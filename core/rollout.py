@@ -33,9 +33,10 @@ import openai
 from sqlalchemy import Connection, Engine, String, and_, cast, func, insert, literal, or_, select, update
 
 from core.db import connect_to_write
+from core.fit import validate_program
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.generators.base import NOT_BILLED, BilledTokens, Generation, GenerationError, billed_tokens
-from core.models import ContractError, FieldError, parse_onboarding, parse_program
+from core.models import ContractError, FieldError, parse_onboarding
 from core.schema import (
     CACHE_KEY_PREFIX,
     ai_coach_cache,
@@ -551,12 +552,12 @@ class Judged:
 
 
 def judge_generation(
-    generation: Generation, answers: dict[str, Any], valid: ProgramState, generated_at: datetime
+    generation: Generation, answers: dict[str, Any], has_paid_access: bool, valid: ProgramState, generated_at: datetime
 ) -> Judged:
-    """A generation's program as a miss's is judged: the contract and the profile."""
+    """A generation's program as a miss's is judged: the contract, and whether it fits the client."""
     tokens = billed_tokens(generation)
     try:
-        checked = parse_program(generation.program, parse_onboarding(answers))
+        checked = validate_program(generation.program, parse_onboarding(answers), has_paid_access)
     except ContractError as exc:
         return Judged("invalid", tokens, generation.model, error=str(exc))
     program_json = json.dumps(checked, ensure_ascii=False, separators=(",", ":"))
@@ -648,7 +649,7 @@ def _generate_pending(
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
-            judged = judge_generation(generation, row.onboarding_responses, valid, generated_at)
+            judged = judge_generation(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
             if not record_result(
                 connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl

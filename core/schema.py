@@ -30,6 +30,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    text,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -172,8 +173,18 @@ generation_events = Table(
     Column("cached_tokens", Integer, nullable=True),
     Column("reasoning_tokens", Integer, nullable=True),
     Column("saved_cached_tokens", Integer, nullable=True),
+    # A generation's attempts (a repair is one more) and the core.fit rules any broke, comma-separated.
+    Column("attempts", SmallInteger, nullable=True),
+    Column("rules_broken", String(200), nullable=True),
     Index("ix_generation_events_created_at", "created_at"),
     Index("ix_generation_events_key_sample", "key_sample", "cache_key", "created_at", "id"),
+    # The few generations that broke a fit rule or the contract, for core.fit_report.
+    Index(
+        "ix_generation_events_rules_broken",
+        "created_at",
+        postgresql_where=text("rules_broken IS NOT NULL"),
+        sqlite_where=text("rules_broken IS NOT NULL"),
+    ),
 )
 
 # Requests per hour, outcome, latency bin and generator, rolled up from generation_events

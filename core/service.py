@@ -20,22 +20,16 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, entry_fate, history, single_flight, staged_programs, waits
+from core import cache_store, entry_fate, history, rejections, repair, single_flight, staged_programs, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
+from core.fit import validate_program_json
 from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
-from core.generators.base import NOT_BILLED, BilledTokens, billed_tokens
+from core.generators.base import NOT_BILLED, BilledTokens, Rejected, billed_tokens
 from core.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.logs import FIELDS
-from core.models import (
-    ContractError,
-    OnboardingResponses,
-    TrainingProgram,
-    parse_onboarding,
-    parse_program,
-    parse_program_json,
-)
+from core.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding
 from core.schema import ProgramId, utcnow
 from core.settings import Settings
 from core.single_flight import SingleFlightTimeout
@@ -58,6 +52,11 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "not_cached": "the last program for these answers could not be cached",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
+
+
+def _judged_fields(judged: repair.Judged) -> dict[str, Any]:
+    """An event's record of how a generation was judged: its attempts, and the fit rules any broke."""
+    return {"attempts": judged.attempts, "rules_broken": ",".join(judged.rules_broken) or None}
 
 
 def _digest_prefix(key: str) -> str:
@@ -285,6 +284,8 @@ class ProgramService:
     key_secret: bytes | None = None  # CACHE_KEY_SECRET: HMAC the key's digest
     # CACHE_ON_GENERATOR_CHANGE=serve: entries of another generator identity are still hits.
     serve_other_generators: bool = False
+    # LLM_REPAIR_ATTEMPTS: how many times a program that does not pass is sent back (core.repair).
+    repair_attempts: int = 1
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
@@ -299,6 +300,7 @@ class ProgramService:
             user_id_check=database.check_user_id,
             key_secret=settings.key_secret,
             serve_other_generators=settings.cache_on_generator_change == "serve",
+            repair_attempts=settings.llm_repair_attempts,
         )
 
     def generate(
@@ -460,7 +462,7 @@ class ProgramService:
                 if staged is None:
                     return None
                 try:
-                    parse_program_json(staged.program_json, request.profile)
+                    validate_program_json(staged.program_json, request.profile, request.has_paid_access)
                 except ContractError as exc:
                     log.warning("Staged program for %s no longer validates, generating: %s", request.key, exc)
                     staged_programs.mark_invalid(connection, staged.id, str(exc))
@@ -509,7 +511,7 @@ class ProgramService:
             return known[1]
         program_json = entry.data_json or ""
         try:
-            parse_program_json(program_json, request.profile)
+            validate_program_json(program_json, request.profile, request.has_paid_access)
         except ContractError as exc:
             log.warning("Cached entry %s no longer validates, regenerating: %s", request.key, exc)
             return None
@@ -553,19 +555,28 @@ class ProgramService:
     ) -> GenerationResult:
         if told.on_generating is not None:
             told.on_generating(reason)
+        rejected = self._rejected(request.key) if reason == "rejected" else None
         llm_started = perf_counter()
         try:
-            generation = self.generator.generate(request.profile, request.has_paid_access, told.on_progress)
+            judged = repair.generate_judged(
+                self.generator,
+                request.profile,
+                request.has_paid_access,
+                repairs=self.repair_attempts,
+                on_progress=told.on_progress,
+                rejected=rejected,
+            )
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
             message = f"generation failed: {exc}. Nothing was cached or saved."
             self._record_failure(request, reason, message, billed_tokens(exc))
             raise GenerationFailed(message) from None
-        try:
-            program = parse_program(generation.program, request.profile)
-        except ContractError as exc:
-            message = f"the generated program is invalid: {exc}. Nothing was cached or saved."
-            self._record_failure(request, reason, message, billed_tokens(generation))
+        generation, program = judged.generation, judged.program
+        outcome = _judged_fields(judged)
+        if program is None:
+            tried = f" ({judged.attempts} attempts)" if judged.attempts > 1 else ""
+            message = f"the generated program is invalid{tried}: {judged.refused}. Nothing was cached or saved."
+            self._record_failure(request, reason, message, billed_tokens(generation), **outcome)
             raise GenerationFailed(message) from None
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
@@ -593,6 +604,7 @@ class ProgramService:
             generator_version=identity.version,
             model=generation.model,
             **billed_tokens(generation),
+            **outcome,
         )
         upsert = partial(
             cache_store.upsert_entry,
@@ -606,6 +618,16 @@ class ProgramService:
             tokens=billed_tokens(generation),
         )
         return self._store(request, _Generated(result, record, event), upsert)
+
+    def _rejected(self, key: str) -> Rejected | None:
+        """The program a coach rejected for this key, for the generation after it; None when it
+        cannot be read (the generation goes on, as after any miss)."""
+        try:
+            with self.engine.connect() as connection:
+                return rejections.latest_for_key(connection, key)
+        except DBAPIError as exc:
+            log.warning("Could not read the rejection of %s: %s", key, describe_db_error(exc))
+            return None
 
     def _store(
         self, request: _Request, generated: _Generated, upsert: Callable[[Connection], cache_store.Written]
@@ -677,6 +699,9 @@ class ProgramService:
         reason: MissReason,
         message: str,
         billed: BilledTokens = NOT_BILLED,
+        *,
+        attempts: int | None = None,
+        rules_broken: str | None = None,
     ) -> None:
         fields = {
             "outcome": "error",
@@ -696,6 +721,8 @@ class ProgramService:
                 generator_version=self.generator.identity.version,
                 model=self.generator.identity.model,
                 **billed,
+                attempts=attempts,
+                rules_broken=rules_broken,
             )
         )
 

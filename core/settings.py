@@ -103,8 +103,11 @@ class Settings(BaseSettings):
     # generation usually still runs to its end on the server), hence one retry by default.
     llm_timeout_seconds: float = Field(default=120.0, gt=0, le=3600, allow_inf_nan=False)
     llm_max_retries: int = Field(default=1, ge=0, le=10)
-    # The largest valid program (8 weeks x 7 sessions, long notes) is about 43 KB of JSON,
-    # 11-12 k tokens; the cap leaves room for wordier exercise notes.
+    # A program that breaks the contract or a fit rule is sent back this many times, with what
+    # failed, in the same conversation (core.repair); each attempt is billed.
+    llm_repair_attempts: int = Field(default=1, ge=0, le=3)
+    # The largest valid program (8 weeks x 7 sessions of 180 minutes, long notes) is about
+    # 60 KB of JSON, about 15 k tokens.
     llm_max_completion_tokens: int = Field(default=16_000, ge=1_000, le=1_000_000)
     # Sent only when set (0 for the most repeatable answers); unset, the server's default
     # applies, and OpenAI's reasoning models accept no other.
@@ -235,7 +238,8 @@ class Settings(BaseSettings):
     def lock_wait_seconds(self) -> float:
         if self.single_flight_wait_seconds is not None:
             return self.single_flight_wait_seconds
-        return self.llm_timeout_seconds * (self.llm_max_retries + 1) + 30
+        attempts = (self.llm_max_retries + 1) * (self.llm_repair_attempts + 1)
+        return self.llm_timeout_seconds * attempts + 30
 
     def describe_database(self) -> str:
         """Where the data lives, for the UI: a file or a host, never a password."""

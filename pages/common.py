@@ -270,3 +270,7 @@ def program_weeks(weeks: list[Any], *, key: str) -> None:
             f"**Day {session['day']} · {focus}** · {session['duration_minutes']} min\n\n"
             + handover.session_table(session)
         )
+    guide = handover.exercise_guide([week])
+    if guide:
+        with st.expander("How to do this week's exercises"):
+            st.markdown(guide)

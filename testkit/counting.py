@@ -7,6 +7,7 @@ import threading
 import time
 
 from core.generators import Generation, OfflineGenerator, OnProgress
+from core.generators.base import Rejected
 from core.models import OnboardingResponses
 
 
@@ -21,10 +22,14 @@ class CountingGenerator:
         self.identity = self._offline.identity  # it writes the offline coach's programs
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         with self._lock:
             self.calls += 1
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
-        return self._offline.generate(profile, has_paid_access)
+        return self._offline.generate(profile, has_paid_access, rejected=rejected)

@@ -18,6 +18,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email import policy
 from email.parser import BytesParser
@@ -58,6 +59,12 @@ class Behaviour:
     message: str = "injected failure"
     # What GET /v1/models lists.
     served_models: tuple[str, ...] = ()
+    # A core.fit rule a well-formed answer breaks (a key of BREAKING), as a model that does
+    # not follow the request's schema or the prompt may write it.
+    breaks: str | None = None
+    # With `breaks`: an answer to a repair (a request that carries the earlier answer and
+    # what failed) breaks nothing.
+    mends: bool = False
     # What each answer says it billed.
     prompt_tokens: int = PROMPT_TOKENS
     completion_tokens: int = COMPLETION_TOKENS
@@ -480,13 +487,44 @@ def _strict_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
     return openai_strict.error_body(response_format, found) if found else None
 
 
+def _longer(program: dict[str, Any]) -> None:
+    program["weeks"] += [{**week, "week": week["week"] + program["duration_weeks"]} for week in program["weeks"]]
+    program["duration_weeks"] *= 2
+
+
+def _first_exercise(program: dict[str, Any]) -> dict[str, Any]:
+    exercise: dict[str, Any] = program["weeks"][0]["sessions"][0]["exercises"][0]
+    return exercise
+
+
+# How an answer breaks each core.fit rule an LLM's answer can break (its days are given by
+# their place, as its weeks are numbered).
+BREAKING: dict[str, Callable[[dict[str, Any]], None]] = {
+    "goal": lambda p: p.update(goal="fat_loss" if p["goal"] != "fat_loss" else "endurance"),
+    "experience_level": lambda p: p.update(
+        experience_level="advanced" if p["experience_level"] != "advanced" else "beginner"
+    ),
+    "weeks": _longer,
+    "session_length": lambda p: p["weeks"][0]["sessions"][0].update(duration_minutes=240),
+    "reps": lambda p: _first_exercise(p).update(reps='");{"'),
+    "catalogue": lambda p: _first_exercise(p).update(name="Amar"),
+    "injury": lambda p: p.update(safety_notes=[]),
+}
+
+
 def _written(body: dict[str, Any], behaviour: Behaviour) -> tuple[str, str, str | None]:
     """What the model writes for a request, as the behaviour has it: content, finish reason, refusal."""
-    request = json.loads(body["messages"][-1]["content"])
+    # The client's answers are the first user message (a repair adds the answer and what failed).
+    request = json.loads(next(m["content"] for m in body["messages"] if m["role"] == "user"))
     profile = parse_onboarding(request["onboarding_responses"])
-    program = build_program(profile, request["has_paid_access"])
+    # Told of a rejected program, it writes another, as a model asked to does.
+    rejected = (request.get("coach_rejected_the_last_program") or {}).get("its_exercises", [])
+    program = build_program(profile, request["has_paid_access"], frozenset(rejected))
     if behaviour.mode == "wrong_shape":
         program["weeks"][0]["sessions"].append(program["weeks"][0]["sessions"][0])
+    repairing = any(m["role"] == "assistant" for m in body["messages"])
+    if behaviour.breaks is not None and not (behaviour.mends and repairing):
+        BREAKING[behaviour.breaks](program)
     content = json.dumps(program)
     if behaviour.mode == "malformed":
         return "{'title': 'not json'", "stop", None

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
+from core.fit import validate_program
 from core.generators.offline import build_program
 from core.models import (
     EQUIPMENT,
@@ -77,12 +78,12 @@ def test_onboarding_model_agrees_with_the_schema(data: dict[str, Any]) -> None:
     ),
     st.booleans(),
 )
-def test_every_valid_profile_gets_a_valid_offline_program(data: dict[str, Any], paid: bool) -> None:
+def test_every_valid_profile_gets_a_valid_offline_program_that_fits_it(data: dict[str, Any], paid: bool) -> None:
     assert ONBOARDING_SCHEMA.is_valid(data)
     profile = parse_onboarding(data)
     program = build_program(profile, paid)
     assert PROGRAM_SCHEMA.is_valid(program)
-    parse_program(program, profile)
+    validate_program(program, profile, paid)
 
 
 def mutations(program: dict[str, Any]) -> list[Any]:

@@ -12,8 +12,9 @@ import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from core.generators.base import program_weeks
+from core.fit import program_weeks
 from core.generators.openai_chat import SYSTEM_PROMPT, program_response_format
+from core.models import parse_onboarding
 from tests.fake_openai import BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
 
@@ -28,15 +29,16 @@ def client(fake_openai: FakeOpenAI) -> openai.OpenAI:
 
 def request_line(custom_id: str, *, days: int = 3, paid: bool = False, **changes: Any) -> dict[str, Any]:
     """One line as a rollout writes it: the generator's request, not streamed."""
+    profile = {**PROFILE, "days_per_week": days}
     asked = {
-        "onboarding_responses": {**PROFILE, "days_per_week": days},
+        "onboarding_responses": profile,
         "has_paid_access": paid,
         "duration_weeks": program_weeks(paid),
     }
     body = {
         "model": MODEL,
         "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": json.dumps(asked)}],
-        "response_format": program_response_format(MODEL, days_per_week=days, weeks=program_weeks(paid)),
+        "response_format": program_response_format(MODEL, parse_onboarding(profile), paid),
         "max_completion_tokens": 16000,
     }
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body, **changes}

@@ -6,6 +6,7 @@ import json
 import re
 from datetime import UTC, datetime
 
+from core.catalogue import catalogue
 from core.generators.offline import build_program
 from core.handover import file_name, program_json, program_markdown
 from core.models import parse_onboarding, parse_program
@@ -55,3 +56,14 @@ def test_links_and_images_in_the_clients_text_and_the_llms_stay_text_in_the_hand
     assert re.search(r"(?i)(https?|www)[:.]|\w@\w", text) is None
     for shown in (injuries, bare, program["title"], program["weeks"][0]["theme"], session["exercises"][0]["notes"]):
         assert shown in as_read(text)
+
+
+def test_the_hand_out_says_how_each_exercise_is_done_from_the_catalogue_once_each() -> None:
+    program = build_program(parse_onboarding(PROFILE), False)
+    program["weeks"][0]["sessions"][0]["exercises"][0]["name"] = "Made-up lift"  # not in the catalogue
+    text = program_markdown(program, user_id="client-1", created_at=WHEN)
+    guide = text.split("## How to do the exercises\n", 1)[1]
+    entry = catalogue()["Dumbbell Bench Press"]
+    assert guide.count("**Dumbbell Bench Press** · works the chest (also shoulders, triceps)") == 1
+    assert f"1. {entry.instructions[0]}" in as_read(guide)
+    assert "Made-up lift" not in guide

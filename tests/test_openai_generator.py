@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from time import perf_counter, sleep
 from typing import Any
 
@@ -14,16 +15,18 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core import monitoring
+from core.fit import validate_program
+from core.fit_report import FitReport, fit_by_generator
 from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
 from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
-from core.models import parse_onboarding, parse_program
+from core.models import parse_onboarding
 from core.partial_program import ProgramSoFar
 from core.schema import ai_coach_cache, generation_events, training_programs
 from core.service import GenerationFailed, GenerationResult, ProgramService
 from core.settings import Settings
 from tests import openai_strict
-from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
+from tests.fake_openai import BREAKING, COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, count_rows
 
 API_KEY = "sk-test-not-a-secret"
@@ -102,6 +105,57 @@ def test_a_bad_answer_caches_and_saves_nothing(
     assert again.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False).cache_hit is False
 
 
+@pytest.mark.parametrize("rule", sorted(BREAKING))
+def test_an_answer_that_does_not_fit_the_client_is_refused_naming_the_rule_and_its_tokens_counted(
+    engine: Engine, fake_openai: FakeOpenAI, rule: str
+) -> None:
+    fake_openai.reset(Behaviour(breaks=rule))
+    client = {**PROFILE, "injuries": "lower back"}
+    with pytest.raises(GenerationFailed) as error:
+        openai_service(engine, fake_openai).generate(user_id="u1", onboarding_responses=client, has_paid_access=False)
+    # Sent back once with what failed (LLM_REPAIR_ATTEMPTS=1), broken again: refused.
+    assert f"invalid (2 attempts): invalid training program for this client (rules broken: {rule})" in str(error.value)
+    assert "Nothing was cached or saved" in str(error.value)
+    assert count_rows(engine, ai_coach_cache) == 0 and count_rows(engine, training_programs) == 0
+    with engine.connect() as connection:
+        event = connection.execute(select(generation_events)).one()
+    assert (event.outcome, event.attempts, event.rules_broken) == ("error", 2, rule)
+    assert (event.prompt_tokens, event.completion_tokens) == (2 * PROMPT_TOKENS, 2 * COMPLETION_TOKENS)
+    assert fit_by_generator(engine) == [FitReport(event.generator_version, "gpt-test", refused=1, by_rule={rule: 1})]
+
+
+def test_a_program_that_does_not_fit_is_sent_back_with_what_failed_and_the_repaired_one_cached_once(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(breaks="session_length", mends=True))
+    result = openai_service(engine, fake_openai).generate(
+        user_id="u1", onboarding_responses=PROFILE, has_paid_access=False
+    )
+    first, repair = fake_openai.requests
+    assert repair["messages"][:2] == first["messages"]  # the same conversation, then
+    assert json.loads(repair["messages"][2]["content"])["weeks"][0]["sessions"][0]["duration_minutes"] == 240
+    assert "weeks.0.sessions.0.duration_minutes: is 240, the client has 45 minutes" in repair["messages"][3]["content"]
+    assert result.program["weeks"][0]["sessions"][0]["duration_minutes"] <= 45
+    assert count_rows(engine, ai_coach_cache) == 1 and count_rows(engine, training_programs) == 1
+    with engine.connect() as connection:
+        event = connection.execute(select(generation_events)).one()
+        row = connection.execute(select(training_programs)).one()
+    assert (event.outcome, event.attempts, event.rules_broken) == ("miss", 2, "session_length")
+    # Both attempts were billed, and both are counted, on the event and on the program.
+    assert (event.prompt_tokens, row.completion_tokens) == (2 * PROMPT_TOKENS, 2 * COMPLETION_TOKENS)
+    assert fit_by_generator(engine)[0].repaired == 1
+
+
+def test_with_no_repair_attempts_a_program_that_does_not_fit_is_refused_at_once(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(breaks="goal", mends=True))
+    service = replace(openai_service(engine, fake_openai), repair_attempts=0)
+    with pytest.raises(GenerationFailed, match=r"the generated program is invalid: invalid training program"):
+        service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
+    assert fake_openai.calls == 1
+
+
 def test_the_answer_is_streamed_and_what_is_complete_is_shown_well_before_the_end(
     engine: Engine, fake_openai: FakeOpenAI
 ) -> None:
@@ -145,7 +199,7 @@ def test_a_stream_that_fails_after_showing_sessions_caches_and_saves_nothing(
     fake_openai.reset(Behaviour(mode=mode))
     heard: list[ProgramSoFar] = []
     with pytest.raises(GenerationFailed) as error:
-        openai_service(engine, fake_openai).generate(
+        replace(openai_service(engine, fake_openai), repair_attempts=0).generate(
             user_id="u1", onboarding_responses=PROFILE, has_paid_access=False, on_progress=heard.append
         )
     assert "Nothing was cached or saved" in str(error.value)
@@ -235,7 +289,7 @@ def test_the_request_sent_is_one_openai_accepts_in_strict_mode(
 
 
 def _valid_format() -> dict[str, Any]:
-    return program_response_format("gpt-test", days_per_week=3, weeks=8)
+    return program_response_format("gpt-test", parse_onboarding(PROFILE), True)
 
 
 def _schema(rf: dict[str, Any]) -> dict[str, Any]:
@@ -301,7 +355,8 @@ def test_the_local_server_refuses_what_openai_refuses_and_the_reason_reaches_the
 def test_every_billed_token_is_counted_failed_generations_included(
     engine: Engine, fake_openai: FakeOpenAI, mode: str
 ) -> None:
-    service = openai_service(engine, fake_openai)
+    # One attempt: a repair's tokens are counted in test_a_program_that_does_not_fit_is_sent_back_….
+    service = replace(openai_service(engine, fake_openai), repair_attempts=0)
     service.generate(user_id="u1", onboarding_responses=PROFILE, has_paid_access=False)
     fake_openai.reset(Behaviour(mode=mode))
     with pytest.raises(GenerationFailed):
@@ -349,9 +404,15 @@ def test_a_server_that_does_not_serve_the_model_is_named_at_start(fake_openai: F
 
 
 def _answer_to(profile: dict[str, Any], paid: bool) -> dict[str, Any]:
-    """The offline coach's program for `profile`, as an answer to the request: unnumbered."""
+    """The offline coach's program for `profile`, as an answer to the request: its weeks
+    unnumbered and its sessions without days."""
     program = build_program(parse_onboarding(profile), paid)
-    return {**program, "weeks": [{k: v for k, v in w.items() if k != "week"} for w in program["weeks"]]}
+    weeks = [{"theme": w["theme"], "sessions": [_dayless(s) for s in w["sessions"]]} for w in program["weeks"]]
+    return {**program, "weeks": weeks}
+
+
+def _dayless(session: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in session.items() if k != "day"}
 
 
 BREAKS_THE_SHAPE = {
@@ -364,19 +425,34 @@ BREAKS_THE_SHAPE = {
 }
 
 
+def _longest_allowed(answer: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """`answer` with every session as long as the schema lets it be: as many exercises as it
+    allows, each with its most sets and longest rests, and sets of 20 repetitions."""
+    exercises = schema["properties"]["weeks"]["items"]["properties"]["sessions"]["items"]["properties"]["exercises"]
+    most = exercises["items"]["properties"]
+    for week in answer["weeks"]:
+        for session in week["sessions"]:
+            first = session["exercises"][0]
+            longest = {**first, "sets": most["sets"]["maximum"], "rest_seconds": most["rest_seconds"]["maximum"]}
+            session["exercises"] = [{**longest, "reps": "20"}] * exercises["maxItems"]
+    return answer
+
+
 @pytest.mark.parametrize("days", range(1, 8))
 @pytest.mark.parametrize("paid", [False, True])
-def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid: bool) -> None:
+@pytest.mark.parametrize("minutes", [15, 20, 45, 180])
+def test_every_answer_the_full_request_allows_is_a_valid_program_that_fits(days: int, paid: bool, minutes: int) -> None:
     """What the service checks beyond the contract is in the request itself, for a server that
-    enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through
-    is a valid program once numbered, and each way of breaking the shape is refused by it."""
-    profile = {**PROFILE, "days_per_week": days}
-    schema = program_response_format("smollm2", days_per_week=days, weeks=8 if paid else 4, flavour="full")
+    enforces full JSON Schema (llama.cpp's and vLLM's grammars): an answer it lets through,
+    even its longest sessions, is a valid program that fits the client once numbered, and each
+    way of breaking the shape is refused by it."""
+    profile = {**PROFILE, "days_per_week": days, "session_minutes": minutes}
+    schema = program_response_format("smollm2", parse_onboarding(profile), paid, flavour="full")
     assert schema["json_schema"]["strict"] is False  # not OpenAI's subset: it keeps string lengths
     validator = jsonschema.Draft202012Validator(schema["json_schema"]["schema"])
-    answer = _answer_to(profile, paid)
+    answer = _longest_allowed(_answer_to(profile, paid), schema["json_schema"]["schema"])
     assert list(validator.iter_errors(answer)) == []
-    parse_program(numbered(answer), parse_onboarding(profile))
+    validate_program(numbered(answer), parse_onboarding(profile), paid)
     for name, breaking in BREAKS_THE_SHAPE.items():
         broken = copy.deepcopy(answer)
         breaking(broken)
@@ -384,7 +460,8 @@ def test_every_answer_the_full_request_allows_is_a_valid_program(days: int, paid
 
 
 def test_the_full_request_bounds_every_string_and_list_so_none_runs_to_the_cap() -> None:
-    schema = program_response_format("smollm2", days_per_week=7, weeks=8, flavour="full")["json_schema"]["schema"]
+    profile = parse_onboarding({**PROFILE, "days_per_week": 7})
+    schema = program_response_format("smollm2", profile, True, flavour="full")["json_schema"]["schema"]
     unbounded: list[str] = []
 
     def walk(node: dict[str, Any], path: str) -> None:

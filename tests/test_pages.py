@@ -86,6 +86,9 @@ def test_generate_miss_then_hit(app: AppTest) -> None:
     assert weeks.options[-1] == "Week 4"
     weeks.set_value(4).run()
     assert any("lighter loads" in c.value for c in app.caption)  # week 4 (a deload) is shown
+    # How each of the week's exercises is done, from the catalogue, folded under the sessions.
+    guide = next(e for e in app.expander if e.label == "How to do this week's exercises")
+    assert "works the" in guide.markdown[0].value and "1. " in guide.markdown[0].value
 
 
 def test_a_changed_field_is_named_in_the_miss_reason(app: AppTest) -> None:

@@ -20,18 +20,20 @@ from sqlalchemy import Engine, select
 from core import admin, monitoring, rejections
 from core.db import make_engine
 from core.generators import Generation
-from core.generators.base import OnProgress
+from core.generators.base import OnProgress, Rejected
 from core.models import ContractError, OnboardingResponses
 from core.schema import ai_coach_cache, cache_entry_fates, program_rejections, training_programs
-from core.service import MISS_REASON_TEXT, GenerationResult, ProgramService
+from core.service import MISS_REASON_TEXT, GenerationFailed, GenerationResult, ProgramService
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Run
+from tests.fake_openai import FakeOpenAI
 from tests.helpers import PROFILE, count_rows, expire_entries
 from tests.test_adoption import USER as UUID_USER
 from tests.test_adoption import ProductDatabase, product, succeeded
 from tests.test_adoption import generate as generate_in
 from tests.test_browser import browser, settle
 from tests.test_browser_history_admin import server
+from tests.test_openai_generator import openai_service
 
 __all__ = ["browser", "product", "server"]  # fixtures, shared with the files that define them
 USER = "coach-client-1"
@@ -84,10 +86,67 @@ class Rewriting(CountingGenerator):
     """A generator whose every program differs from the one before (as an LLM's do)."""
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
-        generation = super().generate(profile, has_paid_access, on_progress)
+        generation = super().generate(profile, has_paid_access, on_progress, rejected)
         return replace(generation, program={**generation.program, "title": f"Program {self.calls}"})
+
+
+class Unmoved(CountingGenerator):
+    """A generator that writes the same program whatever it is told (as a model at temperature 0 may)."""
+
+    def generate(
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
+    ) -> Generation:
+        return super().generate(profile, has_paid_access, on_progress)
+
+
+def test_the_program_after_a_rejection_is_another_one_never_the_one_rejected(engine: Engine) -> None:
+    client = {**PROFILE, "equipment": ["dumbbells", "machines", "pull_up_bar"]}
+    service = ProgramService(engine=engine, generator=CountingGenerator(), lock_wait_seconds=30)
+    served = service.generate(user_id=USER, onboarding_responses=client, has_paid_access=False)
+    assert served.training_program_id is not None
+    rejections.reject(engine, program_id=served.training_program_id, category="other", note=None, actor="cli")
+    again = service.generate(user_id=USER, onboarding_responses=client, has_paid_access=False)
+    assert again.miss_reason == "rejected"
+    # The offline coach chose other exercises wherever the client's kit allowed them.
+    before = Rejected("other", None, served.program).exercise_names()
+    after = Rejected("other", None, again.program).exercise_names()
+    assert after != before and len(after - before) >= len(after) // 2
+
+    unmoved = ProgramService(engine=engine, generator=Unmoved(), lock_wait_seconds=30)
+    first = unmoved.generate(user_id="client-2", onboarding_responses=client, has_paid_access=False)
+    assert first.training_program_id is not None
+    rejections.reject(engine, program_id=first.training_program_id, category="other", note=None, actor="cli")
+    with pytest.raises(GenerationFailed, match="is the very program the coach rejected") as refused:
+        unmoved.generate(user_id="client-2", onboarding_responses=client, has_paid_access=False)
+    assert "Nothing was cached or saved" in str(refused.value)
+    assert count_rows(engine, ai_coach_cache) == 1 and count_rows(engine, training_programs) == 3  # USER's
+
+
+def test_the_llm_is_told_the_rejection_s_reason_and_note_after_the_shared_prefix(
+    engine: Engine, fake_openai: FakeOpenAI
+) -> None:
+    service = openai_service(engine, fake_openai)
+    served = generate(service)
+    assert served.training_program_id is not None
+    rejections.reject(
+        engine, program_id=served.training_program_id, category="wrong_level", note="too hard for her", actor="cli"
+    )
+    assert generate(service).miss_reason == "rejected"
+    first, after = fake_openai.requests
+    assert after["messages"][0] == first["messages"][0] and after["response_format"] == first["response_format"]
+    told = json.loads(after["messages"][1]["content"])["coach_rejected_the_last_program"]
+    assert told["reason"] == "wrong level" and told["note"] == "too hard for her"
+    assert told["its_exercises"] == sorted(Rejected("", None, served.program).exercise_names())
 
 
 def test_rejecting_a_program_the_entry_no_longer_holds_leaves_the_entry_alone(engine: Engine) -> None:

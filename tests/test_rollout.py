@@ -466,7 +466,7 @@ class Interrupted:
     def __init__(self, generator: Any) -> None:
         self._generator, self.identity, self.name, self.calls = generator, generator.identity, generator.name, 0
 
-    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None) -> Any:
+    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None, rejected: Any = None) -> Any:
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError("killed")
@@ -507,7 +507,7 @@ def finished() -> batch_collection.Finished:
     ],
 )
 def test_a_result_line_not_as_openai_documents_it_fails_that_line_only(current: Settings, line: Any, says: str) -> None:
-    judged = batch_collection.judge_line(line, PROFILE, rollout.candidate(current, CANDIDATE), finished())
+    judged = batch_collection.judge_line(line, PROFILE, False, rollout.candidate(current, CANDIDATE), finished())
     assert (judged.state, judged.error) == ("failed", says)
 
 
@@ -520,8 +520,22 @@ def test_a_lines_time_is_kept_between_the_batchs_submission_and_its_check(
     batch = finished()
     for created, expected in ((answer.created * 1000, batch.checked_at), (0, batch.submitted_at)):
         line = {"custom_id": "x", "response": {"status_code": 200, "body": {**answer.model_dump(), "created": created}}}
-        judged = batch_collection.judge_line(line, PROFILE, candidate, batch)
+        judged = batch_collection.judge_line(line, PROFILE, False, candidate, batch)
         assert (judged.state, judged.generated_at) == ("staged", expected)
+
+
+def test_a_result_line_whose_program_does_not_fit_its_client_is_invalid_not_staged(
+    current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    """A batch line is judged as a live answer is: here a paid client's 8 weeks, for a free client."""
+    candidate = rollout.candidate(current, CANDIDATE)
+    body = candidate.request(parse_onboarding(PROFILE), True)
+    answer = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).chat.completions.create(**body)
+    line = {"custom_id": "x", "response": {"status_code": 200, "body": answer.model_dump()}}
+    judged = batch_collection.judge_line(line, PROFILE, False, candidate, finished())
+    assert judged.state == "invalid" and judged.program_json is None
+    assert judged.error is not None and "(rules broken: weeks)" in judged.error
+    assert judged.tokens["completion_tokens"] == COMPLETION_TOKENS  # billed all the same
 
 
 def test_status_without_an_api_key_is_one_line_naming_it(current: Settings, cli: Callable[..., CliRun]) -> None:

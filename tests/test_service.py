@@ -161,6 +161,9 @@ def test_force_refresh_regenerates_and_replaces_the_entry(
         {"weeks": []},
         "a string",
         "days_per_week_mismatch",
+        # Well-formed, made before the fit rules: right for another client, not this one.
+        {"goal": "fat_loss"},
+        {"experience_level": "advanced"},
     ],
 )
 def test_an_entry_that_no_longer_validates_is_a_miss_and_is_overwritten(
@@ -190,7 +193,9 @@ class BrokenGenerator:
     def __init__(self, answer: Any) -> None:
         self.answer = answer
 
-    def generate(self, profile: OnboardingResponses, has_paid_access: bool, on_progress: Any = None) -> Any:
+    def generate(
+        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: Any = None, rejected: Any = None
+    ) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
         from core.generators import Generation

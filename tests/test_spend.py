@@ -91,13 +91,15 @@ def test_the_generator_reads_the_usage_details_and_keeps_none_when_not_reported(
     assert (failed.value.cached_tokens, failed.value.reasoning_tokens) == (256, 64)
 
 
-def test_the_clients_answers_come_last_after_a_prefix_that_depends_only_on_days_and_weeks(
+def test_the_clients_answers_come_last_after_a_prefix_shared_by_every_client_the_same_schema_fits(
     fake_openai: FakeOpenAI,
 ) -> None:
-    """OpenAI caches the longest prefix it has seen: the system prompt and the response
-    format must be the same for every client with the same days a week and program length."""
+    """OpenAI caches the longest prefix it has seen, the response format included: the system
+    prompt and the schema are the same for every client with the same goal, level, equipment,
+    days a week, minutes and access (what the schema holds them to); the rest of the answers
+    come last."""
     generator = openai_generator(fake_openai)
-    other = {**PROFILE, "goal": "endurance", "experience_level": "advanced", "session_minutes": 90}
+    other = {**PROFILE, "age": 64, "injuries": "left knee", "notes": "prefers mornings"}
     for answers in (PROFILE, other):
         generator.generate(parse_onboarding(answers), True)
     first, second = fake_openai.requests
@@ -105,8 +107,8 @@ def test_the_clients_answers_come_last_after_a_prefix_that_depends_only_on_days_
     # Everything but the last message and the answers in it is the same: the cacheable prefix.
     assert first["messages"][:-1] == second["messages"][:-1]
     assert first["response_format"] == second["response_format"]
-    assert json.loads(first["messages"][-1]["content"])["onboarding_responses"]["goal"] == PROFILE["goal"]
-    assert json.loads(second["messages"][-1]["content"])["onboarding_responses"]["goal"] == "endurance"
+    assert "injuries" not in json.loads(first["messages"][-1]["content"])["onboarding_responses"]
+    assert json.loads(second["messages"][-1]["content"])["onboarding_responses"]["injuries"] == "left knee"
 
 
 def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollup_and_the_split(

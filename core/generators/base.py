@@ -14,14 +14,6 @@ from core.partial_program import ProgramSoFar
 # Told what of the program is complete while it is being written (core.partial_program).
 OnProgress = Callable[[ProgramSoFar], None]
 
-# Paid access buys a longer, progressive block; that is why the flag is part of the cache key.
-FREE_WEEKS = 4
-PAID_WEEKS = 8
-
-
-def program_weeks(has_paid_access: bool) -> int:
-    return PAID_WEEKS if has_paid_access else FREE_WEEKS
-
 
 @dataclass(frozen=True)
 class Generation:
@@ -106,6 +98,20 @@ def fingerprint(*inputs: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """The program a coach rejected for these very answers, and why (core.rejections): the
+    generation after a rejection is told it, so that it answers the reason and differs."""
+
+    reason: str  # as the coach picked it
+    note: str | None
+    program: Any  # as it was handed out
+
+    def exercise_names(self) -> set[str]:
+        weeks = self.program.get("weeks", []) if isinstance(self.program, dict) else []
+        return {e["name"] for w in weeks for s in w["sessions"] for e in s["exercises"]}
+
+
 class ProgramGenerator(Protocol):
     @property
     def name(self) -> str: ...
@@ -114,8 +120,13 @@ class ProgramGenerator(Protocol):
     def identity(self) -> GeneratorIdentity: ...
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         """A generator that writes the program over time calls `on_progress` as more of it is
-        complete; one that takes milliseconds need not call it at all."""
+        complete; one that takes milliseconds need not call it at all. With `rejected`, the
+        program differs from the one a coach rejected for these answers and answers why."""
         ...

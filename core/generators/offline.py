@@ -1,5 +1,6 @@
-"""A rule-based coach: builds a sensible, contract-valid program from the profile with no
-network and no model. Deterministic: the same profile and access give the same program."""
+"""A rule-based coach: builds a sensible program that fits the client, from the catalogue's
+staples, with no network and no model. Deterministic: the same profile and access give the
+same program, and after a coach's rejection, one of other exercises where there are any."""
 
 from __future__ import annotations
 
@@ -7,77 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.catalogue import STAPLES, Move, catalogue, revision, suits
+from core.fit import TRAINING_DAYS, injured_parts, program_weeks, session_seconds
 from core.formatting import counted
-from core.generators.base import Generation, GeneratorIdentity, OnProgress, fingerprint, program_weeks
-from core.models import OnboardingResponses
+from core.generators.base import Generation, GeneratorIdentity, OnProgress, Rejected, fingerprint
+from core.models import Exercise, OnboardingResponses, Session
 from core.settings import OFFLINE_MODEL
-
-
-@dataclass(frozen=True)
-class Move:
-    name: str
-    needs: frozenset[str]  # any one of these is enough; empty means no equipment
-    stresses: frozenset[str] = frozenset()  # body parts an injury note can rule out
-
-
-def _move(name: str, needs: str = "", stresses: str = "") -> Move:
-    return Move(name, frozenset(needs.split()), frozenset(stresses.split()))
-
-
-# Movement patterns, each with options from most to least preferred.
-LIBRARY: dict[str, list[Move]] = {
-    "squat": [
-        _move("Barbell back squat", "barbell", "knee back"),
-        _move("Goblet squat", "dumbbells kettlebells", "knee"),
-        _move("Leg press", "machines", "knee"),
-        _move("Box squat to bench", "", "knee"),
-        _move("Glute bridge", ""),
-    ],
-    "hinge": [
-        _move("Romanian deadlift", "barbell dumbbells", "back"),
-        _move("Kettlebell swing", "kettlebells", "back"),
-        _move("Banded good morning", "resistance_bands", "back"),
-        _move("Single-leg hip thrust", ""),
-    ],
-    "push": [
-        _move("Barbell bench press", "barbell", "shoulder"),
-        _move("Dumbbell bench press", "dumbbells", "shoulder"),
-        _move("Chest press machine", "machines", "shoulder"),
-        _move("Push-up", "", "shoulder wrist"),
-        _move("Incline push-up", ""),
-    ],
-    "pull": [
-        _move("Pull-up", "pull_up_bar", "shoulder elbow"),
-        _move("Lat pulldown", "machines", "shoulder"),
-        _move("One-arm dumbbell row", "dumbbells"),
-        _move("Banded row", "resistance_bands"),
-        _move("Inverted row under a table", ""),
-    ],
-    "overhead": [
-        _move("Standing overhead press", "barbell dumbbells", "shoulder back"),
-        _move("Kettlebell press", "kettlebells", "shoulder"),
-        _move("Banded face pull", "resistance_bands"),
-        _move("Prone Y-T-W raise", ""),
-    ],
-    "lunge": [
-        _move("Dumbbell walking lunge", "dumbbells", "knee"),
-        _move("Bulgarian split squat", "", "knee"),
-        _move("Step-up", "", "knee"),
-        _move("Side-lying leg raise", ""),
-    ],
-    "core": [
-        _move("Hanging knee raise", "pull_up_bar", "shoulder"),
-        _move("Pallof press", "resistance_bands machines"),
-        _move("Dead bug", ""),
-        _move("Front plank", ""),
-    ],
-    "conditioning": [
-        _move("Intervals on the cardio machine", "cardio_machine"),
-        _move("Kettlebell swing intervals", "kettlebells", "back"),
-        _move("Brisk walk or easy jog", "", "knee"),
-        _move("Low-impact circuit (march, step-back, shadow boxing)", ""),
-    ],
-}
 
 # Session templates by training days per week: each is a focus and its patterns.
 SPLITS: dict[int, list[tuple[str, list[str]]]] = {
@@ -105,17 +41,6 @@ SPLITS[6] = SPLITS[4] + [
 ]
 SPLITS[7] = SPLITS[6] + [("Active recovery and mobility", ["core", "conditioning"])]
 
-# Which days of the week carry the sessions, spread out to leave rest between them.
-TRAINING_DAYS: dict[int, list[int]] = {
-    1: [3],
-    2: [2, 5],
-    3: [1, 3, 5],
-    4: [1, 2, 4, 5],
-    5: [1, 2, 3, 5, 6],
-    6: [1, 2, 3, 4, 5, 6],
-    7: [1, 2, 3, 4, 5, 6, 7],
-}
-
 # (sets, reps, rest) by goal; conditioning work is prescribed by time instead.
 PRESCRIPTION: dict[str, tuple[int, str, int]] = {
     "strength": (4, "4-6", 150),
@@ -125,13 +50,6 @@ PRESCRIPTION: dict[str, tuple[int, str, int]] = {
     "general_fitness": (3, "8-12", 60),
 }
 LEVEL_SET_CHANGE = {"beginner": -1, "intermediate": 0, "advanced": 1}
-INJURY_WORDS = {
-    "knee": ("knee", "acl", "menisc", "patell"),
-    "back": ("back", "spine", "disc", "lumbar"),
-    "shoulder": ("shoulder", "rotator"),
-    "wrist": ("wrist",),
-    "elbow": ("elbow",),
-}
 GOAL_WORDS = {
     "strength": "get stronger on the big lifts",
     "hypertrophy": "build muscle",
@@ -141,24 +59,32 @@ GOAL_WORDS = {
 }
 
 
-def injured_parts(injuries: str | None) -> set[str]:
-    text = (injuries or "").lower()
-    return {part for part, words in INJURY_WORDS.items() if any(w in text for w in words)}
+@dataclass(frozen=True)
+class Avoid:
+    """What a client's movements keep clear of: the body parts they injured (never loaded),
+    and the exercises of a program their coach rejected (others are chosen where there are)."""
+
+    parts: frozenset[str]
+    rejected: frozenset[str] = frozenset()
 
 
-def choose(pattern: str, equipment: set[str], avoid: set[str], used: set[str]) -> Move:
-    """The first option the client can do safely, preferring one not yet in the session."""
-    options = LIBRARY[pattern]
-    usable = [m for m in options if (not m.needs or m.needs & equipment) and not (m.stresses & avoid)] or options[
-        -1:
-    ]  # the last option of every pattern needs nothing and stresses nothing
-    return next((m for m in usable if m.name not in used), usable[0])
+def choose(pattern: str, profile: OnboardingResponses, avoid: Avoid, used: set[str]) -> Move | None:
+    """The first option the client can do safely and has not done yet this session, one the
+    rejected program did not have where there is one; None when every option needs what they
+    lack or loads what they injured."""
+    entries = catalogue()
+    safe = [
+        m
+        for m in STAPLES[pattern]
+        if m.name not in used and suits(entries[m.name], profile) and not (m.stresses & avoid.parts)
+    ]
+    return next((m for m in safe if m.name not in avoid.rejected), next(iter(safe), None))
 
 
 # Bumped by hand when the rules change what they write; the fingerprint of this module's
 # source catches any change that was not bumped (at the cost of regenerating after a
 # change that only touched a comment).
-RULES_VERSION = "r2"
+RULES_VERSION = "r3"
 MODEL = OFFLINE_MODEL
 
 
@@ -169,21 +95,28 @@ class OfflineGenerator:
     identity = GeneratorIdentity(
         kind="offline",
         model=MODEL,
-        version=f"offline-{RULES_VERSION}-{fingerprint(Path(__file__).read_text(encoding='utf-8'))}",
+        version=f"offline-{RULES_VERSION}-{fingerprint(Path(__file__).read_text(encoding='utf-8'), revision())}",
     )
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         # Done in milliseconds: there is nothing to show before the whole program.
-        return Generation(program=build_program(profile, has_paid_access), model=MODEL)
+        shunned = frozenset(rejected.exercise_names()) if rejected is not None else frozenset()
+        return Generation(program=build_program(profile, has_paid_access, shunned), model=MODEL)
 
 
-def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:
+def build_program(
+    profile: OnboardingResponses, has_paid_access: bool, rejected: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The client's program; with `rejected`, the exercises of a program their coach rejected,
+    made of others where the client's equipment, level and injuries allow them."""
     weeks = program_weeks(has_paid_access)
-    equipment: set[str] = {*profile.equipment, "bodyweight"}
-    avoid = injured_parts(profile.injuries)
-    exercises_per_session = max(2, min(8, (profile.session_minutes - 10) // 9))
+    avoid = Avoid(frozenset(injured_parts(profile.injuries)), rejected)
     templates = SPLITS[profile.days_per_week]
     return {
         "title": _title(profile, weeks),
@@ -197,13 +130,13 @@ def build_program(profile: OnboardingResponses, has_paid_access: bool) -> dict[s
                 "week": week,
                 "theme": _theme(week, weeks),
                 "sessions": [
-                    _session(profile, week, weeks, day, focus, patterns[:exercises_per_session], equipment, avoid)
+                    _session(profile, week, weeks, day, focus, patterns, avoid)
                     for day, (focus, patterns) in zip(TRAINING_DAYS[profile.days_per_week], templates, strict=True)
                 ],
             }
             for week in range(1, weeks + 1)
         ],
-        "safety_notes": _safety_notes(profile, avoid),
+        "safety_notes": _safety_notes(profile, avoid.parts),
     }
 
 
@@ -221,43 +154,65 @@ def _theme(week: int, weeks: int) -> str:
     return "Build: add a little load or a rep each session"
 
 
+# A session holds at most this many lifts; a long one adds lifts (a second round of its
+# patterns, with other movements), and the time left goes to a conditioning block of at most
+# this many minutes.
+MAX_LIFTS = 6
+MAX_CONDITIONING_MINUTES = 90
+MIN_CONDITIONING_MINUTES = 5
+
+
 def _session(
-    profile: OnboardingResponses,
-    week: int,
-    weeks: int,
-    day: int,
-    focus: str,
-    patterns: list[str],
-    equipment: set[str],
-    avoid: set[str],
+    profile: OnboardingResponses, week: int, weeks: int, day: int, focus: str, patterns: list[str], avoid: Avoid
 ) -> dict[str, Any]:
+    """The template's lifts, as many as fit the client's minutes (core.fit counts what each
+    takes), then a conditioning block in the time that is left."""
+    budget = profile.session_minutes * 60
+    exercises: list[Exercise] = []
+    lifts = [p for p in patterns if p != "conditioning"]
+    for pattern in lifts + lifts:  # the second round only where time is left
+        move = choose(pattern, profile, avoid, {e["name"] for e in exercises})
+        if move is None or len(exercises) == MAX_LIFTS:
+            continue
+        candidate = _lift(profile, week, weeks, pattern, move)
+        if exercises and _seconds([*exercises, candidate]) > budget:
+            break
+        exercises.append(candidate)
+    move = choose("conditioning", profile, avoid, {e["name"] for e in exercises})
+    if move is not None:
+        # What is left once the last lift's rest, which the block now follows, is counted.
+        left = budget - _seconds([*exercises, _conditioning(move, 0)])
+        minutes = min(MAX_CONDITIONING_MINUTES, left // 60)
+        if minutes >= MIN_CONDITIONING_MINUTES:
+            exercises.append(_conditioning(move, minutes))
+    minutes = max(5, -(-_seconds(exercises) // 60))
+    return {"day": day, "focus": focus, "duration_minutes": minutes, "exercises": exercises}
+
+
+def _seconds(exercises: list[Exercise]) -> int:
+    return session_seconds(Session(day=1, focus="", duration_minutes=5, exercises=exercises)) or 0
+
+
+def _lift(profile: OnboardingResponses, week: int, weeks: int, pattern: str, move: Move) -> Exercise:
     sets, reps, rest = PRESCRIPTION[profile.goal]
     sets = max(1, sets + LEVEL_SET_CHANGE[profile.experience_level] - (1 if _is_deload(week, weeks) else 0))
-    exercises: list[dict[str, Any]] = []
-    for pattern in patterns:
-        move = choose(pattern, equipment, avoid, {e["name"] for e in exercises})
-        if pattern == "conditioning":
-            minutes = 10 + min(week, 4) * 2
-            exercises.append(
-                {
-                    "name": move.name,
-                    "sets": 1,
-                    "reps": f"{minutes} min",
-                    "rest_seconds": 0,
-                    "notes": "Conversational pace; you should be able to speak in short sentences.",
-                }
-            )
-        else:
-            exercises.append(
-                {
-                    "name": move.name,
-                    "sets": sets,
-                    "reps": reps,
-                    "rest_seconds": rest,
-                    "notes": _exercise_note(week, weeks, pattern),
-                }
-            )
-    return {"day": day, "focus": focus, "duration_minutes": profile.session_minutes, "exercises": exercises}
+    return Exercise(
+        name=move.name,
+        sets=sets,
+        reps=f"{move.hold_seconds} s" if move.hold_seconds else reps,
+        rest_seconds=rest,
+        notes=_exercise_note(week, weeks, pattern),
+    )
+
+
+def _conditioning(move: Move, minutes: int) -> Exercise:
+    return Exercise(
+        name=move.name,
+        sets=1,
+        reps=f"{minutes} min",
+        rest_seconds=0,
+        notes="Conversational pace; you should be able to speak in short sentences.",
+    )
 
 
 def _exercise_note(week: int, weeks: int, pattern: str) -> str:
@@ -288,7 +243,7 @@ def _summary(profile: OnboardingResponses, weeks: int, has_paid_access: bool) ->
     return " ".join(p for p in parts if p)[:2000]
 
 
-def _safety_notes(profile: OnboardingResponses, avoid: set[str]) -> list[str]:
+def _safety_notes(profile: OnboardingResponses, avoid: frozenset[str]) -> list[str]:
     notes = ["Warm up for 5-10 minutes before each session.", "Stop any exercise that causes sharp pain."]
     if profile.injuries:
         notes.append(f"Reported injuries or limitations: {profile.injuries}.")

@@ -18,6 +18,8 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.shared_params import ResponseFormatJSONSchema
 
+from core.catalogue import choices_for, revision
+from core.fit import REPS_PATTERN, TRAINING_DAYS, program_weeks
 from core.generators.base import (
     NOT_BILLED,
     BilledTokens,
@@ -25,23 +27,30 @@ from core.generators.base import (
     GenerationError,
     GeneratorIdentity,
     OnProgress,
+    Rejected,
     fingerprint,
-    program_weeks,
 )
-from core.models import OnboardingResponses, load_contract
+from core.models import OnboardingResponses, load_contract, parse_onboarding
 from core.partial_program import ProgressReporter
 
 # Bumped by hand with each change of the prompt; the fingerprint catches the rest.
-PROMPT_VERSION = "p2"
+PROMPT_VERSION = "p3"
 SYSTEM_PROMPT = """You are an experienced strength and conditioning coach.
 Write a personalized training program for the client whose onboarding responses you receive as JSON.
 Rules:
-- duration_weeks is exactly the number of weeks given; weeks come in order, the first week first.
-- days_per_week equals the client's days_per_week, and every week has exactly that many sessions.
-- Use only the client's equipment (bodyweight is always available); keep each session within session_minutes.
-- Respect injuries and limitations: avoid movements that load them and say so in safety_notes.
-- Be brief: short names and notes.
+- goal and experience_level are the client's; duration_weeks is exactly the number of weeks given.
+- Weeks come in order, the first week first; every week has exactly days_per_week sessions.
+- Use only exercise names the schema lists: the catalogue entries the client's equipment and level allow.
+- Keep each session within session_minutes, counting every set (about 3 s a repetition) and the rest after it.
+- reps is a count ("10"), a range ("8-12"), a time ("30 s", "10 min") or "AMRAP".
+- If the client reports an injury or limitation, name it in safety_notes and avoid movements that load it.
+- If the coach rejected the last program (coach_rejected_the_last_program), write a different one that answers
+  the coach's reason and note, with other exercises where the client's equipment allows.
+- Be brief: short notes.
 Answer with the program as JSON matching the schema, nothing else."""
+# What a repair asks, after the answer that did not pass (core.repair).
+REPAIR_PROMPT = """That program cannot be given to the client: {problems}.
+Write the whole program again, as JSON matching the schema, with each of these fixed and the rest kept."""
 
 # How much of JSON Schema the server enforces: `strict`, OpenAI's Structured Outputs subset
 # (no string lengths; fine-tuned models no number or array bounds either), or `full`, as
@@ -60,12 +69,18 @@ ANSWER_LIMITS: dict[str, dict[str, int]] = {
     "weeks.theme": {"minLength": 1, "maxLength": 60},
     "weeks.sessions.focus": {"minLength": 1, "maxLength": 40},
     "weeks.sessions.exercises": {"maxItems": 4},
-    "weeks.sessions.exercises.name": {"maxLength": 40},
     "weeks.sessions.exercises.reps": {"minLength": 1, "maxLength": 12},
     "weeks.sessions.exercises.notes": {"maxLength": 80},
     "safety_notes": {"maxItems": 3},
     "safety_notes.[]": {"maxLength": 100},
 }
+# In the `full` request a set takes at most a minute of work (core.fit counts it: 20
+# repetitions, 60 s, or AMRAP), so that bounds on sets and rests, worked out from the client's
+# minutes, keep every session a grammar lets through within them: a small model does not add
+# up what its sessions take.
+FULL_REPS_PATTERN = r"^(([1-9]|1[0-9]|20)(-([1-9]|1[0-9]|20))?|([1-9]|[1-5][0-9]|60) s|AMRAP)$"
+LONGEST_SET_SECONDS = 60
+MAX_SETS, MAX_REST_SECONDS = 10, 600  # the contract's
 # Strict mode supports no string length keywords, and fine-tuned models refuse number and
 # array bounds too. Such keywords are left out of the request and stated in the node's
 # description instead; the service validates every answer against the contract.
@@ -76,9 +91,8 @@ BOUNDS = {
     "minItems": "at least {} items",
     "maxItems": "at most {} items",
 }
+PATTERN = {"pattern": "matching the regular expression {}"}
 FINE_TUNED_PREFIX = "ft:"
-# The days a week the onboarding contract allows: one request schema for each.
-DAYS_PER_WEEK = range(1, 8)
 SERVER_MESSAGE_CHARS = 300
 TIMED_OUT = "the LLM did not answer before the timeout"
 
@@ -116,14 +130,16 @@ def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def program_response_format(
-    model: str, *, days_per_week: int, weeks: int, flavour: SchemaFlavour = "strict"
+    model: str, profile: OnboardingResponses, has_paid_access: bool, *, flavour: SchemaFlavour = "strict"
 ) -> ResponseFormatJSONSchema:
-    """The program contract for one profile as a `json_schema` response format: what the
-    service checks beyond the contract (the profile's days a week, the program's weeks, each
-    week's sessions) is fixed in it, and the week numbers are left to `numbered` (no schema
-    keyword OpenAI takes can demand 1..n in order). In the `strict` flavour OpenAI accepts
-    it for `model` (tests/openai_strict.py checks it against the documented rules); the
-    `full` one keeps every string length for a server that enforces them."""
+    """The program contract for one client as a `json_schema` response format, with what the
+    service checks beyond it (core.fit) fixed in it where a schema keyword can say it: the
+    client's goal, level, days a week and weeks, each week's sessions, no session longer than
+    theirs, reps as the rules read them, and exercises only from the catalogue entries that
+    suit them. Week numbers and days are left to `numbered` (no keyword OpenAI takes can
+    demand 1..n in order). In the `strict` flavour OpenAI accepts it for `model`
+    (tests/openai_strict.py checks it against the documented rules); the `full` one keeps
+    every string length for a server that enforces them."""
     schema = {k: v for k, v in copy.deepcopy(load_contract("training_program")).items() if not k.startswith("$")}
     schema.pop("examples", None)
     if flavour == "full":
@@ -134,32 +150,67 @@ def program_response_format(
             for keyword, value in limits.items():
                 tighter = max if keyword.startswith("min") else min
                 node[keyword] = tighter(node.get(keyword, value), value)
+    weeks, days_per_week = program_weeks(has_paid_access), profile.days_per_week
     properties = schema["properties"]
+    properties["goal"] = {"type": "string", "enum": [profile.goal]}
+    properties["experience_level"] = {"type": "string", "enum": [profile.experience_level]}
     properties["duration_weeks"] = {"type": "integer", "enum": [weeks]}
     properties["days_per_week"] = {"type": "integer", "enum": [days_per_week]}
     properties["weeks"].update(minItems=weeks, maxItems=weeks)
     week = properties["weeks"]["items"]
-    del week["properties"]["week"]
-    week["required"].remove("week")
+    _leave_out(week, "week")
     week["properties"]["sessions"].update(minItems=days_per_week, maxItems=days_per_week)
+    session = week["properties"]["sessions"]["items"]
+    _leave_out(session, "day")
+    session["properties"]["duration_minutes"]["maximum"] = profile.session_minutes
+    exercise = session["properties"]["exercises"]["items"]["properties"]
+    exercise["name"] = {"type": "string", "enum": choices_for(profile)}
+    exercise["reps"]["pattern"] = REPS_PATTERN
+    if flavour == "full":
+        _bound_the_work(session["properties"]["exercises"], profile.session_minutes)
     if flavour == "strict":
         fine_tuned = model.startswith(FINE_TUNED_PREFIX)
-        _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS} if fine_tuned else STRING_LENGTHS)
+        _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS, **PATTERN} if fine_tuned else STRING_LENGTHS)
     # `strict` tells OpenAI to hold the schema to its subset; the servers `full` is for ignore it.
     strict = flavour == "strict"
     return {"type": "json_schema", "json_schema": {"name": "training_program", "strict": strict, "schema": schema}}
 
 
+def _bound_the_work(exercises: dict[str, Any], session_minutes: int) -> None:
+    """Sets and rests bounded so that the most exercises a session holds, each of its longest
+    sets and rests, stay within the client's minutes (core.fit.session_seconds)."""
+    share = session_minutes * 60 // exercises["maxItems"]  # each exercise's part of the session
+    sets = max(1, min(MAX_SETS, share // (LONGEST_SET_SECONDS + 60)))
+    rest = min(MAX_REST_SECONDS, share // sets - LONGEST_SET_SECONDS)
+    exercise = exercises["items"]["properties"]
+    exercise["sets"]["maximum"], exercise["rest_seconds"]["maximum"] = sets, rest
+    exercise["reps"]["pattern"] = FULL_REPS_PATTERN
+
+
+def _leave_out(node: dict[str, Any], name: str) -> None:
+    del node["properties"][name]
+    node["required"].remove(name)
+
+
 def numbered(answer: Any) -> Any:
     """The program an answer to `program_response_format` stands for: its weeks numbered
-    1..n in the order given. Anything else is left for validation to refuse."""
-    if isinstance(answer, dict) and isinstance(answer.get("weeks"), list):
-        weeks = [
-            {"week": i, **{k: v for k, v in week.items() if k != "week"}} if isinstance(week, dict) else week
-            for i, week in enumerate(answer["weeks"], start=1)
+    1..n in the order given, and each week's sessions on the days TRAINING_DAYS gives them
+    by their place. Anything else is left for validation to refuse."""
+    if not (isinstance(answer, dict) and isinstance(answer.get("weeks"), list)):
+        return answer
+    return {**answer, "weeks": [_numbered_week(i, week) for i, week in enumerate(answer["weeks"], start=1)]}
+
+
+def _numbered_week(number: int, week: Any) -> Any:
+    if not isinstance(week, dict):
+        return week
+    sessions = week.get("sessions")
+    if isinstance(sessions, list) and len(sessions) in TRAINING_DAYS:
+        sessions = [
+            {"day": day, **{k: v for k, v in session.items() if k != "day"}} if isinstance(session, dict) else session
+            for day, session in zip(TRAINING_DAYS[len(sessions)], sessions, strict=True)
         ]
-        return {**answer, "weeks": weeks}
-    return answer
+    return {"week": number, **{k: sessions if k == "sessions" else v for k, v in week.items() if k != "week"}}
 
 
 class OpenAIChatGenerator:
@@ -189,10 +240,17 @@ class OpenAIChatGenerator:
             api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
         )
         # The model, the prompt, the response schema and the temperature (when one is sent;
-        # else the server's default applies) decide what comes back. The schema differs by
-        # profile only in its days a week and weeks: every one there can be is fingerprinted.
-        schemas = [self._response_format(days, paid) for days in range(1, 8) for paid in (False, True)]
-        shaped_by = (model, SYSTEM_PROMPT, schemas, temperature)
+        # else the server's default applies) decide what comes back. The schema is the
+        # contract's, shaped by the client's answers and the exercise catalogue: the one for
+        # each of the contract's example clients, with every days a week and access, and the
+        # catalogue's revision stand for all.
+        samples = [
+            parse_onboarding({**example, "days_per_week": days})
+            for example in load_contract("onboarding_responses")["examples"]
+            for days in range(1, 8)
+        ]
+        schemas = [self._response_format(profile, paid) for profile in samples for paid in (False, True)]
+        shaped_by = (model, SYSTEM_PROMPT, REPAIR_PROMPT, schemas, revision(), temperature)
         self.identity = GeneratorIdentity(
             kind="openai", model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}"
         )
@@ -201,27 +259,35 @@ class OpenAIChatGenerator:
     def name(self) -> str:
         return f"openai:{self.model}"
 
-    def _response_format(self, days_per_week: int, has_paid_access: bool) -> ResponseFormatJSONSchema:
-        weeks = program_weeks(has_paid_access)
-        return program_response_format(self.model, days_per_week=days_per_week, weeks=weeks, flavour=self.schema)
+    def _response_format(self, profile: OnboardingResponses, has_paid_access: bool) -> ResponseFormatJSONSchema:
+        return program_response_format(self.model, profile, has_paid_access, flavour=self.schema)
 
-    def request(self, profile: OnboardingResponses, has_paid_access: bool) -> dict[str, Any]:
+    def request(
+        self, profile: OnboardingResponses, has_paid_access: bool, rejected: Rejected | None = None
+    ) -> dict[str, Any]:
         """The chat-completions request for one profile, unstreamed: what `generate` sends
         (streamed) and what a Batch API line carries as its body. The system prompt and the
-        schema come first, the same for every client with as many days a week, so the
-        server can cache that prefix; the client's answers come last."""
-        answers = {
+        schema come first, so the server can cache that prefix (a server that enforces the
+        schema as a grammar, as llama.cpp does, caches the prompt alone); the client's
+        answers come last."""
+        answers: dict[str, Any] = {
             "onboarding_responses": profile.normalized(),
             "has_paid_access": has_paid_access,
             "duration_weeks": program_weeks(has_paid_access),
         }
+        if rejected is not None:
+            answers["coach_rejected_the_last_program"] = {
+                "reason": rejected.reason,
+                "note": rejected.note,
+                "its_exercises": sorted(rejected.exercise_names()),
+            }
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": json.dumps(answers)},
             ],
-            "response_format": self._response_format(profile.days_per_week, has_paid_access),
+            "response_format": self._response_format(profile, has_paid_access),
             self.cap_parameter: self.max_completion_tokens,
         }
         if self.temperature is not None:
@@ -229,15 +295,38 @@ class OpenAIChatGenerator:
         return body
 
     def generate(
-        self, profile: OnboardingResponses, has_paid_access: bool, on_progress: OnProgress | None = None
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
     ) -> Generation:
         """The program, streamed: `on_progress` hears what of it is complete as it arrives.
         The usage comes in the stream's last chunk, so a failed answer's tokens are counted
         too when the server got to send them."""
+        return self._streamed(self.request(profile, has_paid_access, rejected), on_progress)
+
+    def repair(
+        self,
+        profile: OnboardingResponses,
+        has_paid_access: bool,
+        answer: Any,
+        problems: str,
+        on_progress: OnProgress | None = None,
+        rejected: Rejected | None = None,
+    ) -> Generation:
+        """The program again, in the same conversation: the request, the answer the model gave
+        (as Coach Cache read it) and what is wrong with it (core.repair)."""
+        body = self.request(profile, has_paid_access, rejected)
+        body["messages"] += [
+            {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
+            {"role": "user", "content": REPAIR_PROMPT.format(problems=problems)},
+        ]
+        return self._streamed(body, on_progress)
+
+    def _streamed(self, body: dict[str, Any], on_progress: OnProgress | None) -> Generation:
         try:
-            stream = self._client.chat.completions.create(
-                **self.request(profile, has_paid_access), stream=True, stream_options={"include_usage": True}
-            )
+            stream = self._client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
         except openai.APIError as exc:
             raise GenerationError(self.describe(exc)) from None
         answer = _Answer(self.model)
