@@ -511,15 +511,21 @@ def test_a_result_line_not_as_openai_documents_it_fails_that_line_only(current: 
     assert (judged.state, judged.error) == ("failed", says)
 
 
+def answered_line(candidate: Any, fake_openai: FakeOpenAI, *, paid: bool, **changes: Any) -> dict[str, Any]:
+    """A result line as the Batch API writes it, of the stand-in's answer to the candidate's request."""
+    body = candidate.request(parse_onboarding(PROFILE), paid)
+    answer = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).chat.completions.create(**body)
+    return {"custom_id": "x", "response": {"status_code": 200, "body": {**answer.model_dump(), **changes}}}
+
+
 def test_a_lines_time_is_kept_between_the_batchs_submission_and_its_check(
     current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     candidate = rollout.candidate(current, CANDIDATE)
-    body = candidate.request(parse_onboarding(PROFILE), False)
-    answer = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).chat.completions.create(**body)
     batch = finished()
-    for created, expected in ((answer.created * 1000, batch.checked_at), (0, batch.submitted_at)):
-        line = {"custom_id": "x", "response": {"status_code": 200, "body": {**answer.model_dump(), "created": created}}}
+    now = int(batch.checked_at.timestamp())
+    for created, expected in ((now * 1000, batch.checked_at), (0, batch.submitted_at)):
+        line = answered_line(candidate, fake_openai, paid=False, created=created)
         judged = batch_collection.judge_line(line, PROFILE, False, candidate, batch)
         assert (judged.state, judged.generated_at) == ("staged", expected)
 
@@ -529,9 +535,7 @@ def test_a_result_line_whose_program_does_not_fit_its_client_is_invalid_not_stag
 ) -> None:
     """A batch line is judged as a live answer is: here a paid client's 8 weeks, for a free client."""
     candidate = rollout.candidate(current, CANDIDATE)
-    body = candidate.request(parse_onboarding(PROFILE), True)
-    answer = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).chat.completions.create(**body)
-    line = {"custom_id": "x", "response": {"status_code": 200, "body": answer.model_dump()}}
+    line = answered_line(candidate, fake_openai, paid=True)
     judged = batch_collection.judge_line(line, PROFILE, False, candidate, finished())
     assert judged.state == "invalid" and judged.program_json is None
     assert judged.error is not None and "(rules broken: weeks)" in judged.error
