@@ -141,7 +141,7 @@ def test_the_first_click_on_invalidate_counts_right_after_typing(
             box.fill(user)
         else:
             box.press_sequentially(user)
-        page.get_by_role("button", name="Invalidate").click()  # at once: no pause, Enter or Tab
+        page.get_by_role("button", name="Invalidate", exact=True).click()  # at once: no pause, Enter or Tab
         expect(page.get_by_text(f"Delete 1 cached program of {user}?")).to_be_visible()
         page.get_by_role("button", name="Yes, invalidate").click()
         expect(page.get_by_text(f"Invalidated 1 entry of {user}.")).to_be_visible()
@@ -156,7 +156,7 @@ def test_invalidate_with_no_user_id_says_to_type_one(server: str, browser: Brows
     page.goto(server)
     settle(page)
     go_to(page, "Cache admin")
-    page.get_by_role("button", name="Invalidate").click()
+    page.get_by_role("button", name="Invalidate", exact=True).click()
     expect(page.get_by_text("Type a user id first.")).to_be_visible()
     page.close()
 

@@ -162,7 +162,7 @@ def test_hostile_text_from_the_database_and_the_url_is_shown_as_text(
     expect(grid_cells(page, version)).to_have_count(1)  # the action's target, now the entry is gone
     # A user id as a coach may type one, that GitHub-flavoured Markdown would make a link.
     page.get_by_role("textbox", name="User ID to invalidate").fill("www.evil.example")
-    page.get_by_role("button", name="Invalidate").click()
+    page.get_by_role("button", name="Invalidate", exact=True).click()
     literally(page, "The cache holds no programs of www.evil.example: nothing to invalidate.")
     settle(page)
     assert shown_markup(page, listener) == []
