@@ -147,6 +147,10 @@ def questionnaire() -> None:
         shown |= {"user_id": kept.user_id, "form_has_paid_access": kept.has_paid_access}
     for key, value in shown.items():
         st.session_state.setdefault(key, value)
+    # A number field's value is given as its default too: one the browser drew anew (seen
+    # after a miss's runs) showed its default, the minimum, not the value the server held,
+    # and the next click sent 1 day a week and 15 minutes.
+    held = st.session_state
     with st.form("questionnaire", border=True, enter_to_submit=False):
         id_column, load_column = st.columns([5, 3], vertical_alignment="bottom")
         id_column.text_input(
@@ -163,14 +167,24 @@ def questionnaire() -> None:
         with left:
             st.selectbox("Goal", GOALS, format_func=label, key="form_goal")
             field_error("goal")
-            st.number_input("Days per week", min_value=1, max_value=7, step=1, key="form_days_per_week")
+            days = held.form_days_per_week
+            st.number_input("Days per week", min_value=1, max_value=7, step=1, value=days, key="form_days_per_week")
             field_error("days_per_week")
-            st.number_input("Age", min_value=13, max_value=100, step=1, key="form_age", placeholder="Optional")
+            st.number_input(
+                "Age", min_value=13, max_value=100, step=1, value=held.form_age, key="form_age", placeholder="Optional"
+            )
             field_error("age")
         with right:
             st.selectbox("Experience level", EXPERIENCE_LEVELS, format_func=label, key="form_experience_level")
             field_error("experience_level")
-            st.number_input("Session length (minutes)", min_value=15, max_value=180, step=5, key="form_session_minutes")
+            st.number_input(
+                "Session length (minutes)",
+                min_value=15,
+                max_value=180,
+                step=5,
+                value=held.form_session_minutes,
+                key="form_session_minutes",
+            )
             field_error("session_minutes")
             st.toggle("Paid access", key="form_has_paid_access")
         st.multiselect("Equipment", EQUIPMENT, format_func=label, key="form_equipment", max_selections=8)
