@@ -19,7 +19,7 @@ programs = training_programs.c
 UNKNOWN_GENERATOR = "unknown"  # how an action names entries made before identities were recorded
 
 
-def _record(engine: Engine, *, actor: str, action: str, target: str | None, removal: cache_store.Removal) -> None:
+def record_action(engine: Engine, *, actor: str, action: str, target: str | None, removal: cache_store.Removal) -> None:
     with engine.begin() as connection:
         connection.execute(
             insert(admin_actions).values(
@@ -35,7 +35,7 @@ def _record(engine: Engine, *, actor: str, action: str, target: str | None, remo
 
 def delete_expired_entries(engine: Engine, *, actor: str) -> cache_store.Removal:
     removal = cache_store.delete_expired(engine, actor=actor)
-    _record(engine, actor=actor, action="cleanup", target="expired program entries", removal=removal)
+    record_action(engine, actor=actor, action="cleanup", target="expired program entries", removal=removal)
     return replace(removal, staged_dropped=staged_programs.drop_expired(engine))
 
 
@@ -47,7 +47,7 @@ def invalidate_user(
     column): a user id it refuses is a ContractError, never a statement the database refuses."""
     user_id = user_id_check(user_id)
     removal = cache_store.delete_user_entries(engine, user_id, actor=actor)
-    _record(engine, actor=actor, action="invalidate_user", target=user_id, removal=removal)
+    record_action(engine, actor=actor, action="invalidate_user", target=user_id, removal=removal)
     return removal
 
 
@@ -80,7 +80,7 @@ def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> c
         raise NeverMadeAProgram(generator_version, made)
     version = None if generator_version == UNKNOWN_GENERATOR else generator_version
     removal = cache_store.delete_generator_entries(engine, version, actor=actor)
-    _record(engine, actor=actor, action="retire_generator", target=generator_version, removal=removal)
+    record_action(engine, actor=actor, action="retire_generator", target=generator_version, removal=removal)
     return removal
 
 

@@ -307,6 +307,22 @@ def delete_entry_holding(connection: Connection, key: str, program_id: ProgramId
     return deleted > 0
 
 
+def delete_entries_holding(connection: Connection, recalled: Any, *, actor: str) -> Removal:
+    """Delete the entries that still hold the program of a history row `recalled` selects
+    (a condition on training_programs), recording each as recalled by `actor`. An entry
+    rewritten with another program stays. In the caller's write transaction."""
+    rows = training_programs.c
+    holding = (
+        select(rows.id)
+        .where(recalled, rows.cache_key == cache.cache_key, rows.program == cache.data)
+        .correlate(ai_coach_cache)
+        .exists()
+    )
+    statement = delete(ai_coach_cache).where(_is_program_entry(), holding)
+    deleted, size = _delete_counting(connection, statement, entry_fate.Removed("recalled", actor))
+    return Removal(deleted, size)
+
+
 def has_entry(connection: Connection, key: str) -> bool:
     return connection.execute(select(cache.id).where(cache.cache_key == key)).first() is not None
 

@@ -1,5 +1,5 @@
-"""`python -m core`: migrate, generate, cleanup, invalidate, reject, rollout, stats, rollup. JSON on stdout (SQL for
-`migrate --check`); errors and notes on stderr, one line each, never a traceback or a password."""
+"""`python -m core`: migrate, generate, cleanup, invalidate, reject, recall, rollout, stats, rollup. JSON on
+stdout (SQL for `migrate --check`); errors and notes on stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, batch_collection, logs, monitoring, rejections, rollout_reports, waits
+from core import admin, batch_collection, logs, monitoring, recall, rejections, rollout_reports, waits
 from core import rollout as rollout_steps
 from core.adoption import SchemaRefused
 from core.db import Database, describe_db_error, make_engine, missing_sqlite_file
@@ -97,10 +98,42 @@ def _parser() -> argparse.ArgumentParser:
     reject.add_argument("--program-id", required=True, help="the training_programs id, as generate prints it")
     reject.add_argument("--reason", required=True, choices=rejections.CATEGORIES)
     reject.add_argument("--note", help=f"why, in words (at most {rejections.NOTE_MAX_CHARS} characters)")
+    _recall_parser(commands.add_parser("recall", help="list who was handed programs that got out wrong; recall them"))
     _rollout_parser(commands.add_parser("rollout", help="try a candidate model, or pre-warm the cache for it"))
     commands.add_parser("stats", help="cache entries, storage and hit rate")
     commands.add_parser("rollup", help="roll settled hours of requests into the monitoring rollup (for cron)")
     return parser
+
+
+def _time(text: str) -> datetime:
+    """An argparse type: an ISO 8601 date or time, UTC unless it says otherwise."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO 8601 date or time (2026-12-07 or 2026-12-07T09:30Z), not {text[:40]!r}"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _recall_parser(recall_command: argparse.ArgumentParser) -> None:
+    chosen = recall_command.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--generator", metavar="VERSION", help="the programs this generator_version made")
+    chosen.add_argument("--key", help="the programs handed out for this cache key")
+    chosen.add_argument("--program-id", help="this program (a training_programs id) and every hand-out of it")
+    recall_command.add_argument("--since", type=_time, help="handed out at or after this time (UTC unless given)")
+    recall_command.add_argument("--until", type=_time, help="handed out before this time (UTC unless given)")
+    recall_command.add_argument("--csv", type=Path, metavar="FILE", help="write the hand-outs to FILE as CSV")
+    recall_command.add_argument(
+        "--invalidate", action="store_true", help="delete the entries still holding them; mark them recalled"
+    )
+    recall_command.add_argument(
+        "--reason", help=f"why they are recalled (with --invalidate; at most {recall.REASON_MAX_CHARS} characters)"
+    )
+    recall_command.add_argument(
+        "--prewarm", action="store_true", help="with --invalidate: regenerate the recalled keys ahead, as a rollout"
+    )
+    recall_command.add_argument("--live", action="store_true", help="pre-warm through the chat endpoint, not a batch")
 
 
 def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
@@ -444,11 +477,44 @@ def _reject(args: argparse.Namespace, _settings: Settings, database: Database) -
     }
 
 
+def _recall(args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
+    database.ensure_schema()
+    if args.prewarm and not args.invalidate:
+        raise recall.RecallRefused("prewarm", "regenerates the keys --invalidate recalls: give --invalidate too")
+    if args.invalidate:
+        recall.check_reason(args.reason)  # refused before anything is listed or written
+    engine = database.engine
+    selection = recall.Selection(args.generator, args.key, args.program_id, args.since, args.until)
+    generator = recall.regenerator(engine, settings, selection, live=args.live) if args.prewarm else None
+    report: dict[str, Any] = {"selection": selection.target}
+    if args.csv is not None:
+        try:
+            with args.csv.open("w", encoding="utf-8", newline="") as out:
+                report["count"], report["clients"] = recall.write_csv(engine, selection, out)
+        except OSError as exc:
+            raise recall.RecallRefused("csv", f"cannot write {args.csv} ({exc.strerror})") from None
+        report["csv"] = str(args.csv)
+    else:
+        listed = [dataclasses.asdict(h) for h in recall.handouts(engine, selection)]
+        report.update(count=len(listed), clients=len({h["user_id"] for h in listed}), handouts=listed)
+    if report["count"] == 0:
+        print(f"note: no program was handed out for {selection.target}: nothing to recall", file=sys.stderr)
+        return report
+    if args.invalidate:
+        recalled = recall.recall(engine, selection, reason=args.reason, actor="cli")
+        report["recalled"] = dataclasses.asdict(recalled)
+    if generator is not None:
+        started = recall.prewarm(engine, settings, selection, generator, actor="cli", live=args.live)
+        report["prewarm"] = dataclasses.asdict(started)
+    return report
+
+
 REPORTS: dict[str, Callable[[argparse.Namespace, Settings, Database], dict[str, Any]]] = {
     "migrate": _migrate,
     "cleanup": _cleanup,
     "invalidate": _invalidate,
     "reject": _reject,
+    "recall": _recall,
     "rollout": _rollout,
     "rollup": _rollup,
     "stats": _stats,
@@ -461,7 +527,7 @@ CREATE_THE_DATABASE = ("migrate", "generate")
 
 
 # Options whose value may begin with '-' (a user id `-A1`, a note `-3 kg too heavy`).
-FREE_VALUES = ("--user-id", "--note")
+FREE_VALUES = ("--user-id", "--note", "--reason")
 
 
 def _with_values_attached(argv: list[str]) -> list[str]:

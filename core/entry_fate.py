@@ -4,7 +4,8 @@ turns those records into a miss reason.
 A key's record (`cache_entry_fates`, one row per key) is replaced by whatever changes what
 the key holds: a miss that wrote the entry (`written`, with the entry's expiry), a miss
 whose write failed (`not_cached`), an admin's invalidation (`invalidated`, by whom), a
-coach's rejection of the program it held (`rejected`, by whom), cleanup (`expired`). A
+coach's rejection of the program it held (`rejected`, by whom), a recall of the programs it
+held (`recalled`, by whom: core/recall.py), cleanup (`expired`). A
 failed generation writes nothing and so changes nothing. The request log is never read
 for a reason, so pruning or rolling up `generation_events` changes none."""
 
@@ -23,7 +24,7 @@ from core.schema import cache_entry_fates, database_now
 if TYPE_CHECKING:
     from core.cache_store import CacheEntry
 
-Fate = Literal["written", "not_cached", "invalidated", "rejected", "expired"]
+Fate = Literal["written", "not_cached", "invalidated", "rejected", "recalled", "expired"]
 MissReason = Literal[
     "first_generation",
     "expired",
@@ -35,6 +36,7 @@ MissReason = Literal[
     "generator_changed",
     "invalidated",
     "rejected",
+    "recalled",
     "removed",
     "not_cached",
 ]
@@ -143,7 +145,8 @@ def record(
 @dataclass(frozen=True)
 class Removed:
     """What a deletion of entries records for each key it removes: `fate` (`expired` for
-    cleanup, `invalidated` for an admin's invalidation, `rejected` for a coach's rejection)
+    cleanup, `invalidated` for an admin's invalidation, `rejected` for a coach's rejection,
+    `recalled` for a recall)
     and by whom, as of now by the database's clock."""
 
     fate: Fate

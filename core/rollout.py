@@ -211,6 +211,9 @@ class Selection:
     requested_within_days: float | None = None
     min_hours_left: float = 0.0
     limit: int | None = None
+    # A recall's keys (core/recall.py): a select of `cache_key`s, taken as they are, valid
+    # entry or not; the other bounds do not apply.
+    keys: Any = None
 
     def __post_init__(self) -> None:
         for name, value in (
@@ -224,6 +227,8 @@ class Selection:
 
 
 def _wanted(dialect: str, version: str, selection: Selection) -> Any:
+    if selection.keys is not None:
+        return selection.keys
     other = or_(cache.generator_version.is_(None), cache.generator_version != version)
     valid = select(cache.cache_key).where(
         cache.cache_key.startswith(CACHE_KEY_PREFIX, autoescape=True),
@@ -454,6 +459,11 @@ def start(
         return _start(engine, settings, generator, actor, selection, live, client)
 
 
+def check_kind(generator: ProgramGenerator, live: bool) -> None:
+    if not live and not isinstance(generator, OpenAIChatGenerator):
+        raise RolloutRefused("live", "is the only way for a generator without a Batch API")
+
+
 def _start(
     engine: Engine,
     settings: Settings,
@@ -464,8 +474,7 @@ def _start(
     client: openai.OpenAI | None,
 ) -> Started:
     kind: RolloutKind = "live" if live else "batch"
-    if not live and not isinstance(generator, OpenAIChatGenerator):
-        raise RolloutRefused("live", "is the only way for a generator without a Batch API")
+    check_kind(generator, live)
     found = plan(engine, settings, generator, selection).targets
     if not found:
         return Started(None, kind, 0)

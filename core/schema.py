@@ -137,6 +137,10 @@ training_programs = Table(
     Column("generator_version", String(64), nullable=True),
     Column("cached_tokens", Integer, nullable=True),
     Column("reasoning_tokens", Integer, nullable=True),
+    # A recall of the program (core/recall.py): when, why, by whom; NULL while never recalled.
+    Column("recalled_at", UTCDateTime(), nullable=True),
+    Column("recall_reason", Text, nullable=True),
+    Column("recalled_by", String(320), nullable=True),
     Index("ix_training_programs_created_at", "created_at", "id"),
     Index("ix_training_programs_user_id_created_at", "user_id", "created_at", "id"),
 )
@@ -237,7 +241,7 @@ cache_entry_fates = Table(
     "cache_entry_fates",
     metadata,
     Column("cache_key", String(512), primary_key=True),
-    Column("fate", String(16), nullable=False),  # written | not_cached | invalidated | rejected | expired
+    Column("fate", String(16), nullable=False),  # written | not_cached | invalidated | rejected | recalled | expired
     Column("recorded_at", UTCDateTime(), nullable=False),
     # Until when the entry was (or would have been) valid; NULL when no entry was written.
     Column("entry_expires_at", UTCDateTime(), nullable=True),

@@ -20,7 +20,7 @@ from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import cache_store, entry_fate, history, rejections, repair, single_flight, staged_programs, waits
+from core import cache_store, entry_fate, history, recall, rejections, repair, single_flight, staged_programs, waits
 from core.cache_key import cache_key, check_user_id, onboarding_hash
 from core.db import Database, connect_to_write, describe_db_error
 from core.entry_fate import Lookup, MissReason
@@ -48,6 +48,7 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "generator_changed": "it was made by another generator (model, prompt or rules)",
     "invalidated": "its cached program was invalidated by an admin",
     "rejected": "a coach rejected the cached program",
+    "recalled": "the cached program was recalled (it had got out wrong)",
     "removed": "its cached program was deleted outside Coach Cache before it expired",
     "not_cached": "the last program for these answers could not be cached",
 }
@@ -555,7 +556,7 @@ class ProgramService:
     ) -> GenerationResult:
         if told.on_generating is not None:
             told.on_generating(reason)
-        rejected = self._rejected(request.key) if reason == "rejected" else None
+        rejected = self._rejected(request.key, reason) if reason in ("rejected", "recalled") else None
         llm_started = perf_counter()
         try:
             judged = repair.generate_judged(
@@ -619,12 +620,13 @@ class ProgramService:
         )
         return self._store(request, _Generated(result, record, event), upsert)
 
-    def _rejected(self, key: str) -> Rejected | None:
-        """The program a coach rejected for this key, for the generation after it; None when it
-        cannot be read (the generation goes on, as after any miss)."""
+    def _rejected(self, key: str, reason: MissReason) -> Rejected | None:
+        """The program a coach rejected, or a recall recalled, for this key, for the generation
+        after it; None when it cannot be read (the generation goes on, as after any miss)."""
+        latest_for_key = recall.latest_for_key if reason == "recalled" else rejections.latest_for_key
         try:
             with self.engine.connect() as connection:
-                return rejections.latest_for_key(connection, key)
+                return latest_for_key(connection, key)
         except DBAPIError as exc:
             log.warning("Could not read the rejection of %s: %s", key, describe_db_error(exc))
             return None
