@@ -1,17 +1,21 @@
 """Cache admin: what the cache holds, cleanup of expired entries, per-user invalidation,
-retiring a generator's entries, and rollouts of a new model (tried, then pre-warmed)."""
+retiring a generator's entries, recalls of programs that got out wrong, and rollouts of a
+new model (tried, then pre-warmed)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
+from itertools import islice
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from core import admin, batch_collection, cache_store, rollout, rollout_reports
+from core import admin, batch_collection, cache_store, recall, rollout, rollout_reports
 from core.formatting import counted, format_bytes, format_dollars, format_duration, markdown_code
 from core.generators import startup_warning
+from core.history import HistoryFilter
 from core.models import ContractError
 from core.schema import utcnow
 from pages.common import (
@@ -191,6 +195,95 @@ def generators(allowed: bool) -> None:
 
         question = f"Delete every cached program made by {markdown_code(pending)}? {regenerated()}"
         confirm("retire", question, "Yes, retire", retire)
+
+
+# How a recall selects, as the page names it: the recall.Selection field each fills.
+RECALL_BY = {"Generator version": "generator_version", "Cache key": "cache_key", "Program id": "program_id"}
+RECALL_PREVIEW_ROWS = 200
+
+
+def recall_section(allowed: bool) -> None:
+    """Every client handed programs that got out wrong (of a generator, a key or a program),
+    previewed, then recalled on confirmation: the entries holding them deleted, the history
+    rows marked, and the keys optionally pre-warmed with the current generator."""
+    st.subheader("Recall programs", anchor=False)
+    st.caption("For programs that got out wrong: who was handed one (cache hits included), then recall them.")
+    with st.form("recall", border=False, enter_to_submit=False):
+        by = st.radio("Select by", list(RECALL_BY), horizontal=True, key="recall_by")
+        value = st.text_input("Generator version, cache key or program id", key="recall_value").strip()
+        span = st.date_input("Handed out (UTC, optional)", value=[], key="recall_dates")
+        reason = st.text_input("Reason", max_chars=recall.REASON_MAX_CHARS, key="recall_reason")
+        prewarm = st.checkbox("Pre-warm the recalled keys with the current generator", key="recall_prewarm")
+        live = st.checkbox("Pre-warm with live calls (servers without a Batch API)", key="recall_live")
+        cols = st.columns(2)
+        previewed = cols[0].form_submit_button("Preview hand-outs", icon=":material/preview:")
+        asked = cols[1].form_submit_button("Recall", disabled=not allowed, icon=":material/report:")
+    if not (previewed or asked or st.session_state.get("confirm_recall")):
+        return
+    try:
+        days: tuple[date, ...] = tuple(span) if isinstance(span, tuple | list) else ()
+        dates = HistoryFilter.from_form(user_id="", days=days, source=None)
+        selection = recall.Selection(
+            **{RECALL_BY[by]: value},
+            since=dates.since,
+            until=dates.until,
+        )
+        preview_handouts(selection)
+        if allowed and asked:
+            st.session_state.confirm_recall = (selection, recall.check_reason(reason), prewarm, live)
+    except ContractError as exc:
+        st.session_state.confirm_recall = None
+        st.error(escape_markdown(str(exc)), icon=":material/error:")
+        return
+    if allowed and (pending := st.session_state.get("confirm_recall")):
+        question = f"Recall the programs of {markdown_code(pending[0].target)}? {regenerated()}"
+        confirm("recall", question, "Yes, recall", recall_programs)
+
+
+def preview_handouts(selection: recall.Selection) -> None:
+    shown = list(islice(recall.handouts(get_engine(), selection), RECALL_PREVIEW_ROWS + 1))
+    if not shown:
+        st.info(f"No program was handed out for {markdown_code(selection.target)}: nothing to recall.")
+        return
+    more = " (the first ones; the command line lists all)" if len(shown) > RECALL_PREVIEW_ROWS else ""
+    shown = shown[:RECALL_PREVIEW_ROWS]
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "User": [h.user_id for h in shown],
+                "Program": [str(h.training_program_id) for h in shown],
+                "Handed out (UTC)": [h.handed_out_at.strftime("%Y-%m-%d %H:%M:%S") for h in shown],
+                "How": [h.how.replace("_", " ") for h in shown],
+                "Recalled": ["yes" if h.recalled_at else "" for h in shown],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    clients = counted(len({h.user_id for h in shown}), "client")
+    st.caption(f"{counted(len(shown), 'hand-out')} to {clients}{more}.")
+
+
+def recall_programs(asked: tuple[recall.Selection, str, bool, bool]) -> str:
+    selection, reason, prewarm, live = asked
+    engine, settings = get_engine(), get_settings()
+    try:
+        generator = recall.regenerator(engine, settings, selection, live=live) if prewarm else None
+        done = recall.recall(engine, selection, reason=reason, actor=current_actor())
+        started = None
+        if generator is not None:
+            started = recall.prewarm(engine, settings, selection, generator, actor=current_actor(), live=live)
+    except ContractError as exc:
+        return f"Not recalled: {escape_markdown(str(exc))}"
+    except rollout.RolloutFailed as exc:
+        return f"Recalled, but not pre-warmed: {escape_markdown(str(exc))}"
+    text = (
+        f"Recalled {counted(done.history_rows_marked, 'hand-out')}; deleted {entries_text(done.entries_deleted)} "
+        f"still holding them."
+    )
+    if started is not None and started.rollout_id is not None:
+        text += f" Rollout #{started.rollout_id} pre-warms {counted(started.requested, 'key')}."
+    return text
 
 
 def dollars(amount: float | None) -> str:
@@ -467,5 +560,6 @@ with right:
     invalidate(allowed)
 entries()
 generators(allowed)
+recall_section(allowed)
 rollouts(allowed)
 recent()

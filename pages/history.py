@@ -8,8 +8,8 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from core import history, rejections
-from core.formatting import format_duration, markdown_code
+from core import history, recall, rejections
+from core.formatting import escape_markdown, format_duration, markdown_code
 from core.history import HistoryFilter, ProgramRow
 from core.schema import ProgramId
 from core.submissions import Rejected
@@ -42,7 +42,11 @@ def read_filter() -> HistoryFilter:
     return HistoryFilter.from_form(user_id=user_id or "", days=days, source=source)
 
 
-def table(rows: list[ProgramRow], rejected: dict[ProgramId, rejections.Rejection]) -> pd.DataFrame:
+def table(
+    rows: list[ProgramRow],
+    rejected: dict[ProgramId, rejections.Rejection],
+    recalled: dict[ProgramId, recall.RecallNote],
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "ID": [r.id for r in rows],
@@ -53,6 +57,7 @@ def table(rows: list[ProgramRow], rejected: dict[ProgramId, rejections.Rejection
             "Latency": ["–" if r.latency_ms is None else format_duration(r.latency_ms) for r in rows],
             "Model": [r.model or "–" for r in rows],
             "Rejected": [rejected[r.id].reason if r.id in rejected else "" for r in rows],
+            "Recalled": [recalled[r.id].reason if r.id in recalled else "" for r in rows],
         }
     )
 
@@ -70,6 +75,12 @@ def show_program(requested: str) -> None:
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)
         return
+    if (recalled := recall.recalls_of(get_engine(), [row.id]).get(row.id)) is not None:
+        st.error(
+            f"**Recalled** by {markdown_code(recalled.recalled_by)} on {recalled.recalled_at:%Y-%m-%d %H:%M} UTC: "
+            f"{escape_markdown(recalled.reason)}. Do not use this program.",
+            icon=":material/report:",
+        )
     rejection = rejections.rejections_of(get_engine(), [row.id]).get(row.id)
     if rejection is not None:
         rejected_note(rejection)
@@ -98,7 +109,11 @@ if not page.rows:
     st.info("No programs match these filters yet. Generate one on the **Generate program** page.")
 else:
     selection = st.dataframe(
-        table(page.rows, rejections.rejections_of(get_engine(), [r.id for r in page.rows])),
+        table(
+            page.rows,
+            rejections.rejections_of(get_engine(), [r.id for r in page.rows]),
+            recall.recalls_of(get_engine(), [r.id for r in page.rows]),
+        ),
         hide_index=True,
         width="stretch",
         on_select="rerun",
