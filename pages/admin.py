@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from itertools import islice
 from typing import Any
 
 import pandas as pd
@@ -241,7 +240,7 @@ def recall_section(allowed: bool) -> None:
 
 
 def preview_handouts(selection: recall.Selection) -> None:
-    shown = list(islice(recall.handouts(get_engine(), selection), RECALL_PREVIEW_ROWS + 1))
+    shown = list(recall.handouts(get_engine(), selection, limit=RECALL_PREVIEW_ROWS + 1))
     if not shown:
         st.info(f"No program was handed out for {markdown_code(selection.target)}: nothing to recall.")
         return
