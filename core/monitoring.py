@@ -706,8 +706,8 @@ def _invalidated(engine: Engine, since: datetime | None) -> dict[str, list[str]]
 def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int | None) -> Any:
     """The served requests (errors served nothing, as in `Summary.hit_rate`), key by key in
     time order: (first of its key, microseconds, a generation no TTL can skip). That is a
-    forced refresh, a miss because a coach rejected the entry's program, or the first
-    request after an admin invalidated the key's entry: its user's entries
+    forced refresh, a miss because a coach rejected (or a recall recalled) the entry's
+    program, or the first request after an admin invalidated the key's entry: its user's entries
     (`invalidate_user`), or its generator's (`retire_generator`; the entry's generator is
     the one the key's previous event names, the hit's entry's or the miss's)."""
     # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
@@ -754,7 +754,7 @@ def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int 
         func.coalesce(r.c.cache_key != r.c.previous_key, True),
         _epoch_microseconds(engine, r.c.created_at),
         (r.c.outcome == "bypass")
-        | (func.coalesce(r.c.miss_reason, "") == "rejected")
+        | func.coalesce(r.c.miss_reason, "").in_(("rejected", "recalled"))
         | case((affected, invalidated_since_previous), else_=False),
     ).order_by(r.c.key_sample, r.c.cache_key, r.c.created_at, r.c.id)
 

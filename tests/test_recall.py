@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from streamlit.testing.v1 import AppTest
 
+from core import monitoring, recall
 from core.generators import OfflineGenerator
 from core.schema import admin_actions, ai_coach_cache, cache_entry_fates, rollout_programs, training_programs, utcnow
 from core.service import GenerationResult, ProgramService
@@ -182,6 +183,18 @@ def test_a_prewarm_with_the_generator_that_made_the_programs_is_refused_and_noth
     )
     alone = cli(database_url, "recall", "--key", first.cache_key, "--prewarm")
     assert alone.code == 2 and "give --invalidate too" in alone.stderr
+
+
+def test_the_ttl_replay_counts_the_miss_after_a_recall_as_the_headline_does(
+    engine: Engine, service: ProgramService
+) -> None:
+    first, _, _ = hand_out(service)
+    recall.recall(engine, recall.Selection(cache_key=first.cache_key), reason="ignored the knee", actor="test")
+    assert service.generate(user_id="client-a", onboarding_responses=PROFILE, has_paid_access=False).miss_reason == (
+        "recalled"
+    )
+    [configured] = monitoring.replay_ttls(engine, [24])
+    assert monitoring.summary(engine).hit_rate == configured.hit_rate == 1 / 4
 
 
 @pytest.fixture
