@@ -8,12 +8,12 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from core import history, rejections
 from core.formatting import format_duration, markdown_code
-from core.history import HistoryFilter, ProgramRow
-from core.schema import ProgramId
-from core.submissions import Rejected
+from core.store import history, rejections
+from core.store.history import HistoryFilter, ProgramRow
+from core.store.schema import ProgramId
 from pages.common import get_engine, reject_section, rejected_note, render_program, user_filter
+from pages.submissions import Rejected
 
 PAGE_SIZE = 50
 # The coach's last click on "Reject" on this page: which program, and what it came to.

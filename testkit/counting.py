@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+from core.contract.models import OnboardingResponses
 from core.generators import Generation, OfflineGenerator, OnProgress
 from core.generators.base import Rejected
-from core.models import OnboardingResponses
 
 
 class CountingGenerator:

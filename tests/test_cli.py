@@ -17,11 +17,11 @@ import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 
-from core import rejections
-from core.db import make_engine
+from core.contract.models import load_contract
 from core.generators import OfflineGenerator
-from core.models import load_contract
-from core.schema import admin_actions, ai_coach_cache
+from core.store import rejections
+from core.store.db import make_engine
+from core.store.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
 from tests.conftest import CliRun, Run
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -248,7 +248,7 @@ def test_cleanup_deletes_only_expired_program_entries(run: Run, engine: Engine, 
 
 
 def test_cleanup_works_in_batches(engine: Engine) -> None:
-    from core.cache_store import delete_expired
+    from core.store.entries import delete_expired
 
     for i in range(10):
         insert_entries(engine, [f"program:uu{i}:paidfalse:dx"], expired=True)
@@ -352,7 +352,7 @@ def test_each_request_is_one_log_line_without_the_answers(run: Run, tmp_path: Pa
     assert (logged["miss_reason"], logged["user_id"], logged["key_digest"]) == ("first_generation", "u1", digest[:8])
     assert logged["latency_ms"] > 0 and logged["saved"] is True
     (text,) = hit.stderr.decode().splitlines()
-    assert text.startswith("INFO core.service: Cache hit outcome=hit") and f"key_digest={digest[:8]}" in text
+    assert text.startswith("INFO core.serving.service: Cache hit outcome=hit") and f"key_digest={digest[:8]}" in text
     assert quiet.stderr == b""
     for done in (miss, hit):
         assert "ACL" not in done.stderr.decode() and "strength" not in done.stderr.decode()

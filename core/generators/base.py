@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
-from core.models import OnboardingResponses
-from core.partial_program import ProgramSoFar
+from core.contract.models import OnboardingResponses
+from core.contract.partial_program import ProgramSoFar
 
 # Told what of the program is complete while it is being written (core.partial_program).
 OnProgress = Callable[[ProgramSoFar], None]
