@@ -24,14 +24,15 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine, text
 
+from core.contract.generation import Generation, GeneratorIdentity, Rejected
 from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, OnboardingResponses
-from core.generators import Generation, OnProgress
-from core.generators.base import BilledTokens, GeneratorIdentity, Rejected
+from core.generators import OnProgress
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import reports
 from core.operations.rollout import start as rollout_start
+from core.prices import BilledTokens, ModelPrice, PriceTier
 from core.serving.service import ProgramService
-from core.settings import ModelPrice, PriceTier, Settings
+from core.settings import Settings
 from core.store.db import connect_to_write, is_postgres, make_engine, migrate
 from testkit.counting import CountingGenerator
 

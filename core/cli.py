@@ -27,13 +27,13 @@ from core.operations.rollout import live as rollout_live
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import records as rollout_records
 from core.operations.rollout import start as rollout_start
+from core.serving.miss_reasons import MissReason
 from core.serving.service import GenerationFailed, ProgramService
 from core.serving.single_flight import SingleFlightTimeout
 from core.settings import Settings, describe_configuration_error
 from core.store import rejections, waits
 from core.store.adoption import SchemaRefused
 from core.store.db import Database, describe_db_error, make_engine, missing_sqlite_file
-from core.store.fates import MissReason
 
 log = logging.getLogger("core.cli")
 

@@ -10,8 +10,9 @@ from sqlalchemy import Engine
 
 from core.generators import OfflineGenerator
 from core.operations import monitoring
+from core.prices import ModelPrice
 from core.serving.service import GenerationFailed, ProgramService
-from core.settings import ModelPrice, Settings
+from core.settings import Settings
 from core.store.schema import utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE

@@ -13,10 +13,11 @@ import pytest
 from sqlalchemy import delete, update
 
 from core.operations import admin
+from core.serving.miss_reasons import Lookup, MissReason, miss_reason
 from core.serving.service import ProgramService
 from core.store.db import make_engine
 from core.store.entries import CacheEntry
-from core.store.fates import KeyRecord, Lookup, MissReason, miss_reason
+from core.store.fates import KeyRecord
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, utcnow
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Faults

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
+from core.contract.generation import GenerationError, GeneratorIdentity
 from core.contract.models import ContractError, OnboardingResponses
-from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator, OpenAIChatGenerator
+from core.generators import OfflineGenerator, OpenAIChatGenerator
 from core.operations import admin
-from core.serving.service import MISS_REASON_TEXT, MISS_REASONS, GenerationFailed, ProgramService
+from core.serving.miss_reasons import MISS_REASON_TEXT, MISS_REASONS
+from core.serving.service import GenerationFailed, ProgramService
 from core.serving.single_flight import SingleFlightTimeout
 from core.store import entries, history
 from core.store.history import HistoryFilter
@@ -199,7 +201,7 @@ class BrokenGenerator:
     ) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
-        from core.generators import Generation
+        from core.contract.generation import Generation
 
         return Generation(program=self.answer, model="broken")
 

@@ -13,13 +13,14 @@ import pytest
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
+from core.contract.generation import GenerationError
 from core.contract.models import parse_onboarding
 from core.formatting import format_dollars
-from core.generators import GenerationError
 from core.operations import monitoring
 from core.operations.monitoring import Spend
+from core.prices import DEFAULT_MODEL_PRICES, ModelPrice
 from core.serving.service import GenerationFailed
-from core.settings import DEFAULT_MODEL_PRICES, ModelPrice, Settings
+from core.settings import Settings
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE

@@ -9,8 +9,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from core.contract.fit import Rule, UnfitProgram, validate_program
+from core.contract.generation import Generation, GenerationError, Rejected
 from core.contract.models import ContractError, FieldError, OnboardingResponses, TrainingProgram
-from core.generators.base import TOKEN_FIELDS, Generation, GenerationError, OnProgress, ProgramGenerator, Rejected
+from core.generators.base import OnProgress, ProgramGenerator
+from core.prices import TOKEN_FIELDS
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property, partial
 from time import perf_counter
-from typing import Any, get_args
+from typing import Any
 
 from pydantic_core import from_json
 from sqlalchemy import Connection, Engine
@@ -22,37 +22,21 @@ from sqlalchemy.exc import DBAPIError
 
 from core.contract.cache_key import cache_key, check_user_id, onboarding_hash
 from core.contract.fit import validate_program_json
+from core.contract.generation import Generation, GenerationError, Rejected, billed_tokens
 from core.contract.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding
-from core.generators import Generation, GenerationError, OnProgress, ProgramGenerator
-from core.generators.base import NOT_BILLED, BilledTokens, Rejected, billed_tokens
+from core.generators import OnProgress, ProgramGenerator
 from core.logs import FIELDS
+from core.prices import NOT_BILLED, BilledTokens
 from core.serving import repair, single_flight
+from core.serving.miss_reasons import Lookup, MissReason, miss_reason
 from core.serving.single_flight import SingleFlightTimeout
 from core.settings import Settings
 from core.store import entries, fates, history, rejections, staged_programs, waits
 from core.store.db import Database, connect_to_write, describe_db_error
-from core.store.fates import Lookup, MissReason
 from core.store.history import GenerationEvent, HistoryRecord, Outcome, Source
 from core.store.schema import ProgramId, utcnow
 
 log = logging.getLogger(__name__)
-
-# What each reason means, as a coach reads it beside "Cache miss".
-MISS_REASON_TEXT: dict[MissReason, str] = {
-    "first_generation": "first program for this user",
-    "expired": "the cached program had expired",
-    "profile_changed": "the profile changed",
-    "access_changed": "paid access changed",
-    "forced_refresh": "a refresh was forced",
-    "cache_unavailable": "the cache could not be read",
-    "invalid_entry": "the cached program no longer passed validation",
-    "generator_changed": "it was made by another generator (model, prompt or rules)",
-    "invalidated": "its cached program was invalidated by an admin",
-    "rejected": "a coach rejected the cached program",
-    "removed": "its cached program was deleted outside Coach Cache before it expired",
-    "not_cached": "the last program for these answers could not be cached",
-}
-MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
 
 
 def _judged_fields(judged: repair.Judged) -> dict[str, Any]:
@@ -543,7 +527,7 @@ class ProgramService:
                 return "cache_unavailable", ()
             if request.since_previous.previous is not None:
                 changed = tuple(c.field for c in request.since_previous.changes)
-        return fates.miss_reason(
+        return miss_reason(
             forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=now
         )
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.contract.cache_key import key_sample
-from core.generators.base import TOKEN_FIELDS, BilledTokens
+from core.prices import TOKEN_FIELDS, BilledTokens
 from core.store import fates, staged_programs
 from core.store.db import connect_for_one_read, connect_to_write
 from core.store.schema import (

@@ -1,5 +1,5 @@
-"""What happened to each key's cache entry, recorded when it happens, and the one rule that
-turns those records into a miss reason.
+"""What happened to each key's cache entry, recorded when it happens (core/serving/miss_reasons.py
+turns those records into a miss reason).
 
 A key's record (`cache_entry_fates`, one row per key) is replaced by whatever changes what
 the key holds: a miss that wrote the entry (`written`, with the entry's expiry), a miss
@@ -12,32 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, case, literal, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
-from core.contract.models import PAID_ACCESS
 from core.store.schema import cache_entry_fates, database_now
 
-if TYPE_CHECKING:
-    from core.store.entries import CacheEntry
-
 Fate = Literal["written", "not_cached", "invalidated", "rejected", "expired"]
-MissReason = Literal[
-    "first_generation",
-    "expired",
-    "profile_changed",
-    "access_changed",
-    "forced_refresh",
-    "cache_unavailable",
-    "invalid_entry",
-    "generator_changed",
-    "invalidated",
-    "rejected",
-    "removed",
-    "not_cached",
-]
+
+
 fates = cache_entry_fates.c
 
 
@@ -49,61 +33,6 @@ class KeyRecord:
     recorded_at: datetime
     entry_expires_at: datetime | None = None  # until when the entry was valid, when one was written
     actor: str | None = None  # who invalidated it, or ran the cleanup
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """What looking the key up found, when it could not serve: no entry, an expired one, or
-    a valid one it could not use (invalid, or another generator's)."""
-
-    entry: CacheEntry | None = None
-    invalid: bool = False
-    generator_changed: bool = False
-    failed: bool = False  # the cache could not be read
-
-
-def miss_reason(
-    *,
-    forced: bool,
-    lookup: Lookup,
-    record: KeyRecord | None,
-    changed_since_previous: tuple[str, ...] | None,
-    now: datetime,
-) -> tuple[MissReason, tuple[str, ...]]:
-    """Why this request is a miss, and the answers that changed when that is the reason.
-
-    What happened to this key comes first: the entry found, then the key's record. Only a
-    key that never had an entry is compared with the user's previous program
-    (`changed_since_previous`: the fields that differ, None when there is none)."""
-    if forced:
-        return "forced_refresh", ()
-    if lookup.failed:
-        return "cache_unavailable", ()
-    if lookup.invalid:
-        return "invalid_entry", ()
-    if lookup.generator_changed:
-        return "generator_changed", ()
-    entry = lookup.entry
-    if entry is not None:
-        # Still there, so expired; unless a later write of it failed, which is the news.
-        if record is not None and record.fate == "not_cached" and record.recorded_at > entry.updated_at:
-            return "not_cached", ()
-        return "expired", ()
-    if record is not None:
-        if record.fate != "written":
-            return record.fate, ()
-        if record.entry_expires_at is not None and record.entry_expires_at <= now:
-            return "expired", ()  # expired, and deleted since by something other than cleanup
-        return "removed", ()  # deleted before its time, outside Coach Cache
-    if changed_since_previous is None:
-        return "first_generation", ()
-    if changed_since_previous == (PAID_ACCESS,):
-        return "access_changed", changed_since_previous
-    if changed_since_previous:
-        return "profile_changed", changed_since_previous
-    # The same answers as the user's previous program, whose key has no record: a program
-    # handed out before keys' fates were recorded (revision 0009), or by the product itself.
-    return "expired", ()
 
 
 def read_record(connection: Connection, key: str) -> tuple[KeyRecord | None, datetime]:

@@ -14,8 +14,8 @@ from typing import Literal, get_args
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import DataError
 
+from core.contract.generation import Rejected
 from core.contract.models import ContractError, FieldError, collapse_whitespace
-from core.generators.base import Rejected
 from core.store import entries, staged_programs
 from core.store.db import connect_to_write
 from core.store.schema import ProgramId, database_now, program_rejections, rollout_programs, training_programs

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Text, and_, bindparam, cast, null, select, update
 
-from core.generators.base import BilledTokens
+from core.prices import BilledTokens
 from core.store.db import connect_to_write
 from core.store.schema import database_now, rollout_programs
 

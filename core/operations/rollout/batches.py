@@ -21,8 +21,8 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select, update
 
+from core.contract.generation import GenerationError, billed_tokens
 from core.generators import OpenAIChatGenerator
-from core.generators.base import BilledTokens, GenerationError, billed_tokens
 from core.generators.openai_chat import one_line
 from core.operations.rollout.plan import candidate, require_key
 from core.operations.rollout.records import (
@@ -37,6 +37,7 @@ from core.operations.rollout.records import (
     record_result,
 )
 from core.operations.rollout.start import batch_client, custom_id
+from core.prices import BilledTokens
 from core.settings import Settings
 from core.store.db import connect_to_write
 from core.store.schema import rollout_batches, rollout_programs, rollouts, utcnow

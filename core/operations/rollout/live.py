@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import Engine, String, cast, literal, select, update
 
+from core.contract.generation import GenerationError, billed_tokens
 from core.contract.models import parse_onboarding
 from core.generators import ProgramGenerator
-from core.generators.base import GenerationError, billed_tokens
 from core.operations.rollout.plan import recent_profiles
 from core.operations.rollout.records import (
     Judged,

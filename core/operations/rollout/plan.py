@@ -15,7 +15,8 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select
 from core.contract.models import ContractError, parse_onboarding
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.operations.rollout.records import RolloutRefused, Target
-from core.settings import MAX_TTL_HOURS, ModelPrice, PriceTier, Settings
+from core.prices import PriceTier, cost
+from core.settings import MAX_TTL_HOURS, Settings
 from core.store.schema import (
     CACHE_KEY_PREFIX,
     ai_coach_cache,
@@ -236,10 +237,6 @@ def plan(
         batch_cost=estimate("batch"),
         with_recorded_tokens=len(recorded),
     )
-
-
-def cost(price: ModelPrice, prompt: int | None, completion: int | None, cached: int | None, tier: PriceTier) -> float:
-    return price.cost(prompt or 0, completion or 0, cached_tokens=cached or 0, tier=tier)
 
 
 def recent_profiles(connection: Connection, sample: int) -> list[Target]:

@@ -15,9 +15,10 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, String, insert, select, update
 
 from core.contract.fit import validate_program
+from core.contract.generation import Generation, billed_tokens
 from core.contract.models import ContractError, FieldError, parse_onboarding
 from core.generators import ProgramGenerator
-from core.generators.base import NOT_BILLED, BilledTokens, Generation, billed_tokens
+from core.prices import NOT_BILLED, BilledTokens
 from core.store.db import connect_to_write
 from core.store.schema import (
     ai_coach_cache,

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from core.contract.cache_key import key_sample
-from core.operations.rollout.plan import cost
 from core.operations.rollout.records import ProgramState, RolloutKind
-from core.settings import ModelPrice, PriceTier, Settings
+from core.prices import ModelPrice, PriceTier, cost
+from core.settings import Settings
 from core.store.schema import generation_events, rollout_batches, rollout_programs, rollouts, training_programs
 
 programs = training_programs.c
