@@ -4,10 +4,10 @@ import streamlit as st
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from core import waits
-from core.db import describe_db_error
 from core.formatting import markdown_code
 from core.settings import describe_configuration_error
+from core.store import waits
+from core.store.db import describe_db_error
 from pages.common import (
     auth_enabled,
     configure_logging,

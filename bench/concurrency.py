@@ -24,10 +24,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from bench.measure import recorded_statements, round_trips, summarize
-from core.db import make_engine, migrate
+from core.contract.models import parse_onboarding
 from core.generators import OfflineGenerator
-from core.models import parse_onboarding
-from core.service import ProgramService
+from core.serving.service import ProgramService
+from core.store.db import make_engine, migrate
 
 PROCESSES, THREADS = 4, 8
 ROUNDS = 2  # alternated runs of the service and the floor, each half the time

@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
-from core.db import is_postgres
+from core.store.db import is_postgres
 
 
 def summarize(samples_ms: list[float]) -> dict[str, float]:

@@ -18,11 +18,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.db import make_engine, migrate
 from core.generators import make_generator
-from core.schema import generation_events as events
-from core.service import GenerationFailed, ProgramService
+from core.serving.service import GenerationFailed, ProgramService
 from core.settings import Settings
+from core.store.db import make_engine, migrate
+from core.store.schema import generation_events as events
 from testkit.llama_server import LlamaServer
 
 VARIANTS: list[dict[str, Any]] = [

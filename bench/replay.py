@@ -1,6 +1,6 @@
 """`python -m bench --rollout`: three days of coaches' requests replayed through the service
 across a switch of model, without a pre-warm, with one of every valid entry, and with one
-that leaves out entries about to expire (core/rollout.py), on the counting generator billed
+that leaves out entries about to expire (core/operations/rollout/), on the counting generator billed
 fixed tokens. Measured: the hit rate in the 24 h before the switch and in the 24 h after it,
 and what regenerating the cache for the new model costs live against the pre-warm at the
 Batch API's price.
@@ -24,13 +24,16 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine, text
 
-from core import rollout, rollout_reports
-from core.db import connect_to_write, is_postgres, make_engine, migrate
-from core.generators import Generation, OnProgress
-from core.generators.base import BilledTokens, GeneratorIdentity, Rejected
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, OnboardingResponses
-from core.service import ProgramService
-from core.settings import ModelPrice, PriceTier, Settings
+from core.contract.generation import Generation, GeneratorIdentity, Rejected
+from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, OnboardingResponses
+from core.generators import OnProgress
+from core.operations.rollout import plan as rollout_plan
+from core.operations.rollout import reports
+from core.operations.rollout import start as rollout_start
+from core.prices import BilledTokens, ModelPrice, PriceTier
+from core.serving.service import ProgramService
+from core.settings import Settings
+from core.store.db import connect_to_write, is_postgres, make_engine, migrate
 from testkit.counting import CountingGenerator
 
 SEED = 23
@@ -127,7 +130,7 @@ def _aged(engine: Engine, column: str) -> str:
     """`column` moved back by the bound number of seconds, as each database stores times."""
     if is_postgres(engine):
         return f"{column} - make_interval(secs => :seconds)"
-    # SQLite keeps naive UTC text (core/schema.py UTCDateTime), to the millisecond as database_now writes it.
+    # SQLite keeps naive UTC text (core/store/schema.py UTCDateTime), to the millisecond as database_now writes it.
     return f"strftime('%Y-%m-%d %H:%M:%f', julianday({column}) - :seconds / 86400.0) || '000'"
 
 
@@ -192,7 +195,7 @@ def replay(
     settings: Settings,
     requests: list[Request],
     *,
-    prewarm: rollout.Selection | None,
+    prewarm: rollout_plan.Selection | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """One run: the current generator until SWITCH_AT, then the candidate; with `prewarm`,
@@ -226,7 +229,7 @@ def replay(
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["windows"] = {name: tally.as_dict() for name, tally in tallies.items()}
     if prewarm:
-        summary = rollout_reports.summaries(engine, settings, limit=1)[0]
+        summary = reports.summaries(engine, settings, limit=1)[0]
         out["rollout"].update(
             used=summary.used, states=summary.states, summary_cost=summary.cost, summary_saved=summary.saved
         )
@@ -234,10 +237,10 @@ def replay(
 
 
 def _prewarm(
-    engine: Engine, settings: Settings, candidate: BilledCountingGenerator, selection: rollout.Selection
+    engine: Engine, settings: Settings, candidate: BilledCountingGenerator, selection: rollout_plan.Selection
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    begun = rollout.start(engine, settings, candidate, actor="bench", selection=selection, live=True)
+    begun = rollout_start.start(engine, settings, candidate, actor="bench", selection=selection, live=True)
     return {
         "id": begun.rollout_id,
         "min_hours_left": selection.min_hours_left,
@@ -319,12 +322,12 @@ def targets(without: dict[str, Any], prewarmed: dict[str, Any], cost: dict[str, 
     }
 
 
-def scenarios(min_hours_left: float) -> dict[str, rollout.Selection | None]:
+def scenarios(min_hours_left: float) -> dict[str, rollout_plan.Selection | None]:
     """Each run's pre-warm by the run's name: none, every valid entry, and the selective one."""
     return {
         "without_prewarm": None,
-        "with_prewarm": rollout.Selection(),
-        "with_selective_prewarm": rollout.Selection(min_hours_left=min_hours_left),
+        "with_prewarm": rollout_plan.Selection(),
+        "with_selective_prewarm": rollout_plan.Selection(min_hours_left=min_hours_left),
     }
 
 
@@ -332,7 +335,7 @@ def run_database(
     label: str,
     url: str,
     requests: list[Request],
-    runs: dict[str, rollout.Selection | None],
+    runs: dict[str, rollout_plan.Selection | None],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Each of `runs` on a fresh database of its name (`url` formatted with `run`); every

@@ -20,13 +20,14 @@ from sqlalchemy import Engine, text
 
 from bench.measure import PeakMemory, floor, recorded_statements, round_trips, summarize, time_calls
 from bench.workload import seed_cache, seed_events, seed_programs
-from core import admin, history, monitoring
-from core.cache_key import cache_key
-from core.db import is_postgres, make_engine, migrate
+from core.contract.cache_key import cache_key
+from core.contract.models import parse_onboarding
 from core.generators import OfflineGenerator
-from core.history import HistoryFilter
-from core.models import parse_onboarding
-from core.service import ProgramService, ValidatedPrograms
+from core.operations import admin, monitoring
+from core.serving.service import ProgramService, ValidatedPrograms
+from core.store import history
+from core.store.db import is_postgres, make_engine, migrate
+from core.store.history import HistoryFilter
 from testkit.counting import CountingGenerator
 
 PROFILE = {

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from core.cache_key import DIGEST_ALPHABET
-from core.db import is_postgres
+from core.contract.cache_key import DIGEST_ALPHABET
+from core.contract.models import parse_onboarding
 from core.generators.offline import build_program
-from core.models import parse_onboarding
-from core.schema import utcnow
+from core.store.db import is_postgres
+from core.store.schema import utcnow
 
 # A small valid program for the filler rows: the queries measured never read it, and a
 # million 14 KB documents would only measure the disk.

@@ -17,18 +17,24 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import admin, batch_collection, logs, monitoring, recall, rejections, rollout_reports, waits
-from core import rollout as rollout_steps
-from core.adoption import SchemaRefused
-from core.db import Database, describe_db_error, make_engine, missing_sqlite_file
-from core.entry_fate import MissReason
-from core.fit_report import fit_by_generator
+from core import logs
+from core.contract.models import ContractError
+from core.contract.partial_program import ProgramSoFar, progress_line
 from core.generators import make_generator, startup_warning
-from core.models import ContractError
-from core.partial_program import ProgramSoFar, progress_line
-from core.service import GenerationFailed, ProgramService
+from core.operations import admin, monitoring, recall
+from core.operations.fit_report import fit_by_generator
+from core.operations.rollout import batches, reports
+from core.operations.rollout import live as rollout_live
+from core.operations.rollout import plan as rollout_plan
+from core.operations.rollout import records as rollout_records
+from core.operations.rollout import start as rollout_start
+from core.serving.miss_reasons import MissReason
+from core.serving.service import GenerationFailed, ProgramService
+from core.serving.single_flight import SingleFlightTimeout
 from core.settings import Settings, describe_configuration_error
-from core.single_flight import SingleFlightTimeout
+from core.store import rejections, waits
+from core.store.adoption import SchemaRefused
+from core.store.db import Database, describe_db_error, make_engine, missing_sqlite_file
 
 log = logging.getLogger("core.cli")
 
@@ -142,11 +148,11 @@ def _rollout_parser(rollout: argparse.ArgumentParser) -> None:
     tried.add_argument("--model", required=True)
     tried.add_argument(
         "--sample",
-        type=_bounded(int, 1, rollout_steps.MAX_SAMPLE),
-        default=rollout_steps.DEFAULT_SAMPLE,
+        type=_bounded(int, 1, rollout_live.MAX_SAMPLE),
+        default=rollout_live.DEFAULT_SAMPLE,
         help="profiles to try",
     )
-    bounds = rollout_steps.SELECTION_BOUNDS
+    bounds = rollout_plan.SELECTION_BOUNDS
     for name, says in (
         ("plan", "what a pre-warm for the candidate would regenerate, and its cost live and batched"),
         ("start", "pre-warm the cache for the candidate: submit a batch (or run it live)"),
@@ -318,7 +324,7 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
     totals = monitoring.summary(database.engine)
     usage = monitoring.usage_by_generator(database.engine)
     costs = monitoring.costs(usage, settings)
-    rollouts = rollout_reports.spend(database.engine, settings)
+    rollouts = reports.spend(database.engine, settings)
     return {
         "entries": {"valid": store.valid_entries, "expired": store.expired_entries},
         "storage_bytes": store.table_bytes,
@@ -372,13 +378,13 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
     engine = database.engine
     if args.step in ("status", "cancel"):
         return _rollout_batches(args, settings, engine)
-    generator = rollout_steps.candidate(settings, args.model)
+    generator = rollout_plan.candidate(settings, args.model)
     if warning := startup_warning(generator):
         log.warning(warning)
     if args.step == "try":
-        tried = rollout_steps.trial(engine, settings, generator, actor="cli", sample=args.sample)
+        tried = rollout_live.trial(engine, settings, generator, actor="cli", sample=args.sample)
         current = make_generator(settings).identity.version
-        trial = rollout_reports.trial_report(engine, settings, tried, current_version=current)
+        trial = reports.trial_report(engine, settings, tried, current_version=current)
         return {
             "rollout_id": trial.rollout_id,
             "model": trial.model,
@@ -391,9 +397,9 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
                 for p in trial.profiles
             ],
         }
-    selection = rollout_steps.Selection(args.requested_days, args.min_hours_left, args.limit)
+    selection = rollout_plan.Selection(args.requested_days, args.min_hours_left, args.limit)
     if args.step == "plan":
-        plan = rollout_steps.plan(engine, settings, generator, selection)
+        plan = rollout_plan.plan(engine, settings, generator, selection)
         return {
             "model": plan.model,
             "generator_version": plan.generator_version,
@@ -402,25 +408,25 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
             "estimated_cost_usd": {"live": plan.live_cost, "batch": plan.batch_cost},
             "estimated_from_entries": plan.with_recorded_tokens,
         }
-    started = rollout_steps.start(engine, settings, generator, actor="cli", selection=selection, live=args.live)
+    started = rollout_start.start(engine, settings, generator, actor="cli", selection=selection, live=args.live)
     if started.error and not started.batch_ids:
-        raise rollout_steps.RolloutFailed(started.error)
+        raise rollout_records.RolloutFailed(started.error)
     return dataclasses.asdict(started)
 
 
 def _rollout_batches(args: argparse.Namespace, settings: Settings, engine: Engine) -> dict[str, Any]:
     """`status` (from cron) or `cancel`: what became of the batches out, and of live runs
     that stopped; each given up is one line on stderr, and the command still succeeds."""
-    given_up_runs = rollout_steps.give_up_stale(engine) if args.step == "status" else {}
+    given_up_runs = rollout_live.give_up_stale(engine) if args.step == "status" else {}
     if args.step == "cancel":
-        checks = batch_collection.cancel(engine, settings, args.rollout_id)
+        checks = batches.cancel(engine, settings, args.rollout_id)
     else:
-        checks = batch_collection.check_batches(engine, settings)
+        checks = batches.check_batches(engine, settings)
     if checks and all(check.problem for check in checks):
         done = "checked" if args.step == "status" else "cancelled"
-        raise rollout_steps.RolloutFailed(f"no batch could be {done}: {checks[0].problem}")
+        raise rollout_records.RolloutFailed(f"no batch could be {done}: {checks[0].problem}")
     for rollout_id, count in given_up_runs.items():
-        print(f"note: rollout {rollout_id}: {count} requests {rollout_steps.GIVEN_UP}", file=sys.stderr)
+        print(f"note: rollout {rollout_id}: {count} requests {rollout_live.GIVEN_UP}", file=sys.stderr)
     for check in checks:
         if check.given_up:
             print(
@@ -430,14 +436,12 @@ def _rollout_batches(args: argparse.Namespace, settings: Settings, engine: Engin
     return {
         "batches": [dataclasses.asdict(check) for check in checks],
         "given_up_runs": given_up_runs,
-        "rollouts": [_rollout_summary(engine, s) for s in rollout_reports.summaries(engine, settings, limit=10)],
+        "rollouts": [_rollout_summary(engine, s) for s in reports.summaries(engine, settings, limit=10)],
     }
 
 
-def _rollout_summary(engine: Engine, summary: rollout_reports.RolloutSummary) -> dict[str, Any]:
-    problems = (
-        rollout_reports.problems(engine, summary.id) if set(rollout_reports.PROBLEMS) & set(summary.states) else []
-    )
+def _rollout_summary(engine: Engine, summary: reports.RolloutSummary) -> dict[str, Any]:
+    problems = reports.problems(engine, summary.id) if set(reports.PROBLEMS) & set(summary.states) else []
     return {
         **dataclasses.asdict(summary),
         "phase": summary.phase,
@@ -558,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             return _check_migrations(database)
         _emit(REPORTS[args.command](args, settings, database))
         return EXIT_OK
-    except (SchemaRefused, rollout_steps.RolloutFailed) as exc:
+    except (SchemaRefused, rollout_records.RolloutFailed) as exc:
         return _fail(EXIT_FAILED, str(exc))
     except ContractError as exc:
         return _fail(EXIT_INVALID, str(exc))

@@ -7,78 +7,20 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from core.logs import LEVELS, LogFormat
-
-# The offline generator's model name (core.generators.offline imports this module).
-OFFLINE_MODEL = "offline-rules-v1"
+from core.prices import DEFAULT_MODEL_PRICES, ModelPrice
 
 DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
 # Bounds that keep every setting a value the code can compute with: an expiry a year ahead
-# is still a date, a price above $10,000 per million tokens is a typo.
+# is still a date.
 MAX_TTL_HOURS = 24 * 366
-MAX_PRICE_PER_MILLION = 10_000.0
 MAX_MODEL_PRICES_BYTES = 64 * 1024
 SHOWN_VALUE_CHARS = 60
-
-
-# A generation's price tier: the ordinary endpoint, or OpenAI's Batch API.
-PriceTier = Literal["live", "batch"]
-Price = Annotated[float, Field(ge=0, le=MAX_PRICE_PER_MILLION, allow_inf_nan=False)]
-
-
-class ModelPrice(BaseModel):
-    """USD per million tokens. Unset, cached input costs the input price (a server that
-    discounts nothing) and the Batch API half of each live price, as OpenAI bills it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input: Price
-    output: Price
-    cached_input: Price | None = None
-    batch_input: Price | None = None
-    batch_output: Price | None = None
-
-    def cost(
-        self, prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0, tier: PriceTier = "live"
-    ) -> float:
-        """What a call is billed. `cached_tokens` are part of `prompt_tokens`, as OpenAI counts
-        them, billed at the cached price instead of the input price; reasoning tokens are
-        part of `completion_tokens`, billed as output. In the batch tier cached input costs
-        half its live price, as the rest does by default."""
-        cached = self.input if self.cached_input is None else self.cached_input
-        if tier == "live":
-            per_input, per_cached, per_output = self.input, cached, self.output
-        else:
-            per_input = self.input / 2 if self.batch_input is None else self.batch_input
-            per_output = self.output / 2 if self.batch_output is None else self.batch_output
-            per_cached = cached / 2
-        uncached = prompt_tokens - cached_tokens
-        return (uncached * per_input + cached_tokens * per_cached + completion_tokens * per_output) / 1_000_000
-
-
-# OpenAI's published standard-tier prices (input, cached input, output) as last checked here
-# (not fetched: the machines have no internet); MODEL_PRICES overrides them. The offline
-# generator costs nothing.
-DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
-    **{
-        name: ModelPrice(input=price_in, cached_input=price_cached, output=price_out)
-        for name, (price_in, price_cached, price_out) in {
-            "gpt-4o-mini": (0.15, 0.075, 0.60),
-            "gpt-4o": (2.50, 1.25, 10.00),
-            "gpt-4.1": (2.00, 0.50, 8.00),
-            "gpt-4.1-mini": (0.40, 0.10, 1.60),
-            "gpt-4.1-nano": (0.10, 0.025, 0.40),
-            "o4-mini": (1.10, 0.275, 4.40),
-            "o3": (2.00, 0.50, 8.00),
-        }.items()
-    },
-    OFFLINE_MODEL: ModelPrice(input=0.0, output=0.0),
-}
 
 
 class Settings(BaseSettings):

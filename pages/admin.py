@@ -11,12 +11,18 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import admin, batch_collection, cache_store, recall, rollout, rollout_reports
+from core.contract.models import ContractError
 from core.formatting import counted, format_bytes, format_dollars, format_duration, markdown_code
 from core.generators import startup_warning
-from core.history import HistoryFilter
-from core.models import ContractError
-from core.schema import utcnow
+from core.operations import admin, recall
+from core.operations.rollout import batches, reports
+from core.operations.rollout import live as rollout_live
+from core.operations.rollout import plan as rollout_plan
+from core.operations.rollout import records as rollout_records
+from core.operations.rollout import start as rollout_start
+from core.store import entries
+from core.store.history import HistoryFilter
+from core.store.schema import utcnow
 from pages.common import (
     current_actor,
     escape_markdown,
@@ -31,7 +37,7 @@ from pages.common import (
 
 
 def counts() -> None:
-    summary = cache_store.count_entries(get_engine())
+    summary = entries.count_entries(get_engine())
     cols = st.columns(4)
     cols[0].metric("Valid entries", f"{summary['valid_entries']:,}", border=True)
     cols[1].metric("Valid storage", format_bytes(summary["valid_bytes"]), border=True)
@@ -54,10 +60,10 @@ def short_key(key: str) -> str:
     return key if len(key) <= 48 else f"{key[:38]}…{key[-8:]}"
 
 
-def entries() -> None:
+def held_entries() -> None:
     st.subheader("Entries", anchor=False)
     user = user_filter("Filter by user", key="admin_user")
-    rows = cache_store.list_entries(get_engine(), user_id=user)
+    rows = entries.list_entries(get_engine(), user_id=user)
     if not rows:
         st.info("The cache holds no program entries" + (f" for {markdown_code(user)}." if user else "."))
         return
@@ -102,7 +108,7 @@ def cleanup(allowed: bool) -> None:
     if st.button("Delete expired entries", type="primary", icon=":material/delete_sweep:", disabled=not allowed):
         st.session_state.confirm_cleanup = True
     if allowed and st.session_state.get("confirm_cleanup"):
-        expired = cache_store.count_entries(get_engine())["expired_entries"]
+        expired = entries.count_entries(get_engine())["expired_entries"]
         if not expired:  # said, not asked: there is nothing to confirm
             st.session_state.confirm_cleanup = None
             st.info("There are no expired entries: nothing to delete.", icon=":material/check_circle:")
@@ -136,7 +142,7 @@ def invalidate(allowed: bool) -> None:
             )
             return f"Invalidated {entries_text(removal.deleted)} of {markdown_code(user_id)}.{voided_text(removal)}"
 
-        held = cache_store.count_entries(get_engine(), user_id=pending)
+        held = entries.count_entries(get_engine(), user_id=pending)
         programs = held["valid_entries"] + held["expired_entries"]
         if not programs:  # said, not asked: there is nothing to confirm
             st.session_state.confirm_invalidate = None
@@ -162,7 +168,7 @@ def generators(allowed: bool) -> None:
     """Entries grouped by the generator identity that made them; retiring one invalidates
     all of its entries (after a model or prompt change, with CACHE_ON_GENERATOR_CHANGE=serve)."""
     st.subheader("Entries by generator", anchor=False)
-    groups = cache_store.entries_by_generator(get_engine())
+    groups = entries.entries_by_generator(get_engine())
     if not groups:
         st.caption("The cache holds no program entries.")
         return
@@ -274,7 +280,7 @@ def recall_programs(asked: tuple[recall.Selection, str, bool, bool]) -> str:
             started = recall.prewarm(engine, settings, selection, generator, actor=current_actor(), live=live)
     except ContractError as exc:
         return f"Not recalled: {escape_markdown(str(exc))}"
-    except rollout.RolloutFailed as exc:
+    except rollout_records.RolloutFailed as exc:
         return f"Recalled, but not pre-warmed: {escape_markdown(str(exc))}"
     text = (
         f"Recalled {counted(done.history_rows_marked, 'hand-out')}; deleted {entries_text(done.entries_deleted)} "
@@ -291,7 +297,7 @@ def dollars(amount: float | None) -> str:
 
 def rollouts(allowed: bool) -> None:
     """A model switch prepared ahead: try the candidate on recent profiles, plan and start a
-    pre-warm through the Batch API (or live), collect the batches, follow each rollout."""
+    pre-warm through the Batch API (or live), collect the batches, follow each runs."""
     st.subheader("Generator rollout", anchor=False)
     settings = get_settings()
     if not settings.uses_openai:
@@ -306,9 +312,9 @@ def rollouts(allowed: bool) -> None:
         model = st.text_input("Candidate model", key="rollout_model").strip()
         options = st.columns(3)
         sample = options[0].number_input(
-            "Profiles to try", min_value=1, max_value=rollout.MAX_SAMPLE, value=rollout.DEFAULT_SAMPLE
+            "Profiles to try", min_value=1, max_value=rollout_live.MAX_SAMPLE, value=rollout_live.DEFAULT_SAMPLE
         )
-        bounds = rollout.SELECTION_BOUNDS
+        bounds = rollout_plan.SELECTION_BOUNDS
         hours_left = options[1].number_input(
             "Pre-warm entries valid for at least (hours)",
             min_value=0.0,
@@ -331,10 +337,10 @@ def rollouts(allowed: bool) -> None:
         tried = cols[0].form_submit_button("Try it", disabled=not usable, icon=":material/science:")
         planned = cols[1].form_submit_button("Plan pre-warm", disabled=not usable, icon=":material/list_alt:")
         started = cols[2].form_submit_button("Start pre-warm", disabled=not usable, icon=":material/rocket_launch:")
-    selection = rollout.Selection(requested_within_days=requested_days or None, min_hours_left=hours_left)
+    selection = rollout_plan.Selection(requested_within_days=requested_days or None, min_hours_left=hours_left)
     if usable and (tried or planned or started):
         try:
-            candidate = rollout.candidate(settings, model)
+            candidate = rollout_plan.candidate(settings, model)
         except ContractError as exc:
             st.error(escape_markdown(str(exc)), icon=":material/error:")
             return
@@ -344,23 +350,23 @@ def rollouts(allowed: bool) -> None:
             with st.spinner(f"Trying {escape_markdown(model)} on up to {int(sample)} profiles…"):
                 try_candidate(candidate, int(sample))
         elif planned:
-            show_plan(rollout.plan(get_engine(), settings, candidate, selection))
+            show_plan(rollout_plan.plan(get_engine(), settings, candidate, selection))
         else:
             st.session_state.confirm_rollout = (model, live, selection)
     if usable and st.session_state.get("confirm_rollout"):
         chosen, live_chosen, chosen_selection = st.session_state.confirm_rollout
-        plan = rollout.plan(get_engine(), settings, rollout.candidate(settings, chosen), chosen_selection)
+        plan = rollout_plan.plan(get_engine(), settings, rollout_plan.candidate(settings, chosen), chosen_selection)
         cost = plan.live_cost if live_chosen else plan.batch_cost
         how = "live" if live_chosen else "as a batch"
         question = f"Regenerate {plan.count:,} programs with {markdown_code(chosen)} {how}, for about {dollars(cost)}?"
         confirm("rollout", question, "Yes, start", start_rollout)
     trial_id = st.session_state.get("rollout_trial")
     if trial_id is not None:
-        show_trial(rollout_reports.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
+        show_trial(reports.trial_report(get_engine(), settings, trial_id, current_version=current_version()))
     check, _ = st.columns([1, 3])
     if check.button("Check batches now", disabled=not usable, icon=":material/sync:"):
-        stopped = rollout.give_up_stale(get_engine())
-        checks = batch_collection.check_batches(get_engine(), settings)
+        stopped = rollout_live.give_up_stale(get_engine())
+        checks = batches.check_batches(get_engine(), settings)
         collected = sum(c.collected for c in checks)
         checked = "1 batch" if len(checks) == 1 else f"{len(checks)} batches"
         problems = " ".join(
@@ -368,13 +374,13 @@ def rollouts(allowed: bool) -> None:
             for c in checks
             if c.problem or c.given_up
         )
-        runs = " ".join(f"Rollout #{n}: {count} requests {rollout.GIVEN_UP}." for n, count in stopped.items())
+        runs = " ".join(f"Rollout #{n}: {count} requests {rollout_live.GIVEN_UP}." for n, count in stopped.items())
         st.session_state.admin_notice = f"Checked {checked}; {collected} collected. {problems} {runs}".strip()
         st.rerun()
     rollout_table()
 
 
-def voided_text(removal: cache_store.Removal) -> str:
+def voided_text(removal: entries.Removal) -> str:
     """What an invalidation did to programs rollouts staged, when it did anything."""
     n = removal.staged_voided
     return f" Voided {n} pre-warmed program{'s' if n != 1 else ''} not yet served." if n else ""
@@ -386,7 +392,7 @@ def current_version() -> str:
 
 def try_candidate(candidate: Any, sample: int) -> None:
     try:
-        trial = rollout.trial(
+        trial = rollout_live.trial(
             get_engine(),
             get_settings(),
             candidate,
@@ -399,7 +405,7 @@ def try_candidate(candidate: Any, sample: int) -> None:
     st.session_state.rollout_trial = trial
 
 
-def show_plan(plan: rollout.Plan) -> None:
+def show_plan(plan: rollout_plan.Plan) -> None:
     cols = st.columns(3)
     cols[0].metric("Programs to regenerate", f"{plan.count:,}", border=True)
     cols[1].metric("Estimated, live", dollars(plan.live_cost), border=True)
@@ -411,19 +417,19 @@ def show_plan(plan: rollout.Plan) -> None:
     )
 
 
-def start_rollout(asked: tuple[str, bool, rollout.Selection]) -> str:
+def start_rollout(asked: tuple[str, bool, rollout_plan.Selection]) -> str:
     model, live, selection = asked
     settings = get_settings()
     try:
-        started = rollout.start(
+        started = rollout_start.start(
             get_engine(),
             settings,
-            rollout.candidate(settings, model),
+            rollout_plan.candidate(settings, model),
             actor=current_actor(),
             selection=selection,
             live=live,
         )
-    except rollout.RolloutFailed as exc:
+    except rollout_records.RolloutFailed as exc:
         return f"Not started: {escape_markdown(str(exc))}"
     if started.rollout_id is None:
         return f"Nothing to pre-warm for {markdown_code(model)}: every valid entry is its own or staged already."
@@ -434,7 +440,7 @@ def start_rollout(asked: tuple[str, bool, rollout.Selection]) -> str:
     return f"Rollout #{started.rollout_id}: {started.requested:,} requests submitted in {batches}.{failed}"
 
 
-def show_trial(trial: rollout_reports.Trial) -> None:
+def show_trial(trial: reports.Trial) -> None:
     st.markdown(f"**Trial #{trial.rollout_id}** of {markdown_code(trial.model)} against the current generator")
     sides = {"Candidate": trial.candidate, "Current": trial.current}
     st.dataframe(
@@ -480,7 +486,7 @@ def show_trial(trial: rollout_reports.Trial) -> None:
 
 
 def rollout_table() -> None:
-    listed = rollout_reports.summaries(get_engine(), get_settings())
+    listed = reports.summaries(get_engine(), get_settings())
     if not listed:
         st.caption("No rollout has run yet.")
         return
@@ -508,9 +514,9 @@ def rollout_table() -> None:
         width="stretch",
     )
     for summary in listed:
-        if set(rollout_reports.PROBLEMS) & set(summary.states):
+        if set(reports.PROBLEMS) & set(summary.states):
             with st.expander(f"Rollout #{summary.id}: failed, invalid and voided programs", icon=":material/report:"):
-                for problem in rollout_reports.problems(get_engine(), summary.id):
+                for problem in reports.problems(get_engine(), summary.id):
                     st.markdown(
                         f"- {markdown_code(short_key(problem.cache_key))} {problem.state}: "
                         f"{escape_markdown(problem.error or 'no reason given')}"
@@ -557,7 +563,7 @@ with left:
     cleanup(allowed)
 with right:
     invalidate(allowed)
-entries()
+held_entries()
 generators(allowed)
 recall_section(allowed)
 rollouts(allowed)

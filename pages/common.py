@@ -11,16 +11,18 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from core import handover, logs, rejections
-from core.db import Database, describe_db_error, make_engine
+from core import logs
+from core.contract import handover
+from core.contract.models import ContractError
+from core.contract.partial_program import ProgramSoFar
 from core.formatting import counted, escape_markdown, markdown_code
 from core.generators import make_generator, startup_warning
-from core.models import ContractError
-from core.partial_program import ProgramSoFar
-from core.schema import ProgramId
-from core.service import ProgramService
+from core.serving.service import ProgramService
 from core.settings import Settings
-from core.submissions import Failure, FieldErrors, Rejected
+from core.store import rejections
+from core.store.db import Database, describe_db_error, make_engine
+from core.store.schema import ProgramId
+from pages.submissions import Failure, FieldErrors, Rejected
 
 
 @st.cache_resource

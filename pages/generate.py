@@ -5,7 +5,7 @@ the coach clicks: a text field that commits on blur would rerun it and drop the 
 that caused the blur (streamlit/streamlit#8725, #9363). Enter does not submit; only the
 two buttons do. The form and its result are a fragment: a click reruns only them.
 
-What the panel shows is one value (core.submissions.CoachPanel) kept under PANEL and replaced
+What the panel shows is one value (pages.submissions.CoachPanel) kept under PANEL and replaced
 whole by the callbacks; the widgets keep their own values. While a request is in flight the
 panel runs again every quarter second rather than waiting in one run, because a click in a
 fragment waits for the run in progress: so each click is taken, or refused in words, at once.
@@ -20,14 +20,15 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 from streamlit.errors import StreamlitInvalidLayoutContextError
 
-from core import history, monitoring, waits
-from core.db import describe_db_error
+from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
+from core.contract.partial_program import ProgramSoFar
 from core.formatting import format_duration, markdown_code
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
-from core.partial_program import ProgramSoFar
-from core.schema import utcnow
-from core.service import MISS_REASON_TEXT, GenerationResult, ProgramService
-from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Refused, Rejected, Request, Submission
+from core.operations import monitoring
+from core.serving.miss_reasons import MISS_REASON_TEXT
+from core.serving.service import GenerationResult, ProgramService
+from core.store import history, waits
+from core.store.db import describe_db_error
+from core.store.schema import utcnow
 from pages.common import (
     database_problem,
     escape_markdown,
@@ -40,6 +41,7 @@ from pages.common import (
     render_program_so_far,
     unavailable_text,
 )
+from pages.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Refused, Rejected, Request, Submission
 
 FIELD_LABELS = {
     "user_id": "User ID",

@@ -8,12 +8,12 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from core import history, recall, rejections
 from core.formatting import escape_markdown, format_duration, markdown_code
-from core.history import HistoryFilter, ProgramRow
-from core.schema import ProgramId
-from core.submissions import Rejected
+from core.store import history, rejections
+from core.store.history import HistoryFilter, ProgramRow
+from core.store.schema import ProgramId
 from pages.common import get_engine, reject_section, rejected_note, render_program, user_filter
+from pages.submissions import Rejected
 
 PAGE_SIZE = 50
 # The coach's last click on "Reject" on this page: which program, and what it came to.
@@ -45,7 +45,7 @@ def read_filter() -> HistoryFilter:
 def table(
     rows: list[ProgramRow],
     rejected: dict[ProgramId, rejections.Rejection],
-    recalled: dict[ProgramId, recall.RecallNote],
+    recalled: dict[ProgramId, history.RecallNote],
 ) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -75,7 +75,7 @@ def show_program(requested: str) -> None:
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)
         return
-    if (recalled := recall.recalls_of(get_engine(), [row.id]).get(row.id)) is not None:
+    if (recalled := history.recalls_of(get_engine(), [row.id]).get(row.id)) is not None:
         st.error(
             f"**Recalled** by {markdown_code(recalled.recalled_by)} on {recalled.recalled_at:%Y-%m-%d %H:%M} UTC: "
             f"{escape_markdown(recalled.reason)}. Do not use this program.",
@@ -112,7 +112,7 @@ else:
         table(
             page.rows,
             rejections.rejections_of(get_engine(), [r.id for r in page.rows]),
-            recall.recalls_of(get_engine(), [r.id for r in page.rows]),
+            history.recalls_of(get_engine(), [r.id for r in page.rows]),
         ),
         hide_index=True,
         width="stretch",

@@ -12,9 +12,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import monitoring, rollout_reports
-from core.fit_report import FitReport
 from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
+from core.operations import monitoring
+from core.operations.fit_report import FitReport
+from core.operations.rollout import reports
 from pages.common import get_engine, get_settings
 
 OUTCOME_COLORS = {"hit": "#2e9e6b", "miss": "#4063d8", "bypass": "#c28a1e", "error": "#c8423b"}
@@ -58,8 +59,8 @@ def read_overview(database_url: str, window: str, granularity: monitoring.Granul
 
 
 @st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
-def read_rollout_spend(database_url: str, window: str) -> rollout_reports.RolloutSpend:
-    return rollout_reports.spend(get_engine(), get_settings(), monitoring.window_start(window))
+def read_rollout_spend(database_url: str, window: str) -> reports.RolloutSpend:
+    return reports.spend(get_engine(), get_settings(), monitoring.window_start(window))
 
 
 def chart(figure: go.Figure, *, key: str) -> None:
@@ -71,7 +72,7 @@ def chart(figure: go.Figure, *, key: str) -> None:
 def headline(
     summary: monitoring.Summary,
     costs: monitoring.Costs,
-    rollouts: rollout_reports.RolloutSpend,
+    rollouts: reports.RolloutSpend,
     storage: monitoring.Storage,
 ) -> None:
     # Two rows of three: six in one row cut the labels off at common widths.

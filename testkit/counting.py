@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-from core.generators import Generation, OfflineGenerator, OnProgress
-from core.generators.base import Rejected
-from core.models import OnboardingResponses
+from core.contract.generation import Generation, Rejected
+from core.contract.models import OnboardingResponses
+from core.generators import OfflineGenerator, OnProgress
 
 
 class CountingGenerator:

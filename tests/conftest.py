@@ -21,8 +21,8 @@ from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
 from core.cli import main as cli_main
-from core.db import make_engine, migrate
-from core.service import ProgramService
+from core.serving.service import ProgramService
+from core.store.db import make_engine, migrate
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer
 from testkit.pgbouncer import PgBouncer

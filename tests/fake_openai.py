@@ -26,8 +26,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.contract.models import parse_onboarding
 from core.generators.offline import build_program
-from core.models import parse_onboarding
 from tests import openai_strict
 from tests.quiet_http import QuietHTTPServer
 

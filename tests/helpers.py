@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, insert, select, update
 
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS
-from core.schema import ai_coach_cache, cache_entry_fates, generation_events, training_programs, utcnow
+from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS
+from core.store.schema import ai_coach_cache, cache_entry_fates, generation_events, training_programs, utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 # Settings read a `.env` from the working directory: the checkout's (a developer's own)

@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from core.db import Database, make_engine
-from core.schema import VERSION_TABLE
-from core.service import ProgramService
+from core.serving.service import ProgramService
+from core.store.db import Database, make_engine
+from core.store.schema import VERSION_TABLE
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer
 from tests.conftest import Run

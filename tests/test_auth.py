@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
-from core.schema import admin_actions
+from core.store.schema import admin_actions
 from tests.helpers import as_read, expire_entries
 from tests.test_pages import fill, submit
 

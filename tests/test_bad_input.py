@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
-from core.cache_key import cache_key
-from core.db import make_engine, migrate
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
-from core.schema import training_programs
-from core.service import ProgramService
+from core.contract.cache_key import cache_key
+from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
+from core.serving.service import ProgramService
+from core.store.db import make_engine, migrate
+from core.store.schema import training_programs
 from pages.common import escape_markdown
 from testkit.counting import CountingGenerator
 from tests.helpers import PROFILE, REQUIRED_ANSWERS, as_read, table_counts

@@ -13,7 +13,9 @@ import pytest
 from openai.types.chat import ChatCompletion
 from sqlalchemy import Engine
 
-from core import batch_collection, rollout, rollout_reports
+from core.operations.rollout import batches, reports
+from core.operations.rollout import plan as rollout_plan
+from core.operations.rollout import start as rollout_start
 from core.settings import Settings
 from tests.conftest import CliRun
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
@@ -36,7 +38,7 @@ def test_lines_no_column_can_hold_fail_alone_and_the_rest_is_staged(
         ":uu3:": Behaviour(completion_tokens=-5000),
     }
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, line_behaviours=hostile))
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [collected] = check(engine, current)
     assert (collected.collected, collected.recorded) == (True, {"failed": 3, "staged": 1})
     rows = by_user(engine)
@@ -45,7 +47,7 @@ def test_lines_no_column_can_hold_fail_alone_and_the_rest_is_staged(
     assert rows["u3"].error.startswith("usage.completion_tokens is -5000")
     assert rows["u4"].state == "staged" and rows["u4"].prompt_tokens == PROMPT_TOKENS
     assert all(rows[u].prompt_tokens is None and rows[u].completion_tokens is None for u in ("u1", "u2", "u3"))
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     price = current.price_of(CANDIDATE)
     assert price is not None
     assert summary.cost == pytest.approx(price.cost(PROMPT_TOKENS, COMPLETION_TOKENS, tier="batch"))
@@ -84,7 +86,7 @@ def test_each_bound_on_a_result_line_says_which_field_broke_it(
             "usage": {**usage, "total_tokens": 0},
         }
     )
-    broken = batch_collection.out_of_bounds(completion)
+    broken = batches.out_of_bounds(completion)
     assert broken == says if says is None else broken is not None and broken.startswith(says)
 
 
@@ -106,7 +108,7 @@ def test_a_line_answered_twice_or_also_errored_bills_every_line_and_counts_its_k
             seed=SEED_REFUSAL_FIRST,
         )
     )
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [collected] = check(engine, current)
     assert collected.recorded == {"staged": 3}
     [batch] = fake_openai.batches
@@ -119,18 +121,18 @@ def test_a_line_answered_twice_or_also_errored_bills_every_line_and_counts_its_k
         billed = (rows[user].prompt_tokens, rows[user].completion_tokens)
         assert billed == (PROMPT_TOKENS + 7, COMPLETION_TOKENS + 11)
     assert (rows["u3"].state, rows["u3"].prompt_tokens) == ("staged", PROMPT_TOKENS)
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert summary.states == {"staged": 3}
 
 
 def plannable(engine: Engine, settings: Settings) -> int:
-    return rollout.plan(engine, settings, rollout.candidate(settings, CANDIDATE)).count
+    return rollout_plan.plan(engine, settings, rollout_plan.candidate(settings, CANDIDATE)).count
 
 
 def test_a_batch_the_server_forgot_is_given_up_on_the_third_404_in_a_row(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, cli: Callable[..., CliRun]
 ) -> None:
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [batch_id] = started.batch_ids
     fake_openai.forget(batch_id)
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
@@ -156,7 +158,7 @@ def test_rollout_cancel_frees_the_keys_at_once_and_what_ran_is_still_collected(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, cli: Callable[..., CliRun]
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=5, completed_before_end=1))
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     check(engine, current)  # in progress
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
     url = str(current.database_url)
@@ -174,10 +176,10 @@ def test_rollout_cancel_frees_the_keys_at_once_and_what_ran_is_still_collected(
 def test_cancelling_a_batch_the_server_forgot_gives_it_up_at_once(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     assert started.rollout_id is not None
     fake_openai.forget(started.batch_ids[0])
-    [cancelled] = batch_collection.cancel(engine, current, started.rollout_id)
+    [cancelled] = batches.cancel(engine, current, started.rollout_id)
     assert cancelled.given_up and cancelled.recorded == {"failed": 3}
     assert plannable(engine, current) == 3
 
@@ -187,7 +189,7 @@ def test_a_big_output_file_is_read_as_it_streams_in_never_held_whole(
 ) -> None:
     # About 20 MB of lines beside the three results: a full batch of large programs is gigabytes.
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, padding_lines=20_000, padding_line_bytes=1000))
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [batch_id] = started.batch_ids
     client = openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url)
     output_file_id = client.batches.retrieve(batch_id).output_file_id  # the stand-in writes its files now
@@ -207,18 +209,18 @@ def test_a_batch_status_beyond_openais_is_recorded_cut_to_its_column(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(said_status="s" * 300))
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [polled] = check(engine, current)
     assert (polled.status, polled.collected, polled.problem) == ("s" * 300, False, None)
-    [summary] = rollout_reports.summaries(engine, current)
-    assert summary.batches == {"s" * batch_collection.STATUS_MAX_CHARS: 1}
+    [summary] = reports.summaries(engine, current)
+    assert summary.batches == {"s" * batches.STATUS_MAX_CHARS: 1}
 
 
 def test_cancelling_a_batch_that_already_ended_leaves_it_to_be_collected(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, cli: Callable[..., CliRun]
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     openai.OpenAI(api_key="sk-test", base_url=fake_openai.base_url).batches.retrieve(started.batch_ids[0])
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
     done = cli(str(current.database_url), "rollout", "cancel", "--rollout-id", str(started.rollout_id), **env)

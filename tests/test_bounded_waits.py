@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.db import make_engine, migrate
-from core.service import GenerationResult, ProgramService
-from core.waits import MIN_CONNECT_SECONDS
+from core.serving.service import GenerationResult, ProgramService
+from core.store.db import make_engine, migrate
+from core.store.waits import MIN_CONNECT_SECONDS
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer
 from tests.helpers import PROFILE, start_cli

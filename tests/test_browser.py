@@ -15,9 +15,9 @@ import pytest
 import streamlit
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocket, expect, sync_playwright
 
-from core.db import make_engine
 from core.formatting import DOLLAR_PRINTF, format_dollars
-from core.schema import ai_coach_cache, training_programs
+from core.store.db import make_engine
+from core.store.schema import ai_coach_cache, training_programs
 from testkit.browser import CHROMIUM, CHROMIUM_ARGS, dashboard
 from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI

@@ -13,8 +13,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine
 
-from core.history import CSV_COLUMNS, HistoryRecord, insert_program
-from core.schema import ai_coach_cache, utcnow
+from core.store.history import CSV_COLUMNS, HistoryRecord, insert_program
+from core.store.schema import ai_coach_cache, utcnow
 from testkit.browser import dashboard
 from tests.helpers import app_environment, count_rows, insert_entries
 from tests.test_browser import browser, go_to, grid_cells, settle

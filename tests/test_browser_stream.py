@@ -13,8 +13,8 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy import select
 
-from core.db import make_engine
-from core.schema import ai_coach_cache, training_programs
+from core.store.db import make_engine
+from core.store.schema import ai_coach_cache, training_programs
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import count_rows
 from tests.test_browser import browser, context, database, open_fresh, server, server_settings, settle, shot, type_id

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.cache_key import cache_key, check_user_id, onboarding_hash, signature
-from core.models import ContractError, parse_onboarding
+from core.contract.cache_key import cache_key, check_user_id, onboarding_hash, signature
+from core.contract.models import ContractError, parse_onboarding
 from tests.helpers import PROFILE
 
 KEY = re.compile(r"program:u(?P<user>[A-Za-z0-9._@-]{1,128}):paid(?P<paid>true|false):d(?P<digest>[A-Za-z0-9_-]{43})")

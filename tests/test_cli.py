@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -17,11 +18,12 @@ import jsonschema
 import pytest
 from sqlalchemy import Engine, select
 
-from core import rejections
-from core.db import make_engine
+from core.contract.models import load_contract
 from core.generators import OfflineGenerator
-from core.models import load_contract
-from core.schema import admin_actions, ai_coach_cache
+from core.settings import Settings
+from core.store import rejections
+from core.store.db import make_engine
+from core.store.schema import admin_actions, ai_coach_cache
 from testkit.pg_server import free_port
 from tests.conftest import CliRun, Run
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -114,21 +116,78 @@ def test_generate_miss_then_hit(run: Run, database_url: str, profile_file: Path)
     assert (forced["cache_hit"], forced["miss_reason"]) == (False, "forced_refresh")
 
 
-def test_the_readmes_generate_command_runs_as_written_with_the_example_profile(run: Run, tmp_path: Path) -> None:
-    [line] = [
-        line
-        for line in (ROOT / "README.md").read_text().splitlines()
-        if line.startswith(".venv/bin/python -m core generate ")
-    ]
-    words = shlex.split(line)[3:]  # after `.venv/bin/python -m core`
-    profile = ROOT / words[words.index("--profile") + 1]  # a path in the checkout, where the README runs it
-    jsonschema.Draft202012Validator(load_contract("onboarding_responses")).validate(json.loads(profile.read_text()))
-    url = f"sqlite:///{tmp_path}/coach.db"
-    # Without the options in brackets, then with them.
-    for args in ([w for w in words if not w.startswith("[")], [w.strip("[]") for w in words]):
-        args[args.index("--profile") + 1] = str(profile)
-        printed = output(run(url, *args))
-        assert printed["program"]["goal"] == "fat_loss" and printed["program"]["weeks"], args
+# The pages a reader is pointed to, each command in them run as written.
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND = ".venv/bin/python -m core "
+README_MOST_BYTES = 12 * 1024  # issue 31: what Coach Cache is, the two commands, a map of the code and the docs
+
+
+def documented_commands() -> list[list[str]]:
+    """Each `python -m core` line of the README and docs/ once, as its words after the module,
+    its comment left out."""
+    lines = [line for doc in DOCS for line in doc.read_text().splitlines() if line.startswith(COMMAND)]
+    return [shlex.split(line, comments=True)[3:] for line in dict.fromkeys(lines)]
+
+
+def as_run(words: list[str]) -> list[list[str]]:
+    """The command without the options in brackets, then with them (`[--sample 10]` is one)."""
+    without, with_all, inside = [], [], False
+    for word in words:
+        inside = inside or word.startswith("[")
+        if not inside:
+            without.append(word)
+        with_all.append(word.strip("[]"))
+        inside = inside and not word.endswith("]")
+    return [without] if without == with_all else [without, with_all]
+
+
+def test_every_command_in_the_readme_and_the_docs_runs_as_written(
+    cli: Callable[..., CliRun], tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    commands = documented_commands()
+    assert {words[0] for words in commands} == {
+        "migrate", "generate", "cleanup", "invalidate", "reject", "rollout", "stats", "rollup", "recall"
+    }  # fmt: skip
+    # A database as an operator's would be when they run them: the README's example client's
+    # program (the offline coach's, the embedded default), and a pre-warm's batch still out.
+    openai = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
+    example = ROOT / "examples" / "profile.json"
+    jsonschema.Draft202012Validator(load_contract("onboarding_responses")).validate(json.loads(example.read_text()))
+    made = tmp_path / "made"
+    url = f"sqlite:///{made}/coach.db"
+    program = cli(url, "generate", "--user-id", "client-1", "--profile", str(example)).json()
+    out = cli(url, "rollout", "start", "--model", "gpt-4.1-mini", **openai).json()
+    # The docs' placeholders, each a value that names something in that database.
+    values = {
+        "ID": str(program["training_program_id"]),
+        "VERSION": program["generator_version"],
+        "CATEGORY": rejections.CATEGORIES[0],
+        "TEXT": "ignores the knee",
+        "M": "gpt-4.1",
+        "N": str(out["rollout_id"]),
+        "H": "1",
+    }
+    for words in commands:
+        for args in as_run(words):
+            args = [values.get(word, word) for word in args]
+            assert not [word for word in args if re.fullmatch("[A-Z]+", word)], f"a placeholder with no value: {args}"
+            if "--profile" in args:  # a path in the checkout, where the docs run it
+                args[args.index("--profile") + 1] = str(ROOT / args[args.index("--profile") + 1])
+            fresh = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+            shutil.copytree(made, fresh)
+            env = openai if args[0] == "rollout" else {}
+            done = cli(f"sqlite:///{fresh}/coach.db", *args, **env)
+            assert done.code == 0, (args, done.stderr)
+
+
+def test_the_readme_is_at_most_12_kb() -> None:
+    assert len((ROOT / "README.md").read_bytes()) <= README_MOST_BYTES
+
+
+def test_every_setting_is_in_the_configuration_table_and_nothing_else_is() -> None:
+    table = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.MULTILINE))
+    assert documented == {name.upper() for name in Settings.model_fields}
 
 
 @pytest.mark.parametrize(
@@ -248,7 +307,7 @@ def test_cleanup_deletes_only_expired_program_entries(run: Run, engine: Engine, 
 
 
 def test_cleanup_works_in_batches(engine: Engine) -> None:
-    from core.cache_store import delete_expired
+    from core.store.entries import delete_expired
 
     for i in range(10):
         insert_entries(engine, [f"program:uu{i}:paidfalse:dx"], expired=True)
@@ -352,7 +411,7 @@ def test_each_request_is_one_log_line_without_the_answers(run: Run, tmp_path: Pa
     assert (logged["miss_reason"], logged["user_id"], logged["key_digest"]) == ("first_generation", "u1", digest[:8])
     assert logged["latency_ms"] > 0 and logged["saved"] is True
     (text,) = hit.stderr.decode().splitlines()
-    assert text.startswith("INFO core.service: Cache hit outcome=hit") and f"key_digest={digest[:8]}" in text
+    assert text.startswith("INFO core.serving.service: Cache hit outcome=hit") and f"key_digest={digest[:8]}" in text
     assert quiet.stderr == b""
     for done in (miss, hit):
         assert "ACL" not in done.stderr.decode() and "strength" not in done.stderr.decode()

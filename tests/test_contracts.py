@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from core.fit import validate_program
-from core.generators.offline import build_program
-from core.models import (
+from core.contract.fit import validate_program
+from core.contract.models import (
     EQUIPMENT,
     EXPERIENCE_LEVELS,
     GOALS,
@@ -25,6 +24,7 @@ from core.models import (
     parse_onboarding,
     parse_program,
 )
+from core.generators.offline import build_program
 from tests.helpers import PROFILE, REQUIRED_ANSWERS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "contracts"

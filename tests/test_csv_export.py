@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine
 
-from core.history import CSV_COLUMNS, HistoryFilter, HistoryRecord, export_csv, insert_program, spreadsheet_cell
+from core.store.history import CSV_COLUMNS, HistoryFilter, HistoryRecord, export_csv, insert_program, spreadsheet_cell
 
 HOSTILE = [
     ('=HYPERLINK("http://x","click")', '\'=HYPERLINK("http://x","click")'),

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import admin
-from core.db import Database, make_engine
+from core.contract.models import ContractError, OnboardingResponses
 from core.generators.offline import build_program
-from core.history import ProgramRow, in_coach_cache_format
-from core.models import ContractError, OnboardingResponses
-from core.schema import utcnow
+from core.operations import admin
+from core.store.db import Database, make_engine
+from core.store.history import ProgramRow, in_coach_cache_format
+from core.store.schema import utcnow
 from testkit.pg_server import PostgresServer
 from tests.conftest import CliRun
 from tests.helpers import PROFILE, as_read

@@ -12,9 +12,9 @@ import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from core.fit import program_weeks
+from core.contract.fit import program_weeks
+from core.contract.models import parse_onboarding
 from core.generators.openai_chat import SYSTEM_PROMPT, program_response_format
-from core.models import parse_onboarding
 from tests.fake_openai import BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
 

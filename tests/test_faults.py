@@ -18,11 +18,11 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
-from core.cache_store import delete_expired
-from core.db import head_revision, make_engine
-from core.schema import ai_coach_cache, training_programs
-from core.service import ProgramService
+from core.serving.service import ProgramService
 from core.settings import Settings
+from core.store.db import head_revision, make_engine
+from core.store.entries import delete_expired
+from core.store.schema import ai_coach_cache, training_programs
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer, free_port
 from testkit.pgbouncer import PgBouncer

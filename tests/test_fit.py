@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from core.catalogue import MAX_CHOICES, STAPLES, catalogue, choices_for
-from core.fit import UnfitProgram, session_seconds, set_seconds, validate_program, validate_program_json
+from core.contract.catalogue import MAX_CHOICES, STAPLES, catalogue, choices_for
+from core.contract.fit import UnfitProgram, session_seconds, set_seconds, validate_program, validate_program_json
+from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
 from core.generators.offline import build_program
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
 
 # The client of "what matters most": 30 minutes, bodyweight only, a knee problem.
 CLIENT = {

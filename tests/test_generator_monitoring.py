@@ -8,11 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from core import monitoring
 from core.generators import OfflineGenerator
-from core.schema import utcnow
-from core.service import GenerationFailed, ProgramService
-from core.settings import ModelPrice, Settings
+from core.operations import monitoring
+from core.prices import ModelPrice
+from core.serving.service import GenerationFailed, ProgramService
+from core.settings import Settings
+from core.store.schema import utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
 from tests.test_openai_generator import openai_service

@@ -6,10 +6,10 @@ import json
 import re
 from datetime import UTC, datetime
 
-from core.catalogue import catalogue
+from core.contract.catalogue import catalogue
+from core.contract.handover import file_name, program_json, program_markdown
+from core.contract.models import parse_onboarding, parse_program
 from core.generators.offline import build_program
-from core.handover import file_name, program_json, program_markdown
-from core.models import parse_onboarding, parse_program
 from tests.helpers import PROFILE, as_read
 
 WHEN = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)

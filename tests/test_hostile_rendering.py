@@ -15,10 +15,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, insert
 
+from core.contract.models import parse_onboarding
 from core.formatting import markdown_code
 from core.generators.offline import build_program
-from core.models import parse_onboarding
-from core.schema import admin_actions, ai_coach_cache, training_programs, utcnow
+from core.store.schema import admin_actions, ai_coach_cache, training_programs, utcnow
 from tests.helpers import PROFILE
 from tests.quiet_http import QuietHTTPServer
 from tests.test_browser import grid_cells, settle

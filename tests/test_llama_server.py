@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from core.db import make_engine, migrate
+from core.contract.models import parse_onboarding, parse_program
+from core.contract.partial_program import ProgramSoFar
 from core.generators import OpenAIChatGenerator, startup_warning
-from core.models import parse_onboarding, parse_program
-from core.partial_program import ProgramSoFar
-from core.schema import ai_coach_cache, training_programs
-from core.service import GenerationFailed, ProgramService
+from core.serving.service import GenerationFailed, ProgramService
 from core.settings import Settings
+from core.store.db import make_engine, migrate
+from core.store.schema import ai_coach_cache, training_programs
 from testkit.llama_server import LlamaServer
 from tests.helpers import count_rows
 

@@ -12,9 +12,12 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, text
 
-from core import rollout, rollout_reports
-from core.db import make_engine
-from core.schema import generation_events, generation_leases, rollout_programs
+from core.operations.rollout import live as rollout_live
+from core.operations.rollout import plan as rollout_plan
+from core.operations.rollout import reports
+from core.operations.rollout import start as rollout_start
+from core.store.db import make_engine
+from core.store.schema import generation_events, generation_leases, rollout_programs
 from tests.conftest import Shared
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, start_cli
@@ -144,12 +147,12 @@ def test_a_live_prewarm_killed_mid_run_is_given_up_once_its_lease_lapses_and_say
         assert said.startswith("note: rollout ") and "3 requests given up: the run that asked for it stopped" in said
         report = json.loads(out)["rollouts"][0]
         assert report["states"] == {"failed": 3} and report["phase"] != "in progress"
-        assert {p["error"] for p in report["problems"]} == {rollout.GIVEN_UP}
+        assert {p["error"] for p in report["problems"]} == {rollout_live.GIVEN_UP}
         assert (
-            rollout.plan(
+            rollout_plan.plan(
                 engine,
                 settings_for(shared_database.url, fake_openai),
-                rollout.candidate(settings_for(shared_database.url, fake_openai), CANDIDATE),
+                rollout_plan.candidate(settings_for(shared_database.url, fake_openai), CANDIDATE),
             ).count
             == 3
         )
@@ -169,7 +172,7 @@ def test_a_process_killed_between_claiming_a_staged_program_and_handing_it_out_l
     engine = _with_three_users(pg_url, fake_openai)
     try:
         settings = settings_for(pg_url, fake_openai)
-        rollout.start(engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli", live=True)
+        rollout_start.start(engine, settings, rollout_plan.candidate(settings, CANDIDATE), actor="cli", live=True)
         fake_openai.reset()
         blocker = engine.connect()
         # The hand-out's history row waits on this lock: the process is held right after its claim.
@@ -190,7 +193,7 @@ def test_a_process_killed_between_claiming_a_staged_program_and_handing_it_out_l
         switched = app_service(engine, settings_for(pg_url, fake_openai, CANDIDATE))
         result = serve(switched, "u1")
         assert result.prewarmed_by is not None and fake_openai.calls == 0
-        [summary] = rollout_reports.summaries(engine, settings)
+        [summary] = reports.summaries(engine, settings)
         assert summary.used == 1
     finally:
         engine.dispose()

@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
-from core import adoption
-from core.db import head_revision, make_engine, migrate
-from core.schema import VERSION_TABLE, metadata
+from core.store import adoption
+from core.store.db import head_revision, make_engine, migrate
+from core.store.schema import VERSION_TABLE, metadata
 from testkit.pg_server import PostgresServer
 
 

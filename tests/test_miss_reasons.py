@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, update
 
-from core import admin
-from core.cache_store import CacheEntry
-from core.db import make_engine
-from core.entry_fate import KeyRecord, Lookup, MissReason, miss_reason
-from core.schema import ai_coach_cache, generation_events, generation_stats_hourly, utcnow
-from core.service import ProgramService
+from core.operations import admin
+from core.serving.miss_reasons import Lookup, MissReason, miss_reason
+from core.serving.service import ProgramService
+from core.store.db import make_engine
+from core.store.entries import CacheEntry
+from core.store.fates import KeyRecord
+from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, utcnow
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Faults
 from tests.fake_openai import Behaviour, FakeOpenAI

@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
-from core import admin, monitoring
-from core.cache_key import DIGEST_ALPHABET
-from core.db import make_engine, migrate
-from core.history import GenerationEvent, insert_event
-from core.schema import generation_events, generation_stats_hourly, utcnow
-from core.service import ProgramService
+from core.contract.cache_key import DIGEST_ALPHABET
+from core.operations import admin, monitoring
+from core.serving.service import ProgramService
 from core.settings import Settings
+from core.store.db import make_engine, migrate
+from core.store.history import GenerationEvent, insert_event
+from core.store.schema import generation_events, generation_stats_hourly, utcnow
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun
 from tests.helpers import PROFILE

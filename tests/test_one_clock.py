@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from core import single_flight
-from core.db import make_engine, migrate
-from core.schema import ai_coach_cache, generation_leases, utcnow
+from core.serving import single_flight
+from core.store.db import make_engine, migrate
+from core.store.schema import ai_coach_cache, generation_leases, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import NEUTRAL_CWD, PROFILE, app_environment, count_rows, expire_entries, insert_entries
 
@@ -151,7 +151,7 @@ def test_a_renewal_that_finds_its_lease_taken_over_says_so(
     sqlite_engine: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine, _path = sqlite_engine
-    with caplog.at_level(logging.WARNING, logger="core.single_flight"):
+    with caplog.at_level(logging.WARNING, logger="core.serving.single_flight"):
         worker = generating(engine, 2.5)
         # Another instance took the key over (its lease expired while a renewal was held up).
         with engine.begin() as connection:

@@ -14,17 +14,17 @@ import openai
 import pytest
 from sqlalchemy import Engine, select
 
-from core import monitoring
-from core.fit import validate_program
-from core.fit_report import FitReport, fit_by_generator
+from core.contract.fit import validate_program
+from core.contract.models import parse_onboarding
+from core.contract.partial_program import ProgramSoFar
 from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
 from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
-from core.models import parse_onboarding
-from core.partial_program import ProgramSoFar
-from core.schema import ai_coach_cache, generation_events, training_programs
-from core.service import GenerationFailed, GenerationResult, ProgramService
+from core.operations import monitoring
+from core.operations.fit_report import FitReport, fit_by_generator
+from core.serving.service import GenerationFailed, GenerationResult, ProgramService
 from core.settings import Settings
+from core.store.schema import ai_coach_cache, generation_events, training_programs
 from tests import openai_strict
 from tests.fake_openai import BREAKING, COMPLETION_TOKENS, PROMPT_TOKENS, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, count_rows

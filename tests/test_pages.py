@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from core import monitoring
 from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.generators import OfflineGenerator
-from core.history import GenerationEvent, insert_event
-from core.schema import ai_coach_cache, generation_stats_hourly, training_programs, utcnow
-from core.service import ProgramService
+from core.operations import monitoring
+from core.serving.service import ProgramService
 from core.settings import Settings
+from core.store.history import GenerationEvent, insert_event
+from core.store.schema import ai_coach_cache, generation_stats_hourly, training_programs, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import as_read, count_rows, expire_entries, insert_entries
 from tests.test_generator_monitoring import bill

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from core.contract.models import parse_onboarding
+from core.contract.partial_program import ProgramSoFar, ProgressReporter, parse_partial, program_so_far, progress_line
 from core.generators.offline import build_program
-from core.models import parse_onboarding
-from core.partial_program import ProgramSoFar, ProgressReporter, parse_partial, program_so_far, progress_line
 from tests.helpers import PROFILE
 
 

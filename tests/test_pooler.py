@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from core import cache_store, history, monitoring
-from core.db import make_engine
-from core.history import HistoryFilter
-from core.schema import training_programs
-from core.service import ProgramService
+from core.operations import monitoring
+from core.serving.service import ProgramService
+from core.store import entries, history
+from core.store.db import make_engine
+from core.store.history import HistoryFilter
+from core.store.schema import training_programs
 from testkit.counting import CountingGenerator
 from testkit.pgbouncer import PgBouncer
 from tests.helpers import PROFILE, count_rows
@@ -55,7 +56,7 @@ def test_hundreds_of_hits_in_a_row_from_several_threads(pooled_engine: Engine) -
         lambda: None,
         lambda: monitoring.summary(pooled_engine),
         lambda: history.list_programs(pooled_engine, HistoryFilter()),
-        lambda: cache_store.count_entries(pooled_engine),
+        lambda: entries.count_entries(pooled_engine),
     ]
     threads = [threading.Thread(target=coach, args=(page,)) for page in pages]
     for t in threads:

@@ -14,10 +14,17 @@ import pytest
 from sqlalchemy import Engine, select, update
 from streamlit.testing.v1 import AppTest
 
-from core import monitoring, recall
 from core.generators import OfflineGenerator
-from core.schema import admin_actions, ai_coach_cache, cache_entry_fates, rollout_programs, training_programs, utcnow
-from core.service import GenerationResult, ProgramService
+from core.operations import monitoring, recall
+from core.serving.service import GenerationResult, ProgramService
+from core.store.schema import (
+    admin_actions,
+    ai_coach_cache,
+    cache_entry_fates,
+    rollout_programs,
+    training_programs,
+    utcnow,
+)
 from testkit.pg_server import PostgresServer
 from tests.conftest import CliRun, Run
 from tests.helpers import PROFILE, as_read, count_rows

@@ -17,13 +17,15 @@ import pytest
 from playwright.sync_api import Browser, expect
 from sqlalchemy import Engine, select
 
-from core import admin, monitoring, rejections
-from core.db import make_engine
-from core.generators import Generation
-from core.generators.base import OnProgress, Rejected
-from core.models import ContractError, OnboardingResponses
-from core.schema import ai_coach_cache, cache_entry_fates, program_rejections, training_programs
-from core.service import MISS_REASON_TEXT, GenerationFailed, GenerationResult, ProgramService
+from core.contract.generation import Generation, Rejected
+from core.contract.models import ContractError, OnboardingResponses
+from core.generators.base import OnProgress
+from core.operations import admin, monitoring
+from core.serving.miss_reasons import MISS_REASON_TEXT
+from core.serving.service import GenerationFailed, GenerationResult, ProgramService
+from core.store import rejections
+from core.store.db import make_engine
+from core.store.schema import ai_coach_cache, cache_entry_fates, program_rejections, training_programs
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Run
 from tests.fake_openai import FakeOpenAI

@@ -16,14 +16,20 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import DBAPIError
 from streamlit.testing.v1 import AppTest
 
-from core import admin, batch_collection, rejections, rollout, rollout_reports, staged_programs
-from core.db import Database, make_engine
+from core.contract.models import parse_onboarding
 from core.generators import make_generator
-from core.models import parse_onboarding
-from core.schema import ai_coach_cache, rollout_programs, training_programs, utcnow
-from core.service import ProgramService
+from core.operations import admin
+from core.operations.rollout import batches, reports
+from core.operations.rollout import live as rollout_live
+from core.operations.rollout import plan as rollout_plan
+from core.operations.rollout import records as rollout_records
+from core.operations.rollout import start as rollout_start
+from core.serving.service import ProgramService
+from core.serving.single_flight import Lease
 from core.settings import Settings
-from core.single_flight import Lease
+from core.store import rejections, staged_programs
+from core.store.db import Database, make_engine
+from core.store.schema import ai_coach_cache, rollout_programs, training_programs, utcnow
 from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, as_read, count_rows, expire_entries, start_cli
@@ -72,8 +78,8 @@ def staged_rows(engine: Engine) -> list[Any]:
 def test_the_plan_names_the_keys_another_generator_made_and_prices_them_live_and_batched(
     engine: Engine, current: Settings
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
-    plan = rollout.plan(engine, current, candidate)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    plan = rollout_plan.plan(engine, current, candidate)
 
     assert plan.count == 3 and plan.with_recorded_tokens == 3
     assert plan.by_generator == {make_generator(current).identity.version: 3}
@@ -81,19 +87,19 @@ def test_the_plan_names_the_keys_another_generator_made_and_prices_them_live_and
     assert price is not None
     assert plan.live_cost == pytest.approx(3 * price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
     assert plan.batch_cost == pytest.approx(plan.live_cost / 2)
-    assert rollout.plan(engine, current, candidate, rollout.Selection(limit=2)).count == 2
+    assert rollout_plan.plan(engine, current, candidate, rollout_plan.Selection(limit=2)).count == 2
     # Entries valid for 24 h: none has 25 h left.
-    assert rollout.plan(engine, current, candidate, rollout.Selection(min_hours_left=23)).count == 3
-    assert rollout.plan(engine, current, candidate, rollout.Selection(min_hours_left=25)).count == 0
+    assert rollout_plan.plan(engine, current, candidate, rollout_plan.Selection(min_hours_left=23)).count == 3
+    assert rollout_plan.plan(engine, current, candidate, rollout_plan.Selection(min_hours_left=25)).count == 0
 
 
 def test_keys_requested_lately_whose_entries_expired_are_planned_only_when_asked_for(
     engine: Engine, current: Settings
 ) -> None:
     expire_entries(engine, ai_coach_cache.c.user_id == "u1")
-    candidate = rollout.candidate(current, CANDIDATE)
-    assert {t.user_id for t in rollout.plan(engine, current, candidate).targets} == {"u2", "u3"}
-    lately = rollout.plan(engine, current, candidate, rollout.Selection(requested_within_days=1))
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    assert {t.user_id for t in rollout_plan.plan(engine, current, candidate).targets} == {"u2", "u3"}
+    lately = rollout_plan.plan(engine, current, candidate, rollout_plan.Selection(requested_within_days=1))
     assert {t.user_id for t in lately.targets} == set(USERS)
     assert lately.by_generator == {make_generator(current).identity.version: 2, "none": 1}
 
@@ -101,13 +107,13 @@ def test_keys_requested_lately_whose_entries_expired_are_planned_only_when_asked
 def test_a_live_prewarm_stages_programs_that_the_switched_app_serves_as_prewarmed_hits(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
-    started = rollout.start(engine, current, candidate, actor="cli", live=True)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    started = rollout_start.start(engine, current, candidate, actor="cli", live=True)
     assert (started.kind, started.requested, fake_openai.calls) == ("live", 3, 3)
     assert {row.state for row in staged_rows(engine)} == {"staged"}
     # Nothing served changes before the switch: the current app still hits its own entries.
     assert serve(app_service(engine, current), "u1").prewarmed_by is None
-    assert rollout.plan(engine, current, candidate).count == 0  # staged already: not again
+    assert rollout_plan.plan(engine, current, candidate).count == 0  # staged already: not again
 
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     fake_openai.reset()
@@ -132,7 +138,7 @@ def test_a_live_prewarm_stages_programs_that_the_switched_app_serves_as_prewarme
 def test_a_forced_refresh_generates_even_with_a_staged_program(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli", live=True)
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     fake_openai.reset()
     result = serve(switched, "u1", force_refresh=True)
@@ -143,7 +149,7 @@ def test_a_forced_refresh_generates_even_with_a_staged_program(
 def test_a_staged_program_that_expired_is_not_served_and_cleanup_drops_it(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli", live=True)
     with engine.begin() as connection:
         for row in staged_rows(engine):
             connection.execute(
@@ -166,11 +172,11 @@ def test_failed_and_invalid_live_generations_are_counted_never_staged(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset(Behaviour(mode="wrong_shape"))
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli", live=True)
     rows = staged_rows(engine)
     assert {row.state for row in rows} == {"invalid"} and all(row.program is None for row in rows)
     assert all("sessions" in row.error for row in rows)
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert (summary.id, summary.states, summary.used, summary.phase) == (
         started.rollout_id,
         {"invalid": 3},
@@ -185,11 +191,9 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     before = (count_rows(engine, ai_coach_cache), count_rows(engine, training_programs))
-    candidate = rollout.candidate(current, CANDIDATE)
-    tried = rollout.trial(engine, current, candidate, actor="cli", sample=2)
-    trial = rollout_reports.trial_report(
-        engine, current, tried, current_version=make_generator(current).identity.version
-    )
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    tried = rollout_live.trial(engine, current, candidate, actor="cli", sample=2)
+    trial = reports.trial_report(engine, current, tried, current_version=make_generator(current).identity.version)
     assert (count_rows(engine, ai_coach_cache), count_rows(engine, training_programs)) == before
     assert fake_openai.calls == 2 and len(trial.profiles) == 2
     assert trial.candidate.programs == 2 and trial.candidate.valid_first_try == 1.0
@@ -197,8 +201,8 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
     assert trial.current.programs == 2 and trial.current.valid_first_try == 1.0
     assert all(p.candidate_program and p.current_program for p in trial.profiles)
     # A trial's programs are never served.
-    assert rollout.plan(engine, current, candidate).count == 3
-    assert rollout_reports.spend(engine, current).trials > 0
+    assert rollout_plan.plan(engine, current, candidate).count == 3
+    assert reports.spend(engine, current).trials > 0
 
 
 @pytest.mark.parametrize(
@@ -211,8 +215,8 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
 )
 def test_a_selection_past_its_bounds_is_refused_naming_the_option(option: str, value: float, named: str) -> None:
     # As the admin page builds one: 1e12 days overflowed a date, 1e12 hours PostgreSQL's interval.
-    with pytest.raises(rollout.RolloutRefused, match=rf"{named}: must be a number from \d+ to \d+"):
-        rollout.Selection(**{option: value})
+    with pytest.raises(rollout_records.RolloutRefused, match=rf"{named}: must be a number from \d+ to \d+"):
+        rollout_plan.Selection(**{option: value})
 
 
 def test_the_cli_plans_starts_live_and_reports_rollouts(
@@ -273,15 +277,15 @@ def test_try_it_refuses_the_current_model_and_warns_of_one_the_server_does_not_l
     assert f"does not list OPENAI_MODEL={CANDIDATE}; it serves: {CURRENT}" in as_read(at.warning[-1].value)
 
 
-def check(engine: Engine, settings: Settings) -> list[batch_collection.BatchCheck]:
-    return batch_collection.check_batches(engine, settings)
+def check(engine: Engine, settings: Settings) -> list[batches.BatchCheck]:
+    return batches.check_batches(engine, settings)
 
 
 def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
-    started = rollout.start(engine, current, candidate, actor="cli")
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    started = rollout_start.start(engine, current, candidate, actor="cli")
     [batch] = fake_openai.batches
     assert started.batch_ids == (batch.id,) and fake_openai.calls == 0
     assert len(batch.lines) == 3 and batch.endpoint == "/v1/chat/completions"
@@ -294,12 +298,12 @@ def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
 
     [polled] = check(engine, current)  # validating -> in progress
     assert (polled.status, polled.collected) == ("in_progress", False)
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert summary.phase == "in progress"
     [collected] = check(engine, current)  # the results come back shuffled
     assert (collected.status, collected.collected, collected.recorded) == ("completed", True, {"staged": 3})
     assert check(engine, current) == []  # collected once
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert (summary.phase, summary.states, summary.batches) == ("collected", {"staged": 3}, {"completed": 1})
     price = current.price_of(CANDIDATE)
     assert price is not None
@@ -308,9 +312,9 @@ def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     result = serve(switched, "u3")
     assert result.prewarmed_by == started.rollout_id and fake_openai.calls == 0
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert summary.used == 1 and summary.saved == pytest.approx(price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
-    spent = rollout_reports.spend(engine, current)
+    spent = reports.spend(engine, current)
     assert (spent.batch, spent.saved) == (pytest.approx(summary.cost), pytest.approx(summary.saved))
 
 
@@ -324,7 +328,7 @@ def test_failed_and_invalid_lines_are_counted_and_listed_never_staged(
             line_behaviours={":uu2:": Behaviour(mode="refusal")},
         )
     )
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [collected] = check(engine, current)
     assert collected.recorded == {"failed": 1, "invalid": 1, "staged": 1}
     by_user = {row.user_id: row for row in staged_rows(engine)}
@@ -332,8 +336,8 @@ def test_failed_and_invalid_lines_are_counted_and_listed_never_staged(
     assert by_user["u2"].state == "invalid" and "refused" in by_user["u2"].error and by_user["u2"].program is None
     assert by_user["u2"].prompt_tokens == PROMPT_TOKENS  # a refusal is billed
     assert by_user["u3"].state == "staged"
-    [summary] = rollout_reports.summaries(engine, current)
-    listed = {(p.state, p.error) for p in rollout_reports.problems(engine, summary.id)}
+    [summary] = reports.summaries(engine, current)
+    listed = {(p.state, p.error) for p in reports.problems(engine, summary.id)}
     assert listed == {("failed", by_user["u1"].error), ("invalid", by_user["u2"].error)}
 
 
@@ -342,7 +346,7 @@ def test_a_batch_that_ends_early_keeps_what_completed(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, outcome: str
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, outcome=outcome, completed_before_end=1))
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [collected] = check(engine, current)
     assert (collected.status, collected.recorded) == (outcome, {"staged": 1, "failed": 2})
     failed = [row for row in staged_rows(engine) if row.state == "failed"]
@@ -350,14 +354,14 @@ def test_a_batch_that_ends_early_keeps_what_completed(
 
 
 def test_requests_are_split_into_files_within_the_batch_api_limits(engine: Engine, current: Settings) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
     with engine.connect() as connection:
-        found = rollout.targets(connection, candidate.identity.version)
-    files = list(rollout.batch_files(candidate, found, max_lines=2))
+        found = rollout_plan.targets(connection, candidate.identity.version)
+    files = list(rollout_start.batch_files(candidate, found, max_lines=2))
     assert [len(chunk) for chunk, _ in files] == [2, 1]
     assert [data.count(b"\n") for _, data in files] == [2, 1]
     one_line = len(files[1][1])
-    by_size = list(rollout.batch_files(candidate, found, max_bytes=2 * one_line + 10))
+    by_size = list(rollout_start.batch_files(candidate, found, max_bytes=2 * one_line + 10))
     assert [len(chunk) for chunk, _ in by_size] == [2, 1]
     assert all(len(data) <= 2 * one_line + 10 for _, data in by_size)
 
@@ -369,7 +373,7 @@ def test_a_batch_submission_the_server_refuses_is_recorded_and_the_cli_fails_in_
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "LLM_MAX_RETRIES": "0"}
     done = cli(str(current.database_url), "rollout", "start", "--model", CANDIDATE, **env)
     assert done.code == 1 and done.stderr.count("\n") == 1 and "could not be submitted" in done.stderr
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert summary.states == {"failed": 3} and summary.error
 
 
@@ -383,7 +387,7 @@ def test_two_instances_collecting_at_once_record_each_result_once(
         for user in USERS:
             serve(service, user)
         fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
-        rollout.start(engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli")
+        rollout_start.start(engine, settings, rollout_plan.candidate(settings, CANDIDATE), actor="cli")
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, **shared_database.env()}
         collectors = [start_cli(shared_database.url, "rollout", "status", **env) for _ in range(2)]
         outputs = [process.communicate(timeout=120) for process in collectors]
@@ -399,8 +403,8 @@ def test_two_instances_collecting_at_once_record_each_result_once(
         switched = app_service(engine, settings_for(shared_database.url, fake_openai, CANDIDATE))
         assert serve(switched, "u1").prewarmed_by is not None and fake_openai.calls == 0
         # A trial streams the newest profiles from history (a server-side cursor on PostgreSQL).
-        tried = rollout.trial(engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli", sample=2)
-        assert rollout_reports.summaries(engine, settings)[0].states == {"tried": 2}, tried
+        tried = rollout_live.trial(engine, settings, rollout_plan.candidate(settings, CANDIDATE), actor="cli", sample=2)
+        assert reports.summaries(engine, settings)[0].states == {"tried": 2}, tried
     finally:
         engine.dispose()
 
@@ -408,7 +412,7 @@ def test_two_instances_collecting_at_once_record_each_result_once(
 def test_a_second_start_for_the_same_candidate_fails_while_one_runs(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, cli: Callable[..., CliRun]
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
     # Another instance is starting a pre-warm for the candidate: it holds the lease.
     held = Lease.claim(engine, f"rollout:{candidate.identity.version}", 60)
     assert held is not None
@@ -416,8 +420,8 @@ def test_a_second_start_for_the_same_candidate_fails_while_one_runs(
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
         done = cli(str(current.database_url), "rollout", "start", "--model", CANDIDATE, **env)
     assert done.code == 1 and done.stderr.count("\n") == 1 and "being started elsewhere" in done.stderr
-    assert fake_openai.batches == [] and rollout_reports.summaries(engine, current) == []
-    assert rollout.start(engine, current, candidate, actor="cli").requested == 3  # once it is done
+    assert fake_openai.batches == [] and reports.summaries(engine, current) == []
+    assert rollout_start.start(engine, current, candidate, actor="cli").requested == 3  # once it is done
 
 
 def test_stats_split_spend_into_requests_tokens_batches_and_trials(
@@ -426,16 +430,16 @@ def test_stats_split_spend_into_requests_tokens_batches_and_trials(
     fake_openai.reset(Behaviour(cached_tokens=300, reasoning_tokens=40))
     serve(app_service(engine, current), "u4")
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
-    candidate = rollout.candidate(current, CANDIDATE)
-    rollout.start(engine, current, candidate, actor="cli")
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    rollout_start.start(engine, current, candidate, actor="cli")
     check(engine, current)
-    rollout.trial(engine, current, candidate, actor="cli", sample=1)
+    rollout_live.trial(engine, current, candidate, actor="cli", sample=1)
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
     stats = cli(str(current.database_url), "stats", **env).json()
 
     [generator] = stats["generators"]
     assert (generator["cached_tokens"], generator["reasoning_tokens"]) == (300, 40)
-    by_kind = {s.kind: s.cost for s in rollout_reports.summaries(engine, current)}
+    by_kind = {s.kind: s.cost for s in reports.summaries(engine, current)}
     split = stats["llm_cost_split_usd"]
     assert split["batch"] == pytest.approx(by_kind["batch"], abs=1e-6)
     assert split["trials"] == pytest.approx(by_kind["trial"], abs=1e-6) and split["live_prewarm"] == 0
@@ -447,7 +451,7 @@ def test_the_generate_page_says_a_hit_was_prewarmed(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, app_test: Callable[..., AppTest]
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
-    started = rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    started = rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     check(engine, current)
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": CANDIDATE}
     at = app_test(str(current.database_url), **env).run()
@@ -476,22 +480,20 @@ class Interrupted:
 def test_an_interrupted_live_prewarm_leaves_no_request_pending_and_the_rest_is_planned_again(
     engine: Engine, current: Settings
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
     with pytest.raises(RuntimeError, match="killed"):
-        rollout.start(engine, current, Interrupted(candidate), actor="cli", live=True)
+        rollout_start.start(engine, current, Interrupted(candidate), actor="cli", live=True)
     states = Counter(row.state for row in staged_rows(engine))
     assert states["pending"] == 0 and states["failed"] >= 1, states
     assert {row.error for row in staged_rows(engine) if row.state == "failed"} == {
         "not run: the rollout was interrupted"
     }
-    assert rollout.plan(engine, current, candidate).count == states["failed"]
+    assert rollout_plan.plan(engine, current, candidate).count == states["failed"]
 
 
-def finished() -> batch_collection.Finished:
+def finished() -> batches.Finished:
     submitted = utcnow() - timedelta(hours=2)
-    return batch_collection.Finished(
-        (), submitted, submitted + timedelta(hours=1), "the batch expired first", "expired"
-    )
+    return batches.Finished((), submitted, submitted + timedelta(hours=1), "the batch expired first", "expired")
 
 
 @pytest.mark.parametrize(
@@ -507,7 +509,7 @@ def finished() -> batch_collection.Finished:
     ],
 )
 def test_a_result_line_not_as_openai_documents_it_fails_that_line_only(current: Settings, line: Any, says: str) -> None:
-    judged = batch_collection.judge_line(line, PROFILE, False, rollout.candidate(current, CANDIDATE), finished())
+    judged = batches.judge_line(line, PROFILE, False, rollout_plan.candidate(current, CANDIDATE), finished())
     assert (judged.state, judged.error) == ("failed", says)
 
 
@@ -521,12 +523,12 @@ def answered_line(candidate: Any, fake_openai: FakeOpenAI, *, paid: bool, **chan
 def test_a_lines_time_is_kept_between_the_batchs_submission_and_its_check(
     current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
     batch = finished()
     now = int(batch.checked_at.timestamp())
     for created, expected in ((now * 1000, batch.checked_at), (0, batch.submitted_at)):
         line = answered_line(candidate, fake_openai, paid=False, created=created)
-        judged = batch_collection.judge_line(line, PROFILE, False, candidate, batch)
+        judged = batches.judge_line(line, PROFILE, False, candidate, batch)
         assert (judged.state, judged.generated_at) == ("staged", expected)
 
 
@@ -534,9 +536,9 @@ def test_a_result_line_whose_program_does_not_fit_its_client_is_invalid_not_stag
     current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     """A batch line is judged as a live answer is: here a paid client's 8 weeks, for a free client."""
-    candidate = rollout.candidate(current, CANDIDATE)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
     line = answered_line(candidate, fake_openai, paid=True)
-    judged = batch_collection.judge_line(line, PROFILE, False, candidate, finished())
+    judged = batches.judge_line(line, PROFILE, False, candidate, finished())
     assert judged.state == "invalid" and judged.program_json is None
     assert judged.error is not None and "(rules broken: weeks)" in judged.error
     assert judged.tokens["completion_tokens"] == COMPLETION_TOKENS  # billed all the same
@@ -551,24 +553,24 @@ def test_a_batch_that_fails_validation_records_why_its_lines_did_not_run(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0, max_lines=2))  # the file holds 3
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli")
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli")
     [collected] = check(engine, current)
     assert (collected.status, collected.recorded) == ("failed", {"failed": 3})
     assert all(row.error.startswith("not run: the batch failed: ") for row in staged_rows(engine))
-    assert rollout.plan(engine, current, rollout.candidate(current, CANDIDATE)).count == 3  # to try again
+    assert rollout_plan.plan(engine, current, rollout_plan.candidate(current, CANDIDATE)).count == 3  # to try again
 
 
 def test_a_staged_program_that_no_longer_validates_is_not_served_nor_counted_as_used(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli", live=True)
     with engine.begin() as connection:
         connection.execute(update(rollout_programs).values(program={"title": "hand-edited"}))
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     fake_openai.reset()
     result = serve(switched, "u1")
     assert not result.cache_hit and result.prewarmed_by is None and fake_openai.calls == 1
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert (summary.used, summary.saved, summary.states) == (0, 0, {"staged": 2, "invalid": 1})
 
 
@@ -578,11 +580,9 @@ def test_a_trial_compares_with_the_current_generators_newest_program_per_profile
     service = app_service(engine, current)
     for _ in range(2):
         serve(service, "u3", force_refresh=True)  # u3 is the most recently requested
-    candidate = rollout.candidate(current, CANDIDATE)
-    tried = rollout.trial(engine, current, candidate, actor="cli", sample=2)
-    trial = rollout_reports.trial_report(
-        engine, current, tried, current_version=make_generator(current).identity.version
-    )
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    tried = rollout_live.trial(engine, current, candidate, actor="cli", sample=2)
+    trial = reports.trial_report(engine, current, tried, current_version=make_generator(current).identity.version)
     assert (trial.current.programs, trial.current.prompt_tokens) == (2, 2 * PROMPT_TOKENS)
     assert trial.current.prompt_tokens == trial.candidate.prompt_tokens
 
@@ -594,7 +594,7 @@ def test_a_batch_that_could_not_be_recorded_is_cancelled(faults: Faults, fake_op
         serve(service, user)
     faults.deny("rollout_batches", "INSERT")
     with pytest.raises(DBAPIError):
-        rollout.start(faults.engine, settings, rollout.candidate(settings, CANDIDATE), actor="cli")
+        rollout_start.start(faults.engine, settings, rollout_plan.candidate(settings, CANDIDATE), actor="cli")
     [batch] = fake_openai.batches
     assert batch.status in ("cancelling", "cancelled")  # nothing runs, or is billed, unrecorded
 
@@ -617,8 +617,8 @@ def invalidate(engine: Engine, how: str, version: str) -> None:
 def test_an_invalidation_voids_the_staged_programs_it_covers(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, how: str, voided: set[str]
 ) -> None:
-    candidate = rollout.candidate(current, CANDIDATE)
-    rollout.start(engine, current, candidate, actor="cli", live=True)
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    rollout_start.start(engine, current, candidate, actor="cli", live=True)
     invalidate(engine, how, candidate.identity.version)
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     fake_openai.reset()
@@ -627,7 +627,7 @@ def test_an_invalidation_voids_the_staged_programs_it_covers(
     rows = staged_rows(engine)
     assert {row.user_id for row in rows if row.state == "voided"} == voided
     assert all(row.program is None and row.error.startswith("voided: ") for row in rows if row.state == "voided")
-    [summary] = rollout_reports.summaries(engine, current)
+    [summary] = reports.summaries(engine, current)
     assert summary.states.get("voided") == len(voided) and summary.used == 0
 
 
@@ -635,8 +635,8 @@ def test_a_request_voided_while_its_batch_was_out_is_billed_and_never_staged(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset(batch=BatchBehaviour(polls_in_progress=0))
-    candidate = rollout.candidate(current, CANDIDATE)
-    rollout.start(engine, current, candidate, actor="cli")
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    rollout_start.start(engine, current, candidate, actor="cli")
     admin.invalidate_user(engine, actor="ops", user_id="u1")
     [collected] = check(engine, current)
     assert collected.recorded == {"staged": 2}
@@ -649,7 +649,7 @@ def test_a_request_voided_while_its_batch_was_out_is_billed_and_never_staged(
 def test_the_admin_page_says_what_an_invalidation_voided(
     engine: Engine, current: Settings, fake_openai: FakeOpenAI, app_test: Callable[..., AppTest]
 ) -> None:
-    rollout.start(engine, current, rollout.candidate(current, CANDIDATE), actor="cli", live=True)
+    rollout_start.start(engine, current, rollout_plan.candidate(current, CANDIDATE), actor="cli", live=True)
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url}
     at = app_test(str(current.database_url), **env).run()
     at.switch_page("pages/admin.py").run()
@@ -677,8 +677,8 @@ class InvalidatingU1:
 def test_a_request_voided_while_a_live_run_generates_it_is_billed_and_never_staged(
     engine: Engine, current: Settings
 ) -> None:
-    rollout.start(
-        engine, current, InvalidatingU1(rollout.candidate(current, CANDIDATE), engine), actor="cli", live=True
+    rollout_start.start(
+        engine, current, InvalidatingU1(rollout_plan.candidate(current, CANDIDATE), engine), actor="cli", live=True
     )
     states = {row.user_id: (row.state, row.program is None, row.prompt_tokens) for row in staged_rows(engine)}
     assert states == {

@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from core import admin, cache_store, history
-from core.generators import GenerationError, GeneratorIdentity, OfflineGenerator, OpenAIChatGenerator
-from core.history import HistoryFilter
-from core.models import ContractError, OnboardingResponses
-from core.schema import ai_coach_cache, generation_events, training_programs, utcnow
-from core.service import MISS_REASON_TEXT, MISS_REASONS, GenerationFailed, ProgramService
-from core.single_flight import SingleFlightTimeout
+from core.contract.generation import GenerationError, GeneratorIdentity
+from core.contract.models import ContractError, OnboardingResponses
+from core.generators import OfflineGenerator, OpenAIChatGenerator
+from core.operations import admin
+from core.serving.miss_reasons import MISS_REASON_TEXT, MISS_REASONS
+from core.serving.service import GenerationFailed, ProgramService
+from core.serving.single_flight import SingleFlightTimeout
+from core.store import entries, history
+from core.store.history import HistoryFilter
+from core.store.schema import ai_coach_cache, generation_events, training_programs, utcnow
 from testkit.counting import CountingGenerator
 from tests.conftest import Faults
 from tests.fake_openai import FakeOpenAI
@@ -198,7 +201,7 @@ class BrokenGenerator:
     ) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
-        from core.generators import Generation
+        from core.contract.generation import Generation
 
         return Generation(program=self.answer, model="broken")
 
@@ -227,7 +230,7 @@ def test_cache_read_error_is_a_warning_and_generation_proceeds(
     generate(service)
     faults.deny("ai_coach_cache", "SELECT")
 
-    with caplog.at_level(logging.WARNING, logger="core.service"):
+    with caplog.at_level(logging.WARNING, logger="core.serving.service"):
         result = generate(service)
 
     assert (result.cache_hit, result.miss_reason) == (False, "cache_unavailable")
@@ -242,7 +245,7 @@ def test_cache_write_error_still_returns_and_saves_the_program(
     service = ProgramService(engine=faults.engine, generator=CountingGenerator())
     faults.deny("ai_coach_cache", "INSERT", "UPDATE")
 
-    with caplog.at_level(logging.WARNING, logger="core.service"):
+    with caplog.at_level(logging.WARNING, logger="core.serving.service"):
         result = generate(service)
 
     assert result.cache_hit is False and result.training_program_id is not None
@@ -404,10 +407,10 @@ def test_entries_count_their_hits_since_written(service: ProgramService) -> None
     generate(service)
     generate(service)
     generate(service, user_id="someone-else")
-    counts = {e.user_id: e.hit_count for e in cache_store.list_entries(service.engine)}
+    counts = {e.user_id: e.hit_count for e in entries.list_entries(service.engine)}
     assert counts == {"coach-client-1": 2, "someone-else": 0}
     generate(service, force_refresh=True)  # a new entry: its count starts again
-    assert cache_store.list_entries(service.engine, user_id="coach-client-1")[0].hit_count == 0
+    assert entries.list_entries(service.engine, user_id="coach-client-1")[0].hit_count == 0
 
 
 def test_an_entry_changed_after_a_validated_hit_is_validated_again(service: ProgramService) -> None:

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.generators import OpenAIChatGenerator
 from core.generators.openai_chat import SERVER_MESSAGE_CHARS
-from core.service import GenerationFailed, ProgramService
+from core.serving.service import GenerationFailed, ProgramService
 from core.settings import Settings
 from tests.conftest import CliRun
 from tests.fake_openai import Behaviour, FakeOpenAI

@@ -13,14 +13,14 @@ import pytest
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
-from core import monitoring
+from core.contract.generation import GenerationError
+from core.contract.models import parse_onboarding
 from core.formatting import format_dollars
-from core.generators import GenerationError
-from core.models import parse_onboarding
-from core.monitoring import Spend
-from core.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
-from core.service import GenerationFailed
-from core.settings import DEFAULT_MODEL_PRICES, ModelPrice, Settings
+from core.operations import monitoring
+from core.prices import DEFAULT_MODEL_PRICES, ModelPrice, Spend
+from core.serving.service import GenerationFailed
+from core.settings import Settings
+from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
 from tests.test_openai_generator import openai_generator, openai_service

@@ -5,12 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from core.models import ContractError, FieldError
-from core.partial_program import ProgramSoFar
-from core.rejections import RejectionOutcome
-from core.schema import utcnow
-from core.service import GenerationFailed, GenerationResult, SincePrevious
-from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Request, Submission
+from core.contract.models import ContractError, FieldError
+from core.contract.partial_program import ProgramSoFar
+from core.serving.service import GenerationFailed, GenerationResult, SincePrevious
+from core.store.rejections import RejectionOutcome
+from core.store.schema import utcnow
+from pages.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Request, Submission
 
 
 def test_a_second_click_while_or_just_after_a_request_is_served_is_a_repeat_and_later_ones_are_new() -> None:

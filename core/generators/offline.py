@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.catalogue import STAPLES, Move, catalogue, revision, suits
-from core.fit import TRAINING_DAYS, injured_parts, program_weeks, session_seconds
+from core.contract.catalogue import STAPLES, Move, catalogue, revision, suits
+from core.contract.fit import TRAINING_DAYS, injured_parts, program_weeks, session_seconds
+from core.contract.generation import Generation, GeneratorIdentity, Rejected, fingerprint
+from core.contract.models import Exercise, OnboardingResponses, Session
 from core.formatting import counted
-from core.generators.base import Generation, GeneratorIdentity, OnProgress, Rejected, fingerprint
-from core.models import Exercise, OnboardingResponses, Session
-from core.settings import OFFLINE_MODEL
+from core.generators.base import OnProgress
+from core.prices import OFFLINE_MODEL
 
 # Session templates by training days per week: each is a focus and its patterns.
 SPLITS: dict[int, list[tuple[str, list[str]]]] = {

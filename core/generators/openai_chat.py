@@ -18,20 +18,13 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from core.catalogue import choices_for, revision
-from core.fit import REPS_PATTERN, TRAINING_DAYS, program_weeks
-from core.generators.base import (
-    NOT_BILLED,
-    BilledTokens,
-    Generation,
-    GenerationError,
-    GeneratorIdentity,
-    OnProgress,
-    Rejected,
-    fingerprint,
-)
-from core.models import OnboardingResponses, load_contract, parse_onboarding
-from core.partial_program import ProgressReporter
+from core.contract.catalogue import choices_for, revision
+from core.contract.fit import REPS_PATTERN, TRAINING_DAYS, program_weeks
+from core.contract.generation import Generation, GenerationError, GeneratorIdentity, Rejected, fingerprint
+from core.contract.models import OnboardingResponses, load_contract, parse_onboarding
+from core.contract.partial_program import ProgressReporter
+from core.generators.base import OnProgress
+from core.prices import NOT_BILLED, BilledTokens
 
 # Bumped by hand with each change of the prompt; the fingerprint catches the rest.
 PROMPT_VERSION = "p3"

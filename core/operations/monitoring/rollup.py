@@ -1,0 +1,120 @@
+"""The hourly rollup of the request log: settled hours are summed once into
+`generation_stats_hourly`; the hours since are read from the log itself."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    case,
+    func,
+    select,
+    true,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from core.operations.monitoring.queries import LATENCY_BINS_MS, count_if, events, stats, time_bucket, where_since
+from core.store.db import is_postgres
+from core.store.schema import (
+    UTCDateTime,
+    utcnow,
+)
+
+
+# How long after an hour ends its events are rolled up: longer than any request takes
+# (a waiter gives up after the LLM's worst case), so no event arrives for a rolled-up hour.
+def _latency_bin() -> Any:
+    return case(*[(events.latency_ms < edge, edge) for edge in LATENCY_BINS_MS], else_=-1)
+
+
+SETTLE = timedelta(hours=1)
+
+
+def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime | None = None) -> Any:
+    """Events aggregated like the rollup table's rows."""
+    hour = time_bucket(engine, events.created_at, "hour")
+    latency_bin = _latency_bin()
+    generator_version = func.coalesce(events.generator_version, "")
+    model = func.coalesce(events.model, "")
+    # In the rollup table's column order: the rollup is an INSERT ... SELECT of this.
+    query = select(
+        hour.label("hour"),
+        events.outcome,
+        latency_bin.label("latency_bin_ms"),
+        generator_version.label("generator_version"),
+        model.label("model"),
+        func.count().label("requests"),
+        func.sum(events.latency_ms).label("latency_ms_sum"),
+        func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
+        func.coalesce(func.sum(events.saved_prompt_tokens), 0).label("saved_prompt_tokens"),
+        func.coalesce(func.sum(events.saved_completion_tokens), 0).label("saved_completion_tokens"),
+        count_if((events.outcome == "hit") & events.saved_prompt_tokens.is_(None)).label("hits_without_tokens"),
+        count_if(events.cache_read_error).label("cache_read_errors"),
+        count_if(events.cache_write_error).label("cache_write_errors"),
+        count_if(events.history_error).label("history_errors"),
+        func.coalesce(func.sum(events.cached_tokens), 0).label("cached_tokens"),
+        func.coalesce(func.sum(events.reasoning_tokens), 0).label("reasoning_tokens"),
+        func.coalesce(func.sum(events.saved_cached_tokens), 0).label("saved_cached_tokens"),
+    ).group_by(hour, events.outcome, latency_bin, generator_version, model)
+    if since is not None:
+        query = query.where(events.created_at >= since)
+    if until is not None:
+        query = query.where(events.created_at < until)
+    return query
+
+
+def _rolled_up_until(engine: Engine) -> datetime | None:
+    with engine.connect() as connection:
+        return connection.execute(select(type_coerce(func.max(stats.c.hour), UTCDateTime()))).scalar_one()
+
+
+def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: int | None = None) -> datetime | None:
+    """Roll up the settled hours not rolled up yet, or only the first `max_hours` of them
+    (counted from the first event not rolled up, so gaps without events cost nothing):
+    the page catches up a bounded amount per view, `python -m core rollup` everything.
+    Numbers are the same either way; hours not rolled up are read raw. Safe to run from
+    several instances at once: rows already there are left as they are. Returns the last
+    hour rolled up."""
+    settled = (now or utcnow()) - SETTLE
+    settled = settled.replace(minute=0, second=0, microsecond=0)
+    rolled = _rolled_up_until(engine)
+    start = _first_event_hour(engine, rolled + timedelta(hours=1) if rolled is not None else None)
+    if start is None or start >= settled:
+        return rolled
+    until = settled if max_hours is None else min(settled, start + timedelta(hours=max_hours))
+    insert = postgresql.insert if is_postgres(engine) else sqlite.insert
+    rows = _hourly_from_events(engine, start, until).subquery()
+    # SQLite needs a WHERE in an INSERT ... SELECT ... ON CONFLICT, to tell ON from a join.
+    source = select(*rows.c).where(true())
+    statement = insert(stats).from_select([c.name for c in stats.columns], source).on_conflict_do_nothing()
+    with engine.begin() as connection:
+        connection.execute(statement)
+    return _rolled_up_until(engine)
+
+
+def _first_event_hour(engine: Engine, since: datetime | None) -> datetime | None:
+    query = where_since(select(func.min(events.created_at)), events.created_at, since)
+    with engine.connect() as connection:
+        first = connection.execute(query).scalar_one()
+    return first.replace(minute=0, second=0, microsecond=0) if first is not None else None
+
+
+def hourly(engine: Engine, since: datetime | None) -> Any:
+    """Requests per hour, outcome and latency bin since `since` (rounded down to the hour):
+    the rollup for settled hours, the raw events after them."""
+    since_hour = since.replace(minute=0, second=0, microsecond=0) if since else None
+    rolled_until = _rolled_up_until(engine)
+    if rolled_until is None:
+        return _hourly_from_events(engine, since_hour).subquery()
+    rolled = select(*stats.columns)
+    if since_hour is not None:
+        rolled = rolled.where(stats.c.hour >= since_hour)
+    tail_start = rolled_until + timedelta(hours=1)
+    if since_hour is not None:
+        tail_start = max(tail_start, since_hour)
+    return union_all(rolled, _hourly_from_events(engine, tail_start)).subquery()
