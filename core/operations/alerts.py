@@ -196,17 +196,17 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Check:
+class Checked:
     alerts: list[Alert]
     deliveries: list[Delivery]
 
 
-def check(engine: Engine, settings: Settings, now: datetime | None = None) -> Check:
+def check(engine: Engine, settings: Settings, now: datetime | None = None) -> Checked:
     """Evaluate every rule, record the states, and POST each change not told yet."""
     at = now or utcnow()
     alerts = evaluate(engine, settings, at)
     alert_states.record(engine, [alert_states.Observed(a.rule, a.firing, a.seen, a.figures) for a in alerts], at)
-    return Check(alerts, notify(engine, settings))
+    return Checked(alerts, notify(engine, settings))
 
 
 def notify(engine: Engine, settings: Settings) -> list[Delivery]:
