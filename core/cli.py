@@ -1,5 +1,6 @@
-"""`python -m core`: migrate, generate, cleanup, invalidate, reject, recall, rollout, stats, rollup. JSON on
-stdout (SQL for `migrate --check`); errors and notes on stderr, one line each, never a traceback or a password."""
+"""`python -m core`: migrate, generate, cleanup, invalidate, reject, recall, rollout, stats, rollup,
+alerts. JSON on stdout (SQL for `migrate --check`); errors and notes on stderr, one line each, never a traceback
+or a password."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from core import logs
 from core.contract.models import ContractError
 from core.contract.partial_program import ProgramSoFar, progress_line
 from core.generators import make_generator, startup_warning
-from core.operations import admin, monitoring, recall
+from core.operations import admin, alerts, monitoring, recall
 from core.operations.fit_report import fit_by_generator
 from core.operations.rollout import batches, reports
 from core.operations.rollout import live as rollout_live
@@ -108,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     _rollout_parser(commands.add_parser("rollout", help="try a candidate model, or pre-warm the cache for it"))
     commands.add_parser("stats", help="cache entries, storage and hit rate")
     commands.add_parser("rollup", help="roll settled hours of requests into the monitoring rollup (for cron)")
+    alert_steps = commands.add_parser("alerts", help="the alert rules").add_subparsers(dest="step", required=True)
+    alert_steps.add_parser(
+        "check", help="evaluate the alert rules; POST each that starts firing or resolves to ALERT_WEBHOOK_URL (cron)"
+    )
     return parser
 
 
@@ -264,6 +269,29 @@ def _check_schema_and_generate(args: argparse.Namespace, responses: Any, setting
     )
     if result.history_error is not None:
         return _fail(EXIT_NOT_SAVED, f"the program was printed but not saved: {result.history_error}")
+    return EXIT_OK
+
+
+def _check_alerts(settings: Settings, database: Database) -> int:
+    """Every rule, on stdout; exit 1, one line, when a message could not be sent (it is sent
+    again on the next check)."""
+    database.ensure_schema()
+    done = alerts.check(database.engine, settings)
+    _emit(
+        {
+            "firing": [alert.rule for alert in done.alerts if alert.firing],
+            "rules": [dataclasses.asdict(alert) for alert in done.alerts],
+            "sent": [dataclasses.asdict(d) for d in done.deliveries if d.error is None],
+            "not_sent": [dataclasses.asdict(d) for d in done.deliveries if d.error is not None],
+        }
+    )
+    if failed := [d for d in done.deliveries if d.error is not None]:
+        told = ", ".join(f"{d.rule} {d.state}" for d in failed)
+        return _fail(
+            EXIT_FAILED,
+            f"webhook {settings.describe_webhook()} answered {failed[0].error}: {told} not sent; "
+            "sent again on the next check",
+        )
     return EXIT_OK
 
 
@@ -560,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args, settings, database)
         if args.command == "migrate" and args.check:
             return _check_migrations(database)
+        if args.command == "alerts":
+            return _check_alerts(settings, database)
         _emit(REPORTS[args.command](args, settings, database))
         return EXIT_OK
     except (SchemaRefused, rollout_records.RolloutFailed) as exc:

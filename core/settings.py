@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -82,6 +82,25 @@ class Settings(BaseSettings):
     log_format: LogFormat = "text"
     # Sign-in is optional; when on, only these e-mails may run destructive admin actions.
     admin_emails: Annotated[list[str], NoDecode] = []
+    # Alerts (core/operations/alerts.py): where each one that starts firing or resolves is
+    # POSTed, Slack-compatible. A secret: Slack's webhook URLs carry their token in the path.
+    alert_webhook_url: SecretStr | None = None
+    # How long a POST to it may take; a message not sent is sent again on the next check.
+    alert_webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    # The dashboard's address, for the link to its monitoring page in each alert.
+    dashboard_url: str | None = None
+    # Below this share of its baseline (the same hour of the previous 7 days), the last
+    # hour's hit rate fires, once the hour and the baseline each served this many requests.
+    alert_hit_rate_share: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
+    alert_hit_rate_min_requests: int = Field(default=100, ge=1, le=1_000_000)
+    # Failed generations and cache read or write errors among the last 15 minutes' requests.
+    alert_error_share: float = Field(default=0.05, gt=0, le=1, allow_inf_nan=False)
+    alert_error_min_requests: int = Field(default=20, ge=1, le=1_000_000)
+    # Programs refused by validation (no attempt passed) among the last hour's generations.
+    alert_refusal_share: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)
+    alert_refusal_min_generations: int = Field(default=20, ge=1, le=1_000_000)
+    # Cleanup is overdue when the oldest expired program entry expired this long ago.
+    alert_cleanup_overdue_hours: float = Field(default=24.0, gt=0, le=MAX_TTL_HOURS, allow_inf_nan=False)
 
     @field_validator("database_url", "migrations_database_url")
     @classmethod
@@ -111,12 +130,19 @@ class Settings(BaseSettings):
             raise ValueError("must be printable ASCII with no spaces (check for a pasted quote or space)")
         return key
 
-    @field_validator("openai_base_url")
+    @field_validator("openai_base_url", "dashboard_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and not (urlsplit(url).scheme in ("http", "https") and urlsplit(url).hostname):
+        if url is not None and not _is_http_url(url):
             raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1")
         return url
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _http_webhook(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and url.get_secret_value() and not _is_http_url(url.get_secret_value()):
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://hooks.slack.com/services/…")
+        return url if url is not None and url.get_secret_value() else None
 
     @field_validator("model_prices", mode="before")
     @classmethod
@@ -191,24 +217,49 @@ class Settings(BaseSettings):
         port = f":{url.port}" if url.port else ""
         return f"PostgreSQL {url.host or 'local socket'}{port}/{url.database}"
 
+    def describe_webhook(self) -> str | None:
+        """Where alerts go, for logs and the page: its scheme and host only. Its path and
+        query may hold the token (Slack's /services/T…/B…/secret), its userinfo a password."""
+        if self.alert_webhook_url is None:
+            return None
+        parts = urlsplit(self.alert_webhook_url.get_secret_value())
+        return urlunsplit((parts.scheme, _host_and_port(parts), "", "", ""))
+
     def describe_generator(self) -> str:
         if not self.uses_openai:
             return "Offline rule-based generator"
         return f"OpenAI {self.openai_model} at {_without_userinfo(self.openai_base_url or 'https://api.openai.com/v1')}"
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number is refused here, not when the URL is used
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _host_and_port(parts: SplitResult) -> str:
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{netloc}:{parts.port}" if parts.port else netloc
+
+
 def _without_userinfo(url: str) -> str:
     """The URL as the UI may show it: a `user:password@` in it is left out."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, _host_and_port(parts), parts.path, "", ""))
 
 
 # Values never repeated in an error message: they may hold a password or a key.
-_SECRET_FIELDS = ("database_url", "migrations_database_url", "openai_api_key", "cache_key_secret")
+_SECRET_FIELDS = (
+    "database_url",
+    "migrations_database_url",
+    "openai_api_key",
+    "cache_key_secret",
+    "alert_webhook_url",
+)
 
 
 def describe_configuration_error(exc: ValidationError) -> str:

@@ -13,10 +13,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
-from core.operations import monitoring
+from core.operations import alerts, monitoring
 from core.operations.fit_report import FitReport
 from core.operations.rollout import reports
-from pages.common import get_engine, get_settings
+from core.store import alert_states
+from pages.common import escape_markdown, get_engine, get_settings
 
 OUTCOME_COLORS = {"hit": "#2e9e6b", "miss": "#4063d8", "bypass": "#c28a1e", "error": "#c8423b"}
 # How long the figures of a window are shared by every view before they are read again.
@@ -61,6 +62,26 @@ def read_overview(database_url: str, window: str, granularity: monitoring.Granul
 @st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
 def read_rollout_spend(database_url: str, window: str) -> reports.RolloutSpend:
     return reports.spend(get_engine(), get_settings(), monitoring.window_start(window))
+
+
+@st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
+def read_alerts(database_url: str) -> tuple[list[alerts.Alert], list[alert_states.State]]:
+    """The rules as they evaluate now (the page never sends: cron's `alerts check` does), and
+    what the webhook was last told."""
+    return alerts.evaluate(get_engine(), get_settings()), alert_states.read(get_engine())
+
+
+def alert_banner() -> None:
+    evaluated, states = read_alerts(get_settings().database_url)
+    for alert in evaluated:
+        if alert.firing:
+            st.error(f"**{alert.title}**: {escape_markdown(alert.seen)}", icon=":material/notifications_active:")
+    if undelivered := [state for state in states if state.delivery_error]:
+        st.warning(
+            f"Alerts could not be sent to {escape_markdown(get_settings().describe_webhook() or 'the webhook')} "
+            f"({escape_markdown(undelivered[0].delivery_error or '')}): sent again on the next `alerts check`.",
+            icon=":material/notifications_off:",
+        )
 
 
 def chart(figure: go.Figure, *, key: str) -> None:
@@ -439,6 +460,8 @@ def ttl_what_if(served: monitoring.ServedRequests, costs: monitoring.Costs) -> N
 
 
 st.title("Cache monitoring")
+# Under the title, filled once Refresh (below) has had its say.
+alerts_area = st.container()
 # Wide enough for the window's four options at 1280 px: narrower, "All" slid under the next column.
 controls = st.columns([4, 2, 4], vertical_alignment="bottom")
 window = controls[0].segmented_control(
@@ -466,6 +489,9 @@ if controls[2].button(
     monitoring.refresh_rollup(get_engine(), max_hours=ROLLUP_HOURS_PER_REFRESH)
     read_overview.clear()
     read_rollout_spend.clear()
+    read_alerts.clear()
+with alerts_area:
+    alert_banner()
 figures = read_overview(get_settings().database_url, window, granularity)
 controls[2].caption(f"As of {figures.as_of:%H:%M:%S} UTC, read again after a minute or on Refresh.")
 usage = figures.usage

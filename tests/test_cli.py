@@ -146,7 +146,7 @@ def test_every_command_in_the_readme_and_the_docs_runs_as_written(
 ) -> None:
     commands = documented_commands()
     assert {words[0] for words in commands} == {
-        "migrate", "generate", "cleanup", "invalidate", "reject", "rollout", "stats", "rollup", "recall"
+        "migrate", "generate", "cleanup", "invalidate", "reject", "rollout", "stats", "rollup", "recall", "alerts"
     }  # fmt: skip
     # A database as an operator's would be when they run them: the README's example client's
     # program (the offline coach's, the embedded default), and a pre-warm's batch still out.

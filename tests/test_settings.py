@@ -62,6 +62,8 @@ NESTED = "[" * 5_000 + "]" * 5_000
             {"MODEL_PRICES": json.dumps({f"model-{i}": {"input": 1, "output": 2} for i in range(2_000)})},
             "must be at most 64 KB of JSON",
         ),
+        ({"ALERT_WEBHOOK_URL": "hooks.slack.com/services/T1/B2/s3cret"}, "ALERT_WEBHOOK_URL: must be an http://"),
+        ({"ALERT_HIT_RATE_SHARE": "1.5"}, "ALERT_HIT_RATE_SHARE=1.5: Input should be less than or equal to 1"),
         (
             {"DATABASE_URL": "postgresql://coach:Pg@Pw_Z9q@127.0.0.1:5432/coach"},
             "DATABASE_URL: its host part holds an '@': write an '@' in the password as %40",

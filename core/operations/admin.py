@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 
 from core.contract.cache_key import check_user_id
 from core.contract.models import ContractError, FieldError
@@ -37,6 +37,13 @@ def delete_expired_entries(engine: Engine, *, actor: str) -> entries.Removal:
     removal = entries.delete_expired(engine, actor=actor)
     record_action(engine, actor=actor, action="cleanup", target="expired program entries", removal=removal)
     return replace(removal, staged_dropped=staged_programs.drop_expired(engine))
+
+
+def last_cleanup(engine: Engine) -> datetime | None:
+    """When the last cleanup that finished ran (a cleanup that fails records nothing)."""
+    query = select(func.max(actions.created_at)).where(actions.action == "cleanup")
+    with engine.connect() as connection:
+        return connection.execute(query).scalar_one()
 
 
 def invalidate_user(

@@ -421,3 +421,20 @@ def count_entries(engine: Engine, *, user_id: str | None = None) -> dict[str, in
         query = query.where(cache.user_id == user_id)
     with engine.connect() as connection:
         return dict(connection.execute(query).one()._mapping)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """The program entries cleanup has yet to delete, judged by the database's clock."""
+
+    entries: int
+    oldest_expired_at: datetime | None
+    now: datetime
+
+
+def expired_entries(engine: Engine) -> Expired:
+    now = database_now(engine.dialect.name)
+    # Along ix_ai_coach_cache_expires_at: only the expired part of the index is read.
+    query = select(func.count(), func.min(cache.expires_at), now).where(_is_program_entry(), cache.expires_at <= now)
+    with engine.connect() as connection:
+        return Expired(*connection.execute(query).one())

@@ -349,6 +349,28 @@ generation_leases = Table(
 )
 
 
+# Each alert rule's state (core/operations/alerts.py), shared by every instance and cron run:
+# whether it fires, what it saw, and what the webhook was last told, so that a change is
+# POSTed once. A checker claims a message to send until `claimed_until` (by the database's
+# clock), so two checkers at once send it once, and one that died is taken over.
+alert_states = Table(
+    "alert_states",
+    metadata,
+    Column("rule", String(32), primary_key=True),
+    Column("firing", Boolean, nullable=False),
+    Column("seen", Text, nullable=False),  # what the rule saw, in words
+    Column("figures", JSON, nullable=False),
+    Column("checked_at", UTCDateTime(), nullable=False),
+    Column("changed_at", UTCDateTime(), nullable=False),  # when it started or stopped firing
+    # What the webhook was last told (firing or not); a state that differs is a message to send.
+    Column("notified_firing", Boolean, nullable=False),
+    Column("claimed_by", String(32), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    # Why the last message could not be sent (never the URL); NULL once one is.
+    Column("delivery_error", Text, nullable=True),
+)
+
+
 def json_text(name: str, dialect: str) -> Any:
     """A bound JSON column value given as JSON text: PostgreSQL parses it into JSONB itself,
     SQLite stores it as is, and Python never decodes and re-encodes it."""

@@ -12,6 +12,7 @@ from core.operations.monitoring.figures import (
     requests_over_time,
     storage,
     summary,
+    summary_between,
     traffic_over_time,
 )
 from core.operations.monitoring.overview import Overview, overview, window_start
@@ -52,6 +53,7 @@ __all__ = [
     "requests_over_time",
     "storage",
     "summary",
+    "summary_between",
     "traffic_over_time",
     "usage_by_generator",
     "usage_over_time",

@@ -31,7 +31,7 @@ from core.operations.monitoring.queries import (
     time_bucket,
     where_since,
 )
-from core.operations.monitoring.rollup import hourly
+from core.operations.monitoring.rollup import hourly, hourly_from_events
 from core.store.db import is_postgres
 from core.store.entries import count_entries
 from core.store.schema import (
@@ -56,8 +56,12 @@ class Summary:
     cache_write_errors: int
 
     @property
+    def served(self) -> int:
+        return self.hits + self.misses + self.bypasses
+
+    @property
     def hit_rate(self) -> float | None:
-        return hit_rate(self.hits, self.hits + self.misses + self.bypasses)
+        return hit_rate(self.hits, self.served)
 
     def time_saved_seconds(self) -> float:
         if self.avg_generation_ms is None:
@@ -66,7 +70,17 @@ class Summary:
 
 
 def summary(engine: Engine, since: datetime | None = None) -> Summary:
-    h = hourly(engine, since).c
+    """The figures since `since`, rounded down to its hour (the rollup's hours)."""
+    return _summary_of(engine, hourly(engine, since).c)
+
+
+def summary_between(engine: Engine, since: datetime, until: datetime) -> Summary:
+    """The figures of exactly [since, until), read from the raw events: an alert's last 15
+    minutes, or the same hour a week ago, are not whole hours of the rollup."""
+    return _summary_of(engine, hourly_from_events(engine, since, until).subquery().c)
+
+
+def _summary_of(engine: Engine, h: Any) -> Summary:
     is_generation = h.outcome.in_(GENERATED_OUTCOMES)
 
     def average(condition: Any) -> Any:

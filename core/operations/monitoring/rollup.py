@@ -34,7 +34,7 @@ def _latency_bin() -> Any:
 SETTLE = timedelta(hours=1)
 
 
-def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime | None = None) -> Any:
+def hourly_from_events(engine: Engine, since: datetime | None, until: datetime | None = None) -> Any:
     """Events aggregated like the rollup table's rows."""
     hour = time_bucket(engine, events.created_at, "hour")
     latency_bin = _latency_bin()
@@ -88,7 +88,7 @@ def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: in
         return rolled
     until = settled if max_hours is None else min(settled, start + timedelta(hours=max_hours))
     insert = postgresql.insert if is_postgres(engine) else sqlite.insert
-    rows = _hourly_from_events(engine, start, until).subquery()
+    rows = hourly_from_events(engine, start, until).subquery()
     # SQLite needs a WHERE in an INSERT ... SELECT ... ON CONFLICT, to tell ON from a join.
     source = select(*rows.c).where(true())
     statement = insert(stats).from_select([c.name for c in stats.columns], source).on_conflict_do_nothing()
@@ -110,11 +110,11 @@ def hourly(engine: Engine, since: datetime | None) -> Any:
     since_hour = since.replace(minute=0, second=0, microsecond=0) if since else None
     rolled_until = _rolled_up_until(engine)
     if rolled_until is None:
-        return _hourly_from_events(engine, since_hour).subquery()
+        return hourly_from_events(engine, since_hour).subquery()
     rolled = select(*stats.columns)
     if since_hour is not None:
         rolled = rolled.where(stats.c.hour >= since_hour)
     tail_start = rolled_until + timedelta(hours=1)
     if since_hour is not None:
         tail_start = max(tail_start, since_hour)
-    return union_all(rolled, _hourly_from_events(engine, tail_start)).subquery()
+    return union_all(rolled, hourly_from_events(engine, tail_start)).subquery()
