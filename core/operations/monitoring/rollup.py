@@ -40,6 +40,7 @@ def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime 
     latency_bin = _latency_bin()
     generator_version = func.coalesce(events.generator_version, "")
     model = func.coalesce(events.model, "")
+    miss_reason = func.coalesce(events.miss_reason, "")
     # In the rollup table's column order: the rollup is an INSERT ... SELECT of this.
     query = select(
         hour.label("hour"),
@@ -60,7 +61,8 @@ def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime 
         func.coalesce(func.sum(events.cached_tokens), 0).label("cached_tokens"),
         func.coalesce(func.sum(events.reasoning_tokens), 0).label("reasoning_tokens"),
         func.coalesce(func.sum(events.saved_cached_tokens), 0).label("saved_cached_tokens"),
-    ).group_by(hour, events.outcome, latency_bin, generator_version, model)
+        miss_reason.label("miss_reason"),
+    ).group_by(hour, events.outcome, latency_bin, generator_version, model, miss_reason)
     if since is not None:
         query = query.where(events.created_at >= since)
     if until is not None:
@@ -111,7 +113,9 @@ def hourly(engine: Engine, since: datetime | None) -> Any:
     rolled_until = _rolled_up_until(engine)
     if rolled_until is None:
         return _hourly_from_events(engine, since_hour).subquery()
-    rolled = select(*stats.columns)
+    # Up to the hour read above, not whatever the table holds by the time this runs: an hour
+    # another instance rolls up meanwhile is read from the events, never twice.
+    rolled = select(*stats.columns).where(stats.c.hour <= rolled_until)
     if since_hour is not None:
         rolled = rolled.where(stats.c.hour >= since_hour)
     tail_start = rolled_until + timedelta(hours=1)
