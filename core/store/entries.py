@@ -20,6 +20,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -405,3 +406,13 @@ def count_entries(engine: Engine, *, user_id: str | None = None) -> dict[str, in
         query = query.where(cache.user_id == user_id)
     with engine.connect() as connection:
         return dict(connection.execute(query).one()._mapping)
+
+
+def oldest_expiry(engine: Engine) -> datetime | None:
+    """When the entry that expired longest ago expired; None when no entry has: how long
+    cleanup has been falling behind. Read along ix_ai_coach_cache_expires_at."""
+    query = select(type_coerce(func.min(cache.expires_at), UTCDateTime())).where(
+        cache.expires_at <= database_now(engine.dialect.name), _is_program_entry()
+    )
+    with engine.connect() as connection:
+        return connection.execute(query).scalar_one()
