@@ -19,7 +19,8 @@ from sqlalchemy import Engine, select
 from core.operations import admin, monitoring
 from core.operations.fit_report import FitReport, fit_by_generator
 from core.operations.monitoring.queries import fetch_rows, int_sum
-from core.operations.monitoring.rollup import hourly
+from core.operations.monitoring.rollup import hours_not_rolled_up, rolled_hours, rolled_up_until
+from core.operations.monitoring.usage import usage_of
 from core.operations.rollout import reports
 from core.settings import Settings
 from core.store.entries import oldest_expiry
@@ -29,17 +30,60 @@ PREFIX = "coach_cache"
 GENERATOR = ("generator", "model")
 
 
-def requests_by_reason(engine: Engine) -> list[dict[str, Any]]:
-    """Every request so far by outcome, miss reason and generator identity, with its cache errors."""
-    h = hourly(engine, None).c
-    keys = (h.outcome, h.miss_reason, h.generator_version, h.model)
-    query = select(
-        *keys,
-        int_sum(h.requests).label("requests"),
-        int_sum(h.cache_read_errors).label("cache_read_errors"),
-        int_sum(h.cache_write_errors).label("cache_write_errors"),
-    ).group_by(*keys)
-    return fetch_rows(engine, query)
+# A group of requests, and what is summed over it: each figure exported of requests and tokens.
+KEY = ("outcome", "miss_reason", "generator_version", "model")
+SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "saved_prompt_tokens",
+    "saved_completion_tokens",
+    "saved_cached_tokens",
+    "hits_without_tokens",
+    "cache_read_errors",
+    "cache_write_errors",
+)
+Totals = dict[tuple[str, ...], dict[str, int]]
+
+
+def _sums(engine: Engine, hours: Any) -> Totals:
+    """The sums of rollup-shaped rows per group."""
+    keys = [hours.c[name] for name in KEY]
+    query = select(*keys, *(int_sum(hours.c[name]).label(name) for name in SUMS)).group_by(*keys)
+    return {tuple(row[name] for name in KEY): {name: row[name] for name in SUMS} for row in fetch_rows(engine, query)}
+
+
+def _add(totals: Totals, more: Totals) -> Totals:
+    added = {key: dict(sums) for key, sums in totals.items()}
+    for key, sums in more.items():
+        into = added.setdefault(key, dict.fromkeys(SUMS, 0))
+        for name, value in sums.items():
+            into[name] += value
+    return added
+
+
+class RequestTotals:
+    """Every request so far, per group. A rolled-up hour never changes, so the sums of the
+    hours rolled up are read once and kept; each read adds the hours rolled up since and the
+    events after them. A scrape then reads a few rows, however long the history: the same
+    numbers as summing the whole rollup each time, in every instance."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._rolled: Totals = {}
+        self._rolled_until: datetime | None = None
+
+    def read(self) -> list[dict[str, Any]]:
+        until = rolled_up_until(self.engine)
+        if until is not None and until != self._rolled_until:
+            self._rolled = _add(self._rolled, _sums(self.engine, rolled_hours(self._rolled_until, until)))
+            self._rolled_until = until
+        # From the hour after the last one kept, not after whatever the rollup holds by now:
+        # an hour another instance rolls up meanwhile is read from its events, never twice.
+        tail = _sums(self.engine, hours_not_rolled_up(self.engine, self._rolled_until))
+        return [dict(zip(KEY, key, strict=True)) | sums for key, sums in _add(self._rolled, tail).items()]
 
 
 @dataclass(frozen=True)
@@ -47,12 +91,15 @@ class Figures:
     """Everything a scrape exports, read at one moment."""
 
     requests: list[dict[str, Any]]
-    usage: list[monitoring.GeneratorUsage]
     rollouts: reports.RolloutSpend
     storage: monitoring.Storage
     oldest_expiry: datetime | None
     actions: list[admin.ActionTotals]
     fit: list[FitReport]
+
+    @property
+    def usage(self) -> list[monitoring.GeneratorUsage]:
+        return usage_of(self.requests)
 
 
 # Each query on its own pooled connection, as the monitoring page reads a view: a scrape
@@ -60,12 +107,11 @@ class Figures:
 READ_THREADS = 4
 
 
-def read(engine: Engine, settings: Settings) -> Figures:
+def read(engine: Engine, settings: Settings, requests: RequestTotals) -> Figures:
     queries: dict[str, Callable[[], Any]] = {
         # The slowest first: the storage figures count every entry.
         "storage": lambda: monitoring.storage(engine),
-        "requests": lambda: requests_by_reason(engine),
-        "usage": lambda: monitoring.usage_by_generator(engine),
+        "requests": requests.read,
         "rollouts": lambda: reports.spend(engine, settings),
         "oldest_expiry": lambda: oldest_expiry(engine),
         "actions": lambda: admin.action_totals(engine),
@@ -204,9 +250,11 @@ class CacheCollector:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
+        # Scrapes come one at a time (the exporter serves one request at a time).
+        self.requests = RequestTotals(engine)
 
     def collect(self) -> Iterator[Metric]:
-        figures = read(self.engine, self.settings)
+        figures = read(self.engine, self.settings, self.requests)
         yield from request_families(figures)
         yield from llm_families(figures, self.settings)
         yield from fit_families(figures)

@@ -70,7 +70,7 @@ def _hourly_from_events(engine: Engine, since: datetime | None, until: datetime 
     return query
 
 
-def _rolled_up_until(engine: Engine) -> datetime | None:
+def rolled_up_until(engine: Engine) -> datetime | None:
     with engine.connect() as connection:
         return connection.execute(select(type_coerce(func.max(stats.c.hour), UTCDateTime()))).scalar_one()
 
@@ -84,7 +84,7 @@ def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: in
     hour rolled up."""
     settled = (now or utcnow()) - SETTLE
     settled = settled.replace(minute=0, second=0, microsecond=0)
-    rolled = _rolled_up_until(engine)
+    rolled = rolled_up_until(engine)
     start = _first_event_hour(engine, rolled + timedelta(hours=1) if rolled is not None else None)
     if start is None or start >= settled:
         return rolled
@@ -96,7 +96,7 @@ def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: in
     statement = insert(stats).from_select([c.name for c in stats.columns], source).on_conflict_do_nothing()
     with engine.begin() as connection:
         connection.execute(statement)
-    return _rolled_up_until(engine)
+    return rolled_up_until(engine)
 
 
 def _first_event_hour(engine: Engine, since: datetime | None) -> datetime | None:
@@ -110,7 +110,7 @@ def hourly(engine: Engine, since: datetime | None) -> Any:
     """Requests per hour, outcome and latency bin since `since` (rounded down to the hour):
     the rollup for settled hours, the raw events after them."""
     since_hour = since.replace(minute=0, second=0, microsecond=0) if since else None
-    rolled_until = _rolled_up_until(engine)
+    rolled_until = rolled_up_until(engine)
     if rolled_until is None:
         return _hourly_from_events(engine, since_hour).subquery()
     # Up to the hour read above, not whatever the table holds by the time this runs: an hour
@@ -122,3 +122,14 @@ def hourly(engine: Engine, since: datetime | None) -> Any:
     if since_hour is not None:
         tail_start = max(tail_start, since_hour)
     return union_all(rolled, _hourly_from_events(engine, tail_start)).subquery()
+
+
+def rolled_hours(after: datetime | None, until: datetime) -> Any:
+    """The rollup's rows of the hours after `after` (None: from the first) up to `until`."""
+    query = select(*stats.columns).where(stats.c.hour <= until)
+    return (query if after is None else query.where(stats.c.hour > after)).subquery()
+
+
+def hours_not_rolled_up(engine: Engine, rolled_until: datetime | None) -> Any:
+    """The events of the hours after `rolled_until` (None: every event), as rollup rows."""
+    return _hourly_from_events(engine, rolled_until + timedelta(hours=1) if rolled_until else None).subquery()
