@@ -136,6 +136,18 @@ def test_counters_stay_whole_once_the_request_log_is_rolled_up_and_pruned(
     assert total(before, "coach_cache_requests_total", outcome="miss") == 1
 
 
+def test_a_running_exporter_counts_the_entries_at_most_once_a_minute(
+    cli: Callable[..., CliRun], database_url: str, engine: Engine
+) -> None:
+    running = metrics.registry(engine, Settings())
+    assert total(scrape(generate_latest(running).decode()), "coach_cache_entries", state="valid") == 0
+    insert_entries(engine, ["program:new"], expired=False)
+    # The next scrape, within the minute, shows the count it read; a new exporter counts again.
+    assert total(scrape(generate_latest(running).decode()), "coach_cache_entries", state="valid") == 0
+    fresh = scrape(cli(database_url, "metrics", "--once").stdout)
+    assert total(fresh, "coach_cache_entries", state="valid") == 1
+
+
 def test_a_port_in_use_is_refused_in_one_line(cli: Callable[..., CliRun], tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/coach.db"
     cli(url, "migrate").json()

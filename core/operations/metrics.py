@@ -1,11 +1,13 @@
 """The figures in Prometheus's text format, for the team's own metrics stack (`python -m core
 metrics`). Every scrape reads them from the tables (a collector that queries when collected,
 not counters kept in one process's memory), so each instance exports the same numbers and a
-restart loses none. Requests and tokens come from the hourly rollup and the hours after it
-(monitoring's `hourly`), so they stay whole once the request log is pruned after a rollup."""
+restart loses none. Requests and tokens come from the hourly rollup and the events of the hours
+after it, as monitoring reads them, so they stay whole once the request log is pruned after a
+rollup."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +88,26 @@ class RequestTotals:
         return [dict(zip(KEY, key, strict=True)) | sums for key, sums in _add(self._rolled, tail).items()]
 
 
+# Counting the cache's entries is a scrape's one costly read (every entry of the table): a
+# running exporter reads it at most once a minute. Entries and bytes are gauges that move
+# slowly; a minute late, they still show a cache filling up or cleanup falling behind.
+STORAGE_MAX_AGE_SECONDS = 60.0
+
+
+class StorageReads:
+    """The storage figures, read again once they are STORAGE_MAX_AGE_SECONDS old."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._read: tuple[float, monitoring.Storage] | None = None
+
+    def read(self) -> monitoring.Storage:
+        now = time.monotonic()
+        if self._read is None or now - self._read[0] >= STORAGE_MAX_AGE_SECONDS:
+            self._read = (now, monitoring.storage(self.engine))
+        return self._read[1]
+
+
 @dataclass(frozen=True)
 class Figures:
     """Everything a scrape exports, read at one moment."""
@@ -107,10 +129,10 @@ class Figures:
 READ_THREADS = 4
 
 
-def read(engine: Engine, settings: Settings, requests: RequestTotals) -> Figures:
+def read(engine: Engine, settings: Settings, requests: RequestTotals, storage: StorageReads) -> Figures:
     queries: dict[str, Callable[[], Any]] = {
-        # The slowest first: the storage figures count every entry.
-        "storage": lambda: monitoring.storage(engine),
+        # The slowest first: the storage figures count every entry, when they are read.
+        "storage": storage.read,
         "requests": requests.read,
         "rollouts": lambda: reports.spend(engine, settings),
         "oldest_expiry": lambda: oldest_expiry(engine),
@@ -208,7 +230,9 @@ def fit_families(figures: Figures) -> Iterator[Metric]:
 
 def storage_families(figures: Figures) -> Iterator[Metric]:
     store = figures.storage
-    entries = _gauge("entries", "Program entries in the cache, valid or expired (not cleaned up yet)", ("state",))
+    entries = _gauge(
+        "entries", "Program entries in the cache, valid or expired (not cleaned up yet), read once a minute", ("state",)
+    )
     entry_bytes = _gauge("entry_bytes", "Bytes of the programs stored in the cache's entries", ("state",))
     for state, count, size in (
         ("valid", store.valid_entries, store.valid_bytes),
@@ -252,9 +276,10 @@ class CacheCollector:
         self.settings = settings
         # Scrapes come one at a time (the exporter serves one request at a time).
         self.requests = RequestTotals(engine)
+        self.storage = StorageReads(engine)
 
     def collect(self) -> Iterator[Metric]:
-        figures = read(self.engine, self.settings, self.requests)
+        figures = read(self.engine, self.settings, self.requests, self.storage)
         yield from request_families(figures)
         yield from llm_families(figures, self.settings)
         yield from fit_families(figures)
