@@ -346,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only three replayed days of requests across a model switch, with and without a pre-warm",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="only a Prometheus scrape of `python -m core metrics` at 1 M events, with and without the rollup",
+    )
     parser.add_argument("--users", type=int, help="--rollout: how many users' requests to replay")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -357,6 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         result = real_llm.measure(log)
         print(real_llm.table(result))
         _add_to_results(args.out, "real_llm", result)
+        return 0
+
+    if args.metrics:
+        from bench import metrics_scrape
+
+        result = metrics_scrape.measure(args.quick, not args.skip_postgres, log)
+        print(metrics_scrape.table(result))
+        _add_to_results(args.out, "metrics", result)
         return 0
 
     if args.rollout:

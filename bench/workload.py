@@ -100,22 +100,33 @@ def seed_cache(engine: Engine, n: int, *, expired: bool, prefix: str = "fill") -
     )
 
 
+# Why the seeded misses were misses: what a cache sees most, beside forced refreshes.
+MISS_REASONS = ("first_generation", "expired", "profile_changed", "access_changed")
+
+
 def seed_events(engine: Engine, n: int, *, days: int = 30, keys: int = 50_000) -> None:
-    """n requests spread over the last `days`: ~70% hits, 25% misses, 3% forced, 2% errors."""
+    """n requests spread over the last `days`: ~70% hits, 25% misses, 3% forced, 2% errors,
+    a miss's (and an error's) reason one of MISS_REASONS."""
     start = utcnow() - timedelta(days=days)
     r = _random_below(engine, 100)
     outcome = f"CASE WHEN {r} < 70 THEN 'hit' WHEN {r} < 95 THEN 'miss' WHEN {r} < 98 THEN 'bypass' ELSE 'error' END"
+    reasons = " ".join(f"WHEN {i} THEN '{reason}'" for i, reason in enumerate(MISS_REASONS))
+    miss_reason = (
+        f"CASE WHEN outcome = 'bypass' THEN 'forced_refresh' WHEN outcome <> 'hit'"
+        f" THEN CASE {_random_below(engine, len(MISS_REASONS))} {reasons} END END"
+    )
     _run(
         engine,
         f"""INSERT INTO generation_events
               (created_at, user_id, cache_key, outcome, latency_ms, prompt_tokens, completion_tokens,
-               cache_read_error, cache_write_error, history_error, key_sample)
+               cache_read_error, cache_write_error, history_error, key_sample, miss_reason)
             SELECT created_at, user_id, cache_key, outcome,
                    CASE WHEN outcome = 'hit' THEN 1 + {_random_below(engine, 5)}
                         ELSE 5000 + {_random_below(engine, 10000)} END,
                    CASE WHEN outcome IN ('miss', 'bypass') THEN 420 END,
                    CASE WHEN outcome IN ('miss', 'bypass') THEN 1800 END,
-                   {_random_below(engine, 1000)} = 0, {_random_below(engine, 1000)} = 0, false, key_sample
+                   {_random_below(engine, 1000)} = 0, {_random_below(engine, 1000)} = 0, false, key_sample,
+                   {miss_reason}
             FROM (SELECT {_seconds_after(engine, "start", f"g * {days * 86400.0} / :n")} AS created_at,
                          'u' || (g % {keys}) AS user_id,
                          'program:uu' || (g % {keys}) || ':paidfalse:d' || {_digest_char(f"g % {keys}")} AS cache_key,

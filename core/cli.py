@@ -1,10 +1,11 @@
 """`python -m core`: migrate, generate, cleanup, invalidate, reject, recall, rollout, stats, rollup,
-alerts. JSON on stdout (SQL for `migrate --check`); errors and notes on stderr, one line each, never a traceback
-or a password."""
+alerts, metrics. JSON on stdout (SQL for `migrate --check`, Prometheus's text for `metrics --once`); errors and
+notes on stderr, one line each, never a traceback or a password."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,7 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from prometheus_client import make_wsgi_app
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +25,7 @@ from core import logs
 from core.contract.models import ContractError
 from core.contract.partial_program import ProgramSoFar, progress_line
 from core.generators import make_generator, startup_warning
-from core.operations import admin, alerts, monitoring, recall
+from core.operations import admin, alerts, metrics, monitoring, recall
 from core.operations.fit_report import fit_by_generator
 from core.operations.rollout import batches, reports
 from core.operations.rollout import live as rollout_live
@@ -72,6 +75,13 @@ def _bounded(kind: type[int] | type[float], least: int, most: int) -> Callable[[
     return parse
 
 
+# Every interface, as Prometheus's exporters listen: the scraper runs on another host. The
+# port is the one the Prometheus project's list of exporter ports leaves to OpenTelemetry's
+# Prometheus exporter, the usual home of an application's own metrics.
+METRICS_HOST = "0.0.0.0"
+METRICS_PORT = 9464
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m core",
@@ -112,6 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     alert_steps = commands.add_parser("alerts", help="the alert rules").add_subparsers(dest="step", required=True)
     alert_steps.add_parser(
         "check", help="evaluate the alert rules; POST each that starts firing or resolves to ALERT_WEBHOOK_URL (cron)"
+    )
+    metrics = commands.add_parser(
+        "metrics", help="serve the figures to Prometheus, read from the tables at each scrape"
+    )
+    metrics.add_argument("--host", default=METRICS_HOST, help=f"address to listen on (default {METRICS_HOST})")
+    metrics.add_argument(
+        "--port", type=_bounded(int, 1, 65535), default=METRICS_PORT, help=f"port (default {METRICS_PORT})"
+    )
+    metrics.add_argument(
+        "--once", action="store_true", help="print one scrape on stdout and exit (for a textfile collector)"
     )
     return parser
 
@@ -401,6 +421,29 @@ def _generator_stats(usage: monitoring.GeneratorUsage, settings: Settings) -> di
     }
 
 
+class _QuietRequests(WSGIRequestHandler):
+    """No line on stderr per scrape: Prometheus scrapes every few seconds, forever."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _metrics(args: argparse.Namespace, settings: Settings, database: Database) -> int:
+    database.ensure_schema()
+    if args.once:
+        sys.stdout.write(metrics.exposition(database.engine, settings).decode())
+        return EXIT_OK
+    app = make_wsgi_app(metrics.registry(database.engine, settings))
+    try:
+        server = make_server(args.host, args.port, app, handler_class=_QuietRequests)
+    except OSError as exc:
+        return _fail(EXIT_FAILED, f"--port {args.port}: cannot listen on {args.host} ({exc.strerror})")
+    print(f"serving metrics on http://{args.host}:{args.port}/metrics", file=sys.stderr, flush=True)
+    with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it is stopped
+        server.serve_forever()
+    return EXIT_OK
+
+
 def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -> dict[str, Any]:
     database.ensure_schema()
     engine = database.engine
@@ -586,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(EXIT_INVALID, f"DATABASE_URL: {missing} does not exist; `python -m core migrate` creates it")
         if args.command == "generate":
             return _generate(args, settings, database)
+        if args.command == "metrics":
+            return _metrics(args, settings, database)
         if args.command == "migrate" and args.check:
             return _check_migrations(database)
         if args.command == "alerts":

@@ -146,7 +146,8 @@ def test_every_command_in_the_readme_and_the_docs_runs_as_written(
 ) -> None:
     commands = documented_commands()
     assert {words[0] for words in commands} == {
-        "migrate", "generate", "cleanup", "invalidate", "reject", "rollout", "stats", "rollup", "recall", "alerts"
+        "migrate", "generate", "cleanup", "invalidate", "reject", "rollout", "stats", "rollup", "recall", "alerts",
+        "metrics",
     }  # fmt: skip
     # A database as an operator's would be when they run them: the README's example client's
     # program (the offline coach's, the embedded default), and a pre-warm's batch still out.
@@ -175,6 +176,8 @@ def test_every_command_in_the_readme_and_the_docs_runs_as_written(
                 args[args.index("--profile") + 1] = str(ROOT / args[args.index("--profile") + 1])
             fresh = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
             shutil.copytree(made, fresh)
+            if args[0] == "metrics" and "--once" not in args:  # a server runs until stopped: one scrape here
+                args.append("--once")
             env = openai if args[0] == "rollout" else {}
             done = cli(f"sqlite:///{fresh}/coach.db", *args, **env)
             assert done.code == 0, (args, done.stderr)

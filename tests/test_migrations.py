@@ -120,3 +120,24 @@ def test_cached_and_reasoning_tokens_are_added_unknown_for_what_came_before(empt
     assert tuple(event) == (None, None, None) and tuple(rolled) == (0, 0, 0)
     for table, nullable in columns.items():
         assert nullable["cached_tokens"] and nullable["reasoning_tokens"], table
+
+
+def test_hours_rolled_up_before_miss_reasons_are_kept_with_none_recorded(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0014")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO generation_stats_hourly (hour, outcome, latency_bin_ms, generator_version, model,"
+                " requests, latency_ms_sum, prompt_tokens, completion_tokens, saved_prompt_tokens,"
+                " saved_completion_tokens, hits_without_tokens, cache_read_errors, cache_write_errors,"
+                " history_errors) VALUES (CURRENT_TIMESTAMP, 'miss', 10, 'g', 'm', 7, 1.0, 400, 1000, 0, 0, 0, 0, 0, 0)"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        rolled = connection.execute(text("SELECT outcome, requests, miss_reason FROM generation_stats_hourly")).one()
+        key = inspect(connection).get_pk_constraint("generation_stats_hourly")["constrained_columns"]
+    engine.dispose()
+    # The request log may be pruned since: the rollup's rows are all that is left of those hours.
+    assert tuple(rolled) == ("miss", 7, "") and key[-1] == "miss_reason"

@@ -7,12 +7,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, type_coerce
 
 from core.contract.cache_key import check_user_id
 from core.contract.models import ContractError, FieldError
 from core.store import entries, staged_programs
-from core.store.schema import admin_actions, rollouts, training_programs, utcnow
+from core.store.schema import UTCDateTime, admin_actions, rollouts, training_programs, utcnow
 
 actions = admin_actions.c
 programs = training_programs.c
@@ -116,3 +116,29 @@ def recent_actions(engine: Engine, limit: int = 50) -> list[AdminAction]:
     )
     with engine.connect() as connection:
         return [AdminAction(**row._mapping) for row in connection.execute(query)]
+
+
+@dataclass(frozen=True)
+class ActionTotals:
+    """Every recorded run of one kind of action, since the first."""
+
+    action: str
+    runs: int
+    deleted: int
+    bytes_reclaimed: int
+    last_at: datetime
+
+
+def action_totals(engine: Engine) -> list[ActionTotals]:
+    query = select(
+        actions.action,
+        func.count(),
+        func.sum(actions.rows_affected),
+        func.sum(actions.bytes_reclaimed),
+        type_coerce(func.max(actions.created_at), UTCDateTime()),
+    ).group_by(actions.action)
+    with engine.connect() as connection:
+        return [
+            ActionTotals(action, runs, int(deleted), int(reclaimed), last_at)
+            for action, runs, deleted, reclaimed, last_at in connection.execute(query)
+        ]

@@ -218,6 +218,8 @@ generation_stats_hourly = Table(
     Column("cached_tokens", BigInteger, nullable=False, server_default="0"),
     Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
     Column("saved_cached_tokens", BigInteger, nullable=False, server_default="0"),
+    # Why the requests were misses ('' for hits, and for hours rolled up before it was recorded).
+    Column("miss_reason", String(32), primary_key=True, server_default=""),
 )
 
 admin_actions = Table(

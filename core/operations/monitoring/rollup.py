@@ -40,6 +40,7 @@ def hourly_from_events(engine: Engine, since: datetime | None, until: datetime |
     latency_bin = _latency_bin()
     generator_version = func.coalesce(events.generator_version, "")
     model = func.coalesce(events.model, "")
+    miss_reason = func.coalesce(events.miss_reason, "")
     # In the rollup table's column order: the rollup is an INSERT ... SELECT of this.
     query = select(
         hour.label("hour"),
@@ -60,7 +61,8 @@ def hourly_from_events(engine: Engine, since: datetime | None, until: datetime |
         func.coalesce(func.sum(events.cached_tokens), 0).label("cached_tokens"),
         func.coalesce(func.sum(events.reasoning_tokens), 0).label("reasoning_tokens"),
         func.coalesce(func.sum(events.saved_cached_tokens), 0).label("saved_cached_tokens"),
-    ).group_by(hour, events.outcome, latency_bin, generator_version, model)
+        miss_reason.label("miss_reason"),
+    ).group_by(hour, events.outcome, latency_bin, generator_version, model, miss_reason)
     if since is not None:
         query = query.where(events.created_at >= since)
     if until is not None:
@@ -68,7 +70,7 @@ def hourly_from_events(engine: Engine, since: datetime | None, until: datetime |
     return query
 
 
-def _rolled_up_until(engine: Engine) -> datetime | None:
+def rolled_up_until(engine: Engine) -> datetime | None:
     with engine.connect() as connection:
         return connection.execute(select(type_coerce(func.max(stats.c.hour), UTCDateTime()))).scalar_one()
 
@@ -82,7 +84,7 @@ def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: in
     hour rolled up."""
     settled = (now or utcnow()) - SETTLE
     settled = settled.replace(minute=0, second=0, microsecond=0)
-    rolled = _rolled_up_until(engine)
+    rolled = rolled_up_until(engine)
     start = _first_event_hour(engine, rolled + timedelta(hours=1) if rolled is not None else None)
     if start is None or start >= settled:
         return rolled
@@ -94,7 +96,7 @@ def refresh_rollup(engine: Engine, now: datetime | None = None, *, max_hours: in
     statement = insert(stats).from_select([c.name for c in stats.columns], source).on_conflict_do_nothing()
     with engine.begin() as connection:
         connection.execute(statement)
-    return _rolled_up_until(engine)
+    return rolled_up_until(engine)
 
 
 def _first_event_hour(engine: Engine, since: datetime | None) -> datetime | None:
@@ -108,13 +110,26 @@ def hourly(engine: Engine, since: datetime | None) -> Any:
     """Requests per hour, outcome and latency bin since `since` (rounded down to the hour):
     the rollup for settled hours, the raw events after them."""
     since_hour = since.replace(minute=0, second=0, microsecond=0) if since else None
-    rolled_until = _rolled_up_until(engine)
+    rolled_until = rolled_up_until(engine)
     if rolled_until is None:
         return hourly_from_events(engine, since_hour).subquery()
-    rolled = select(*stats.columns)
+    # Up to the hour read above, not whatever the table holds by the time this runs: an hour
+    # another instance rolls up meanwhile is read from the events, never twice.
+    rolled = select(*stats.columns).where(stats.c.hour <= rolled_until)
     if since_hour is not None:
         rolled = rolled.where(stats.c.hour >= since_hour)
     tail_start = rolled_until + timedelta(hours=1)
     if since_hour is not None:
         tail_start = max(tail_start, since_hour)
     return union_all(rolled, hourly_from_events(engine, tail_start)).subquery()
+
+
+def rolled_hours(after: datetime | None, until: datetime) -> Any:
+    """The rollup's rows of the hours after `after` (None: from the first) up to `until`."""
+    query = select(*stats.columns).where(stats.c.hour <= until)
+    return (query if after is None else query.where(stats.c.hour > after)).subquery()
+
+
+def hours_not_rolled_up(engine: Engine, rolled_until: datetime | None) -> Any:
+    """The events of the hours after `rolled_until` (None: every event), as rollup rows."""
+    return hourly_from_events(engine, rolled_until + timedelta(hours=1) if rolled_until else None).subquery()

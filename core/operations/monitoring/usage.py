@@ -218,12 +218,20 @@ def _rejected(engine: Engine, since: datetime | None, granularity: Granularity |
         }
 
 
+def usage_of(rows: list[Row]) -> list[GeneratorUsage]:
+    """Each generator identity's requests and tokens from rows of sums per generator and
+    outcome (and any finer key), rejections left out."""
+    return list(_grouped(rows, lambda r: (r["generator_version"], r["model"])).values())
+
+
 def usage_by_generator(engine: Engine, since: datetime | None = None) -> list[GeneratorUsage]:
     """Each generator identity's requests, tokens, savings and rejections in the window,
     busiest first."""
-    grouped = _grouped(_usage(engine, since, None), lambda r: (r["generator_version"], r["model"]))
     rejected = _rejected(engine, since, None)
-    usage = [replace(u, rejected=rejected.get(key, 0)) for key, u in grouped.items()]
+    usage = [
+        replace(u, rejected=rejected.get((u.generator_version or "", u.model or ""), 0))
+        for u in usage_of(_usage(engine, since, None))
+    ]
     return sorted(usage, key=lambda u: -(u.hits + u.generations + u.errors))
 
 
