@@ -12,8 +12,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
-from core.operations import monitoring
+from core.formatting import DOLLAR_PRINTF, escape_markdown, format_bytes, format_dollars, format_duration
+from core.operations import monitoring, spend
 from core.operations.fit_report import FitReport
 from core.operations.rollout import reports
 from pages.common import get_engine, get_settings
@@ -61,6 +61,36 @@ def read_overview(database_url: str, window: str, granularity: monitoring.Granul
 @st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
 def read_rollout_spend(database_url: str, window: str) -> reports.RolloutSpend:
     return reports.spend(get_engine(), get_settings(), monitoring.window_start(window))
+
+
+@st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
+def read_budgets(database_url: str) -> list[spend.BudgetSpend]:
+    return spend.against_budgets(get_engine(), get_settings())
+
+
+def budgets(spends: list[spend.BudgetSpend]) -> None:
+    """Spend today and this month against each budget set, whatever the window."""
+    if not spends:
+        return
+    cols = st.columns(len(spends))
+    for col, budget in zip(cols, spends, strict=True):
+        name = {"day": "today", "month": "this month"}[budget.period]
+        col.metric(
+            f"LLM spend {name}, of the budget",
+            f"{format_dollars(budget.spent)} of {format_dollars(budget.budget)}",
+            f"{budget.share:.0%}",
+            delta_color="off",
+            border=True,
+            help=f"{budget.setting}: spend since {budget.since:%Y-%m-%d %H:%M} UTC (by the database's clock), "
+            "requests and rollouts, as invoiced",
+        )
+        col.progress(min(budget.share, 1.0))
+    if spent := [b for b in spends if b.reached]:
+        what = "the offline coach's programs" if get_settings().budget_exceeded == "offline" else "no programs"
+        st.error(
+            f"**LLM budget spent**: {escape_markdown(spent[0].describe())}. Misses get {what} until it allows.",
+            icon=":material/savings:",
+        )
 
 
 def chart(figure: go.Figure, *, key: str) -> None:
@@ -466,12 +496,14 @@ if controls[2].button(
     monitoring.refresh_rollup(get_engine(), max_hours=ROLLUP_HOURS_PER_REFRESH)
     read_overview.clear()
     read_rollout_spend.clear()
+    read_budgets.clear()
 figures = read_overview(get_settings().database_url, window, granularity)
 controls[2].caption(f"As of {figures.as_of:%H:%M:%S} UTC, read again after a minute or on Refresh.")
 usage = figures.usage
 costs = monitoring.costs(usage, get_settings())
 rollouts = read_rollout_spend(get_settings().database_url, window)
 headline(figures.summary, costs, rollouts, figures.storage)
+budgets(read_budgets(get_settings().database_url))
 
 requests = frame(figures.requests, granularity)
 if requests.empty:
