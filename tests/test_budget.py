@@ -26,7 +26,7 @@ from core.settings import Settings
 from core.store.db import Database
 from core.store.entries import database_time
 from core.store.schema import generation_events, rollouts, training_programs
-from tests.conftest import CliRun, Shared
+from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, start_cli
 from tests.test_pages import fill, submit
@@ -227,3 +227,10 @@ def test_two_instances_together_overshoot_the_budget_by_at_most_one_generation_e
     assert all(r["model"] == MODEL for r in by_llm)
     assert 3 <= len(by_llm) == fake_openai.calls <= 3 + 1, [r["model"] for r in served]
     assert all(r["model"] == OfflineGenerator.identity.model for r in served if r["budget_reached"])
+
+
+def test_a_spend_the_database_cannot_tell_counts_as_spent(faults: Faults, fake_openai: FakeOpenAI) -> None:
+    faults.deny("generation_stats_hourly", "SELECT")  # the request log's rollup, read for spend only
+    fallback = ask(budget_service(faults.engine, fake_openai, llm_daily_budget_usd=100.0), "u1")
+    assert fake_openai.calls == 0 and fallback.budget_reached is not None
+    assert fallback.budget_reached.startswith("the LLM spend could not be read to check the budget (")

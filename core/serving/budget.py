@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -73,8 +72,7 @@ def generator_within_budget(guard: Guard | None, engine: Engine, generator: Prog
     reached = guard.reached(engine)
     if reached is None:
         return Chosen(generator)
-    when: Literal["offline", "refuse"] = guard.settings.budget_exceeded
-    if when == "refuse":
+    if guard.settings.budget_exceeded == "refuse":
         raise BudgetRefused(
             f"{reached}; BUDGET_EXCEEDED=refuse, so no program was generated. Nothing was cached or saved."
         )

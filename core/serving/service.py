@@ -273,7 +273,7 @@ class ProgramService:
     serve_other_generators: bool = False
     # LLM_REPAIR_ATTEMPTS: how many times a program that does not pass is sent back (core.repair).
     repair_attempts: int = 1
-    budget: budget.Guard | None = None  # LLM_DAILY_BUDGET_USD, LLM_MONTHLY_BUDGET_USD, BUDGET_EXCEEDED
+    spend_guard: budget.Guard | None = None  # LLM_DAILY_BUDGET_USD, LLM_MONTHLY_BUDGET_USD, BUDGET_EXCEEDED
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
@@ -289,7 +289,7 @@ class ProgramService:
             key_secret=settings.key_secret,
             serve_other_generators=settings.cache_on_generator_change == "serve",
             repair_attempts=settings.llm_repair_attempts,
-            budget=budget.Guard(settings),
+            spend_guard=budget.Guard(settings),
         )
 
     def generate(
@@ -543,7 +543,7 @@ class ProgramService:
         told: _Told,
     ) -> GenerationResult:
         try:
-            chosen = budget.generator_within_budget(self.budget, self.engine, self.generator)
+            chosen = budget.generator_within_budget(self.spend_guard, self.engine, self.generator)
         except budget.BudgetRefused as exc:
             self._record_failure(request, reason, str(exc))
             raise GenerationFailed(str(exc)) from None
