@@ -282,11 +282,14 @@ def _check_schema_and_generate(args: argparse.Namespace, responses: Any, setting
             "expires_at": result.expires_at,
             "model": result.model,
             "generator_version": result.generator_version,
+            "budget_reached": result.budget_reached,
             "warnings": list(result.warnings),
             "history_error": result.history_error,
             "program": result.program,
         }
     )
+    if result.budget_reached is not None:
+        print(f"note: made by the offline coach because {result.budget_reached}", file=sys.stderr)
     if result.history_error is not None:
         return _fail(EXIT_NOT_SAVED, f"the program was printed but not saved: {result.history_error}")
     return EXIT_OK

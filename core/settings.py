@@ -21,6 +21,8 @@ DEFAULT_DATABASE_URL = "sqlite:///data/coach_cache.db"
 MAX_TTL_HOURS = 24 * 366
 MAX_MODEL_PRICES_BYTES = 64 * 1024
 SHOWN_VALUE_CHARS = 60
+# A budget above a billion dollars is a typo.
+MAX_BUDGET_USD = 1e9
 
 
 class Settings(BaseSettings):
@@ -65,6 +67,12 @@ class Settings(BaseSettings):
     # USD per million tokens by model, for monitoring's spend and savings: MODEL_PRICES (JSON,
     # e.g. {"my-model": {"input": 1.0, "output": 2.0}}) adds models or overrides listed ones.
     model_prices: Annotated[dict[str, ModelPrice], NoDecode] = DEFAULT_MODEL_PRICES
+    # USD the LLM may be billed per day and per month (00:00 UTC by the database's clock), as
+    # the invoice counts it (core/operations/spend.py); unset, no limit. Once one is spent, a
+    # generation gets the offline coach's program (BUDGET_EXCEEDED=offline) or none (refuse).
+    llm_daily_budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
+    llm_monthly_budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
+    budget_exceeded: Literal["offline", "refuse"] = "offline"
     # How long a request waits for a concurrent identical generation; None derives it
     # from the LLM's own worst case so a waiter never gives up on a call still in flight.
     single_flight_wait_seconds: float | None = Field(default=None, gt=0, le=24 * 3600, allow_inf_nan=False)

@@ -399,7 +399,7 @@ def try_candidate(candidate: Any, sample: int) -> None:
             actor=current_actor(),
             sample=sample,
         )
-    except ContractError as exc:
+    except (ContractError, rollout_records.RolloutFailed) as exc:
         st.error(escape_markdown(str(exc)), icon=":material/error:")
         return
     st.session_state.rollout_trial = trial

@@ -18,6 +18,12 @@ from pages.submissions import Rejected
 PAGE_SIZE = 50
 # The coach's last click on "Reject" on this page: which program, and what it came to.
 REJECTION = "history_rejection"
+# A source shown in words where its value alone would not say it.
+SOURCE_LABELS = {"budget": "budget (offline: LLM budget spent)"}
+
+
+def source_label(source: str | None) -> str:
+    return SOURCE_LABELS.get(source, source) if source else "–"
 
 
 def read_filter() -> HistoryFilter:
@@ -34,7 +40,10 @@ def read_filter() -> HistoryFilter:
         today = datetime.now(UTC).date()
         span = cols[1].date_input("Date range (UTC)", value=(today - timedelta(days=30), today), key="history_dates")
         source = cols[2].selectbox(
-            "Source", (None, *history.SOURCES), format_func=lambda s: s or "All", key="history_source"
+            "Source",
+            (None, *history.SOURCES),
+            format_func=lambda s: source_label(s) if s else "All",
+            key="history_source",
         )
         with cols[0]:
             user_id = user_filter("User", key="history_user", placeholder="All users, or an ID's beginning")
@@ -52,7 +61,7 @@ def table(
             "ID": [r.id for r in rows],
             "Created (UTC)": [r.created_at.strftime("%Y-%m-%d %H:%M:%S") for r in rows],
             "User": [r.user_id for r in rows],
-            "Source": [r.source or "–" for r in rows],
+            "Source": [source_label(r.source) for r in rows],
             "Paid": [r.has_paid_access for r in rows],
             "Latency": ["–" if r.latency_ms is None else format_duration(r.latency_ms) for r in rows],
             "Model": [r.model or "–" for r in rows],
@@ -71,6 +80,12 @@ def show_program(requested: str) -> None:
         return
     source = markdown_code(row.source) if row.source else "not from Coach Cache"
     st.caption(f"Program #{row.id} for {markdown_code(row.user_id)}, {source}, {row.created_at:%Y-%m-%d %H:%M} UTC")
+    if row.source == "budget":
+        st.info(
+            "Made by the offline coach because the LLM budget was spent (LLM_DAILY_BUDGET_USD or "
+            "LLM_MONTHLY_BUDGET_USD); an LLM program replaces it once the budget allows.",
+            icon=":material/savings:",
+        )
     if not history.in_coach_cache_format(row):
         st.info("This program was not written by Coach Cache; it is shown as stored.", icon=":material/info:")
         st.json(row.program)

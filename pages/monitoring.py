@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
-from core.operations import alerts, monitoring
+from core.operations import alerts, monitoring, spend
 from core.operations.fit_report import FitReport
 from core.operations.rollout import reports
 from core.store import alert_states
@@ -81,6 +81,36 @@ def alert_banner() -> None:
             f"Alerts could not be sent to {escape_markdown(get_settings().describe_webhook() or 'the webhook')} "
             f"({escape_markdown(undelivered[0].delivery_error or '')}): sent again on the next `alerts check`.",
             icon=":material/notifications_off:",
+        )
+
+
+@st.cache_data(ttl=FRESH_SECONDS, show_spinner=False)
+def read_budgets(database_url: str) -> list[spend.BudgetSpend]:
+    return spend.against_budgets(get_engine(), get_settings())
+
+
+def budgets(spends: list[spend.BudgetSpend]) -> None:
+    """Spend today and this month against each budget set, whatever the window."""
+    if not spends:
+        return
+    cols = st.columns(len(spends))
+    for col, budget in zip(cols, spends, strict=True):
+        name = {"day": "today", "month": "this month"}[budget.period]
+        col.metric(
+            f"LLM spend {name}, of the budget",
+            f"{format_dollars(budget.spent)} of {format_dollars(budget.budget)}",
+            f"{budget.share:.0%}",
+            delta_color="off",
+            border=True,
+            help=f"{budget.setting}: spend since {budget.since:%Y-%m-%d %H:%M} UTC (by the database's clock), "
+            "requests and rollouts, as invoiced",
+        )
+        col.progress(min(budget.share, 1.0))
+    if spent := [b for b in spends if b.reached]:
+        what = "the offline coach's programs" if get_settings().budget_exceeded == "offline" else "no programs"
+        st.error(
+            f"**LLM budget spent**: {escape_markdown(spent[0].describe())}. Misses get {what} until it allows.",
+            icon=":material/savings:",
         )
 
 
@@ -490,6 +520,7 @@ if controls[2].button(
     read_overview.clear()
     read_rollout_spend.clear()
     read_alerts.clear()
+    read_budgets.clear()
 with alerts_area:
     alert_banner()
 figures = read_overview(get_settings().database_url, window, granularity)
@@ -498,6 +529,7 @@ usage = figures.usage
 costs = monitoring.costs(usage, get_settings())
 rollouts = read_rollout_spend(get_settings().database_url, window)
 headline(figures.summary, costs, rollouts, figures.storage)
+budgets(read_budgets(get_settings().database_url))
 
 requests = frame(figures.requests, granularity)
 if requests.empty:

@@ -27,7 +27,7 @@ from core.contract.models import ContractError, OnboardingResponses, TrainingPro
 from core.generators import OnProgress, ProgramGenerator
 from core.logs import FIELDS
 from core.prices import NOT_BILLED, BilledTokens
-from core.serving import repair, single_flight
+from core.serving import budget, repair, single_flight
 from core.serving.miss_reasons import Lookup, MissReason, miss_reason
 from core.serving.single_flight import SingleFlightTimeout
 from core.settings import Settings
@@ -98,6 +98,8 @@ class GenerationResult:
     generator_version: str | None = None
     # A hit on a program a rollout generated ahead for this generator (its id): pre-warmed.
     prewarmed_by: int | None = None
+    # Set when the offline coach made the program because this LLM budget is spent (core.serving.budget).
+    budget_reached: str | None = None
     warnings: tuple[str, ...] = ()
     # Set when the program was produced but saving it to history failed: `unsaved` is what
     # `ProgramService.save_again` saves, with the request's event if that could not be
@@ -271,6 +273,7 @@ class ProgramService:
     serve_other_generators: bool = False
     # LLM_REPAIR_ATTEMPTS: how many times a program that does not pass is sent back (core.repair).
     repair_attempts: int = 1
+    spend_guard: budget.Guard | None = None  # LLM_DAILY_BUDGET_USD, LLM_MONTHLY_BUDGET_USD, BUDGET_EXCEEDED
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
@@ -286,6 +289,7 @@ class ProgramService:
             key_secret=settings.key_secret,
             serve_other_generators=settings.cache_on_generator_change == "serve",
             repair_attempts=settings.llm_repair_attempts,
+            spend_guard=budget.Guard(settings),
         )
 
     def generate(
@@ -538,13 +542,19 @@ class ProgramService:
         changed: tuple[str, ...],
         told: _Told,
     ) -> GenerationResult:
+        try:
+            chosen = budget.generator_within_budget(self.spend_guard, self.engine, self.generator)
+        except budget.BudgetRefused as exc:
+            self._record_failure(request, reason, str(exc))
+            raise GenerationFailed(str(exc)) from None
+        generator = chosen.generator
         if told.on_generating is not None:
             told.on_generating(reason)
         rejected = self._rejected(request.key, reason) if reason in ("rejected", "recalled") else None
         llm_started = perf_counter()
         try:
             judged = repair.generate_judged(
-                self.generator,
+                generator,
                 request.profile,
                 request.has_paid_access,
                 repairs=self.repair_attempts,
@@ -566,8 +576,9 @@ class ProgramService:
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
 
-        identity = self.generator.identity
-        record = request.record(program_json, identity.source, generation, generator_version=identity.version)
+        identity = generator.identity
+        source: Source = "budget" if chosen.budget_reached else identity.source
+        record = request.record(program_json, source, generation, generator_version=identity.version)
         result = GenerationResult(
             program_json=program_json,
             cache_hit=False,
@@ -580,6 +591,7 @@ class ProgramService:
             since_previous=request.since_previous,
             model=generation.model,
             generator_version=identity.version,
+            budget_reached=chosen.budget_reached,
         )
         event = request.event(
             "bypass" if request.force_refresh else "miss",

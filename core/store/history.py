@@ -40,7 +40,9 @@ from core.store.schema import (
 programs = training_programs.c
 cache = ai_coach_cache.c
 Outcome = Literal["hit", "miss", "bypass", "error"]
-Source = Literal["llm", "offline", "cache"]
+# Who made a program handed out: the LLM, the offline coach (configured as the generator, or
+# standing in because the LLM budget was spent: `budget`, core/serving/budget.py), or the cache.
+Source = Literal["llm", "offline", "budget", "cache"]
 SOURCES: tuple[Source, ...] = get_args(Source)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, String, cast, literal, select, update
 from core.contract.generation import GenerationError, billed_tokens
 from core.contract.models import parse_onboarding
 from core.generators import ProgramGenerator
-from core.operations.rollout.plan import recent_profiles
+from core.operations.rollout.plan import estimate, recent_profiles, refuse_past_budget
 from core.operations.rollout.records import (
     Judged,
     ProgramState,
@@ -154,6 +154,8 @@ def trial(
         found = recent_profiles(connection, sample)
     if not found:
         raise RolloutRefused("sample", "there are no requested profiles to try yet: generate a program first")
+    estimated = estimate(settings.price_of(generator.identity.model), found, "live")
+    refuse_past_budget(engine, settings, estimated, f"a trial of {len(found)} profiles")
     rollout_id = new_rollout(engine, "trial", generator, len(found), actor)
     run_live(engine, settings, generator, rollout_id, found, stage=False)
     return rollout_id

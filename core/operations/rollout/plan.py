@@ -5,7 +5,7 @@ another model."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,8 +14,9 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from core.contract.models import ContractError, parse_onboarding
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
-from core.operations.rollout.records import RolloutRefused, Target
-from core.prices import PriceTier, cost
+from core.operations.rollout.records import RolloutFailed, RolloutRefused, Target
+from core.operations.spend import against_budgets
+from core.prices import ModelPrice, PriceTier, cost
 from core.settings import MAX_TTL_HOURS, Settings
 from core.store.schema import (
     CACHE_KEY_PREFIX,
@@ -216,6 +217,32 @@ def usable(found: Iterable[Target], limit: int | None) -> list[Target]:
     return usable
 
 
+def _recorded(found: Sequence[Target]) -> list[Target]:
+    return [t for t in found if t.prompt_tokens is not None and t.completion_tokens is not None]
+
+
+def estimate(price: ModelPrice | None, found: Sequence[Target], tier: PriceTier) -> float | None:
+    """What generating `found` would cost at `price` in `tier`: the tokens their entries
+    recorded, and their mean for the rest; None without a price or any recorded tokens."""
+    recorded = _recorded(found)
+    if price is None or not recorded:
+        return None
+    known = sum(cost(price, t.prompt_tokens, t.completion_tokens, t.cached_tokens, tier) for t in recorded)
+    return known / len(recorded) * len(found)
+
+
+def refuse_past_budget(engine: Engine, settings: Settings, estimated: float | None, what: str) -> None:
+    """RolloutFailed when `what`, at its estimated cost, would take spend past a budget
+    (LLM_DAILY_BUDGET_USD, LLM_MONTHLY_BUDGET_USD), or one is spent already. Without an
+    estimate (no price for the model, no tokens recorded) only a spent budget stops it."""
+    for spend in against_budgets(engine, settings):
+        if spend.reached or (estimated is not None and spend.spent + estimated > spend.budget):
+            cost_text = "its cost" if estimated is None else f"an estimated ${estimated:.4f}"
+            raise RolloutFailed(
+                f"{what}: {cost_text} would take LLM spend past the budget ({spend.describe()}); nothing was started"
+            )
+
+
 def plan(
     engine: Engine,
     settings: Settings,
@@ -225,29 +252,28 @@ def plan(
     with engine.connect() as connection:
         found = targets(connection, generator.identity.version, selection)
     price = settings.price_of(generator.identity.model)
-    recorded = [t for t in found if t.prompt_tokens is not None and t.completion_tokens is not None]
-
-    def estimate(tier: PriceTier) -> float | None:
-        if price is None or not recorded:
-            return None
-        known = sum(cost(price, t.prompt_tokens, t.completion_tokens, t.cached_tokens, tier) for t in recorded)
-        return known / len(recorded) * len(found)
-
     return Plan(
         model=generator.identity.model,
         generator_version=generator.identity.version,
         targets=found,
         by_generator=dict(Counter(t.made_by or "none" for t in found)),
-        live_cost=estimate("live"),
-        batch_cost=estimate("batch"),
-        with_recorded_tokens=len(recorded),
+        live_cost=estimate(price, found, "live"),
+        batch_cost=estimate(price, found, "batch"),
+        with_recorded_tokens=len(_recorded(found)),
     )
 
 
 def recent_profiles(connection: Connection, sample: int) -> list[Target]:
     latest = newest_answers(programs.cache_key.is_not(None))
     shown = (latest.c.cache_key, latest.c.user_id, latest.c.onboarding_responses, latest.c.has_paid_access)
-    query = select(*shown).where(latest.c.n == 1).order_by(latest.c.created_at.desc())
+    # With the tokens the key's entry recorded, if it has one: what a trial's estimate is made of.
+    billed = (cache.generator_version, cache.prompt_tokens, cache.completion_tokens, cache.cached_tokens)
+    query = (
+        select(*shown, *billed)
+        .outerjoin(ai_coach_cache, cache.cache_key == latest.c.cache_key)
+        .where(latest.c.n == 1)
+        .order_by(latest.c.created_at.desc())
+    )
     # Streamed, so that taking the newest few reads no more of a long history than it needs.
     rows = connection.execution_options(yield_per=100).execute(query)
-    return usable((Target(row[0], str(row[1]), row[2], row[3]) for row in rows), sample)
+    return usable((Target(str(row[0]), str(row[1]), row[2], row[3], *row[4:]) for row in rows), sample)

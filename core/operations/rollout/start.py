@@ -16,7 +16,7 @@ from sqlalchemy import Engine, insert, update
 from core.contract.models import parse_onboarding
 from core.generators import OpenAIChatGenerator, ProgramGenerator
 from core.operations.rollout.live import run_live
-from core.operations.rollout.plan import Selection, plan
+from core.operations.rollout.plan import Selection, plan, refuse_past_budget
 from core.operations.rollout.records import (
     STATUS_MAX_CHARS,
     RolloutFailed,
@@ -143,9 +143,12 @@ def _start(
 ) -> Started:
     kind: RolloutKind = "live" if live else "batch"
     check_kind(generator, live)
-    found = plan(engine, settings, generator, selection).targets
+    planned = plan(engine, settings, generator, selection)
+    found = planned.targets
     if not found:
         return Started(None, kind, 0)
+    estimated = planned.live_cost if live else planned.batch_cost
+    refuse_past_budget(engine, settings, estimated, f"a pre-warm of {len(found)} keys ({kind})")
     rollout_id = new_rollout(engine, kind, generator, len(found), actor)
     version = generator.identity.version
     if live:
