@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     alert_refusal_min_generations: int = Field(default=20, ge=1, le=1_000_000)
     # Cleanup is overdue when the oldest expired program entry expired this long ago.
     alert_cleanup_overdue_hours: float = Field(default=24.0, gt=0, le=MAX_TTL_HOURS, allow_inf_nan=False)
+    # The spend alert fires at this share of LLM_DAILY_BUDGET_USD, before the guard bites at the budget.
+    alert_spend_share: float = Field(default=0.8, gt=0, le=1, allow_inf_nan=False)
 
     @field_validator("database_url", "migrations_database_url")
     @classmethod

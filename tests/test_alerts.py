@@ -211,6 +211,32 @@ def test_each_rule_says_what_it_saw_and_fires_past_its_threshold(engine: Engine)
     assert [a.rule for a in alerts.evaluate(engine, calm) if a.firing] == []
 
 
+def test_the_spend_alert_fires_before_the_daily_budget_and_the_budget_alert_at_it(engine: Engine) -> None:
+    # $1 per 1,000 input tokens: each generation below costs $1, against a $10 daily budget.
+    prices = json.dumps({"gpt-test": {"input": 1000.0, "output": 0.0}})
+    settings = Settings(model_prices=prices, llm_daily_budget_usd=10.0)
+    billed = {
+        "model": "gpt-test",
+        "generator_version": "openai-gpt-test",
+        "prompt_tokens": 1000,
+        "completion_tokens": 0,
+    }
+
+    def firing(settings: Settings) -> list[str]:
+        return [a.rule for a in alerts.evaluate(engine, settings) if a.firing and a.rule in ("spend", "budget")]
+
+    insert_events(engine, [(timedelta(0), "miss")] * 7, **billed)
+    assert firing(settings) == []
+    insert_events(engine, [(timedelta(0), "miss")], **billed)
+    seen = {alert.rule: alert for alert in alerts.evaluate(engine, settings)}
+    assert firing(settings) == ["spend"] and seen["spend"].seen.startswith(
+        "80% of the daily budget spent: LLM_DAILY_BUDGET_USD=10.00: $8.0000 spent since "
+    )
+    insert_events(engine, [(timedelta(0), "miss")] * 2, **billed)
+    assert firing(settings) == ["spend", "budget"]
+    assert firing(Settings(model_prices=prices)) == []  # no budget, nothing to alert on
+
+
 def test_the_monitoring_page_shows_a_firing_alert_as_a_banner(app_test: Callable[..., Any], tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path}/coach.db"
     app = app_test(url, ALERT_CLEANUP_OVERDUE_HOURS="0.5")

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from sqlalchemy import Engine
 
 from core.formatting import counted
-from core.operations import admin, monitoring
+from core.operations import admin, monitoring, spend
 from core.operations.fit_report import fit_by_generator
 from core.settings import Settings
 from core.store import alert_states, entries
@@ -155,6 +155,29 @@ def cleanup_overdue(engine: Engine, settings: Settings, _now: datetime) -> Findi
     return Finding(hours > settings.alert_cleanup_overdue_hours, seen, figures)
 
 
+def _spend_today(engine: Engine, settings: Settings) -> spend.BudgetSpend | None:
+    return next((b for b in spend.against_budgets(engine, settings) if b.period == "day"), None)
+
+
+def _spend_finding(today: spend.BudgetSpend | None, share: float) -> Finding:
+    if today is None:
+        return Finding(False, "no daily budget is set (LLM_DAILY_BUDGET_USD)", {})
+    figures = {"spent_usd": round(today.spent, 4), "budget_usd": today.budget, "threshold_share": share}
+    seen = f"{today.share:.0%} of the daily budget spent: {today.describe()}"
+    return Finding(today.share >= share, seen, figures)
+
+
+def spend_near_budget(engine: Engine, settings: Settings, _now: datetime) -> Finding:
+    """Spend today, as invoiced, past ALERT_SPEND_SHARE of the daily budget: told before the
+    spend guard bites."""
+    return _spend_finding(_spend_today(engine, settings), settings.alert_spend_share)
+
+
+def spend_at_budget(engine: Engine, settings: Settings, _now: datetime) -> Finding:
+    """Spend today at the daily budget: misses get what BUDGET_EXCEEDED says until tomorrow."""
+    return _spend_finding(_spend_today(engine, settings), 1.0)
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str  # as alert_states and the webhook's `rule` name it
@@ -167,6 +190,8 @@ RULES: tuple[Rule, ...] = (
     Rule("errors", "Errors above their share of requests", errors),
     Rule("refusals", "Programs refused by validation", refusals),
     Rule("cleanup", "Expired entries not cleaned up", cleanup_overdue),
+    Rule("spend", "LLM spend near the daily budget", spend_near_budget),
+    Rule("budget", "LLM daily budget spent", spend_at_budget),
 )
 
 
