@@ -206,23 +206,6 @@ def test_a_coach_and_an_operator_through_every_page(
     assert API_KEY not in page.content()
 
 
-def test_hostile_answers_are_shown_as_text_never_run(server: str, browser: Browser) -> None:
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    page.goto(server)
-    settle(page)
-    page.get_by_role("textbox", name="User ID").fill("e2e-hostile")
-    hostile = "<img src=x onerror=window.__pwned=1> [click](javascript:window.__pwned=2) :red[boom]"
-    page.get_by_role("textbox", name="Notes").fill(hostile)
-    generate(page)
-    # The summary paragraph, as text; "Markdown to copy" holds the same words in a code block.
-    summary = page.get_by_role("paragraph").filter(has_text="Coach notes considered: <img src=x onerror")
-    expect(summary).to_be_visible()
-    assert page.evaluate("window.__pwned") is None
-    assert page.locator("img[src='x']").count() == 0
-    assert page.locator("a[href^='javascript']").count() == 0
-    shot(page, "6-hostile-input")
-
-
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     """One browser profile, whose cache keeps Streamlit's scripts; each page in it is a new session."""
@@ -278,45 +261,26 @@ def test_the_first_click_generates_whatever_the_coach_did_just_before(
     engine.dispose()
 
 
-@pytest.mark.parametrize(("forced", "says"), [(False, "first program for this user"), (True, "a refresh was forced")])
+# Forced: the second click of the double click comes unticked and is still the first one's
+# (test_pages tests either kind of double click's logic; this, that a browser's is one request).
 def test_a_double_click_is_one_generation_one_llm_call_one_result(
-    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI, forced: bool, says: str
+    server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset()
     engine = make_engine(database)
     page = open_fresh(context, server)
-    user_id = f"double-clicker-{forced}"
+    user_id = "double-clicker"
     type_id(page, "fill", user_id)
     force = page.get_by_role("checkbox", name="Force refresh")
-    if forced:
-        page.get_by_text("Force refresh", exact=True).click()
+    page.get_by_text("Force refresh", exact=True).click()
     page.get_by_role("button", name="Generate program").dblclick()
-    expect(page.get_by_text(f"Cache miss: {says}")).to_be_visible(timeout=20_000)
+    expect(page.get_by_text("Cache miss: a refresh was forced")).to_be_visible(timeout=20_000)
     settle(page)
     assert count_rows(engine, training_programs, training_programs.c.user_id == user_id) == 1
     assert fake_openai.calls == 1
     expect(page.get_by_text("Program #1.")).to_have_count(1)
     expect(force).not_to_be_checked()  # a refresh is for the click it was ticked for
     engine.dispose()
-
-
-# No double-click window: the second click, made once the first is served, is a new request.
-@pytest.mark.parametrize("server_settings", [{"DOUBLE_CLICK_SECONDS": "0"}])
-def test_force_refresh_is_for_the_click_it_was_ticked_for(
-    server: str, context: BrowserContext, fake_openai: FakeOpenAI
-) -> None:
-    fake_openai.reset()
-    page = open_fresh(context, server)
-    type_id(page, "fill", "forcing-client")
-    force = page.get_by_role("checkbox", name="Force refresh")
-    page.get_by_text("Force refresh", exact=True).click()
-    page.get_by_role("button", name="Generate program").click()
-    expect(page.get_by_text("Cache miss: a refresh was forced")).to_be_visible(timeout=20_000)
-    expect(force).not_to_be_checked()
-    page.get_by_role("button", name="Generate program").click()
-    expect(page.get_by_text("Cache hit")).to_be_visible(timeout=20_000)
-    expect(force).not_to_be_checked()
-    assert fake_openai.calls == 1
 
 
 # No double-click window: the click after coming back is a request of its own.
