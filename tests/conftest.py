@@ -53,8 +53,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     kept = {k: v for k, v in app_environment("").items() if k != "DATABASE_URL"}
     os.environ.clear()
     os.environ.update(kept)
+    if not _is_worker(session.config):
+        session.config.stash[_BEFORE] = _loose_files()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Only once the tests are collected: an xdist worker collects after this session starts,
+    # and from elsewhere it would look for the test paths there.
     os.chdir(NEUTRAL_CWD)
-    session.config.stash[_BEFORE] = _loose_files()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    # Under xdist only the controller sees the whole run: a worker that finishes first would
+    # blame the files of tests other workers are still running.
+    return hasattr(config, "workerinput")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -68,6 +80,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The suite never touches the user's files: anything it left in the checkout fails the run."""
+    if _is_worker(session.config):
+        return
     left = sorted(_loose_files() - session.config.stash.get(_BEFORE, set()))
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -33,6 +33,10 @@ from tests.quiet_http import QuietHTTPServer
 
 # Every answer bills these unless told otherwise, failed ones included.
 PROMPT_TOKENS, COMPLETION_TOKENS = 420, 1800
+# A paced stream sends a token a chunk, as OpenAI does. An unpaced one, whose arrival no test
+# watches, sends bigger chunks: the SDK takes about half a millisecond of CPU to read each,
+# and at a token a chunk every program the stand-in streamed cost its reader over a second.
+TOKEN_CHARS, UNPACED_CHUNK_CHARS = 4, 512
 
 
 @dataclass
@@ -44,10 +48,9 @@ class Behaviour:
     status: int = 500
     # Before the answer; a streamed one sends its headers first, then waits this long.
     delay_seconds: float = 0.0
-    # A streamed answer's pace: a token is `chunk_chars` characters, a chunk each; None is
-    # as fast as the socket takes them.
+    # A streamed answer's pace: a token (`TOKEN_CHARS` characters) a chunk, this many a second.
+    # None is as fast as the socket takes them, in chunks of `UNPACED_CHUNK_CHARS`.
     tokens_per_second: float | None = None
-    chunk_chars: int = 4
     # A streamed answer holds once its first session is written (writing only whitespace)
     # until `go_on()`: a test sees the partial program for as long as it needs, however busy
     # the machine.
@@ -679,7 +682,7 @@ def _stream(
     held: threading.Event | None = None,
 ) -> None:
     """The answer as OpenAI streams it: server-sent events over a chunked response, a delta
-    of a few characters each, at the behaviour's pace; the usage in a last chunk of its own
+    of a token each at the behaviour's pace (of many when it has none); the usage in a last chunk of its own
     when the request asked for it. A `cut` answer stops half-way, as a dropped connection
     does: without the chunked body's end. With `held`, it holds once its first session is
     written, until that event is set."""
@@ -701,7 +704,7 @@ def _stream(
     chunk({"role": "assistant", "content": ""})
     if behaviour.delay_seconds:
         time.sleep(behaviour.delay_seconds)
-    size = behaviour.chunk_chars
+    size = TOKEN_CHARS if behaviour.tokens_per_second else UNPACED_CHUNK_CHARS
     pieces = [content[i : i + size] for i in range(0, len(content), size)]
     if behaviour.mode in ("cut", "keepalive"):
         pieces = pieces[: len(pieces) // 2]

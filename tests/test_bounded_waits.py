@@ -113,6 +113,7 @@ def profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_generate_through_the_cli_while_postgresql_is_stalled_waits_its_budget_in_all(
     stallable: PostgresServer, profile: Path
 ) -> None:
@@ -136,6 +137,7 @@ def test_generate_through_the_cli_while_postgresql_is_stalled_waits_its_budget_i
     assert run.waited < max(WAIT, MIN_CONNECT_SECONDS) + SPARE, f"waited {run.waited:.1f} s on the database"
 
 
+@pytest.mark.process
 def test_generate_through_the_cli_while_another_process_holds_sqlite_s_write_lock_waits_its_budget(
     tmp_path: Path, profile: Path
 ) -> None:

@@ -151,16 +151,6 @@ def test_the_first_click_on_invalidate_counts_right_after_typing(
     page.close()
 
 
-def test_invalidate_with_no_user_id_says_to_type_one(server: str, browser: Browser) -> None:
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    page.goto(server)
-    settle(page)
-    go_to(page, "Cache admin")
-    page.get_by_role("button", name="Invalidate", exact=True).click()
-    expect(page.get_by_text("Type a user id first.")).to_be_visible()
-    page.close()
-
-
 def test_a_rejection_without_a_reason_keeps_the_form_open_with_the_message_beside_the_field(
     server: str, browser: Browser, engine: Engine
 ) -> None:

@@ -343,6 +343,7 @@ def one_line(done: subprocess.CompletedProcess[bytes]) -> str:
     return lines[0]
 
 
+@pytest.mark.process
 def test_the_entry_point_refuses_a_bad_setting_in_one_line_with_exit_2(tmp_path: Path, profile_file: Path) -> None:
     done = run_process(
         f"sqlite:///{tmp_path}/coach.db",
@@ -373,6 +374,7 @@ def test_an_unreachable_database_exits_1_with_one_line(run: Run, unreachable_url
     assert "pa55word" not in line
 
 
+@pytest.mark.process
 def test_generate_without_its_database_prints_the_program_and_exits_3(unreachable_url: str, profile_file: Path) -> None:
     done = run_process(unreachable_url, "generate", "--user-id", "u1", "--profile", str(profile_file))
     assert done.returncode == 3
@@ -384,6 +386,7 @@ def test_generate_without_its_database_prints_the_program_and_exits_3(unreachabl
     assert "Traceback" not in stderr and "pa55word" not in stderr
 
 
+@pytest.mark.process
 def test_the_exit_codes_are_in_the_help() -> None:
     done = run_process("sqlite:///unused.db", "--help")
     assert done.returncode == 0

@@ -125,6 +125,7 @@ def test_a_failed_history_save_keeps_the_program_on_screen_and_can_be_retried(
     assert count_rows(pg_faults.engine, training_programs) == 1
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_instances_starting_together_on_an_empty_database_all_start(
     backend: str, pg: PostgresServer, tmp_path: Path
@@ -173,6 +174,7 @@ def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.process
 def test_an_instance_killed_after_writing_its_entry_leaves_no_entry_whose_generation_is_uncounted(
     pg_shared: Shared, pg_url: str, fake_openai: FakeOpenAI, tmp_path: Path, cli: Callable[..., CliRun]
 ) -> None:

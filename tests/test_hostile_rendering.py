@@ -98,6 +98,7 @@ def literally(page: Page, text: str) -> None:
     expect(page.get_by_text(text, exact=False).first).to_be_visible()
 
 
+@pytest.mark.browser
 def test_hostile_text_from_the_database_and_the_url_is_shown_as_text(
     server: str, browser: Browser, engine: Engine, listener: Listener
 ) -> None:
@@ -170,6 +171,7 @@ def test_hostile_text_from_the_database_and_the_url_is_shown_as_text(
     assert listener.requests == []
 
 
+@pytest.mark.browser
 def test_program_text_with_addresses_is_shown_as_text_not_links(
     server: str, browser: Browser, engine: Engine, listener: Listener
 ) -> None:

@@ -23,7 +23,8 @@ from tests.helpers import count_rows
 
 # The first run on a machine downloads llama.cpp's source and the model and builds the
 # server (minutes on 2 cores) inside the first test's setup; later runs start it in seconds.
-pytestmark = pytest.mark.timeout(1800)
+# One worker runs them all: each worker would start a server of its own.
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.process, pytest.mark.xdist_group("llama-server")]
 
 SMALL = {
     "goal": "general_fitness",

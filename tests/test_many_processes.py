@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, func, select, text
 
 from core.operations.rollout import live as rollout_live
@@ -22,6 +23,8 @@ from tests.conftest import Shared
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, start_cli
 from tests.test_rollout import CANDIDATE, CURRENT, USERS, app_service, serve, settings_for
+
+pytestmark = pytest.mark.process
 
 # Short, so that a killed holder's key is free again soon; renewed every 0.67 s meanwhile.
 LEASE_SECONDS = 2.0

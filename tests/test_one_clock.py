@@ -52,11 +52,13 @@ def profile(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_the_offset_clock_is_real() -> None:
     shown = subprocess.run([FAKETIME, "-f", "+25h", "date", "+%s"], capture_output=True, text=True, check=True)
     assert int(shown.stdout) - time.time() > 24 * 3600
 
 
+@pytest.mark.process
 def test_a_host_a_day_ahead_deletes_no_valid_entry(pg_url: str) -> None:
     engine = make_engine(pg_url)
     insert_entries(engine, [f"program:u{i}:paidfalse:dvalid{i}" for i in range(5)], expired=False)
@@ -66,6 +68,7 @@ def test_a_host_a_day_ahead_deletes_no_valid_entry(pg_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.process
 def test_a_host_hours_behind_does_not_serve_an_expired_entry(pg_url: str, profile: Path) -> None:
     first = finished(cli_with_clock("+0", pg_url, "generate", "--user-id", "u1", "--profile", str(profile)))
     engine = make_engine(pg_url)
@@ -76,6 +79,7 @@ def test_a_host_hours_behind_does_not_serve_an_expired_entry(pg_url: str, profil
     assert again["training_program_id"] != first["training_program_id"]
 
 
+@pytest.mark.process
 def test_hosts_whose_clocks_differ_by_30_seconds_make_one_llm_call(
     pg_url: str, profile: Path, fake_openai: FakeOpenAI
 ) -> None:

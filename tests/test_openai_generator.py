@@ -196,7 +196,8 @@ def test_the_answer_is_streamed_and_what_is_complete_is_shown_well_before_the_en
 def test_a_stream_that_fails_after_showing_sessions_caches_and_saves_nothing(
     engine: Engine, fake_openai: FakeOpenAI, mode: str
 ) -> None:
-    fake_openai.reset(Behaviour(mode=mode))
+    # Paced, as a model writes: what is complete is shown as it arrives (at most ten times a second).
+    fake_openai.reset(Behaviour(mode=mode, tokens_per_second=2000))
     heard: list[ProgramSoFar] = []
     with pytest.raises(GenerationFailed) as error:
         replace(openai_service(engine, fake_openai), repair_attempts=0).generate(

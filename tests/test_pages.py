@@ -19,6 +19,7 @@ from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.history import GenerationEvent, insert_event
 from core.store.schema import ai_coach_cache, generation_stats_hourly, training_programs, utcnow
+from pages.common import escape_markdown
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import as_read, count_rows, expire_entries, insert_entries
 from tests.test_generator_monitoring import bill
@@ -142,6 +143,10 @@ def test_a_failed_forced_request_keeps_the_box_ticked(
     fake_openai.reset()
     submit(app)
     assert "a refresh was forced" in app.info[0].value
+    assert app.checkbox(key="force_refresh").value is False
+    # The refresh was for that click: the next one is served from the cache.
+    submit(app)
+    assert "Cache hit" in app.success[0].value and fake_openai.calls == 1
     assert app.checkbox(key="force_refresh").value is False
 
 
@@ -421,6 +426,14 @@ def test_a_second_identical_click_right_after_the_first_shows_the_same_result(
     assert count_rows(app_engine, training_programs) == 1
     submit(fill(app, "double-clicker", days_per_week=4))  # other answers: a new request
     assert "Program #2." in app.info[0].value
+
+
+def test_hostile_answers_reach_the_page_escaped_as_text(app: AppTest) -> None:
+    # escape_markdown leaves no markup to run (test_bad_input); here, the page uses it.
+    hostile = "<img src=x onerror=window.__pwned=1> [click](javascript:window.__pwned=2) :red[boom]"
+    submit(fill(app, "hostile-client", notes=hostile))
+    [summary] = [m.value for m in app.markdown if "Coach notes considered" in m.value]
+    assert summary.endswith(escape_markdown(f"Coach notes considered: {hostile}"))
 
 
 def test_a_refused_answer_is_named_under_its_field_and_every_answer_stays_as_typed(app: AppTest) -> None:

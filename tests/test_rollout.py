@@ -377,6 +377,7 @@ def test_a_batch_submission_the_server_refuses_is_recorded_and_the_cli_fails_in_
     assert summary.states == {"failed": 3} and summary.error
 
 
+@pytest.mark.process
 def test_two_instances_collecting_at_once_record_each_result_once(
     shared_database: Shared, fake_openai: FakeOpenAI
 ) -> None:
