@@ -23,9 +23,9 @@ from streamlit.errors import StreamlitInvalidLayoutContextError
 from core import history, monitoring, waits
 from core.db import describe_db_error
 from core.formatting import format_duration, markdown_code
-from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
+from core.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
 from core.partial_program import ProgramSoFar
-from core.schema import utcnow
+from core.schema import ProgramId, utcnow
 from core.service import MISS_REASON_TEXT, GenerationResult, ProgramService
 from core.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Refused, Rejected, Request, Submission
 from pages.common import (
@@ -370,6 +370,23 @@ def save_again() -> None:
         become(state.save_retried(get_service().save_again(state.outcome)))
 
 
+def varies_after_rejection(request: Request, result: GenerationResult) -> bool:
+    """Whether generating again after the coach rejects this program can give another one."""
+    version = get_service().generator.identity.version
+    return _varies(version, result.training_program_id, request.has_paid_access, request.responses, result.program)
+
+
+# Once per program and generator, not on every run that shows the program: the offline coach
+# builds the program again to know (milliseconds, on a path where the coach waits). The
+# program is not hashed: its id stands for it.
+@st.cache_data(max_entries=1_000, show_spinner=False)
+def _varies(
+    version: str, program_id: ProgramId | None, has_paid_access: bool, responses: dict[str, Any], _program: Any
+) -> bool:
+    generator = get_service().generator
+    return generator.varies_after_rejection(parse_onboarding(responses), has_paid_access, dict(_program))
+
+
 def rejected(rejection: Rejected) -> None:
     become(panel().rejected(rejection))
 
@@ -438,7 +455,10 @@ def outcome(state: CoachPanel) -> None:
         since_previous(state.request, result)
         if result.training_program_id is not None:
             key = f"generated-{result.training_program_id}"
-            reject_section(result.training_program_id, key=key, rejected=state.rejection, done=rejected)
+            handed_back = not varies_after_rejection(state.request, result)
+            reject_section(
+                result.training_program_id, key=key, rejected=state.rejection, done=rejected, handed_back=handed_back
+            )
         render_program(
             dict(result.program), user_id=state.request.user_id, created_at=result.requested_at, key="generated"
         )

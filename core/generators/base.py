@@ -130,3 +130,9 @@ class ProgramGenerator(Protocol):
         complete; one that takes milliseconds need not call it at all. With `rejected`, the
         program differs from the one a coach rejected for these answers and answers why."""
         ...
+
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        """Whether generating again after a coach rejects `program` (handed out for these
+        answers) can give another program: where it cannot, the coach is told before
+        regenerating, not after (core.repair refuses a program handed back)."""
+        ...

@@ -352,6 +352,12 @@ class OpenAIChatGenerator:
         too when the server got to send them."""
         return self._streamed(self.request(profile, has_paid_access, rejected), on_progress)
 
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        # The request after a rejection differs (it carries the reason, the note and the
+        # exercises to leave out), so even greedy decoding may answer otherwise; whether it did
+        # is checked on the answer.
+        return True
+
     def repair(
         self,
         profile: OnboardingResponses,
