@@ -37,6 +37,7 @@ from core.fit import validate_program
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.generators.base import NOT_BILLED, BilledTokens, Generation, GenerationError, billed_tokens
 from core.models import ContractError, FieldError, parse_onboarding
+from core.repair import generate_judged
 from core.schema import (
     CACHE_KEY_PREFIX,
     ai_coach_cache,
@@ -549,6 +550,8 @@ class Judged:
     error: str | None = None
     generated_at: datetime | None = None
     latency_ms: float | None = None
+    attempts: int | None = None
+    rules_broken: str | None = None
 
 
 def judge_generation(
@@ -578,6 +581,8 @@ def record_result(connection: Connection, row_id: int, judged: Judged, ttl: time
         "generated_at": judged.generated_at,
         "expires_at": expires_at,
         "latency_ms": judged.latency_ms,
+        "attempts": judged.attempts,
+        "rules_broken": judged.rules_broken,
         **judged.tokens,
     }
     done = connection.execute(update(rollout_programs).where(asked.id == row_id, asked.state == was).values(**values))
@@ -645,11 +650,15 @@ def _generate_pending(
     def one(row: Any) -> None:
         started, generated_at = perf_counter(), utcnow()
         try:
-            generation = generator.generate(parse_onboarding(row.onboarding_responses), row.has_paid_access)
+            # Repaired as a live miss is, so that a trial says what serving would do.
+            profile, repairs = parse_onboarding(row.onboarding_responses), settings.llm_repair_attempts
+            outcome = generate_judged(generator, profile, row.has_paid_access, repairs=repairs)
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
+            generation = outcome.generation
             judged = judge_generation(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
+            judged = replace(judged, **outcome.recorded())
         with connect_to_write(engine) as connection, connection.begin():
             if not record_result(
                 connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl

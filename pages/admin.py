@@ -25,6 +25,7 @@ from pages.common import (
     render_program,
     user_filter,
 )
+from pages.fit_table import fit_failures
 
 
 def counts() -> None:
@@ -367,6 +368,7 @@ def show_trial(trial: rollout_reports.Trial) -> None:
         hide_index=True,
         width="stretch",
     )
+    fit_failures(trial.fit, key="trial_fit_failures")
     keys = [p.cache_key for p in trial.profiles]
     chosen = st.selectbox("Profile", keys, format_func=short_key, key="trial_profile")
     profile = next(p for p in trial.profiles if p.cache_key == chosen)
