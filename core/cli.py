@@ -466,6 +466,7 @@ def _rollout(args: argparse.Namespace, settings: Settings, database: Database) -
             "current_generator_version": trial.current_version,
             "candidate": dataclasses.asdict(trial.candidate),
             "current": dataclasses.asdict(trial.current),
+            "fit": [dataclasses.asdict(report) for report in trial.fit],
             "profiles": [
                 {"cache_key": p.cache_key, "candidate": p.candidate_state, "error": p.candidate_error}
                 for p in trial.profiles

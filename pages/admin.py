@@ -34,6 +34,7 @@ from pages.common import (
     render_program,
     user_filter,
 )
+from pages.fit_table import fit_failures
 
 
 def counts() -> None:
@@ -465,6 +466,7 @@ def show_trial(trial: reports.Trial) -> None:
         hide_index=True,
         width="stretch",
     )
+    fit_failures(trial.fit, key="trial_fit_failures")
     keys = [p.cache_key for p in trial.profiles]
     chosen = st.selectbox("Profile", keys, format_func=short_key, key="trial_profile")
     profile = next(p for p in trial.profiles if p.cache_key == chosen)

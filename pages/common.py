@@ -105,17 +105,36 @@ def current_actor() -> str:
 
 
 def reject_section(
-    program_id: ProgramId, *, key: str, rejected: Rejected | None, done: Callable[[Rejected], None]
+    program_id: ProgramId,
+    *,
+    key: str,
+    rejected: Rejected | None,
+    done: Callable[[Rejected], None],
+    handed_back: bool = False,
 ) -> None:
-    """The coach's rejection of this program once it is recorded, else the form to reject it."""
+    """The coach's rejection of this program once it is recorded, else the form to reject it
+    (`handed_back`: the generator would give this very program again)."""
     if isinstance(rejected, rejections.RejectionOutcome):
         st.success(f"Program #{markdown_code(rejected.training_program_id)} {rejected.text}.", icon=":material/block:")
     else:
-        reject_form(program_id, key=key, done=done, refused=rejected)
+        reject_form(program_id, key=key, done=done, refused=rejected, handed_back=handed_back)
+
+
+# What the reject form says when the generator cannot give another program for these answers.
+HANDED_BACK_TEXT = (
+    "The generator in use cannot give another program for these answers: after this rejection, "
+    "generating again gives this very program, which is then refused, not handed out. "
+    "Change an answer (equipment, injuries, goal) for another one."
+)
 
 
 def reject_form(
-    program_id: ProgramId, *, key: str, done: Callable[[Rejected], None], refused: FieldErrors | Failure | None
+    program_id: ProgramId,
+    *,
+    key: str,
+    done: Callable[[Rejected], None],
+    refused: FieldErrors | Failure | None,
+    handed_back: bool = False,
 ) -> None:
     """ "Reject this program": a reason and an optional note, one form, so that picking them
     reruns nothing and the first click on the button is the one that counts; `done` keeps
@@ -144,6 +163,8 @@ def reject_form(
         rejection_errors(errors, [field for field in errors if field != "category"])
         if isinstance(refused, Failure):
             st.error(f"**Not rejected**: {refused.message}", icon=":material/cloud_off:")
+        if handed_back:
+            st.warning(HANDED_BACK_TEXT, icon=":material/repeat:")
         st.form_submit_button("Reject", type="primary", on_click=lambda: done(_rejected(program_id, key)))
 
 

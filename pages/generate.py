@@ -20,7 +20,7 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 from streamlit.errors import StreamlitInvalidLayoutContextError
 
-from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError
+from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
 from core.contract.partial_program import ProgramSoFar
 from core.formatting import format_duration, markdown_code
 from core.operations import monitoring
@@ -28,7 +28,7 @@ from core.serving.miss_reasons import MISS_REASON_TEXT
 from core.serving.service import GenerationResult, ProgramService
 from core.store import history, waits
 from core.store.db import describe_db_error
-from core.store.schema import utcnow
+from core.store.schema import ProgramId, utcnow
 from pages.common import (
     database_problem,
     escape_markdown,
@@ -378,6 +378,23 @@ def save_again() -> None:
         become(state.save_retried(get_service().save_again(state.outcome)))
 
 
+def varies_after_rejection(request: Request, result: GenerationResult) -> bool:
+    """Whether generating again after the coach rejects this program can give another one."""
+    version = get_service().generator.identity.version
+    return _varies(version, result.training_program_id, request.has_paid_access, request.responses, result.program)
+
+
+# Once per program and generator, not on every run that shows the program: the offline coach
+# builds the program again to know (milliseconds, on a path where the coach waits). The
+# program is not hashed: its id stands for it.
+@st.cache_data(max_entries=1_000, show_spinner=False)
+def _varies(
+    version: str, program_id: ProgramId | None, has_paid_access: bool, responses: dict[str, Any], _program: Any
+) -> bool:
+    generator = get_service().generator
+    return generator.varies_after_rejection(parse_onboarding(responses), has_paid_access, dict(_program))
+
+
 def rejected(rejection: Rejected) -> None:
     become(panel().rejected(rejection))
 
@@ -446,7 +463,10 @@ def outcome(state: CoachPanel) -> None:
         since_previous(state.request, result)
         if result.training_program_id is not None:
             key = f"generated-{result.training_program_id}"
-            reject_section(result.training_program_id, key=key, rejected=state.rejection, done=rejected)
+            handed_back = not varies_after_rejection(state.request, result)
+            reject_section(
+                result.training_program_id, key=key, rejected=state.rejection, done=rejected, handed_back=handed_back
+            )
         render_program(
             dict(result.program), user_id=state.request.user_id, created_at=result.requested_at, key="generated"
         )

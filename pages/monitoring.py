@@ -14,10 +14,10 @@ import streamlit as st
 
 from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
 from core.operations import alerts, monitoring, spend
-from core.operations.fit_report import FitReport
 from core.operations.rollout import reports
 from core.store import alert_states
 from pages.common import escape_markdown, get_engine, get_settings
+from pages.fit_table import fit_failures
 
 OUTCOME_COLORS = {"hit": "#2e9e6b", "miss": "#4063d8", "bypass": "#c28a1e", "error": "#c8423b"}
 # How long the figures of a window are shared by every view before they are read again.
@@ -336,7 +336,7 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
         key="generators",
     )
     spend_by_kind(usage)
-    fit_failures(figures.fit)
+    fit_failures(figures.fit, key="fit_failures")
     over_time = frame(
         [
             {
@@ -374,35 +374,6 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 chart(figure, key=f"generator_{measure}")
     if over_time["tokens"].sum() == 0:
         st.caption("No LLM tokens were billed in this window: the offline generator makes no LLM call.")
-
-
-def fit_failures(reports: list[FitReport]) -> None:
-    """Which generator's programs did not fit their clients, by rule: a model or prompt that
-    fails clients shows here before coaches reject its programs."""
-    if not reports:
-        return
-    rules = sorted({rule for report in reports for rule in report.by_rule})
-    st.dataframe(
-        pd.DataFrame(
-            {
-                "Generator": [r.generator_version or "unknown" for r in reports],
-                "Refused": [r.refused for r in reports],
-                "Repaired": [r.repaired for r in reports],
-                **{rule: [r.by_rule.get(rule, 0) for r in reports] for rule in rules},
-            }
-        ),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "Refused": st.column_config.NumberColumn(help="Programs no attempt made fit: nothing cached or saved"),
-            "Repaired": st.column_config.NumberColumn(help="Programs that fit only once sent back with what failed"),
-        },
-        key="fit_failures",
-    )
-    st.caption(
-        "Programs that broke a rule for their client (or the contract), by generator: each rule's column counts "
-        "the generations any attempt of which broke it."
-    )
 
 
 def spend_by_kind(usage: list[monitoring.GeneratorUsage]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from core.contract.generation import Generation, Rejected
 from core.contract.models import OnboardingResponses
@@ -33,3 +34,6 @@ class CountingGenerator:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
         return self._offline.generate(profile, has_paid_access, rejected=rejected)
+
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        return self._offline.varies_after_rejection(profile, has_paid_access, program)

@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from core.contract.fit import validate_program
 from core.contract.models import parse_onboarding, parse_program
 from core.contract.partial_program import ProgramSoFar
 from core.generators import OpenAIChatGenerator, startup_warning
 from core.serving.service import GenerationFailed, ProgramService
 from core.settings import Settings
 from core.store.db import make_engine, migrate
-from core.store.schema import ai_coach_cache, training_programs
+from core.store.schema import ai_coach_cache, generation_events, training_programs
 from testkit.llama_server import LlamaServer
 from tests.helpers import count_rows
 
@@ -89,6 +90,20 @@ def test_a_real_server_generates_a_valid_program_that_is_cached_saved_and_then_h
     again = service.generate(user_id="u1", onboarding_responses=SMALL, has_paid_access=False)
     assert again.cache_hit and again.program == result.program
     assert llama.tokens_predicted() - predicted_before == row.completion_tokens  # the server was not asked again
+
+
+def test_a_client_with_a_sore_knee_gets_a_program_that_fits_on_the_first_attempt(
+    llama: LlamaServer, sqlite_engine: Engine
+) -> None:
+    """Issue 32's target on the profile the model failed before the request asked for an
+    injury note: every rule core.fit holds, the injury's included, on the first attempt."""
+    service = ProgramService(engine=sqlite_engine, generator=llama_generator(llama), lock_wait_seconds=300)
+    sore_knee = {**SMALL, "goal": "strength", "equipment": ["dumbbells", "bodyweight"], "injuries": "sore left knee"}
+    result = service.generate(user_id="u1", onboarding_responses=sore_knee, has_paid_access=False)
+    validate_program(result.program, parse_onboarding(sore_knee), False)
+    assert result.program["safety_notes"][0].startswith("Knee: ")
+    with sqlite_engine.connect() as connection:
+        assert connection.execute(select(generation_events.c.attempts)).scalar_one() == 1
 
 
 def test_an_answer_cut_off_at_the_token_cap_says_so_and_caches_nothing(

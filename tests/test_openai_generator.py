@@ -460,6 +460,41 @@ def test_every_answer_the_full_request_allows_is_a_valid_program_that_fits(days:
         assert list(validator.iter_errors(broken)) != [], name
 
 
+@pytest.mark.parametrize(
+    ("injuries", "asked"),
+    [
+        ("sore left knee", {"knee": "Knee"}),
+        ("knee and lower back", {"back": "Back", "knee": "Knee"}),
+        ("asthma", {"limitation": "Asthma"}),
+    ],
+)
+@pytest.mark.parametrize("flavour", ["strict", "full"])
+def test_a_reported_injury_is_asked_for_as_a_note_that_begins_with_its_name(
+    injuries: str, asked: dict[str, str], flavour: openai_chat.SchemaFlavour
+) -> None:
+    """A small model asked for safety notes in general wrote about warming up and never named
+    the knee: the request asks for a note on each thing the injury rule wants named, beginning
+    with its word, and the notes go first in safety_notes. What the model writes after the
+    word is its own; the rule is not loosened."""
+    profile = parse_onboarding({**PROFILE, "injuries": injuries})
+    response_format = program_response_format("gpt-test", profile, False, flavour=flavour)
+    if flavour == "strict":
+        assert openai_strict.violations(response_format) == []
+    schema = response_format["json_schema"]["schema"]
+    assert "injury_notes" in schema["required"]  # asked for before the weeks, which are written after it
+    assert list(schema["properties"]).index("injury_notes") < list(schema["properties"]).index("weeks")
+    validator = jsonschema.Draft202012Validator(schema["properties"]["injury_notes"])
+    notes = {key: f"{word}: keep every movement pain-free" for key, word in asked.items()}
+    assert list(validator.iter_errors(notes)) == []
+    answer = {**_answer_to(PROFILE, False), "safety_notes": ["Warm up first."], "injury_notes": notes}
+    program = validate_program(numbered(answer), profile, False)
+    assert program["safety_notes"] == [*notes.values(), "Warm up first."]
+    key, word = next(iter(asked.items()))
+    for note in ("keep every movement pain-free", f"{word}: short", f"{word}: a line\nbreak in it", "x" * 200):
+        assert list(validator.iter_errors({**notes, key: note})) != [], note
+    assert list(validator.iter_errors({k: v for k, v in notes.items() if k != key})) != []
+
+
 def test_the_full_request_bounds_every_string_and_list_so_none_runs_to_the_cap() -> None:
     profile = parse_onboarding({**PROFILE, "days_per_week": 7})
     schema = program_response_format("smollm2", profile, True, flavour="full")["json_schema"]["schema"]

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, expect
 from sqlalchemy import Engine, select
+from streamlit.testing.v1 import AppTest
 
 from core.contract.generation import Generation, Rejected
-from core.contract.models import ContractError, OnboardingResponses
+from core.contract.models import ContractError, OnboardingResponses, parse_onboarding
 from core.generators.base import OnProgress
 from core.operations import admin, monitoring
 from core.serving.miss_reasons import MISS_REASON_TEXT
@@ -26,6 +27,7 @@ from core.serving.service import GenerationFailed, GenerationResult, ProgramServ
 from core.store import rejections
 from core.store.db import make_engine
 from core.store.schema import ai_coach_cache, cache_entry_fates, program_rejections, training_programs
+from pages.common import HANDED_BACK_TEXT
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Run
 from tests.fake_openai import FakeOpenAI
@@ -110,6 +112,9 @@ class Unmoved(CountingGenerator):
     ) -> Generation:
         return super().generate(profile, has_paid_access, on_progress)
 
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        return False
+
 
 def test_the_program_after_a_rejection_is_another_one_never_the_one_rejected(engine: Engine) -> None:
     client = {**PROFILE, "equipment": ["dumbbells", "machines", "pull_up_bar"]}
@@ -132,6 +137,42 @@ def test_the_program_after_a_rejection_is_another_one_never_the_one_rejected(eng
         unmoved.generate(user_id="client-2", onboarding_responses=client, has_paid_access=False)
     assert "Nothing was cached or saved" in str(refused.value)
     assert count_rows(engine, ai_coach_cache) == 1 and count_rows(engine, training_programs) == 3  # USER's
+
+
+# Bodyweight alone and a sore knee leave the offline coach one choice for each movement.
+NO_OTHER_CHOICE = {**PROFILE, "goal": "general_fitness", "equipment": ["bodyweight"], "injuries": "sore left knee"}
+
+
+@pytest.mark.parametrize(("client", "varies"), [(PROFILE, True), (NO_OTHER_CHOICE, False)])
+def test_the_generator_says_beforehand_whether_a_rejection_can_give_another_program(
+    engine: Engine, client: dict[str, Any], varies: bool
+) -> None:
+    generator = CountingGenerator()
+    service = ProgramService(engine=engine, generator=generator, lock_wait_seconds=30)
+    served = service.generate(user_id=USER, onboarding_responses=client, has_paid_access=False)
+    assert served.training_program_id is not None
+    said = generator.varies_after_rejection(parse_onboarding(client), False, served.program)
+    rejections.reject(engine, program_id=served.training_program_id, category="other", note=None, actor="cli")
+    try:
+        service.generate(user_id=USER, onboarding_responses=client, has_paid_access=False)
+        handed_back = False
+    except GenerationFailed as failed:
+        handed_back = "is the very program the coach rejected" in str(failed)
+    assert said is varies and handed_back is not varies
+
+
+@pytest.mark.parametrize(("client", "varies"), [(PROFILE, True), (NO_OTHER_CHOICE, False)])
+def test_the_reject_form_says_before_regenerating_that_the_same_program_would_come_back(
+    tmp_path: Path, app_test: Callable[..., AppTest], client: dict[str, Any], varies: bool
+) -> None:
+    app = app_test(f"sqlite:///{tmp_path}/coach.db").run()
+    app.text_input(key="user_id").set_value("reject-client")
+    for field, value in client.items():
+        app.session_state[f"form_{field}"] = value
+    app.button(key="FormSubmitter:questionnaire-Generate program").click().run()
+    assert not app.exception
+    warned = [w.value for w in app.warning if w.value == HANDED_BACK_TEXT]
+    assert warned == ([] if varies else [HANDED_BACK_TEXT])
 
 
 def test_the_llm_is_told_the_rejection_s_reason_and_note_after_the_shared_prefix(

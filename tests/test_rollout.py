@@ -205,6 +205,20 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
     assert reports.spend(engine, current).trials > 0
 
 
+def test_a_trial_shows_per_generator_which_rules_were_broken_and_how_many_programs_needed_a_repair(
+    engine: Engine, current: Settings, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reset(Behaviour(breaks="goal", mends=True))
+    candidate = rollout_plan.candidate(current, CANDIDATE)
+    tried = rollout_live.trial(engine, current, candidate, actor="cli", sample=2)
+    trial = reports.trial_report(engine, current, tried, current_version=make_generator(current).identity.version)
+    assert fake_openai.calls == 4  # each profile's program sent back once, as a live miss's is
+    assert trial.candidate.valid_first_try == 0.0 and all(p.candidate_program for p in trial.profiles)
+    [report] = trial.fit  # the current generator's programs for these profiles broke nothing
+    assert (report.generator_version, report.refused, report.repaired) == (candidate.identity.version, 0, 2)
+    assert report.by_rule == {"goal": 2}
+
+
 @pytest.mark.parametrize(
     ("option", "value", "named"),
     [
@@ -670,7 +684,7 @@ class InvalidatingU1:
         self._generator, self._engine = generator, engine
         self.identity, self.name = generator.identity, generator.name
 
-    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None) -> Any:
+    def generate(self, profile: Any, has_paid_access: bool, on_progress: Any = None, rejected: Any = None) -> Any:
         admin.invalidate_user(self._engine, actor="ops", user_id="u1")
         return self._generator.generate(profile, has_paid_access)
 

@@ -188,6 +188,24 @@ def injured_parts(injuries: str | None) -> set[str]:
     return {part for part, words in BODY_PARTS.items() if _names(text, words)}
 
 
+def _limitation_words(injuries: str) -> list[str]:
+    """The words of an injury note that names no body part, in the order written."""
+    return list(dict.fromkeys(w for w in re.findall(r"[^\W\d_]{4,}", injuries.lower()) if w not in _FILLER))
+
+
+def words_to_name(injuries: str | None) -> dict[str, str]:
+    """A word that names each thing the injury rule asks the safety notes to name: each body
+    part as its own word, or, for a note that names none, its first word the rule takes (an
+    LLM request asks for a note beginning with it)."""
+    if not injuries:
+        return {}
+    parts = injured_parts(injuries)
+    if parts:
+        return {part: part for part in sorted(parts)}
+    words = _limitation_words(injuries)
+    return {"limitation": words[0]} if words else {}
+
+
 def _injury_named(safety_notes: list[str], injuries: str | None) -> Iterator[RuleBroken]:
     """A reported injury or limitation is named in the safety notes: each body part it names,
     or, where it names none, at least one of its words."""
@@ -198,7 +216,7 @@ def _injury_named(safety_notes: list[str], injuries: str | None) -> Iterator[Rul
     if parts:
         missing = sorted(p for p in parts if not _names(notes, BODY_PARTS[p]))
     else:
-        words = {w for w in re.findall(r"[^\W\d_]{4,}", injuries.lower()) if w not in _FILLER}
+        words = _limitation_words(injuries)
         missing = [] if not words or _names(notes, tuple(sorted(words))) else ["limitation"]
     if missing:
         message = f"do not name the client's {' or '.join(missing)} (injuries: {injuries[:80]!r})"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.contract.generation import Generation, GeneratorIdentity, Rejected
 from core.contract.models import OnboardingResponses
@@ -30,4 +30,10 @@ class ProgramGenerator(Protocol):
         """A generator that writes the program over time calls `on_progress` as more of it is
         complete; one that takes milliseconds need not call it at all. With `rejected`, the
         program differs from the one a coach rejected for these answers and answers why."""
+        ...
+
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        """Whether generating again after a coach rejects `program` (handed out for these
+        answers) can give another program: where it cannot, the coach is told before
+        regenerating, not after (core.repair refuses a program handed back)."""
         ...

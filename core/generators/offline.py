@@ -110,6 +110,12 @@ class OfflineGenerator:
         shunned = frozenset(rejected.exercise_names()) if rejected is not None else frozenset()
         return Generation(program=build_program(profile, has_paid_access, shunned), model=MODEL)
 
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        # Its choice is fixed by the answers: it varies only where the client's kit and
+        # injuries leave exercises the rejected program did not have.
+        shunned = Rejected(reason="", note=None, program=program).exercise_names()
+        return build_program(profile, has_paid_access, frozenset(shunned)) != program
+
 
 def build_program(
     profile: OnboardingResponses, has_paid_access: bool, rejected: frozenset[str] = frozenset()

@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.shared_params import ResponseFormatJSONSchema
 
 from core.contract.catalogue import choices_for, revision
-from core.contract.fit import REPS_PATTERN, TRAINING_DAYS, program_weeks
+from core.contract.fit import REPS_PATTERN, TRAINING_DAYS, program_weeks, words_to_name
 from core.contract.generation import Generation, GenerationError, GeneratorIdentity, Rejected, fingerprint
 from core.contract.models import OnboardingResponses, load_contract, parse_onboarding
 from core.contract.partial_program import ProgressReporter
@@ -27,7 +27,7 @@ from core.generators.base import OnProgress
 from core.prices import NOT_BILLED, BilledTokens
 
 # Bumped by hand with each change of the prompt; the fingerprint catches the rest.
-PROMPT_VERSION = "p3"
+PROMPT_VERSION = "p4"
 SYSTEM_PROMPT = """You are an experienced strength and conditioning coach.
 Write a personalized training program for the client whose onboarding responses you receive as JSON.
 Rules:
@@ -36,7 +36,8 @@ Rules:
 - Use only exercise names the schema lists: the catalogue entries the client's equipment and level allow.
 - Keep each session within session_minutes, counting every set (about 3 s a repetition) and the rest after it.
 - reps is a count ("10"), a range ("8-12"), a time ("30 s", "10 min") or "AMRAP".
-- If the client reports an injury or limitation, name it in safety_notes and avoid movements that load it.
+- If the client reports an injury or limitation, say in injury_notes how the program spares it, and avoid
+  movements that load it.
 - If the coach rejected the last program (coach_rejected_the_last_program), write a different one that answers
   the coach's reason and note, with other exercises where the client's equipment allows.
 - Be brief: short notes.
@@ -73,6 +74,11 @@ ANSWER_LIMITS: dict[str, dict[str, int]] = {
 # up what its sessions take.
 FULL_REPS_PATTERN = r"^(([1-9]|1[0-9]|20)(-([1-9]|1[0-9]|20))?|([1-9]|[1-5][0-9]|60) s|AMRAP)$"
 LONGEST_SET_SECONDS = 60
+# The request's property for a reported injury's notes (`_ask_for_injury_notes`), and how
+# long such a note is: at least a few words, and for OpenAI's models as long as the title.
+INJURY_NOTES = "injury_notes"
+INJURY_NOTE_MIN_CHARS = 10
+INJURY_NOTE_CHARS = 120
 MAX_SETS, MAX_REST_SECONDS = 10, 600  # the contract's
 # Strict mode supports no string length keywords, and fine-tuned models refuse number and
 # array bounds too. Such keywords are left out of the request and stated in the node's
@@ -161,6 +167,7 @@ def program_response_format(
     exercise["reps"]["pattern"] = REPS_PATTERN
     if flavour == "full":
         _bound_the_work(session["properties"]["exercises"], profile.session_minutes)
+    _ask_for_injury_notes(schema, profile, flavour)
     if flavour == "strict":
         fine_tuned = model.startswith(FINE_TUNED_PREFIX)
         _state_in_words(schema, {**STRING_LENGTHS, **BOUNDS, **PATTERN} if fine_tuned else STRING_LENGTHS)
@@ -180,6 +187,35 @@ def _bound_the_work(exercises: dict[str, Any], session_minutes: int) -> None:
     exercise["reps"]["pattern"] = FULL_REPS_PATTERN
 
 
+def _ask_for_injury_notes(schema: dict[str, Any], profile: OnboardingResponses, flavour: SchemaFlavour) -> None:
+    """For a client who reported an injury, a safety note on each thing the injury rule asks
+    the notes to name (core.fit), asked for before the weeks and beginning with its word:
+    `numbered` puts them first in safety_notes. A small model asked only for safety notes in
+    general wrote about warming up and never named the knee; what follows the word is its own."""
+    named = words_to_name(profile.injuries)
+    if not named:
+        return
+    longest = ANSWER_LIMITS["safety_notes.[]"]["maxLength"] if flavour == "full" else INJURY_NOTE_CHARS
+    notes = {key: {"type": "string", "pattern": _note_pattern(word, longest)} for key, word in named.items()}
+    injury_notes = {"type": "object", "additionalProperties": False, "required": list(notes), "properties": notes}
+    properties = schema["properties"]
+    at = list(properties).index("weeks")
+    schema["properties"] = {
+        **dict(list(properties.items())[:at]),
+        INJURY_NOTES: injury_notes,
+        **dict(list(properties.items())[at:]),
+    }
+    schema["required"].insert(schema["required"].index("weeks"), INJURY_NOTES)
+
+
+def _note_pattern(word: str, longest: int) -> str:
+    # The word (letters alone, so nothing to escape) capitalized, then the model's own text on
+    # one line: no quote, backslash or line break, which a grammar that makes the pattern a
+    # JSON string's characters would let through raw.
+    prefix = f"{word.capitalize()}: "
+    return rf'^{prefix}[^"\\\n]{{{INJURY_NOTE_MIN_CHARS},{longest - len(prefix)}}}$'
+
+
 def _leave_out(node: dict[str, Any], name: str) -> None:
     del node["properties"][name]
     node["required"].remove(name)
@@ -187,11 +223,21 @@ def _leave_out(node: dict[str, Any], name: str) -> None:
 
 def numbered(answer: Any) -> Any:
     """The program an answer to `program_response_format` stands for: its weeks numbered
-    1..n in the order given, and each week's sessions on the days TRAINING_DAYS gives them
-    by their place. Anything else is left for validation to refuse."""
+    1..n in the order given, each week's sessions on the days TRAINING_DAYS gives them by
+    their place, and its injury notes first among its safety notes. Anything else is left
+    for validation to refuse."""
     if not (isinstance(answer, dict) and isinstance(answer.get("weeks"), list)):
         return answer
-    return {**answer, "weeks": [_numbered_week(i, week) for i, week in enumerate(answer["weeks"], start=1)]}
+    weeks = [_numbered_week(i, week) for i, week in enumerate(answer["weeks"], start=1)]
+    return _with_injury_notes({**answer, "weeks": weeks})
+
+
+def _with_injury_notes(answer: dict[str, Any]) -> dict[str, Any]:
+    notes, safety_notes = answer.get(INJURY_NOTES), answer.get("safety_notes")
+    if not (isinstance(notes, dict) and isinstance(safety_notes, list)):
+        return answer
+    rest = {k: v for k, v in answer.items() if k != INJURY_NOTES}
+    return {**rest, "safety_notes": [*notes.values(), *safety_notes]}
 
 
 def _numbered_week(number: int, week: Any) -> Any:
@@ -298,6 +344,12 @@ class OpenAIChatGenerator:
         The usage comes in the stream's last chunk, so a failed answer's tokens are counted
         too when the server got to send them."""
         return self._streamed(self.request(profile, has_paid_access, rejected), on_progress)
+
+    def varies_after_rejection(self, profile: OnboardingResponses, has_paid_access: bool, program: Any) -> bool:
+        # The request after a rejection differs (it carries the reason, the note and the
+        # exercises to leave out), so even greedy decoding may answer otherwise; whether it did
+        # is checked on the answer.
+        return True
 
     def repair(
         self,

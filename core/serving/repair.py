@@ -47,6 +47,11 @@ class Judged:
     program: TrainingProgram | None = None
     refused: ContractError | None = None
 
+    def recorded(self) -> dict[str, Any]:
+        """How it was judged, as an event and a rollout's program record it: its attempts,
+        and the fit rules any broke."""
+        return {"attempts": self.attempts, "rules_broken": ",".join(self.rules_broken) or None}
+
 
 def generate_judged(
     generator: ProgramGenerator,

@@ -39,11 +39,6 @@ from core.store.schema import ProgramId, utcnow
 log = logging.getLogger(__name__)
 
 
-def _judged_fields(judged: repair.Judged) -> dict[str, Any]:
-    """An event's record of how a generation was judged: its attempts, and the fit rules any broke."""
-    return {"attempts": judged.attempts, "rules_broken": ",".join(judged.rules_broken) or None}
-
-
 def _digest_prefix(key: str) -> str:
     """Enough of the key's digest to tell requests apart in logs."""
     return key.rsplit(":d", 1)[1][:8]
@@ -567,7 +562,7 @@ class ProgramService:
             self._record_failure(request, reason, message, billed_tokens(exc))
             raise GenerationFailed(message) from None
         generation, program = judged.generation, judged.program
-        outcome = _judged_fields(judged)
+        outcome = judged.recorded()
         if program is None:
             tried = f" ({judged.attempts} attempts)" if judged.attempts > 1 else ""
             message = f"the generated program is invalid{tried}: {judged.refused}. Nothing was cached or saved."

@@ -336,6 +336,9 @@ rollout_programs = Table(
     Column("cached_tokens", Integer, nullable=True),
     Column("reasoning_tokens", Integer, nullable=True),
     Column("used_at", UTCDateTime(), nullable=True),
+    # As an event records it (generation_events): the attempts, and the fit rules any broke.
+    Column("attempts", SmallInteger, nullable=True),
+    Column("rules_broken", String(200), nullable=True),
     Index("ix_rollout_programs_rollout_id_cache_key", "rollout_id", "cache_key", unique=True),
     Index("ix_rollout_programs_staged", "cache_key", "generator_version", "state"),
 )

@@ -30,6 +30,7 @@ from core.operations.rollout.records import (
     pending_programs,
     record_result,
 )
+from core.serving.repair import generate_judged
 from core.serving.single_flight import Lease
 from core.settings import Settings
 from core.store.db import connect_to_write
@@ -111,11 +112,15 @@ def _generate_pending(
     def one(row: Any) -> None:
         started, generated_at = perf_counter(), utcnow()
         try:
-            generation = generator.generate(parse_onboarding(row.onboarding_responses), row.has_paid_access)
+            # Repaired as a live miss is, so that a trial says what serving would do.
+            profile, repairs = parse_onboarding(row.onboarding_responses), settings.llm_repair_attempts
+            outcome = generate_judged(generator, profile, row.has_paid_access, repairs=repairs)
         except GenerationError as exc:
             judged = Judged("failed", billed_tokens(exc), error=str(exc))
         else:
+            generation = outcome.generation
             judged = judge_generation(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
+            judged = replace(judged, **outcome.recorded())
         with connect_to_write(engine) as connection, connection.begin():
             if not record_result(
                 connection, row.id, replace(judged, latency_ms=(perf_counter() - started) * 1000), ttl

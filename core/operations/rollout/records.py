@@ -158,6 +158,8 @@ class Judged:
     error: str | None = None
     generated_at: datetime | None = None
     latency_ms: float | None = None
+    attempts: int | None = None
+    rules_broken: str | None = None
 
 
 def judge_generation(
@@ -187,6 +189,8 @@ def record_result(connection: Connection, row_id: int, judged: Judged, ttl: time
         "generated_at": judged.generated_at,
         "expires_at": expires_at,
         "latency_ms": judged.latency_ms,
+        "attempts": judged.attempts,
+        "rules_broken": judged.rules_broken,
         **judged.tokens,
     }
     done = connection.execute(update(rollout_programs).where(asked.id == row_id, asked.state == was).values(**values))

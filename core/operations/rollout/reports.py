@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from core.contract.cache_key import key_sample
+from core.operations.fit_report import FitReport, fit_of_trial
 from core.operations.rollout.records import ProgramState, RolloutKind
 from core.prices import ModelPrice, PriceTier, cost
 from core.settings import Settings
@@ -69,6 +70,7 @@ class Trial:
     candidate: Side
     current: Side
     profiles: list[TrialProfile]
+    fit: list[FitReport]  # per generator identity, the programs that broke a rule or needed a repair
 
 
 def _side(rows: list[Any], valid: int, attempts: int, price: ModelPrice | None) -> Side:
@@ -136,7 +138,7 @@ def trial_report(engine: Engine, settings: Settings, rollout_id: int, *, current
     # The current generator's newest program for each key, as the candidate made one each.
     newest = {row.cache_key: row for row in made}
     done = [row for row in tried if row.state != "pending"]
-    tried_valid = sum(row.state == "tried" for row in done)
+    tried_valid = sum(row.state == "tried" and (row.attempts or 1) == 1 for row in done)
     candidate_side = _side(done, tried_valid, len(done), settings.price_of(run.model))
     current_model = made[-1].model if made else None
     current_price = settings.price_of(current_model) if current_model else None
@@ -152,7 +154,10 @@ def trial_report(engine: Engine, settings: Settings, rollout_id: int, *, current
         )
         for row in tried
     ]
-    return Trial(rollout_id, run.model, run.generator_version, current_version, candidate_side, current_side, profiles)
+    fit = fit_of_trial(engine, rollout_id, current_version=current_version)
+    return Trial(
+        rollout_id, run.model, run.generator_version, current_version, candidate_side, current_side, profiles, fit
+    )
 
 
 @dataclass(frozen=True)
