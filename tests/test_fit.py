@@ -125,6 +125,7 @@ def test_a_program_that_breaks_the_contract_is_refused_before_any_fit_rule() -> 
         ("asthma, carry an inhaler", ["Keep the inhaler close."], True),  # no body part: one of its words
         ("asthma, carry an inhaler", ["Warm up first."], False),
         ("some discomfort", ["Stop if the discomfort grows."], True),  # "disc" in "discomfort" is no back
+        ("0AAA¹", ["0AAA¹: take it easy."], True),  # a word written against a digit is named as written
     ],
 )
 def test_an_injury_is_named_in_the_safety_notes(injuries: str, notes: list[str], fits: bool) -> None:

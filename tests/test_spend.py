@@ -96,10 +96,10 @@ def test_the_clients_answers_come_last_after_a_prefix_shared_by_every_client_the
 ) -> None:
     """OpenAI caches the longest prefix it has seen, the response format included: the system
     prompt and the schema are the same for every client with the same goal, level, equipment,
-    days a week, minutes and access (what the schema holds them to); the rest of the answers
-    come last."""
+    days a week, minutes, access and injured body parts (what the schema holds them to); the
+    rest of the answers come last."""
     generator = openai_generator(fake_openai)
-    other = {**PROFILE, "age": 64, "injuries": "left knee", "notes": "prefers mornings"}
+    other = {**PROFILE, "age": 64, "notes": "prefers mornings"}
     for answers in (PROFILE, other):
         generator.generate(parse_onboarding(answers), True)
     first, second = fake_openai.requests
@@ -107,8 +107,8 @@ def test_the_clients_answers_come_last_after_a_prefix_shared_by_every_client_the
     # Everything but the last message and the answers in it is the same: the cacheable prefix.
     assert first["messages"][:-1] == second["messages"][:-1]
     assert first["response_format"] == second["response_format"]
-    assert "injuries" not in json.loads(first["messages"][-1]["content"])["onboarding_responses"]
-    assert json.loads(second["messages"][-1]["content"])["onboarding_responses"]["injuries"] == "left knee"
+    assert "notes" not in json.loads(first["messages"][-1]["content"])["onboarding_responses"]
+    assert json.loads(second["messages"][-1]["content"])["onboarding_responses"]["notes"] == "prefers mornings"
 
 
 def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollup_and_the_split(

@@ -217,7 +217,10 @@ def _injury_named(safety_notes: list[str], injuries: str | None) -> Iterator[Rul
         missing = sorted(p for p in parts if not _names(notes, BODY_PARTS[p]))
     else:
         words = _limitation_words(injuries)
-        missing = [] if not words or _names(notes, tuple(sorted(words))) else ["limitation"]
+        # A note's words as the injuries' are read (letters only), so that a word written
+        # against a digit ('0aaa') is named where the client wrote it so.
+        written = re.findall(r"[^\W\d_]+", notes)
+        missing = [] if not words or any(w.startswith(tuple(words)) for w in written) else ["limitation"]
     if missing:
         message = f"do not name the client's {' or '.join(missing)} (injuries: {injuries[:80]!r})"
         yield RuleBroken("safety_notes", message, "injury")
