@@ -25,7 +25,8 @@ from core.contract.partial_program import ProgramSoFar
 from core.formatting import format_duration, markdown_code
 from core.operations import monitoring
 from core.serving.miss_reasons import MISS_REASON_TEXT
-from core.serving.service import GenerationResult, ProgramService
+from core.serving.results import GenerationResult
+from core.serving.service import ProgramService
 from core.store import history, waits
 from core.store.db import describe_db_error
 from core.store.schema import utcnow

@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from core.generators import OfflineGenerator
 from core.operations import monitoring
 from core.prices import ModelPrice
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.schema import utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI

@@ -15,7 +15,8 @@ from core.contract.models import ContractError, OnboardingResponses
 from core.generators import OfflineGenerator, OpenAIChatGenerator
 from core.operations import admin
 from core.serving.miss_reasons import MISS_REASON_TEXT, MISS_REASONS
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.serving.single_flight import SingleFlightTimeout
 from core.store import entries, history
 from core.store.history import HistoryFilter

@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.generators import OpenAIChatGenerator
 from core.generators.openai_chat import SERVER_MESSAGE_CHARS
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from tests.conftest import CliRun
 from tests.fake_openai import Behaviour, FakeOpenAI

@@ -19,7 +19,7 @@ from core.formatting import format_dollars
 from core.operations import monitoring
 from core.operations.monitoring import Spend
 from core.prices import DEFAULT_MODEL_PRICES, ModelPrice
-from core.serving.service import GenerationFailed
+from core.serving.results import GenerationFailed
 from core.settings import Settings
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
