@@ -197,6 +197,12 @@ class Settings(BaseSettings):
         return f"OpenAI {self.openai_model} at {_without_userinfo(self.openai_base_url or 'https://api.openai.com/v1')}"
 
 
+# Every setting at its default, the environment unread: what a part built without settings
+# (a ProgramService in a test or the benchmark) is configured with, so that it gets the
+# values the app gets unconfigured. Each default is defined once, on its field above.
+DEFAULTS = Settings.model_construct()
+
+
 def _without_userinfo(url: str) -> str:
     """The URL as the UI may show it: a `user:password@` in it is left out."""
     parts = urlsplit(url)

@@ -29,7 +29,7 @@ from core.serving.miss_reasons import Lookup, MissReason, miss_reason
 from core.serving.results import GenerationFailed, GenerationResult, SincePrevious, compare
 from core.serving.single_flight import SingleFlightTimeout
 from core.serving.validated import ValidatedPrograms
-from core.settings import Settings
+from core.settings import DEFAULTS, Settings
 from core.store import entries, fates, history, rejections, staged_programs, waits
 from core.store.db import Database, connect_to_write, describe_db_error
 from core.store.history import GenerationEvent, HistoryRecord, Outcome, Source
@@ -193,18 +193,19 @@ def _hit(
 class ProgramService:
     engine: Engine
     generator: ProgramGenerator
-    ttl: timedelta = timedelta(hours=24)
-    lock_wait_seconds: float = 120.0
-    lease_seconds: float = single_flight.LEASE_SECONDS
-    database_wait_seconds: float = 5.0  # all one request may wait on the database
+    # Unset, as the app has them with no setting set (core.settings.DEFAULTS).
+    ttl: timedelta = timedelta(hours=DEFAULTS.cache_ttl_hours)
+    lock_wait_seconds: float = DEFAULTS.lock_wait_seconds
+    lease_seconds: float = DEFAULTS.generation_lease_seconds
+    database_wait_seconds: float = DEFAULTS.database_wait_seconds  # all one request may wait on the database
     # The user id as the database stores it, or ContractError (Database.check_user_id: a
     # table with uuid user ids accepts only UUIDs).
     user_id_check: Callable[[Any], str] = check_user_id
     key_secret: bytes | None = None  # CACHE_KEY_SECRET: HMAC the key's digest
     # CACHE_ON_GENERATOR_CHANGE=serve: entries of another generator identity are still hits.
-    serve_other_generators: bool = False
+    serve_other_generators: bool = DEFAULTS.cache_on_generator_change == "serve"
     # LLM_REPAIR_ATTEMPTS: how many times a program that does not pass is sent back (core.repair).
-    repair_attempts: int = 1
+    repair_attempts: int = DEFAULTS.llm_repair_attempts
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
     @classmethod
