@@ -17,8 +17,7 @@ from core.contract.generation import GenerationError
 from core.contract.models import parse_onboarding
 from core.formatting import format_dollars
 from core.operations import monitoring
-from core.operations.monitoring import Spend
-from core.prices import DEFAULT_MODEL_PRICES, ModelPrice
+from core.prices import DEFAULT_MODEL_PRICES, ModelPrice, Spend
 from core.serving.results import GenerationFailed
 from core.settings import Settings
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
