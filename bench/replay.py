@@ -50,8 +50,8 @@ AGING_STEP_HOURS = 10 / 60
 # Every generation is billed as an OpenAI call of a program this size would be: its system
 # prompt and schema (1,024 tokens) read from the server's prompt cache.
 TOKENS = BilledTokens(prompt_tokens=1_400, completion_tokens=3_000, cached_tokens=1_024, reasoning_tokens=0)
-CURRENT = GeneratorIdentity(kind="openai", model="gpt-4o-mini", version="openai-current")
-CANDIDATE = GeneratorIdentity(kind="openai", model="gpt-4.1-mini", version="openai-candidate")
+CURRENT = GeneratorIdentity(model="gpt-4o-mini", version="openai-current")
+CANDIDATE = GeneratorIdentity(model="gpt-4.1-mini", version="openai-candidate")
 # Columns that expiry (and the reason for a miss) is judged by.
 AGED_COLUMNS = {
     "ai_coach_cache": ("expires_at", "created_at", "updated_at"),

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.prices import NOT_BILLED, BilledTokens
+from core.prices import NOT_BILLED, OFFLINE_MODEL, BilledTokens
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,28 @@ def billed_tokens(billed: Generation | GenerationError | None) -> BilledTokens:
     )
 
 
+GeneratorKind = Literal["openai", "offline"]
+
+
 @dataclass(frozen=True)
 class GeneratorIdentity:
-    """Which generator makes a program: its kind, its model, and a version that changes
-    whenever what it would produce changes. A cache entry made under another version is
-    not served (unless CACHE_ON_GENERATOR_CHANGE=serve)."""
+    """Which generator makes a program: its model, and a version that changes whenever what
+    it would produce changes. A cache entry made under another version is not served
+    (unless CACHE_ON_GENERATOR_CHANGE=serve)."""
 
-    kind: Literal["openai", "offline"]
     model: str
     version: str
+
+    @property
+    def kind(self) -> GeneratorKind:
+        return self.kind_of(self.model)
+
+    @staticmethod
+    def kind_of(model: str) -> GeneratorKind:
+        """The kind of the generator that names itself `model`, as every event, entry and
+        history row records it: the offline coach is its one model, any other is an LLM's.
+        The version's format is free to change; monitoring reads the kind from here."""
+        return "offline" if model == OFFLINE_MODEL else "openai"
 
     @property
     def source(self) -> Literal["llm", "offline"]:

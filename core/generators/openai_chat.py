@@ -244,9 +244,7 @@ class OpenAIChatGenerator:
         ]
         schemas = [self._response_format(profile, paid) for profile in samples for paid in (False, True)]
         shaped_by = (model, SYSTEM_PROMPT, REPAIR_PROMPT, schemas, revision(), temperature)
-        self.identity = GeneratorIdentity(
-            kind="openai", model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}"
-        )
+        self.identity = GeneratorIdentity(model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}")
 
     @property
     def name(self) -> str:

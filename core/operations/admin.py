@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine, insert, select
 
@@ -17,9 +17,14 @@ from core.store.schema import admin_actions, rollouts, training_programs, utcnow
 actions = admin_actions.c
 programs = training_programs.c
 UNKNOWN_GENERATOR = "unknown"  # how an action names entries made before identities were recorded
+# What `admin_actions.action` records. An invalidation names whose entries it deleted (a user
+# id, a generator version): the TTL replay (core/operations/monitoring/replay.py) reads them.
+Invalidation = Literal["invalidate_user", "retire_generator"]
+Action = Literal["cleanup", Invalidation]
+INVALIDATIONS: tuple[Invalidation, ...] = get_args(Invalidation)
 
 
-def _record(engine: Engine, *, actor: str, action: str, target: str | None, removal: entries.Removal) -> None:
+def _record(engine: Engine, *, actor: str, action: Action, target: str | None, removal: entries.Removal) -> None:
     with engine.begin() as connection:
         connection.execute(
             insert(admin_actions).values(
@@ -88,7 +93,7 @@ def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> e
 class AdminAction:
     created_at: datetime
     actor: str
-    action: str
+    action: Action
     target: str | None
     rows_affected: int
     bytes_reclaimed: int
