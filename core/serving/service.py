@@ -10,30 +10,30 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import cached_property, partial
+from functools import partial
 from time import perf_counter
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.contract.cache_key import cache_key, check_user_id, onboarding_hash
 from core.contract.fit import validate_program_json
-from core.contract.generation import Generation, GenerationError, Rejected, billed_tokens
-from core.contract.models import ContractError, OnboardingResponses, parse_onboarding
+from core.contract.generation import GenerationError, Rejected, billed_tokens
+from core.contract.models import ContractError, parse_onboarding
 from core.generators import OnProgress, ProgramGenerator
 from core.logs import FIELDS
 from core.prices import NOT_BILLED, BilledTokens
 from core.serving import repair, single_flight
 from core.serving.miss_reasons import Lookup, MissReason, miss_reason
+from core.serving.request import Generated, Miss, Request, hand_out, hit_on
 from core.serving.results import GenerationFailed, GenerationResult, SincePrevious, compare
 from core.serving.single_flight import SingleFlightTimeout
 from core.serving.validated import ValidatedPrograms
 from core.settings import DEFAULTS, Settings
 from core.store import entries, fates, history, rejections, staged_programs, waits
 from core.store.db import Database, connect_to_write, describe_db_error
-from core.store.history import GenerationEvent, HistoryRecord, Outcome, Source
-from core.store.schema import ProgramId, utcnow
+from core.store.history import GenerationEvent, HistoryRecord
 
 log = logging.getLogger(__name__)
 
@@ -55,138 +55,6 @@ class _Told:
     on_generating: Callable[[MissReason], None] | None
     on_waiting: Callable[[MissReason], None] | None
     on_progress: OnProgress | None
-
-
-@dataclass
-class _Request:
-    user_id: str
-    profile: OnboardingResponses
-    has_paid_access: bool
-    key: str
-    onboarding_hash: str
-    force_refresh: bool
-    started: float = field(default_factory=perf_counter)
-    requested_at: datetime = field(default_factory=utcnow)
-    warnings: list[str] = field(default_factory=list)
-    cache_read_error: bool = False
-
-    def elapsed_ms(self) -> float:
-        return (perf_counter() - self.started) * 1000
-
-    @cached_property
-    def answers(self) -> dict[str, Any]:
-        """The normalized answers, as stored and compared."""
-        return self.profile.normalized()
-
-    def served(self, program_json: str, entry: entries.CacheEntry, prewarmed_by: int | None) -> GenerationResult:
-        """This request served from `entry`, whose program is `program_json`."""
-        return GenerationResult(
-            program_json=program_json,
-            cache_hit=True,
-            cache_key=self.key,
-            latency_ms=self.elapsed_ms(),
-            requested_at=self.requested_at,
-            onboarding_responses=self.answers,
-            expires_at=entry.expires_at,
-            model=entry.model,
-            generator_version=entry.generator_version,
-            prewarmed_by=prewarmed_by,
-        )
-
-    def event(self, outcome: Outcome, *, latency_ms: float, **details: Any) -> GenerationEvent:
-        """This request's event: what happened (`outcome` and its details) and how long it took."""
-        return GenerationEvent(
-            user_id=self.user_id,
-            cache_key=self.key,
-            outcome=outcome,
-            latency_ms=latency_ms,
-            cache_read_error=self.cache_read_error,
-            **details,
-        )
-
-    def record(
-        self,
-        program_json: str,
-        source: Source,
-        generation: Generation | None = None,
-        *,
-        model: str | None = None,
-        generator_version: str | None = None,
-    ) -> HistoryRecord:
-        """The history row of this request's program, with the generator that made it."""
-        return HistoryRecord(
-            user_id=self.user_id,
-            program_json=program_json,
-            onboarding_responses=self.answers,
-            has_paid_access=self.has_paid_access,
-            source=source,
-            cache_key=self.key,
-            latency_ms=self.elapsed_ms(),
-            model=generation.model if generation else model,
-            generator_version=generator_version,
-            **billed_tokens(generation),
-            created_at=self.requested_at,
-        )
-
-    def new_entry(
-        self, program_json: str, model: str, version: str, tokens: BilledTokens, made_at: datetime | None = None
-    ) -> entries.NewEntry:
-        """This request's validated program as the key's entry."""
-        return entries.NewEntry(
-            self.key, self.user_id, self.onboarding_hash, program_json, model, version, tokens, made_at
-        )
-
-
-@dataclass(frozen=True)
-class _Miss:
-    """Why the cache did not serve, the answers that changed when that is why, and the
-    comparison with the user's previous program that told (None: not compared)."""
-
-    reason: MissReason
-    changed: tuple[str, ...] = ()
-    since_previous: SincePrevious | None = None
-
-
-@dataclass(frozen=True)
-class _Generated:
-    """A miss's program as it is to be stored: its result, history row and event."""
-
-    result: GenerationResult
-    record: HistoryRecord
-    event: GenerationEvent
-    written_at: datetime | None = None
-
-    def cached(self, written: entries.Written) -> _Generated:
-        """This program as cached by `written`: valid until its expiry."""
-        return _Generated(
-            replace(self.result, expires_at=written.expires_at),
-            self.record,
-            replace(self.event, entry_expires_at=written.expires_at),
-            written.updated_at,
-        )
-
-
-def _cache(
-    connection: Connection, new: entries.NewEntry, ttl: timedelta, generated: _Generated, *, save: bool = True
-) -> tuple[_Generated, ProgramId | None]:
-    """The one way a validated program becomes the key's entry, for a miss and a pre-warm alike:
-    the entry with its fate record (entries.write_entry), the history row copied from that very
-    write, and the request's event, in the caller's transaction. Without `save`, the entry and
-    the event only (the history row is kept to save again)."""
-    cached = generated.cached(entries.write_entry(connection, new, ttl))
-    program_id = history.insert_program(connection, cached.record, entry_written_at=cached.written_at) if save else None
-    history.insert_event(connection, cached.event)
-    return cached, program_id
-
-
-def _hit(
-    request: _Request, entry: entries.CacheEntry, program_json: str, prewarmed_by: int | None
-) -> tuple[GenerationResult, HistoryRecord, GenerationEvent]:
-    """A hit on `entry`: what the request is served, its history row and its event."""
-    result = request.served(program_json, entry, prewarmed_by)
-    event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
-    record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
-    return result, record, event
 
 
 @dataclass
@@ -258,7 +126,7 @@ class ProgramService:
         profile = parse_onboarding(onboarding_responses)
         key = cache_key(user_id, profile, has_paid_access, self.key_secret)
         entry_hash = onboarding_hash(profile, self.key_secret)
-        request = _Request(user_id, profile, has_paid_access, key, entry_hash, force_refresh)
+        request = Request(user_id, profile, has_paid_access, key, entry_hash, force_refresh)
         lookup = Lookup() if force_refresh else self._try_cache(request)
         if isinstance(lookup, GenerationResult):
             return self._logged(request, lookup)
@@ -281,7 +149,7 @@ class ProgramService:
         # However it was had at last, the comparison the miss made is the page's too.
         return self._logged(request, replace(result, since_previous=miss.since_previous))
 
-    def _logged(self, request: _Request, result: GenerationResult) -> GenerationResult:
+    def _logged(self, request: Request, result: GenerationResult) -> GenerationResult:
         """The request's one log line (hit or miss, why, how long; never the answers)."""
         outcome = "hit" if result.cache_hit else "bypass" if request.force_refresh else "miss"
         fields = {
@@ -332,7 +200,7 @@ class ProgramService:
             log.warning("Could not read the previous program: %s", describe_db_error(exc))
             return None
 
-    def _database_time(self, request: _Request) -> datetime:
+    def _database_time(self, request: Request) -> datetime:
         """Now by the database's clock, by which entries' times are written; this host's when
         the database does not answer (then no entry can be read either)."""
         try:
@@ -340,11 +208,11 @@ class ProgramService:
         except DBAPIError:
             return request.requested_at
 
-    def _hit_or_none(self, request: _Request, written_since: datetime | None) -> GenerationResult | None:
+    def _hit_or_none(self, request: Request, written_since: datetime | None) -> GenerationResult | None:
         served = self._try_cache(request, written_since)
         return served if isinstance(served, GenerationResult) else None
 
-    def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
+    def _try_cache(self, request: Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
         """Serve a hit, or say why not: read the entry (without its program when this process
         has validated that very row version), validate a new version, then save the history
         row and the event together. `written_since`: only an entry written since then serves."""
@@ -363,13 +231,13 @@ class ProgramService:
         return self._serve(request, entry, program_json)
 
     def _serve(
-        self, request: _Request, entry: entries.CacheEntry, program_json: str, prewarmed_by: int | None = None
+        self, request: Request, entry: entries.CacheEntry, program_json: str, prewarmed_by: int | None = None
     ) -> GenerationResult:
         """A hit on `entry`, whose program is `program_json`, validated: saved to history."""
-        result, record, event = _hit(request, entry, program_json, prewarmed_by)
+        result, record, event = hit_on(request, entry, program_json, prewarmed_by)
         return self._save(request, result, record, event, entry_written_at=entry.updated_at)
 
-    def _prewarmed(self, request: _Request) -> GenerationResult | None:
+    def _prewarmed(self, request: Request) -> GenerationResult | None:
         """A program a rollout generated ahead for this generator identity (core/operations/rollout/),
         taken once as the key's entry and served as a hit, with no LLM call; None when
         there is none, or it does not pass validation for this profile any more."""
@@ -402,16 +270,16 @@ class ProgramService:
                 )
                 # The hand-out (history row and event) commits with the claim: a process
                 # killed in between leaves the program staged, not used by no one.
-                hit = _Generated(*_hit(request, entry, staged.program_json, staged.rollout_id))
+                handed = Generated(*hit_on(request, entry, staged.program_json, staged.rollout_id))
                 new = request.new_entry(staged.program_json, staged.model, version, staged.tokens, staged.generated_at)
-                cached, program_id = _cache(connection, new, self.ttl, hit)
+                cached, program_id = hand_out(connection, new, self.ttl, handed)
         except DBAPIError as exc:
             log.warning("Could not take the staged program for %s: %s", request.key, describe_db_error(exc))
             return None
         return replace(cached.result, warnings=tuple(request.warnings), training_program_id=program_id)
 
     def _validated_program(
-        self, request: _Request, entry: entries.CacheEntry, known: tuple[str | None, str] | None
+        self, request: Request, entry: entries.CacheEntry, known: tuple[str | None, str] | None
     ) -> str | None:
         """The entry's program, validated against the contract and the profile; None if it
         no longer passes. A version validated here before is not validated again: this very
@@ -428,7 +296,7 @@ class ProgramService:
         self.validated.remember(request.key, entry.row_version, program_json)
         return program_json
 
-    def _read_failed(self, request: _Request, exc: DBAPIError) -> Lookup:
+    def _read_failed(self, request: Request, exc: DBAPIError) -> Lookup:
         log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
         request.cache_read_error = True
         warning = "The cache could not be read; the program was generated instead."
@@ -436,7 +304,7 @@ class ProgramService:
             request.warnings.append(warning)
         return Lookup(failed=True)
 
-    def _miss(self, request: _Request, lookup: Lookup) -> _Miss:
+    def _miss(self, request: Request, lookup: Lookup) -> Miss:
         """Why the cache did not serve, from what the database recorded about this key (and,
         for a key that never had an entry, the user's previous program): miss_reason decides."""
         record, since, now = None, None, request.requested_at
@@ -447,14 +315,14 @@ class ProgramService:
                     since = compare(connection, request.user_id, request.answers, request.has_paid_access)
             except DBAPIError as exc:
                 log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
-                return _Miss("cache_unavailable")
+                return Miss("cache_unavailable")
         changed = None if since is None or since.previous is None else tuple(c.field for c in since.changes)
         reason, changed = miss_reason(
             forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=now
         )
-        return _Miss(reason, changed, since)
+        return Miss(reason, changed, since)
 
-    def _generate_and_store(self, request: _Request, miss: _Miss, told: _Told) -> GenerationResult:
+    def _generate_and_store(self, request: Request, miss: Miss, told: _Told) -> GenerationResult:
         if told.on_generating is not None:
             told.on_generating(miss.reason)
         rejected = self._rejected(request.key) if miss.reason == "rejected" else None
@@ -508,7 +376,7 @@ class ProgramService:
             **outcome,
         )
         new = request.new_entry(program_json, generation.model, identity.version, billed_tokens(generation))
-        return self._store(request, _Generated(result, record, event), new)
+        return self._store(request, Generated(result, record, event), new)
 
     def _rejected(self, key: str) -> Rejected | None:
         """The program a coach rejected for this key, for the generation after it; None when it
@@ -520,22 +388,22 @@ class ProgramService:
             log.warning("Could not read the rejection of %s: %s", key, describe_db_error(exc))
             return None
 
-    def _store(self, request: _Request, generated: _Generated, new: entries.NewEntry) -> GenerationResult:
+    def _store(self, request: Request, generated: Generated, new: entries.NewEntry) -> GenerationResult:
         """The entry, the history row and the event (with the tokens the generation was billed)
         in one transaction: an instance killed between them leaves none of them, never an entry
         served as a saving whose generation was not counted as spent. When that transaction
         fails, as much as the database takes (`_store_in_part`)."""
         try:
             with connect_to_write(self.engine) as connection, connection.begin():
-                cached, program_id = _cache(connection, new, self.ttl, generated)
+                cached, program_id = hand_out(connection, new, self.ttl, generated)
         except DBAPIError as exc:
             return self._store_in_part(request, generated, new, exc)
         return replace(cached.result, training_program_id=program_id, warnings=tuple(request.warnings))
 
     def _store_in_part(
         self,
-        request: _Request,
-        generated: _Generated,
+        request: Request,
+        generated: Generated,
         new: entries.NewEntry,
         failure: DBAPIError,
     ) -> GenerationResult:
@@ -545,7 +413,7 @@ class ProgramService:
         unsaved = replace(generated, event=replace(generated.event, history_error=True, error=message))
         try:
             with connect_to_write(self.engine) as connection, connection.begin():
-                cached, _ = _cache(connection, new, self.ttl, unsaved, save=False)
+                cached, _ = hand_out(connection, new, self.ttl, unsaved, save=False)
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
             request.warnings.append("The program could not be cached; the next request will generate again.")
@@ -557,7 +425,7 @@ class ProgramService:
 
     def _save(
         self,
-        request: _Request,
+        request: Request,
         result: GenerationResult,
         record: HistoryRecord,
         event: GenerationEvent,
@@ -580,7 +448,7 @@ class ProgramService:
 
     def _record_failure(
         self,
-        request: _Request,
+        request: Request,
         reason: MissReason,
         message: str,
         billed: BilledTokens = NOT_BILLED,
