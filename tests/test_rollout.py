@@ -541,7 +541,7 @@ def test_a_result_line_whose_program_does_not_fit_its_client_is_invalid_not_stag
     judged = batches.judge_line(line, PROFILE, False, candidate, finished())
     assert judged.state == "invalid" and judged.program_json is None
     assert judged.error is not None and "(rules broken: weeks)" in judged.error
-    assert judged.tokens["completion_tokens"] == COMPLETION_TOKENS  # billed all the same
+    assert judged.tokens.completion_tokens == COMPLETION_TOKENS  # billed all the same
 
 
 def test_status_without_an_api_key_is_one_line_naming_it(current: Settings, cli: Callable[..., CliRun]) -> None:

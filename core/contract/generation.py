@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.prices import NOT_BILLED, OFFLINE_MODEL, BilledTokens
+from core.prices import NOT_BILLED, OFFLINE_MODEL, Billed
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,7 @@ class Generation:
 
     program: Any
     model: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    # Parts of the two above, as OpenAI counts them: input read from the server's prompt
-    # cache (billed at the cached-input price) and output spent on reasoning (billed as output).
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    billed: Billed = NOT_BILLED
 
 
 class GenerationError(RuntimeError):
@@ -31,32 +26,9 @@ class GenerationError(RuntimeError):
     the server billed for the failed attempt (a refusal, a truncated or malformed answer)
     travel with it, so that monitoring counts every billed token."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        prompt_tokens: int | None = None,
-        completion_tokens: int | None = None,
-        cached_tokens: int | None = None,
-        reasoning_tokens: int | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, billed: Billed = NOT_BILLED) -> None:
         super().__init__(message)
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
-        self.cached_tokens = cached_tokens
-        self.reasoning_tokens = reasoning_tokens
-
-
-def billed_tokens(billed: Generation | GenerationError | None) -> BilledTokens:
-    """The tokens a generation or a failed one was billed (all unknown without one)."""
-    if billed is None:
-        return NOT_BILLED
-    return BilledTokens(
-        prompt_tokens=billed.prompt_tokens,
-        completion_tokens=billed.completion_tokens,
-        cached_tokens=billed.cached_tokens,
-        reasoning_tokens=billed.reasoning_tokens,
-    )
+        self.billed = billed
 
 
 GeneratorKind = Literal["openai", "offline"]

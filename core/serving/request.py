@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from core.contract.generation import Generation, billed_tokens
+from core.contract.generation import Generation
 from core.contract.models import OnboardingResponses
-from core.prices import BilledTokens
+from core.prices import NOT_BILLED, Billed
 from core.serving.miss_reasons import MissReason
 from core.serving.results import GenerationResult, SincePrevious
 from core.store import entries, history
@@ -89,12 +89,12 @@ class Request:
             latency_ms=self.elapsed_ms(),
             model=generation.model if generation else model,
             generator_version=generator_version,
-            **billed_tokens(generation),
+            **(generation.billed if generation else NOT_BILLED).as_columns(),
             created_at=self.requested_at,
         )
 
     def new_entry(
-        self, program_json: str, model: str, version: str, tokens: BilledTokens, made_at: datetime | None = None
+        self, program_json: str, model: str, version: str, tokens: Billed, made_at: datetime | None = None
     ) -> entries.NewEntry:
         """This request's validated program as the key's entry."""
         return entries.NewEntry(

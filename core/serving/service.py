@@ -19,11 +19,11 @@ from sqlalchemy.exc import DBAPIError
 
 from core.contract.cache_key import cache_key, check_user_id, onboarding_hash
 from core.contract.fit import validate_program_json
-from core.contract.generation import GenerationError, Rejected, billed_tokens
+from core.contract.generation import GenerationError, Rejected
 from core.contract.models import ContractError, parse_onboarding
 from core.generators import OnProgress, ProgramGenerator
 from core.logs import FIELDS
-from core.prices import NOT_BILLED, BilledTokens
+from core.prices import NOT_BILLED, Billed
 from core.serving import repair, single_flight
 from core.serving.miss_reasons import Lookup, MissReason, miss_reason
 from core.serving.request import Generated, Miss, Request, hand_out, hit_on
@@ -265,7 +265,7 @@ class ProgramService:
                     updated_at=staged.generated_at,
                     generator_version=version,
                     model=staged.model,
-                    **staged.tokens,
+                    **staged.tokens.as_columns(),
                     valid=True,
                 )
                 # The hand-out (history row and event) commits with the claim: a process
@@ -339,14 +339,14 @@ class ProgramService:
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
             message = f"generation failed: {exc}. Nothing was cached or saved."
-            self._record_failure(request, miss.reason, message, billed_tokens(exc))
+            self._record_failure(request, miss.reason, message, exc.billed)
             raise GenerationFailed(message) from None
         generation, program = judged.generation, judged.program
         outcome = _judged_fields(judged)
         if program is None:
             tried = f" ({judged.attempts} attempts)" if judged.attempts > 1 else ""
             message = f"the generated program is invalid{tried}: {judged.refused}. Nothing was cached or saved."
-            self._record_failure(request, miss.reason, message, billed_tokens(generation), **outcome)
+            self._record_failure(request, miss.reason, message, generation.billed, **outcome)
             raise GenerationFailed(message) from None
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
@@ -372,10 +372,10 @@ class ProgramService:
             llm_latency_ms=llm_latency_ms,
             generator_version=identity.version,
             model=generation.model,
-            **billed_tokens(generation),
+            **generation.billed.as_columns(),
             **outcome,
         )
-        new = request.new_entry(program_json, generation.model, identity.version, billed_tokens(generation))
+        new = request.new_entry(program_json, generation.model, identity.version, generation.billed)
         return self._store(request, Generated(result, record, event), new)
 
     def _rejected(self, key: str) -> Rejected | None:
@@ -451,7 +451,7 @@ class ProgramService:
         request: Request,
         reason: MissReason,
         message: str,
-        billed: BilledTokens = NOT_BILLED,
+        billed: Billed = NOT_BILLED,
         *,
         attempts: int | None = None,
         rules_broken: str | None = None,
@@ -473,7 +473,7 @@ class ProgramService:
                 # Whose tokens these are: a failed generation is billed too.
                 generator_version=self.generator.identity.version,
                 model=self.generator.identity.model,
-                **billed,
+                **billed.as_columns(),
                 attempts=attempts,
                 rules_broken=rules_broken,
             )

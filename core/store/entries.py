@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.contract.cache_key import key_sample
-from core.prices import TOKEN_FIELDS, BilledTokens
+from core.prices import TOKEN_FIELDS, Billed
 from core.store import fates, staged_programs
 from core.store.db import connect_for_one_read, connect_to_write
 from core.store.schema import (
@@ -174,7 +174,7 @@ class NewEntry:
     program_json: str
     model: str
     generator_version: str
-    tokens: BilledTokens
+    tokens: Billed
     made_at: datetime | None = None
 
 
@@ -196,7 +196,7 @@ def write_entry(connection: Connection, entry: NewEntry, ttl: timedelta) -> Writ
             "size_bytes": len(entry.program_json.encode()),
             "model": entry.model,
             "generator_version": entry.generator_version,
-            **entry.tokens,
+            **entry.tokens.as_columns(),
         },
     ).one()
     written = Written(*row)

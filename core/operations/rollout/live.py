@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, String, cast, literal, select, update
 
-from core.contract.generation import GenerationError, billed_tokens
+from core.contract.generation import GenerationError
 from core.contract.models import parse_onboarding
 from core.generators import ProgramGenerator
 from core.operations.rollout.plan import recent_profiles
@@ -113,7 +113,7 @@ def _generate_pending(
         try:
             generation = generator.generate(parse_onboarding(row.onboarding_responses), row.has_paid_access)
         except GenerationError as exc:
-            judged = Judged("failed", billed_tokens(exc), error=str(exc))
+            judged = Judged("failed", exc.billed, error=str(exc))
         else:
             judged = judge_generation(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)
         with connect_to_write(engine) as connection, connection.begin():
