@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import select
 
 from core.generators import make_generator
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.db import make_engine, migrate
 from core.store.schema import generation_events as events

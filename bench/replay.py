@@ -30,7 +30,7 @@ from core.generators import OnProgress
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import reports
 from core.operations.rollout import start as rollout_start
-from core.prices import BilledTokens, ModelPrice, PriceTier
+from core.prices import Billed, ModelPrice, PriceTier
 from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.db import connect_to_write, is_postgres, make_engine, migrate
@@ -49,9 +49,9 @@ PREWARM_AT, SWITCH_AT, END_AT = 47.0, 48.0, 72.0
 AGING_STEP_HOURS = 10 / 60
 # Every generation is billed as an OpenAI call of a program this size would be: its system
 # prompt and schema (1,024 tokens) read from the server's prompt cache.
-TOKENS = BilledTokens(prompt_tokens=1_400, completion_tokens=3_000, cached_tokens=1_024, reasoning_tokens=0)
-CURRENT = GeneratorIdentity(kind="openai", model="gpt-4o-mini", version="openai-current")
-CANDIDATE = GeneratorIdentity(kind="openai", model="gpt-4.1-mini", version="openai-candidate")
+TOKENS = Billed(prompt_tokens=1_400, completion_tokens=3_000, cached_tokens=1_024, reasoning_tokens=0)
+CURRENT = GeneratorIdentity(model="gpt-4o-mini", version="openai-current")
+CANDIDATE = GeneratorIdentity(model="gpt-4.1-mini", version="openai-candidate")
 # Columns that expiry (and the reason for a miss) is judged by.
 AGED_COLUMNS = {
     "ai_coach_cache": ("expires_at", "created_at", "updated_at"),
@@ -84,7 +84,7 @@ class BilledCountingGenerator(CountingGenerator):
         rejected: Rejected | None = None,
     ) -> Generation:
         return replace(
-            super().generate(profile, has_paid_access, rejected=rejected), model=self.identity.model, **TOKENS
+            super().generate(profile, has_paid_access, rejected=rejected), model=self.identity.model, billed=TOKENS
         )
 
 
@@ -251,9 +251,9 @@ def _prewarm(
 
 def _one_generation(price: ModelPrice, tier: PriceTier) -> float:
     return price.cost(
-        TOKENS["prompt_tokens"] or 0,
-        TOKENS["completion_tokens"] or 0,
-        cached_tokens=TOKENS["cached_tokens"] or 0,
+        TOKENS.prompt_tokens or 0,
+        TOKENS.completion_tokens or 0,
+        cached_tokens=TOKENS.cached_tokens or 0,
         tier=tier,
     )
 
@@ -370,7 +370,7 @@ def measure(
         "mean_gap_hours": MEAN_GAP_HOURS,
         "change_chance": CHANGE_CHANCE,
         "ttl_hours": TTL_HOURS,
-        "tokens_per_generation": dict(TOKENS),
+        "tokens_per_generation": TOKENS.as_columns(),
         "current": f"{CURRENT.model} ({CURRENT.version})",
         "candidate": f"{CANDIDATE.model} ({CANDIDATE.version})",
         "databases": {},

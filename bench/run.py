@@ -24,7 +24,8 @@ from core.contract.cache_key import cache_key
 from core.contract.models import parse_onboarding
 from core.generators import OfflineGenerator
 from core.operations import admin, monitoring
-from core.serving.service import ProgramService, ValidatedPrograms
+from core.serving.service import ProgramService
+from core.serving.validated import ValidatedPrograms
 from core.store import history
 from core.store.db import is_postgres, make_engine, migrate
 from core.store.history import HistoryFilter

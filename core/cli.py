@@ -33,7 +33,8 @@ from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import records as rollout_records
 from core.operations.rollout import start as rollout_start
 from core.serving.miss_reasons import MissReason
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.serving.single_flight import SingleFlightTimeout
 from core.settings import Settings, describe_configuration_error
 from core.store import rejections, waits

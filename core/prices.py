@@ -4,8 +4,8 @@ price list."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal, TypedDict
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,18 +69,38 @@ DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
 }
 
 
-class BilledTokens(TypedDict):
-    """What a server reports it billed for one call (None: not reported), in the names of
-    the event, entry and history columns that record it."""
+@dataclass(frozen=True)
+class Billed:
+    """What a server reports it billed for one call, or for several in all (None: not
+    reported), by kind of token, in the names of the columns that record it (TOKEN_FIELDS).
+    A generator hands it over with its Generation or GenerationError."""
 
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cached_tokens: int | None
-    reasoning_tokens: int | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    # Parts of the two above, as OpenAI counts them: input read from the server's prompt
+    # cache (billed at the cached-input price) and output spent on reasoning (billed as output).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def __add__(self, other: Billed) -> Billed:
+        """Both in all: an unknown count adds nothing, and two unknown stay unknown."""
+        return Billed(**{name: _plus(getattr(self, name), getattr(other, name)) for name in TOKEN_FIELDS})
+
+    def as_columns(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in TOKEN_FIELDS}
+
+    @classmethod
+    def of(cls, row: Any) -> Billed:
+        """The tokens a row (or any value with the columns as attributes) records."""
+        return cls(**{name: getattr(row, name) for name in TOKEN_FIELDS})
 
 
-TOKEN_FIELDS: tuple[str, ...] = tuple(BilledTokens.__annotations__)
-NOT_BILLED = BilledTokens(prompt_tokens=None, completion_tokens=None, cached_tokens=None, reasoning_tokens=None)
+def _plus(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
+TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Billed))
+NOT_BILLED = Billed()
 
 
 def cost(price: ModelPrice, prompt: int | None, completion: int | None, cached: int | None, tier: PriceTier) -> float:

@@ -256,6 +256,12 @@ def _host_and_port(parts: SplitResult) -> str:
     return f"{netloc}:{parts.port}" if parts.port else netloc
 
 
+# Every setting at its default, the environment unread: what a part built without settings
+# (a ProgramService in a test or the benchmark) is configured with, so that it gets the
+# values the app gets unconfigured. Each default is defined once, on its field above.
+DEFAULTS = Settings.model_construct()
+
+
 def _without_userinfo(url: str) -> str:
     """The URL as the UI may show it: a `user:password@` in it is left out."""
     parts = urlsplit(url)

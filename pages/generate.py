@@ -20,12 +20,21 @@ import streamlit as st
 from sqlalchemy.exc import DBAPIError
 from streamlit.errors import StreamlitInvalidLayoutContextError
 
-from core.contract.models import EQUIPMENT, EXPERIENCE_LEVELS, GOALS, ContractError, parse_onboarding
+from core.contract.models import (
+    EQUIPMENT,
+    EXPERIENCE_LEVELS,
+    GOALS,
+    ContractError,
+    OnboardingResponses,
+    answer_limits,
+    parse_onboarding,
+)
 from core.contract.partial_program import ProgramSoFar
 from core.formatting import format_duration, markdown_code
 from core.operations import monitoring
 from core.serving.miss_reasons import MISS_REASON_TEXT
-from core.serving.service import GenerationResult, ProgramService
+from core.serving.results import GenerationResult
+from core.serving.service import ProgramService
 from core.store import history, waits
 from core.store.db import describe_db_error
 from core.store.schema import ProgramId, utcnow
@@ -66,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "notes": "",
     "has_paid_access": False,
 }
-ANSWERS = [field for field in DEFAULTS if field != "has_paid_access"]
+ANSWERS = list(OnboardingResponses.model_fields)
 
 
 def label(value: str) -> str:
@@ -140,6 +149,12 @@ def field_error(field: str) -> None:
             st.error(text, icon=":material/error:")
 
 
+def _between(field: str) -> tuple[int, int]:
+    """A number field's bounds, the contract's."""
+    limits = answer_limits(field)
+    return limits["ge"], limits["le"]
+
+
 def questionnaire() -> None:
     # A field Streamlit has forgotten (a run of another page did not draw it) is drawn again
     # with what was last sent, so that the answers stay beside the program they asked for.
@@ -151,7 +166,7 @@ def questionnaire() -> None:
         st.session_state.setdefault(key, value)
     # A number field's value is given as its default too: one the browser drew anew (seen
     # after a miss's runs) showed its default, the minimum, not the value the server held,
-    # and the next click sent 1 day a week and 15 minutes.
+    # and the next click sent the fewest days a week and the shortest session.
     held = st.session_state
     with st.form("questionnaire", border=True, enter_to_submit=False):
         id_column, load_column = st.columns([5, 3], vertical_alignment="bottom")
@@ -167,34 +182,49 @@ def questionnaire() -> None:
         field_error("user_id")
         left, right = st.columns(2)
         with left:
-            st.selectbox("Goal", GOALS, format_func=label, key="form_goal")
+            st.selectbox(FIELD_LABELS["goal"], GOALS, format_func=label, key="form_goal")
             field_error("goal")
             days = held.form_days_per_week
-            st.number_input("Days per week", min_value=1, max_value=7, step=1, value=days, key="form_days_per_week")
+            st.number_input(
+                FIELD_LABELS["days_per_week"], *_between("days_per_week"), days, 1, key="form_days_per_week"
+            )
             field_error("days_per_week")
             st.number_input(
-                "Age", min_value=13, max_value=100, step=1, value=held.form_age, key="form_age", placeholder="Optional"
+                FIELD_LABELS["age"],
+                *_between("age"),
+                held.form_age,
+                1,
+                key="form_age",
+                placeholder="Optional",
             )
             field_error("age")
         with right:
-            st.selectbox("Experience level", EXPERIENCE_LEVELS, format_func=label, key="form_experience_level")
+            st.selectbox(
+                FIELD_LABELS["experience_level"], EXPERIENCE_LEVELS, format_func=label, key="form_experience_level"
+            )
             field_error("experience_level")
             st.number_input(
-                "Session length (minutes)",
-                min_value=15,
-                max_value=180,
-                step=5,
-                value=held.form_session_minutes,
+                FIELD_LABELS["session_minutes"],
+                *_between("session_minutes"),
+                held.form_session_minutes,
+                5,
                 key="form_session_minutes",
             )
             field_error("session_minutes")
-            st.toggle("Paid access", key="form_has_paid_access")
-        st.multiselect("Equipment", EQUIPMENT, format_func=label, key="form_equipment", max_selections=8)
+            st.toggle(FIELD_LABELS["has_paid_access"], key="form_has_paid_access")
+        most = answer_limits("equipment")["max_length"]
+        st.multiselect(
+            FIELD_LABELS["equipment"], EQUIPMENT, format_func=label, key="form_equipment", max_selections=most
+        )
         field_error("equipment")
-        st.text_area("Injuries or limitations", max_chars=500, key="form_injuries", placeholder="Optional")
-        field_error("injuries")
-        st.text_area("Notes", max_chars=1000, key="form_notes", placeholder="Optional")
-        field_error("notes")
+        for field in ("injuries", "notes"):
+            st.text_area(
+                FIELD_LABELS[field],
+                max_chars=answer_limits(field)["max_length"],
+                key=f"form_{field}",
+                placeholder="Optional",
+            )
+            field_error(field)
         st.checkbox("Force refresh", help="Ignore the cache and generate a new program", key="force_refresh")
         st.form_submit_button("Generate program", type="primary", on_click=generate_clicked)
 

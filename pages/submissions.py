@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from core.contract.models import ContractError
 from core.contract.partial_program import ProgramSoFar
-from core.serving.service import GenerationFailed, GenerationResult, SincePrevious
+from core.serving.results import GenerationFailed, GenerationResult, SincePrevious
 from core.serving.single_flight import SingleFlightTimeout
 from core.store.history import Answers
 from core.store.rejections import RejectionOutcome

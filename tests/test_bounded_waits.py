@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.serving.service import GenerationResult, ProgramService
+from core.serving.results import GenerationResult
+from core.serving.service import ProgramService
 from core.store.db import make_engine, migrate
 from core.store.waits import MIN_CONNECT_SECONDS
 from testkit.counting import CountingGenerator

@@ -21,7 +21,8 @@ from core.operations import spend
 from core.operations.rollout import live as rollout_live
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import start as rollout_start
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.db import Database
 from core.store.entries import database_time

@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from core.generators import OfflineGenerator
 from core.operations import monitoring
 from core.prices import ModelPrice
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.schema import utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -100,3 +101,11 @@ def test_a_dated_snapshot_is_priced_as_its_model_and_the_offline_generator_is_fr
     assert settings.price_of("gpt-4.1") != settings.price_of("gpt-4.1-mini")
     assert settings.price_of("gpt-5-turbo") is None
     assert settings.price_of(OfflineGenerator.identity.model) == ModelPrice(input=0, output=0)
+
+
+def test_a_generator_s_kind_comes_from_its_model_whatever_its_version_looks_like() -> None:
+    # An LLM's calls and cost do not silently become 0 when the version's format changes.
+    llm = monitoring.GeneratorUsage("v2-5f1c0e", "gpt-4.1", hits=4, generations=2, errors=1)
+    offline = monitoring.GeneratorUsage("v2-5f1c0e", OfflineGenerator.identity.model, hits=4, generations=2)
+    assert (llm.kind, llm.llm_calls, llm.llm_calls_avoided) == ("openai", 3, 4)
+    assert (offline.kind, offline.llm_calls, offline.price(Settings()).input) == ("offline", 0, 0.0)

@@ -15,7 +15,8 @@ from core.contract.fit import validate_program
 from core.contract.models import parse_onboarding, parse_program
 from core.contract.partial_program import ProgramSoFar
 from core.generators import OpenAIChatGenerator, startup_warning
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.db import make_engine, migrate
 from core.store.schema import ai_coach_cache, generation_events, training_programs

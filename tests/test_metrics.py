@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, delete
 
 from core.operations import metrics, monitoring
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.schema import generation_events, utcnow
 from testkit.pg_server import free_port

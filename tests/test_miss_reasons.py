@@ -3,21 +3,22 @@ a comparison with the user's previous program only for a key that never had an e
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import delete, update
 
 from core.operations import admin
-from core.serving.miss_reasons import Lookup, MissReason, miss_reason
+from core.serving.miss_reasons import MISS_REASON_TEXT, MISS_REASONS, Lookup, MissReason, miss_reason
 from core.serving.service import ProgramService
 from core.store.db import make_engine
 from core.store.entries import CacheEntry
-from core.store.fates import KeyRecord
+from core.store.fates import Fate, KeyRecord
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, utcnow
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Faults
@@ -224,3 +225,32 @@ def test_a_key_whose_write_failed_says_so_after_cleanup_and_other_answers(faults
     )
     again = service.generate(user_id=USER, onboarding_responses=A, has_paid_access=False)
     assert (again.cache_hit, again.miss_reason) == (False, "not_cached")
+
+
+def _entry_changes() -> list[tuple[str, str]]:
+    """Where core/ builds an INSERT, UPDATE or DELETE of `ai_coach_cache` (module, verb)."""
+    root = Path(__file__).parent.parent
+    found = []
+    for path in sorted((root / "core").rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and node.args and ast.unparse(node.args[0]) == "ai_coach_cache"):
+                continue
+            verb = ast.unparse(node.func).rsplit(".", 1)[-1]
+            if verb in ("insert", "update", "delete"):
+                found.append((path.relative_to(root).as_posix(), verb))
+    return found
+
+
+def test_every_change_of_an_entry_goes_through_the_two_functions_that_record_its_fate() -> None:
+    # entries.write_entry (an upsert: the INSERT, per dialect) and entries._remove (every
+    # deletion) record the key's fate in the same transaction; no other code changes an entry.
+    assert _entry_changes() == [("core/store/entries.py", "insert"), ("core/store/entries.py", "delete")]
+
+
+def test_every_miss_reason_has_the_text_a_coach_reads_and_every_fate_but_written_is_a_reason() -> None:
+    assert set(MISS_REASON_TEXT) == set(MISS_REASONS)
+    assert all(text and text[0].islower() for text in MISS_REASON_TEXT.values())
+    # miss_reason hands a key's recorded fate on as the reason: the page must have its text.
+    assert set(get_args(Fate)) - {"written"} <= set(MISS_REASONS)

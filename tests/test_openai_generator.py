@@ -22,7 +22,8 @@ from core.generators.offline import build_program
 from core.generators.openai_chat import numbered, program_response_format
 from core.operations import monitoring
 from core.operations.fit_report import FitReport, fit_by_generator
-from core.serving.service import GenerationFailed, GenerationResult, ProgramService
+from core.serving.results import GenerationFailed, GenerationResult
+from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.schema import ai_coach_cache, generation_events, training_programs
 from tests import openai_strict

@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.generators import OfflineGenerator
 from core.operations import monitoring, recall
-from core.serving.service import GenerationResult, ProgramService
+from core.serving.results import GenerationResult
+from core.serving.service import ProgramService
 from core.store.schema import (
     admin_actions,
     ai_coach_cache,

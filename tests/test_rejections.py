@@ -23,7 +23,8 @@ from core.contract.models import ContractError, OnboardingResponses, parse_onboa
 from core.generators.base import OnProgress
 from core.operations import admin, monitoring
 from core.serving.miss_reasons import MISS_REASON_TEXT
-from core.serving.service import GenerationFailed, GenerationResult, ProgramService
+from core.serving.results import GenerationFailed, GenerationResult
+from core.serving.service import ProgramService
 from core.store import rejections
 from core.store.db import make_engine
 from core.store.schema import ai_coach_cache, cache_entry_fates, program_rejections, training_programs

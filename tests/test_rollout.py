@@ -407,13 +407,13 @@ def test_two_instances_collecting_at_once_record_each_result_once(
         collectors = [start_cli(shared_database.url, "rollout", "status", **env) for _ in range(2)]
         outputs = [process.communicate(timeout=120) for process in collectors]
         assert [process.returncode for process in collectors] == [0, 0], outputs
-        collected = [json.loads(out) for out, _ in outputs]
+        said = [json.loads(out) for out, _ in outputs]
         recorded = Counter[str]()
-        for report in collected:
+        for report in said:
             for batch in report["batches"]:
                 recorded.update(batch["recorded"])
         assert recorded == {"staged": 3}  # each result recorded by one of them
-        assert sum(b["collected"] for r in collected for b in r["batches"]) == 1
+        assert sum(b["collected"] for r in said for b in r["batches"]) == 1
         assert [row.state for row in staged_rows(engine)] == ["staged"] * 3
         switched = app_service(engine, settings_for(shared_database.url, fake_openai, CANDIDATE))
         assert serve(switched, "u1").prewarmed_by is not None and fake_openai.calls == 0
@@ -556,7 +556,7 @@ def test_a_result_line_whose_program_does_not_fit_its_client_is_invalid_not_stag
     judged = batches.judge_line(line, PROFILE, False, candidate, finished())
     assert judged.state == "invalid" and judged.program_json is None
     assert judged.error is not None and "(rules broken: weeks)" in judged.error
-    assert judged.tokens["completion_tokens"] == COMPLETION_TOKENS  # billed all the same
+    assert judged.tokens.completion_tokens == COMPLETION_TOKENS  # billed all the same
 
 
 def test_status_without_an_api_key_is_one_line_naming_it(current: Settings, cli: Callable[..., CliRun]) -> None:

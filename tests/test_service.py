@@ -14,8 +14,8 @@ from core.contract.generation import GenerationError, GeneratorIdentity
 from core.contract.models import ContractError, OnboardingResponses
 from core.generators import OfflineGenerator, OpenAIChatGenerator
 from core.operations import admin
-from core.serving.miss_reasons import MISS_REASON_TEXT, MISS_REASONS
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.serving.single_flight import SingleFlightTimeout
 from core.store import entries, history
 from core.store.history import HistoryFilter
@@ -191,7 +191,7 @@ def test_an_entry_that_no_longer_validates_is_a_miss_and_is_overwritten(
 
 class BrokenGenerator:
     name = "broken"
-    identity = GeneratorIdentity(kind="openai", model="broken", version="broken-1")
+    identity = GeneratorIdentity(model="broken", version="broken-1")
 
     def __init__(self, answer: Any) -> None:
         self.answer = answer
@@ -307,11 +307,6 @@ def test_a_billed_miss_whose_event_could_not_be_recorded_is_recorded_when_its_pr
     assert (event["outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("miss", 420, 1800)
     assert event["history_error"] is True
     assert service.save_again(saved) is saved and len(programs(faults.engine)) == 1
-
-
-def test_every_miss_reason_has_the_text_a_coach_reads() -> None:
-    assert set(MISS_REASON_TEXT) == set(MISS_REASONS)
-    assert all(text and text[0].islower() for text in MISS_REASON_TEXT.values())
 
 
 def test_history_filters_are_whole_utc_days_and_open_ended_while_one_day_is_picked() -> None:
@@ -519,7 +514,7 @@ class OtherModel(CountingGenerator):
 
     def __init__(self) -> None:
         super().__init__()
-        self.identity = GeneratorIdentity(kind="openai", model="gpt-other", version="openai-p1-000000000000")
+        self.identity = GeneratorIdentity(model="gpt-other", version="openai-p1-000000000000")
 
 
 def test_an_entry_of_another_generator_is_a_miss_and_is_overwritten(service: ProgramService) -> None:

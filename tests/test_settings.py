@@ -14,8 +14,11 @@ from streamlit.testing.v1 import AppTest
 
 from core.generators import OpenAIChatGenerator
 from core.generators.openai_chat import SERVER_MESSAGE_CHARS
-from core.serving.service import GenerationFailed, ProgramService
+from core.serving.results import GenerationFailed
+from core.serving.service import ProgramService
 from core.settings import Settings
+from core.store.db import Database
+from testkit.counting import CountingGenerator
 from tests.conftest import CliRun
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
@@ -130,3 +133,17 @@ def test_an_api_key_the_server_echoes_is_never_shown_however_it_is_escaped(
     assert "HTTP 401" in said
     for piece in ("sk-test", "secret-key", "sk\\u002d", "sk%2D"):
         assert piece not in said
+
+
+def test_a_service_built_without_settings_waits_and_keeps_entries_as_the_app_does_unconfigured(
+    app_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    generator = CountingGenerator()
+    direct = ProgramService(engine=app_engine, generator=generator)
+    app = ProgramService.from_settings(Settings(_env_file=None), database=Database(app_engine), generator=generator)
+    configured = ("ttl", "lock_wait_seconds", "lease_seconds", "database_wait_seconds", "key_secret")
+    for name in (*configured, "serve_other_generators", "repair_attempts"):
+        assert getattr(direct, name) == getattr(app, name), name
+    assert direct.lock_wait_seconds == 510  # the LLM's worst case: 2 tries x 2 attempts x 120 s, + 30 s

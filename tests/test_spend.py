@@ -17,8 +17,8 @@ from core.contract.generation import GenerationError
 from core.contract.models import parse_onboarding
 from core.formatting import format_dollars
 from core.operations import monitoring
-from core.prices import DEFAULT_MODEL_PRICES, ModelPrice, Spend
-from core.serving.service import GenerationFailed
+from core.prices import DEFAULT_MODEL_PRICES, NOT_BILLED, Billed, ModelPrice, Spend
+from core.serving.results import GenerationFailed
 from core.settings import Settings
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
@@ -77,18 +77,18 @@ def test_the_generator_reads_the_usage_details_and_keeps_none_when_not_reported(
     generator = openai_generator(fake_openai)
     fake_openai.reset(Behaviour(prompt_tokens=1500, cached_tokens=1024, completion_tokens=900, reasoning_tokens=300))
     generation = generator.generate(parse_onboarding(PROFILE), False)
-    assert (generation.prompt_tokens, generation.cached_tokens) == (1500, 1024)
-    assert (generation.completion_tokens, generation.reasoning_tokens) == (900, 300)
+    assert (generation.billed.prompt_tokens, generation.billed.cached_tokens) == (1500, 1024)
+    assert (generation.billed.completion_tokens, generation.billed.reasoning_tokens) == (900, 300)
 
     fake_openai.reset(Behaviour(prompt_tokens=1500, completion_tokens=900))
     generation = generator.generate(parse_onboarding(PROFILE), False)
-    assert (generation.cached_tokens, generation.reasoning_tokens) == (None, None)
+    assert (generation.billed.cached_tokens, generation.billed.reasoning_tokens) == (None, None)
 
     # A failed answer is billed too, cached input and reasoning included.
     fake_openai.reset(Behaviour(mode="truncated", cached_tokens=256, reasoning_tokens=64))
     with pytest.raises(GenerationError) as failed:
         generator.generate(parse_onboarding(PROFILE), False)
-    assert (failed.value.cached_tokens, failed.value.reasoning_tokens) == (256, 64)
+    assert (failed.value.billed.cached_tokens, failed.value.billed.reasoning_tokens) == (256, 64)
 
 
 def test_the_clients_answers_come_last_after_a_prefix_shared_by_every_client_the_same_schema_fits(
@@ -197,3 +197,11 @@ def test_the_monitoring_page_splits_spend_by_kind_of_token_and_shows_the_cached_
     shown = (row["Input"], row["Cached input"], row["Output"])
     assert shown == pytest.approx((spend.input, spend.cached_input, spend.output))
     assert (row["Input cached"], row["Reasoning tokens"]) == (0.75, 400)
+
+
+def test_billed_tokens_add_up_kind_by_kind_and_unknown_stays_unknown() -> None:
+    first = Billed(prompt_tokens=1500, completion_tokens=900, cached_tokens=1024)
+    again = Billed(prompt_tokens=1600, completion_tokens=800)
+    assert first + again == Billed(prompt_tokens=3100, completion_tokens=1700, cached_tokens=1024)
+    assert (first + again).as_columns()["reasoning_tokens"] is None
+    assert Billed() + Billed() == NOT_BILLED

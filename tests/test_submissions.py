@@ -7,7 +7,7 @@ import pytest
 
 from core.contract.models import ContractError, FieldError
 from core.contract.partial_program import ProgramSoFar
-from core.serving.service import GenerationFailed, GenerationResult, SincePrevious
+from core.serving.results import GenerationFailed, GenerationResult, SincePrevious
 from core.store.rejections import RejectionOutcome
 from core.store.schema import utcnow
 from pages.submissions import CoachPanel, Failure, FieldErrors, Form, Loaded, Request, Submission

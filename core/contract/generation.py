@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.prices import NOT_BILLED, BilledTokens
+from core.prices import NOT_BILLED, OFFLINE_MODEL, Billed
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,7 @@ class Generation:
 
     program: Any
     model: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    # Parts of the two above, as OpenAI counts them: input read from the server's prompt
-    # cache (billed at the cached-input price) and output spent on reasoning (billed as output).
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    billed: Billed = NOT_BILLED
 
 
 class GenerationError(RuntimeError):
@@ -31,43 +26,33 @@ class GenerationError(RuntimeError):
     the server billed for the failed attempt (a refusal, a truncated or malformed answer)
     travel with it, so that monitoring counts every billed token."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        prompt_tokens: int | None = None,
-        completion_tokens: int | None = None,
-        cached_tokens: int | None = None,
-        reasoning_tokens: int | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, billed: Billed = NOT_BILLED) -> None:
         super().__init__(message)
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
-        self.cached_tokens = cached_tokens
-        self.reasoning_tokens = reasoning_tokens
+        self.billed = billed
 
 
-def billed_tokens(billed: Generation | GenerationError | None) -> BilledTokens:
-    """The tokens a generation or a failed one was billed (all unknown without one)."""
-    if billed is None:
-        return NOT_BILLED
-    return BilledTokens(
-        prompt_tokens=billed.prompt_tokens,
-        completion_tokens=billed.completion_tokens,
-        cached_tokens=billed.cached_tokens,
-        reasoning_tokens=billed.reasoning_tokens,
-    )
+GeneratorKind = Literal["openai", "offline"]
 
 
 @dataclass(frozen=True)
 class GeneratorIdentity:
-    """Which generator makes a program: its kind, its model, and a version that changes
-    whenever what it would produce changes. A cache entry made under another version is
-    not served (unless CACHE_ON_GENERATOR_CHANGE=serve)."""
+    """Which generator makes a program: its model, and a version that changes whenever what
+    it would produce changes. A cache entry made under another version is not served
+    (unless CACHE_ON_GENERATOR_CHANGE=serve)."""
 
-    kind: Literal["openai", "offline"]
     model: str
     version: str
+
+    @property
+    def kind(self) -> GeneratorKind:
+        return self.kind_of(self.model)
+
+    @staticmethod
+    def kind_of(model: str) -> GeneratorKind:
+        """The kind of the generator that names itself `model`, as every event, entry and
+        history row records it: the offline coach is its one model, any other is an LLM's.
+        The version's format is free to change; monitoring reads the kind from here."""
+        return "offline" if model == OFFLINE_MODEL else "openai"
 
     @property
     def source(self) -> Literal["llm", "offline"]:

@@ -98,6 +98,15 @@ class OnboardingResponses(_Contract):
         return self.model_dump(exclude_none=True)
 
 
+def answer_limits(field: str) -> dict[str, int]:
+    """An answer's bounds as the model holds them, for a form to draw: `ge` and `le` of a
+    number, `max_length` of a text or a list (its most characters or choices)."""
+    limits: dict[str, int] = {}
+    for rule in OnboardingResponses.model_fields[field].metadata:
+        limits |= {name: getattr(rule, name) for name in ("ge", "le", "max_length") if hasattr(rule, name)}
+    return limits
+
+
 # The program is validated on every cache hit, so it is checked entirely inside
 # pydantic-core: TypedDicts (no model objects to build) and integers as a union of strict
 # int and integral float (no Python validator per number; 5.0 stays 5.0, as JSON allows).

@@ -94,7 +94,6 @@ class OfflineGenerator:
 
     name = "offline"
     identity = GeneratorIdentity(
-        kind="offline",
         model=MODEL,
         version=f"offline-{RULES_VERSION}-{fingerprint(Path(__file__).read_text(encoding='utf-8'), revision())}",
     )

@@ -24,7 +24,7 @@ from core.contract.generation import Generation, GenerationError, GeneratorIdent
 from core.contract.models import OnboardingResponses, load_contract, parse_onboarding
 from core.contract.partial_program import ProgressReporter
 from core.generators.base import OnProgress
-from core.prices import NOT_BILLED, BilledTokens
+from core.prices import NOT_BILLED, Billed
 
 # Bumped by hand with each change of the prompt; the fingerprint catches the rest.
 PROMPT_VERSION = "p4"
@@ -290,9 +290,7 @@ class OpenAIChatGenerator:
         ]
         schemas = [self._response_format(profile, paid) for profile in samples for paid in (False, True)]
         shaped_by = (model, SYSTEM_PROMPT, REPAIR_PROMPT, schemas, revision(), temperature)
-        self.identity = GeneratorIdentity(
-            kind="openai", model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}"
-        )
+        self.identity = GeneratorIdentity(model=model, version=f"openai-{PROMPT_VERSION}-{fingerprint(*shaped_by)}")
 
     @property
     def name(self) -> str:
@@ -389,7 +387,7 @@ class OpenAIChatGenerator:
             program = self._program_from(answer)
         except GenerationError as exc:
             raise answer.failed(str(exc)) from None
-        return Generation(program=program, model=answer.model, **answer.tokens)
+        return Generation(program=program, model=answer.model, billed=answer.tokens)
 
     def _read(
         self, stream: Iterable[ChatCompletionChunk], answer: _Answer, progress: ProgressReporter, deadline: _Deadline
@@ -520,7 +518,7 @@ class _Answer:
         self.model = model
         self.chosen = False
         self.finish_reason: str | None = None
-        self.tokens: BilledTokens = NOT_BILLED  # until the usage chunk comes
+        self.tokens: Billed = NOT_BILLED  # until the usage chunk comes
         self._content: list[str] = []
         self._refusal: list[str] = []
 
@@ -561,15 +559,15 @@ class _Answer:
 
     def failed(self, message: str) -> GenerationError:
         """`message` as the generation's failure, with the tokens billed as far as known."""
-        return GenerationError(message, **self.tokens)
+        return GenerationError(message, billed=self.tokens)
 
 
-def _billed(usage: CompletionUsage | None) -> BilledTokens:
+def _billed(usage: CompletionUsage | None) -> Billed:
     if usage is None:
         return NOT_BILLED
     # The details are optional: a server that does not report them leaves them unknown.
     prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
-    return BilledTokens(
+    return Billed(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=prompt_details.cached_tokens if prompt_details else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine, func, insert, select, type_coerce
 
@@ -17,9 +17,14 @@ from core.store.schema import UTCDateTime, admin_actions, rollouts, training_pro
 actions = admin_actions.c
 programs = training_programs.c
 UNKNOWN_GENERATOR = "unknown"  # how an action names entries made before identities were recorded
+# What `admin_actions.action` records. An invalidation names whose entries it deleted (a user
+# id, a generator version): the TTL replay (core/operations/monitoring/replay.py) reads them.
+Invalidation = Literal["invalidate_user", "retire_generator"]
+Action = Literal["cleanup", "recall", Invalidation]
+INVALIDATIONS: tuple[Invalidation, ...] = get_args(Invalidation)
 
 
-def record_action(engine: Engine, *, actor: str, action: str, target: str | None, removal: entries.Removal) -> None:
+def record_action(engine: Engine, *, actor: str, action: Action, target: str | None, removal: entries.Removal) -> None:
     with engine.begin() as connection:
         connection.execute(
             insert(admin_actions).values(
@@ -95,7 +100,7 @@ def retire_generator(engine: Engine, *, actor: str, generator_version: str) -> e
 class AdminAction:
     created_at: datetime
     actor: str
-    action: str
+    action: Action
     target: str | None
     rows_affected: int
     bytes_reclaimed: int

@@ -9,22 +9,18 @@ from typing import Literal, get_args
 
 from core.contract.models import PAID_ACCESS
 from core.store.entries import CacheEntry
-from core.store.fates import KeyRecord
+from core.store.fates import KeyRecord, UnwrittenFate
 
 MissReason = Literal[
+    UnwrittenFate,  # what happened to the key's entry, as recorded
     "first_generation",
-    "expired",
     "profile_changed",
     "access_changed",
     "forced_refresh",
     "cache_unavailable",
     "invalid_entry",
     "generator_changed",
-    "invalidated",
-    "rejected",
-    "recalled",
     "removed",
-    "not_cached",
 ]
 
 
@@ -100,3 +96,8 @@ MISS_REASON_TEXT: dict[MissReason, str] = {
     "not_cached": "the last program for these answers could not be cached",
 }
 MISS_REASONS: tuple[MissReason, ...] = get_args(MissReason)
+# The misses no TTL could have spared: a refresh the coach forced, a program a coach rejected or a
+# recall took back
+# (the TTL replay, core/operations/monitoring/replay.py, also counts an admin's invalidation
+# from admin_actions, since the request after it may say "expired" under the TTL it ran with).
+WHATEVER_THE_TTL: tuple[MissReason, ...] = ("forced_refresh", "rejected", "recalled")

@@ -12,7 +12,6 @@ from core.contract.fit import Rule, UnfitProgram, validate_program
 from core.contract.generation import Generation, GenerationError, Rejected
 from core.contract.models import ContractError, FieldError, OnboardingResponses, TrainingProgram
 from core.generators.base import OnProgress, ProgramGenerator
-from core.prices import TOKEN_FIELDS
 
 
 @runtime_checkable
@@ -100,18 +99,9 @@ def _same(program: Any, rejected: Any) -> bool:
     return json.dumps(program, sort_keys=True) == json.dumps(rejected, sort_keys=True)
 
 
-def _sum(a: int | None, b: int | None) -> int | None:
-    # Unknown (None) adds nothing; both unknown stays unknown.
-    return None if a is None and b is None else (a or 0) + (b or 0)
-
-
-def _tokens(one: Generation | GenerationError, other: Generation) -> dict[str, Any]:
-    return {name: _sum(getattr(one, name), getattr(other, name)) for name in TOKEN_FIELDS}
-
-
 def _added(later: Generation, earlier: Generation) -> Generation:
-    return replace(later, **_tokens(later, earlier))
+    return replace(later, billed=later.billed + earlier.billed)
 
 
 def _with_tokens(failed: GenerationError, earlier: Generation) -> GenerationError:
-    return GenerationError(f"{failed} (repairing an answer that did not pass)", **_tokens(failed, earlier))
+    return GenerationError(f"{failed} (repairing an answer that did not pass)", billed=failed.billed + earlier.billed)

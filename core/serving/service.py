@@ -7,34 +7,33 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import cached_property, partial
+from functools import partial
 from time import perf_counter
 from typing import Any
 
-from pydantic_core import from_json
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from core.contract.cache_key import cache_key, check_user_id, onboarding_hash
 from core.contract.fit import validate_program_json
-from core.contract.generation import Generation, GenerationError, Rejected, billed_tokens
-from core.contract.models import ContractError, OnboardingResponses, TrainingProgram, parse_onboarding
+from core.contract.generation import GenerationError, Rejected
+from core.contract.models import ContractError, parse_onboarding
 from core.generators import OnProgress, ProgramGenerator
 from core.logs import FIELDS
-from core.prices import NOT_BILLED, BilledTokens
+from core.prices import NOT_BILLED, Billed
 from core.serving import budget, repair, single_flight
 from core.serving.miss_reasons import Lookup, MissReason, miss_reason
+from core.serving.request import Generated, Miss, Request, hand_out, hit_on
+from core.serving.results import GenerationFailed, GenerationResult, SincePrevious, compare
 from core.serving.single_flight import SingleFlightTimeout
-from core.settings import Settings
+from core.serving.validated import ValidatedPrograms
+from core.settings import DEFAULTS, Settings
 from core.store import entries, fates, history, rejections, staged_programs, waits
 from core.store.db import Database, connect_to_write, describe_db_error
-from core.store.history import GenerationEvent, HistoryRecord, Outcome, Source
-from core.store.schema import ProgramId, utcnow
+from core.store.history import GenerationEvent, HistoryRecord, Source
 
 log = logging.getLogger(__name__)
 
@@ -42,71 +41,6 @@ log = logging.getLogger(__name__)
 def _digest_prefix(key: str) -> str:
     """Enough of the key's digest to tell requests apart in logs."""
     return key.rsplit(":d", 1)[1][:8]
-
-
-class GenerationFailed(RuntimeError):
-    """No program could be produced; nothing was cached or saved."""
-
-
-@dataclass(frozen=True)
-class SincePrevious:
-    """The user's previous program, the newest one before this request (None for a first
-    program), and what changed since: the one comparison a miss reason and the page share."""
-
-    previous: history.Answers | None
-    changes: tuple[history.Change, ...] = ()
-
-
-def _compare(
-    connection: Connection,
-    user_id: str,
-    answers: dict[str, Any],
-    has_paid_access: bool,
-    *,
-    except_program: ProgramId | None = None,
-) -> SincePrevious:
-    previous = history.latest_answers(connection, user_id, except_program=except_program)
-    if previous is None:
-        return SincePrevious(None)
-    return SincePrevious(previous, tuple(history.changed_answers(previous, answers, has_paid_access)))
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    # The validated program as JSON text; `program` decodes it on first use.
-    program_json: str
-    cache_hit: bool
-    cache_key: str
-    latency_ms: float
-    # When the program was asked for (the history row's created_at), and from what answers.
-    requested_at: datetime
-    onboarding_responses: dict[str, Any]
-    training_program_id: ProgramId | None = None
-    expires_at: datetime | None = None
-    miss_reason: MissReason | None = None
-    changed_fields: tuple[str, ...] = ()
-    # None until compared: a miss compares for its reason, a hit (kept cheap) when asked,
-    # by ProgramService.since_previous.
-    since_previous: SincePrevious | None = None
-    # Which generator made the program (for a hit: as the cache entry recorded it).
-    model: str | None = None
-    generator_version: str | None = None
-    # A hit on a program a rollout generated ahead for this generator (its id): pre-warmed.
-    prewarmed_by: int | None = None
-    # Set when the offline coach made the program because this LLM budget is spent (core.serving.budget).
-    budget_reached: str | None = None
-    warnings: tuple[str, ...] = ()
-    # Set when the program was produced but saving it to history failed: `unsaved` is what
-    # `ProgramService.save_again` saves, with the request's event if that could not be
-    # recorded either (a miss's event carries the tokens it was billed).
-    history_error: str | None = None
-    unsaved: HistoryRecord | None = None
-    unsaved_event: GenerationEvent | None = None
-
-    @cached_property
-    def program(self) -> TrainingProgram:
-        program: TrainingProgram = from_json(self.program_json)
-        return program
 
 
 @dataclass(frozen=True)
@@ -119,155 +53,22 @@ class _Told:
 
 
 @dataclass
-class _Request:
-    user_id: str
-    profile: OnboardingResponses
-    has_paid_access: bool
-    key: str
-    force_refresh: bool
-    started: float = field(default_factory=perf_counter)
-    requested_at: datetime = field(default_factory=utcnow)
-    warnings: list[str] = field(default_factory=list)
-    cache_read_error: bool = False
-    since_previous: SincePrevious | None = None
-
-    def elapsed_ms(self) -> float:
-        return (perf_counter() - self.started) * 1000
-
-    @cached_property
-    def answers(self) -> dict[str, Any]:
-        """The normalized answers, as stored and compared."""
-        return self.profile.normalized()
-
-    def served(self, program_json: str, entry: entries.CacheEntry, prewarmed_by: int | None) -> GenerationResult:
-        """This request served from `entry`, whose program is `program_json`."""
-        return GenerationResult(
-            program_json=program_json,
-            cache_hit=True,
-            cache_key=self.key,
-            latency_ms=self.elapsed_ms(),
-            requested_at=self.requested_at,
-            onboarding_responses=self.answers,
-            expires_at=entry.expires_at,
-            model=entry.model,
-            generator_version=entry.generator_version,
-            prewarmed_by=prewarmed_by,
-            since_previous=self.since_previous,
-        )
-
-    def event(self, outcome: Outcome, *, latency_ms: float, **details: Any) -> GenerationEvent:
-        """This request's event: what happened (`outcome` and its details) and how long it took."""
-        return GenerationEvent(
-            user_id=self.user_id,
-            cache_key=self.key,
-            outcome=outcome,
-            latency_ms=latency_ms,
-            cache_read_error=self.cache_read_error,
-            **details,
-        )
-
-    def record(
-        self,
-        program_json: str,
-        source: Source,
-        generation: Generation | None = None,
-        *,
-        model: str | None = None,
-        generator_version: str | None = None,
-    ) -> HistoryRecord:
-        """The history row of this request's program, with the generator that made it."""
-        return HistoryRecord(
-            user_id=self.user_id,
-            program_json=program_json,
-            onboarding_responses=self.answers,
-            has_paid_access=self.has_paid_access,
-            source=source,
-            cache_key=self.key,
-            latency_ms=self.elapsed_ms(),
-            model=generation.model if generation else model,
-            generator_version=generator_version,
-            **billed_tokens(generation),
-            created_at=self.requested_at,
-        )
-
-
-@dataclass(frozen=True)
-class _Generated:
-    """A miss's program as it is to be stored: its result, history row and event."""
-
-    result: GenerationResult
-    record: HistoryRecord
-    event: GenerationEvent
-    written_at: datetime | None = None
-
-    def cached(self, written: entries.Written) -> _Generated:
-        """This program as cached by `written`: valid until its expiry."""
-        return _Generated(
-            replace(self.result, expires_at=written.expires_at),
-            self.record,
-            replace(self.event, entry_expires_at=written.expires_at),
-            written.updated_at,
-        )
-
-
-class ValidatedPrograms:
-    """Entry versions this process has validated, as JSON text, bounded in bytes. On
-    PostgreSQL a hit on a version already validated skips fetching and validating the
-    program again; any change to the row gives it a new version, which is fetched and
-    validated anew. SQLite has no row versions (None): a hit there fetches the program and
-    skips validating it only when its text is the one validated."""
-
-    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def known(self, key: str) -> tuple[str | None, str] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def remember(self, key: str, version: str | None, document: str) -> None:
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old[1])
-            self._items[key] = (version, document)
-            self._bytes += len(document)
-            while self._bytes > self.max_bytes and self._items:
-                _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= len(evicted)
-
-
-def _hit(
-    request: _Request, entry: entries.CacheEntry, program_json: str, prewarmed_by: int | None
-) -> tuple[GenerationResult, HistoryRecord, GenerationEvent]:
-    """A hit on `entry`: what the request is served, its history row and its event."""
-    result = request.served(program_json, entry, prewarmed_by)
-    event = request.event("hit", latency_ms=result.latency_ms).served_from(entry)
-    record = request.record(program_json, "cache", model=entry.model, generator_version=entry.generator_version)
-    return result, record, event
-
-
-@dataclass
 class ProgramService:
     engine: Engine
     generator: ProgramGenerator
-    ttl: timedelta = timedelta(hours=24)
-    lock_wait_seconds: float = 120.0
-    lease_seconds: float = single_flight.LEASE_SECONDS
-    database_wait_seconds: float = 5.0  # all one request may wait on the database
+    # Unset, as the app has them with no setting set (core.settings.DEFAULTS).
+    ttl: timedelta = timedelta(hours=DEFAULTS.cache_ttl_hours)
+    lock_wait_seconds: float = DEFAULTS.lock_wait_seconds
+    lease_seconds: float = DEFAULTS.generation_lease_seconds
+    database_wait_seconds: float = DEFAULTS.database_wait_seconds  # all one request may wait on the database
     # The user id as the database stores it, or ContractError (Database.check_user_id: a
     # table with uuid user ids accepts only UUIDs).
     user_id_check: Callable[[Any], str] = check_user_id
     key_secret: bytes | None = None  # CACHE_KEY_SECRET: HMAC the key's digest
     # CACHE_ON_GENERATOR_CHANGE=serve: entries of another generator identity are still hits.
-    serve_other_generators: bool = False
+    serve_other_generators: bool = DEFAULTS.cache_on_generator_change == "serve"
     # LLM_REPAIR_ATTEMPTS: how many times a program that does not pass is sent back (core.repair).
-    repair_attempts: int = 1
+    repair_attempts: int = DEFAULTS.llm_repair_attempts
     spend_guard: budget.Guard | None = None  # LLM_DAILY_BUDGET_USD, LLM_MONTHLY_BUDGET_USD, BUDGET_EXCEEDED
     validated: ValidatedPrograms = field(default_factory=ValidatedPrograms, repr=False)
 
@@ -321,11 +122,12 @@ class ProgramService:
         user_id = self.user_id_check(user_id)
         profile = parse_onboarding(onboarding_responses)
         key = cache_key(user_id, profile, has_paid_access, self.key_secret)
-        request = _Request(user_id, profile, has_paid_access, key, force_refresh)
+        entry_hash = onboarding_hash(profile, self.key_secret)
+        request = Request(user_id, profile, has_paid_access, key, entry_hash, force_refresh)
         lookup = Lookup() if force_refresh else self._try_cache(request)
         if isinstance(lookup, GenerationResult):
             return self._logged(request, lookup)
-        reason, changed = self._miss_reason(request, lookup)
+        miss = self._miss(request, lookup)
         # A forced refresh accepts only an entry written after it was asked for.
         written_since = self._database_time(request) if force_refresh else None
         try:
@@ -335,15 +137,16 @@ class ProgramService:
                 wait_seconds=self.lock_wait_seconds,
                 lease_seconds=self.lease_seconds,
                 from_cache=lambda: self._hit_or_none(request, written_since),
-                produce=lambda: self._prewarmed(request) or self._generate_and_store(request, reason, changed, told),
-                on_waiting=partial(told.on_waiting, reason) if told.on_waiting else None,
+                produce=lambda: self._prewarmed(request) or self._generate_and_store(request, miss, told),
+                on_waiting=partial(told.on_waiting, miss.reason) if told.on_waiting else None,
             )
         except SingleFlightTimeout as exc:
-            self._record_failure(request, reason, str(exc))
+            self._record_failure(request, miss.reason, str(exc))
             raise
-        return self._logged(request, result)
+        # However it was had at last, the comparison the miss made is the page's too.
+        return self._logged(request, replace(result, since_previous=miss.since_previous))
 
-    def _logged(self, request: _Request, result: GenerationResult) -> GenerationResult:
+    def _logged(self, request: Request, result: GenerationResult) -> GenerationResult:
         """The request's one log line (hit or miss, why, how long; never the answers)."""
         outcome = "hit" if result.cache_hit else "bypass" if request.force_refresh else "miss"
         fields = {
@@ -383,7 +186,7 @@ class ProgramService:
             return result.since_previous
         try:
             with waits.request_budget(self.database_wait_seconds), self.engine.connect() as connection:
-                return _compare(
+                return compare(
                     connection,
                     self.user_id_check(user_id),
                     result.onboarding_responses,
@@ -394,7 +197,7 @@ class ProgramService:
             log.warning("Could not read the previous program: %s", describe_db_error(exc))
             return None
 
-    def _database_time(self, request: _Request) -> datetime:
+    def _database_time(self, request: Request) -> datetime:
         """Now by the database's clock, by which entries' times are written; this host's when
         the database does not answer (then no entry can be read either)."""
         try:
@@ -402,11 +205,11 @@ class ProgramService:
         except DBAPIError:
             return request.requested_at
 
-    def _hit_or_none(self, request: _Request, written_since: datetime | None) -> GenerationResult | None:
+    def _hit_or_none(self, request: Request, written_since: datetime | None) -> GenerationResult | None:
         served = self._try_cache(request, written_since)
         return served if isinstance(served, GenerationResult) else None
 
-    def _try_cache(self, request: _Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
+    def _try_cache(self, request: Request, written_since: datetime | None = None) -> GenerationResult | Lookup:
         """Serve a hit, or say why not: read the entry (without its program when this process
         has validated that very row version), validate a new version, then save the history
         row and the event together. `written_since`: only an entry written since then serves."""
@@ -425,13 +228,13 @@ class ProgramService:
         return self._serve(request, entry, program_json)
 
     def _serve(
-        self, request: _Request, entry: entries.CacheEntry, program_json: str, prewarmed_by: int | None = None
+        self, request: Request, entry: entries.CacheEntry, program_json: str, prewarmed_by: int | None = None
     ) -> GenerationResult:
         """A hit on `entry`, whose program is `program_json`, validated: saved to history."""
-        result, record, event = _hit(request, entry, program_json, prewarmed_by)
+        result, record, event = hit_on(request, entry, program_json, prewarmed_by)
         return self._save(request, result, record, event, entry_written_at=entry.updated_at)
 
-    def _prewarmed(self, request: _Request) -> GenerationResult | None:
+    def _prewarmed(self, request: Request) -> GenerationResult | None:
         """A program a rollout generated ahead for this generator identity (core/operations/rollout/),
         taken once as the key's entry and served as a hit, with no LLM call; None when
         there is none, or it does not pass validation for this profile any more."""
@@ -451,41 +254,29 @@ class ProgramService:
                     log.warning("Staged program for %s no longer validates, generating: %s", request.key, exc)
                     staged_programs.mark_invalid(connection, staged.id, str(exc))
                     return None
-                written = entries.upsert_entry(
-                    connection,
-                    key=request.key,
-                    user_id=request.user_id,
-                    onboarding_hash=onboarding_hash(request.profile, self.key_secret),
-                    program_json=staged.program_json,
-                    ttl=self.ttl,
-                    model=staged.model,
-                    generator_version=version,
-                    tokens=staged.tokens,
-                    made_at=staged.generated_at,
-                )
                 entry = entries.CacheEntry(
                     data_json=staged.program_json,
                     row_version=None,
-                    expires_at=written.expires_at,
+                    expires_at=staged.expires_at,
                     created_at=staged.generated_at,
-                    updated_at=written.updated_at,
+                    updated_at=staged.generated_at,
                     generator_version=version,
                     model=staged.model,
-                    **staged.tokens,
+                    **staged.tokens.as_columns(),
                     valid=True,
                 )
                 # The hand-out (history row and event) commits with the claim: a process
                 # killed in between leaves the program staged, not used by no one.
-                result, record, event = _hit(request, entry, staged.program_json, staged.rollout_id)
-                program_id = history.insert_program(connection, record, entry_written_at=written.updated_at)
-                history.insert_event(connection, event)
+                handed = Generated(*hit_on(request, entry, staged.program_json, staged.rollout_id))
+                new = request.new_entry(staged.program_json, staged.model, version, staged.tokens, staged.generated_at)
+                cached, program_id = hand_out(connection, new, self.ttl, handed)
         except DBAPIError as exc:
             log.warning("Could not take the staged program for %s: %s", request.key, describe_db_error(exc))
             return None
-        return replace(result, warnings=tuple(request.warnings), training_program_id=program_id)
+        return replace(cached.result, warnings=tuple(request.warnings), training_program_id=program_id)
 
     def _validated_program(
-        self, request: _Request, entry: entries.CacheEntry, known: tuple[str | None, str] | None
+        self, request: Request, entry: entries.CacheEntry, known: tuple[str | None, str] | None
     ) -> str | None:
         """The entry's program, validated against the contract and the profile; None if it
         no longer passes. A version validated here before is not validated again: this very
@@ -502,7 +293,7 @@ class ProgramService:
         self.validated.remember(request.key, entry.row_version, program_json)
         return program_json
 
-    def _read_failed(self, request: _Request, exc: DBAPIError) -> Lookup:
+    def _read_failed(self, request: Request, exc: DBAPIError) -> Lookup:
         log.warning("Cache read failed for %s, generating instead: %s", request.key, describe_db_error(exc))
         request.cache_read_error = True
         warning = "The cache could not be read; the program was generated instead."
@@ -510,42 +301,34 @@ class ProgramService:
             request.warnings.append(warning)
         return Lookup(failed=True)
 
-    def _miss_reason(self, request: _Request, lookup: Lookup) -> tuple[MissReason, tuple[str, ...]]:
+    def _miss(self, request: Request, lookup: Lookup) -> Miss:
         """Why the cache did not serve, from what the database recorded about this key (and,
-        for a key that never had an entry, the user's previous program): entry_fate decides."""
-        record, changed, now = None, None, request.requested_at
+        for a key that never had an entry, the user's previous program): miss_reason decides."""
+        record, since, now = None, None, request.requested_at
         if not (request.force_refresh or lookup.failed):
             try:
                 with self.engine.connect() as connection:
                     record, now = fates.read_record(connection, request.key)
-                    request.since_previous = _compare(
-                        connection, request.user_id, request.answers, request.has_paid_access
-                    )
+                    since = compare(connection, request.user_id, request.answers, request.has_paid_access)
             except DBAPIError as exc:
                 log.warning("Could not read why there was no entry: %s", describe_db_error(exc))
-                return "cache_unavailable", ()
-            if request.since_previous.previous is not None:
-                changed = tuple(c.field for c in request.since_previous.changes)
-        return miss_reason(
+                return Miss("cache_unavailable")
+        changed = None if since is None or since.previous is None else tuple(c.field for c in since.changes)
+        reason, changed = miss_reason(
             forced=request.force_refresh, lookup=lookup, record=record, changed_since_previous=changed, now=now
         )
+        return Miss(reason, changed, since)
 
-    def _generate_and_store(
-        self,
-        request: _Request,
-        reason: MissReason,
-        changed: tuple[str, ...],
-        told: _Told,
-    ) -> GenerationResult:
+    def _generate_and_store(self, request: Request, miss: Miss, told: _Told) -> GenerationResult:
         try:
             chosen = budget.generator_within_budget(self.spend_guard, self.engine, self.generator)
         except budget.BudgetRefused as exc:
-            self._record_failure(request, reason, str(exc))
+            self._record_failure(request, miss.reason, str(exc))
             raise GenerationFailed(str(exc)) from None
         generator = chosen.generator
         if told.on_generating is not None:
-            told.on_generating(reason)
-        rejected = self._rejected(request.key, reason) if reason in ("rejected", "recalled") else None
+            told.on_generating(miss.reason)
+        rejected = self._rejected(request.key, miss.reason) if miss.reason in ("rejected", "recalled") else None
         llm_started = perf_counter()
         try:
             judged = repair.generate_judged(
@@ -559,14 +342,14 @@ class ProgramService:
         except GenerationError as exc:
             # A refused, truncated or malformed answer was still billed: count its tokens.
             message = f"generation failed: {exc}. Nothing was cached or saved."
-            self._record_failure(request, reason, message, billed_tokens(exc))
+            self._record_failure(request, miss.reason, message, exc.billed)
             raise GenerationFailed(message) from None
         generation, program = judged.generation, judged.program
         outcome = judged.recorded()
         if program is None:
             tried = f" ({judged.attempts} attempts)" if judged.attempts > 1 else ""
             message = f"the generated program is invalid{tried}: {judged.refused}. Nothing was cached or saved."
-            self._record_failure(request, reason, message, billed_tokens(generation), **outcome)
+            self._record_failure(request, miss.reason, message, generation.billed, **outcome)
             raise GenerationFailed(message) from None
         program_json = json.dumps(program, ensure_ascii=False, separators=(",", ":"))
         llm_latency_ms = (perf_counter() - llm_started) * 1000
@@ -581,9 +364,8 @@ class ProgramService:
             latency_ms=record.latency_ms,
             requested_at=request.requested_at,
             onboarding_responses=request.answers,
-            miss_reason=reason,
-            changed_fields=changed,
-            since_previous=request.since_previous,
+            miss_reason=miss.reason,
+            changed_fields=miss.changed,
             model=generation.model,
             generator_version=identity.version,
             budget_reached=chosen.budget_reached,
@@ -591,25 +373,15 @@ class ProgramService:
         event = request.event(
             "bypass" if request.force_refresh else "miss",
             latency_ms=record.latency_ms,
-            miss_reason=reason,
+            miss_reason=miss.reason,
             llm_latency_ms=llm_latency_ms,
             generator_version=identity.version,
             model=generation.model,
-            **billed_tokens(generation),
+            **generation.billed.as_columns(),
             **outcome,
         )
-        upsert = partial(
-            entries.upsert_entry,
-            key=request.key,
-            user_id=request.user_id,
-            onboarding_hash=onboarding_hash(request.profile, self.key_secret),
-            program_json=program_json,
-            ttl=self.ttl,
-            model=generation.model,
-            generator_version=identity.version,
-            tokens=billed_tokens(generation),
-        )
-        return self._store(request, _Generated(result, record, event), upsert)
+        new = request.new_entry(program_json, generation.model, identity.version, generation.billed)
+        return self._store(request, Generated(result, record, event), new)
 
     def _rejected(self, key: str, reason: MissReason) -> Rejected | None:
         """The program a coach rejected, or a recall recalled, for this key, for the generation
@@ -622,28 +394,23 @@ class ProgramService:
             log.warning("Could not read the rejection of %s: %s", key, describe_db_error(exc))
             return None
 
-    def _store(
-        self, request: _Request, generated: _Generated, upsert: Callable[[Connection], entries.Written]
-    ) -> GenerationResult:
+    def _store(self, request: Request, generated: Generated, new: entries.NewEntry) -> GenerationResult:
         """The entry, the history row and the event (with the tokens the generation was billed)
         in one transaction: an instance killed between them leaves none of them, never an entry
         served as a saving whose generation was not counted as spent. When that transaction
         fails, as much as the database takes (`_store_in_part`)."""
         try:
             with connect_to_write(self.engine) as connection, connection.begin():
-                cached = generated.cached(upsert(connection))
-                # Copied from the entry just written rather than sent, parsed and compressed again.
-                program_id = history.insert_program(connection, cached.record, entry_written_at=cached.written_at)
-                history.insert_event(connection, cached.event)
+                cached, program_id = hand_out(connection, new, self.ttl, generated)
         except DBAPIError as exc:
-            return self._store_in_part(request, generated, upsert, exc)
+            return self._store_in_part(request, generated, new, exc)
         return replace(cached.result, training_program_id=program_id, warnings=tuple(request.warnings))
 
     def _store_in_part(
         self,
-        request: _Request,
-        generated: _Generated,
-        upsert: Callable[[Connection], entries.Written],
+        request: Request,
+        generated: Generated,
+        new: entries.NewEntry,
         failure: DBAPIError,
     ) -> GenerationResult:
         """The entry with its event, the history row kept to save again (`save_again`); or,
@@ -652,8 +419,7 @@ class ProgramService:
         unsaved = replace(generated, event=replace(generated.event, history_error=True, error=message))
         try:
             with connect_to_write(self.engine) as connection, connection.begin():
-                cached = unsaved.cached(upsert(connection))
-                history.insert_event(connection, cached.event)
+                cached, _ = hand_out(connection, new, self.ttl, unsaved, save=False)
         except DBAPIError as exc:
             log.warning("Cache write failed for %s: %s", request.key, describe_db_error(exc))
             request.warnings.append("The program could not be cached; the next request will generate again.")
@@ -665,7 +431,7 @@ class ProgramService:
 
     def _save(
         self,
-        request: _Request,
+        request: Request,
         result: GenerationResult,
         record: HistoryRecord,
         event: GenerationEvent,
@@ -688,10 +454,10 @@ class ProgramService:
 
     def _record_failure(
         self,
-        request: _Request,
+        request: Request,
         reason: MissReason,
         message: str,
-        billed: BilledTokens = NOT_BILLED,
+        billed: Billed = NOT_BILLED,
         *,
         attempts: int | None = None,
         rules_broken: str | None = None,
@@ -713,7 +479,7 @@ class ProgramService:
                 # Whose tokens these are: a failed generation is billed too.
                 generator_version=self.generator.identity.version,
                 model=self.generator.identity.model,
-                **billed,
+                **billed.as_columns(),
                 attempts=attempts,
                 rules_broken=rules_broken,
             )

@@ -5,7 +5,7 @@ in one atomic upsert that succeeds only where no row exists or the old one has e
 renewed while the generation runs, deleted when it ends. It lives in the database, so it
 holds on SQLite across processes and on PostgreSQL directly or through a transaction-mode
 pooler (where a session-level advisory lock may be released on another server connection,
-or never). A holder that dies stops renewing: its lease lapses within LEASE_SECONDS.
+or never). A holder that dies stops renewing: its lease lapses within its period (GENERATION_LEASE_SECONDS).
 Every expiry is set and judged by the database's clock in the statement itself, so hosts
 whose clocks disagree agree on who holds a lease, and a renewal held up (by a lock, a slow
 network) still extends the lease from when it is written. A renewal that finds the lease
@@ -38,8 +38,6 @@ from core.store.schema import database_now, generation_leases
 log = logging.getLogger(__name__)
 POLL_FIRST_SECONDS = 0.02
 POLL_MAX_SECONDS = 0.25
-# A crashed holder blocks its key for at most this long; renewed three times per period.
-LEASE_SECONDS = 15.0
 T = TypeVar("T")
 leases = generation_leases.c
 
@@ -56,7 +54,7 @@ def once(
     wait_seconds: float,
     from_cache: Callable[[], T | None],
     produce: Callable[[], T],
-    lease_seconds: float = LEASE_SECONDS,
+    lease_seconds: float,
     on_waiting: Callable[[], None] | None = None,
 ) -> T:
     """`produce()` under the generation lease for `key`, unless `from_cache()` serves first:

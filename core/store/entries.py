@@ -1,5 +1,10 @@
 """Reads and writes of the program entries in `ai_coach_cache`. The table is shared with
-other AI-coach features: everything here touches only keys with the `program:` prefix."""
+other AI-coach features: everything here touches only keys with the `program:` prefix.
+
+This is the only module that changes an entry, through two functions: `write_entry` (a
+validated program becomes the key's entry) and `_remove` (every deletion: cleanup,
+invalidation, rejection). Each records what happened to the key (core/store/fates.py) in
+the same transaction, so that no entry changes without its record."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.contract.cache_key import key_sample
-from core.prices import TOKEN_FIELDS, BilledTokens
+from core.prices import TOKEN_FIELDS, Billed
 from core.store import fates, staged_programs
 from core.store.db import connect_for_one_read, connect_to_write
 from core.store.schema import (
@@ -158,39 +163,44 @@ _UPSERT = {
 }
 
 
-def upsert_entry(
-    connection: Connection,
-    *,
-    key: str,
-    user_id: str,
-    onboarding_hash: str,
-    program_json: str,
-    ttl: timedelta,
-    model: str,
-    generator_version: str,
-    tokens: BilledTokens,
-    made_at: datetime | None = None,
-) -> Written:
+@dataclass(frozen=True)
+class NewEntry:
+    """A validated program as the key's entry: who it is for, what made it and what that
+    generation was billed; `made_at` when it was made earlier (pre-warmed by a rollout)."""
+
+    key: str
+    user_id: str
+    onboarding_hash: str
+    program_json: str
+    model: str
+    generator_version: str
+    tokens: Billed
+    made_at: datetime | None = None
+
+
+def write_entry(connection: Connection, entry: NewEntry, ttl: timedelta) -> Written:
     """Write the key's entry, valid for `ttl` from now by the database's clock (or from
-    `made_at`, when the program was made earlier), and record that it was written."""
+    `made_at`, when the program was made earlier), and record that it was written. In the
+    caller's transaction, which must write (connect_to_write)."""
+    made_at = entry.made_at
     row = connection.execute(
         _UPSERT[connection.dialect.name, made_at is not None],
         {
-            "cache_key": key,
-            "user_id": user_id,
-            "data_json": program_json,
-            "onboarding_hash": onboarding_hash,
+            "cache_key": entry.key,
+            "user_id": entry.user_id,
+            "data_json": entry.program_json,
+            "onboarding_hash": entry.onboarding_hash,
             "ttl_seconds": ttl.total_seconds(),
             "made_at": made_at,
             "made_until": made_at + ttl if made_at else None,
-            "size_bytes": len(program_json.encode()),
-            "model": model,
-            "generator_version": generator_version,
-            **tokens,
+            "size_bytes": len(entry.program_json.encode()),
+            "model": entry.model,
+            "generator_version": entry.generator_version,
+            **entry.tokens.as_columns(),
         },
     ).one()
     written = Written(*row)
-    fates.record(connection, key=key, fate="written", entry_expires_at=written.expires_at)
+    fates.record(connection, key=entry.key, fate="written", entry_expires_at=written.expires_at)
     return written
 
 
@@ -215,7 +225,7 @@ class Removal:
 def delete_expired(engine: Engine, *, actor: str, batch_size: int = CLEANUP_BATCH_SIZE) -> Removal:
     """Delete the program entries expired by the database's clock, recording each key's
     entry as expired."""
-    conditions = (_is_program_entry(), cache.expires_at <= database_now(engine.dialect.name))
+    conditions = (cache.expires_at <= database_now(engine.dialect.name),)
     return _delete_in_batches(engine, conditions, fates.Removed("expired", actor), batch_size)
 
 
@@ -234,7 +244,7 @@ def delete_generator_entries(
         else rollout_programs.c.generator_version == generator_version
     )
     why = f"voided: generator {generator_version or 'unknown'} invalidated by {actor}"
-    return _delete_in_batches(engine, (_is_program_entry(), made_by), fate, batch_size, voided=(staged, why))
+    return _delete_in_batches(engine, (made_by,), fate, batch_size, voided=(staged, why))
 
 
 def _delete_in_batches(
@@ -250,13 +260,12 @@ def _delete_in_batches(
     deleted = reclaimed = staged_voided = 0
     first = True
     while True:
-        batch = select(cache.id).where(*conditions).limit(batch_size).scalar_subquery()
-        # The conditions are checked again on the row deleted: an entry rewritten meanwhile stays.
-        statement = delete(ai_coach_cache).where(cache.id.in_(batch), *conditions)
+        batch = select(cache.id).where(_is_program_entry(), *conditions).limit(batch_size).scalar_subquery()
         with connect_to_write(engine) as connection, connection.begin():
             if voided is not None and first:
                 staged_voided = staged_programs.void(connection, *voided)
-            count, size = _delete_counting(connection, statement, fate)
+            # The conditions are checked again on the row deleted: an entry rewritten meanwhile stays.
+            count, size = _remove(connection, (cache.id.in_(batch), *conditions), fate)
         deleted += count
         reclaimed += size
         first = False
@@ -264,10 +273,13 @@ def _delete_in_batches(
             return Removal(deleted, reclaimed, staged_voided=staged_voided)
 
 
-def _delete_counting(connection: Connection, statement: Any, fate: fates.Removed) -> tuple[int, int]:
-    """Run a DELETE of cache rows and record each key's `fate`; how many went and
-    their bytes, summed in the database so that a batch of thousands hands one row, not
-    thousands, to Python."""
+def _remove(connection: Connection, conditions: tuple[Any, ...], fate: fates.Removed) -> tuple[int, int]:
+    """Delete the program entries `conditions` select and record each key's `fate`, in the
+    caller's transaction; how many went and their bytes, summed in the database so that a
+    batch of thousands hands one row, not thousands, to Python. Every deletion of entries
+    goes through here."""
+    conditions = (_is_program_entry(), *conditions)
+    statement = delete(ai_coach_cache).where(*conditions)
     dialect = connection.dialect.name
     if dialect == "postgresql":
         removed = statement.returning(cache.cache_key, cache.expires_at, cache.size_bytes).cte("removed")
@@ -277,9 +289,7 @@ def _delete_counting(connection: Connection, statement: Any, fate: fates.Removed
         return int(row[0]), int(row[1])
     # SQLite cannot DELETE in a CTE; the transaction holds the write lock from its start
     # (connect_to_write), so counting and recording the same rows first is exact.
-    matched = (
-        select(cache.cache_key, cache.expires_at, cache.size_bytes).where(*statement.whereclause.clauses).subquery()
-    )
+    matched = select(cache.cache_key, cache.expires_at, cache.size_bytes).where(*conditions).subquery()
     row = connection.execute(select(func.count(), func.coalesce(func.sum(matched.c.size_bytes), 0))).one()
     connection.execute(fate.statement(dialect, matched))
     connection.execute(statement)
@@ -288,11 +298,10 @@ def _delete_counting(connection: Connection, statement: Any, fate: fates.Removed
 
 def delete_user_entries(engine: Engine, user_id: str, *, actor: str) -> Removal:
     """Delete a user's program entries, recording each key's entry as invalidated by `actor`."""
-    statement = delete(ai_coach_cache).where(_is_program_entry(), cache.user_id == user_id)
     why = f"voided: user {user_id}'s programs invalidated by {actor}"
     with connect_to_write(engine) as connection, connection.begin():
         voided = staged_programs.void(connection, rollout_programs.c.user_id == user_id, why)
-        deleted, size = _delete_counting(connection, statement, fates.Removed("invalidated", actor))
+        deleted, size = _remove(connection, (cache.user_id == user_id,), fates.Removed("invalidated", actor))
         return Removal(deleted, size, staged_voided=voided)
 
 
@@ -302,8 +311,7 @@ def delete_entry_holding(connection: Connection, key: str, program_id: ProgramId
     DELETE's own condition, so an entry another instance rewrote meanwhile stays. In the
     caller's transaction, which must write (connect_to_write)."""
     program = select(training_programs.c.program).where(training_programs.c.id == program_id).scalar_subquery()
-    statement = delete(ai_coach_cache).where(_is_program_entry(), cache.cache_key == key, cache.data == program)
-    deleted, _ = _delete_counting(connection, statement, fates.Removed("rejected", actor))
+    deleted, _ = _remove(connection, (cache.cache_key == key, cache.data == program), fates.Removed("rejected", actor))
     return deleted > 0
 
 
@@ -318,8 +326,7 @@ def delete_entries_holding(connection: Connection, recalled: Any, *, actor: str)
         .correlate(ai_coach_cache)
         .exists()
     )
-    statement = delete(ai_coach_cache).where(_is_program_entry(), holding)
-    deleted, size = _delete_counting(connection, statement, fates.Removed("recalled", actor))
+    deleted, size = _remove(connection, (holding,), fates.Removed("recalled", actor))
     return Removal(deleted, size)
 
 

@@ -20,7 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core.store.schema import cache_entry_fates, database_now
 
-Fate = Literal["written", "not_cached", "invalidated", "rejected", "recalled", "expired"]
+# Every fate but `written` is itself why the key's next request is a miss: MissReason
+# (core/serving/miss_reasons.py) is made of these and the reasons that need no record.
+UnwrittenFate = Literal["not_cached", "invalidated", "rejected", "recalled", "expired"]
+Fate = Literal["written", UnwrittenFate]
 
 
 fates = cache_entry_fates.c

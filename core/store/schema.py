@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import UserDefinedType
 
+from core.prices import TOKEN_FIELDS
+
 CACHE_KEY_PREFIX = "program:"
 # Alembic's own `alembic_version` may be the product's: Coach Cache records its state apart.
 VERSION_TABLE = "coach_cache_alembic_version"
@@ -93,6 +95,13 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
 
+
+def billed_columns() -> list[Column[Any]]:
+    """The columns of what one generation was billed, one per kind of token (core.prices.Billed),
+    for every table that records a generation's tokens (NULL: not reported)."""
+    return [Column(name, Integer, nullable=True) for name in TOKEN_FIELDS]
+
+
 ai_coach_cache = Table(
     "ai_coach_cache",
     metadata,
@@ -109,11 +118,7 @@ ai_coach_cache = Table(
     Column("model", String(200), nullable=True),
     Column("generator_version", String(64), nullable=True),
     # What the generation that made the entry was billed: what each hit on it saves.
-    Column("prompt_tokens", Integer, nullable=True),
-    Column("completion_tokens", Integer, nullable=True),
-    # Of those, the input read from the server's prompt cache and the output spent reasoning.
-    Column("cached_tokens", Integer, nullable=True),
-    Column("reasoning_tokens", Integer, nullable=True),
+    *billed_columns(),
     Index("ix_ai_coach_cache_expires_at", "expires_at"),
     Index("ix_ai_coach_cache_user_id_created_at", "user_id", "created_at"),
 )
@@ -132,11 +137,8 @@ training_programs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("latency_ms", Float, nullable=True),
     Column("model", String(200), nullable=True),
-    Column("prompt_tokens", Integer, nullable=True),
-    Column("completion_tokens", Integer, nullable=True),
     Column("generator_version", String(64), nullable=True),
-    Column("cached_tokens", Integer, nullable=True),
-    Column("reasoning_tokens", Integer, nullable=True),
+    *billed_columns(),
     # A recall of the program (core/operations/recall.py): when, why, by whom; NULL while never recalled.
     Column("recalled_at", UTCDateTime(), nullable=True),
     Column("recall_reason", Text, nullable=True),
@@ -156,8 +158,8 @@ generation_events = Table(
     Column("miss_reason", String(32), nullable=True),
     Column("latency_ms", Float, nullable=False),
     Column("llm_latency_ms", Float, nullable=True),
-    Column("prompt_tokens", Integer, nullable=True),
-    Column("completion_tokens", Integer, nullable=True),
+    # What the generation was billed (NULL: the server did not say).
+    *billed_columns(),
     Column("cache_read_error", Boolean, nullable=False, server_default=false()),
     Column("cache_write_error", Boolean, nullable=False, server_default=false()),
     Column("history_error", Boolean, nullable=False, server_default=false()),
@@ -170,12 +172,9 @@ generation_events = Table(
     # the entry (hit), whose generation's tokens are what the hit saved.
     Column("generator_version", String(64), nullable=True),
     Column("model", String(200), nullable=True),
+    # What a hit saved: its entry's generation's tokens (the cached input at the cached price).
     Column("saved_prompt_tokens", Integer, nullable=True),
     Column("saved_completion_tokens", Integer, nullable=True),
-    # Parts of prompt_tokens and completion_tokens (NULL: the server did not say), and of
-    # saved_prompt_tokens: a hit saves the cached input at the cached price.
-    Column("cached_tokens", Integer, nullable=True),
-    Column("reasoning_tokens", Integer, nullable=True),
     Column("saved_cached_tokens", Integer, nullable=True),
     # A generation's attempts (a repair is one more) and the core.fit rules any broke, comma-separated.
     Column("attempts", SmallInteger, nullable=True),
@@ -331,10 +330,7 @@ rollout_programs = Table(
     Column("generated_at", UTCDateTime(), nullable=True),
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("latency_ms", Float, nullable=True),
-    Column("prompt_tokens", Integer, nullable=True),
-    Column("completion_tokens", Integer, nullable=True),
-    Column("cached_tokens", Integer, nullable=True),
-    Column("reasoning_tokens", Integer, nullable=True),
+    *billed_columns(),
     Column("used_at", UTCDateTime(), nullable=True),
     # As an event records it (generation_events): the attempts, and the fit rules any broke.
     Column("attempts", SmallInteger, nullable=True),

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Text, and_, bindparam, cast, null, select, update
 
-from core.prices import BilledTokens
+from core.prices import Billed
 from core.store.db import connect_to_write
 from core.store.schema import database_now, rollout_programs
 
@@ -34,13 +34,8 @@ class StagedProgram:
     reasoning_tokens: int | None
 
     @property
-    def tokens(self) -> BilledTokens:
-        return BilledTokens(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            cached_tokens=self.cached_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-        )
+    def tokens(self) -> Billed:
+        return Billed.of(self)
 
 
 def _takeable(dialect: str) -> Any:

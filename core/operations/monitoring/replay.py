@@ -21,10 +21,11 @@ from sqlalchemy import (
     select,
 )
 
-from core.operations.admin import UNKNOWN_GENERATOR
+from core.operations.admin import INVALIDATIONS, UNKNOWN_GENERATOR, Invalidation
 from core.operations.monitoring.figures import Summary, summary
 from core.operations.monitoring.queries import actions, events, fetch_rows, where_since
 from core.operations.monitoring.usage import Costs
+from core.serving.miss_reasons import WHATEVER_THE_TTL
 from core.store.db import is_postgres
 
 
@@ -69,17 +70,14 @@ def _epoch_microseconds(engine: Engine, column: Any) -> Any:
     return seconds * 1_000_000 + cast(func.substr(column, 21, 6), BigInteger)
 
 
-INVALIDATIONS = ("invalidate_user", "retire_generator")
-
-
-def _invalidated(engine: Engine, since: datetime | None) -> dict[str, list[str]]:
+def _invalidated(engine: Engine, since: datetime | None) -> dict[Invalidation, list[str]]:
     """Whom the window's invalidations named, by action: user ids, generator versions."""
     query = where_since(
         select(actions.action, actions.target).where(actions.action.in_(INVALIDATIONS)).distinct(),
         actions.created_at,
         since,
     )
-    named: dict[str, list[str]] = {action: [] for action in INVALIDATIONS}
+    named: dict[Invalidation, list[str]] = {action: [] for action in INVALIDATIONS}
     for row in fetch_rows(engine, query):
         named[row["action"]].append(row["target"])
     return named
@@ -88,8 +86,8 @@ def _invalidated(engine: Engine, since: datetime | None) -> dict[str, list[str]]
 def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int | None) -> Any:
     """The served requests (errors served nothing, as in `Summary.hit_rate`), key by key in
     time order: (first of its key, microseconds, a generation no TTL can skip). That is a
-    forced refresh, a miss because a coach rejected (or a recall recalled) the entry's
-    program, or the first request after an admin invalidated the key's entry: its user's entries
+    miss for a reason no TTL spares (WHATEVER_THE_TTL: a forced refresh, a coach's
+    rejection, a recall), or the first request after an admin invalidated the key's entry: its user's entries
     (`invalidate_user`), or its generator's (`retire_generator`; the entry's generator is
     the one the key's previous event names, the hit's entry's or the miss's)."""
     # In the order of ix_generation_events_key_sample, so a sample is an index range; ties
@@ -115,28 +113,30 @@ def _replayed_requests(engine: Engine, since: datetime | None, key_samples: int 
     if key_samples is not None:
         served = served.where(events.key_sample < key_samples)
     r = served.subquery()
-    entry_generator = func.coalesce(r.c.previous_version, UNKNOWN_GENERATOR)
+    # Whom each invalidation names, as the request's columns: its user, its entry's generator.
+    whom: dict[Invalidation, Any] = {
+        "invalidate_user": r.c.user_id,
+        "retire_generator": func.coalesce(r.c.previous_version, UNKNOWN_GENERATOR),
+    }
     invalidated_since_previous = (
         select(literal(1))
         .where(
             actions.created_at > r.c.previous_at,
             actions.created_at <= r.c.created_at,
-            or_(
-                (actions.action == "invalidate_user") & (actions.target == r.c.user_id),
-                (actions.action == "retire_generator") & (actions.target == entry_generator),
-            ),
+            or_(*((actions.action == action) & (actions.target == column) for action, column in whom.items())),
         )
         .exists()
     )
     # Looked up only for the requests of a user or generator an invalidation named: the
     # others, nearly all, cost one comparison with a short list.
     named = _invalidated(engine, since)
-    affected = or_(r.c.user_id.in_(named["invalidate_user"]), entry_generator.in_(named["retire_generator"]))
+    affected = or_(*(column.in_(named[action]) for action, column in whom.items()))
     return select(
         func.coalesce(r.c.cache_key != r.c.previous_key, True),
         _epoch_microseconds(engine, r.c.created_at),
+        # A forced refresh's event is a bypass, whatever reason it records.
         (r.c.outcome == "bypass")
-        | func.coalesce(r.c.miss_reason, "").in_(("rejected", "recalled"))
+        | func.coalesce(r.c.miss_reason, "").in_(WHATEVER_THE_TTL)
         | case((affected, invalidated_since_previous), else_=False),
     ).order_by(r.c.key_sample, r.c.cache_key, r.c.created_at, r.c.id)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     Engine,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     select,
 )
 
+from core.contract.generation import GeneratorIdentity, GeneratorKind
 from core.operations.monitoring.queries import (
     GENERATED_OUTCOMES,
     Granularity,
@@ -25,7 +26,7 @@ from core.operations.monitoring.queries import (
     where_since,
 )
 from core.operations.monitoring.rollup import hourly
-from core.prices import FREE, OFFLINE_MODEL, ModelPrice, Spend
+from core.prices import FREE, ModelPrice, Spend
 from core.settings import Settings
 from core.store.schema import (
     program_rejections,
@@ -62,11 +63,9 @@ class GeneratorUsage:
     rejected: int = 0
 
     @property
-    def kind(self) -> Literal["openai", "offline"] | None:
-        version = self.generator_version or ""
-        if version.startswith("openai-"):
-            return "openai"
-        return "offline" if version.startswith("offline-") or self.model == OFFLINE_MODEL else None
+    def kind(self) -> GeneratorKind | None:
+        """None for events recorded before the model was."""
+        return GeneratorIdentity.kind_of(self.model) if self.model else None
 
     @property
     def label(self) -> str:

@@ -21,7 +21,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select, update
 
-from core.contract.generation import GenerationError, billed_tokens
+from core.contract.generation import GenerationError
 from core.generators import OpenAIChatGenerator
 from core.generators.openai_chat import one_line
 from core.operations.rollout.plan import candidate, require_key
@@ -37,7 +37,7 @@ from core.operations.rollout.records import (
     record_result,
 )
 from core.operations.rollout.start import batch_client, custom_id
-from core.prices import BilledTokens
+from core.prices import Billed
 from core.settings import Settings
 from core.store.db import connect_to_write
 from core.store.schema import rollout_batches, rollout_programs, rollouts, utcnow
@@ -130,7 +130,7 @@ def judge_line(
     try:
         generation = generator.from_completion(completion)
     except GenerationError as exc:
-        return Judged("invalid", billed_tokens(exc), error=str(exc))
+        return Judged("invalid", exc.billed, error=str(exc))
     return judge_generation(generation, answers, has_paid_access, "staged", generated_at)
 
 
@@ -313,7 +313,7 @@ class _Collection:
 
     ttl: timedelta
     recorded: Counter[str] = field(default_factory=Counter)
-    mine: dict[str, tuple[str, BilledTokens]] = field(default_factory=dict)
+    mine: dict[str, tuple[str, Billed]] = field(default_factory=dict)
 
     def line(self, connection: Connection, custom: str, row: Any, judged: Judged) -> None:
         earlier = self.mine.get(custom)
@@ -328,28 +328,22 @@ class _Collection:
         better = judged.state == "staged" and state in ("failed", "invalid")
         if better and record_result(connection, row.id, replace(judged, tokens=billed), self.ttl, was=state):
             return self._count(custom, state, judged.state, billed)
-        connection.execute(update(rollout_programs).where(asked.id == row.id, asked.state == state).values(**billed))
+        connection.execute(
+            update(rollout_programs).where(asked.id == row.id, asked.state == state).values(**billed.as_columns())
+        )
         self.mine[custom] = (state, billed)
 
-    def _count(self, custom: str, old: str | None, new: str, tokens: BilledTokens) -> None:
+    def _count(self, custom: str, old: str | None, new: str, tokens: Billed) -> None:
         if old is not None:
             self.recorded[old] -= 1
         self.recorded[new] += 1
         self.mine[custom] = (new, tokens)
 
 
-def _added(one: BilledTokens, other: BilledTokens) -> BilledTokens:
+def _added(one: Billed, other: Billed) -> Billed:
     """Two lines' tokens in all, at most what a column holds."""
-
-    def plus(a: int | None, b: int | None) -> int | None:
-        return None if a is None and b is None else min((a or 0) + (b or 0), COUNT_MAX)
-
-    return BilledTokens(
-        prompt_tokens=plus(one["prompt_tokens"], other["prompt_tokens"]),
-        completion_tokens=plus(one["completion_tokens"], other["completion_tokens"]),
-        cached_tokens=plus(one["cached_tokens"], other["cached_tokens"]),
-        reasoning_tokens=plus(one["reasoning_tokens"], other["reasoning_tokens"]),
-    )
+    total = (one + other).as_columns()
+    return Billed(**{name: None if count is None else min(count, COUNT_MAX) for name, count in total.items()})
 
 
 def _collect(

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, String, cast, literal, select, update
 
-from core.contract.generation import GenerationError, billed_tokens
+from core.contract.generation import GenerationError
 from core.contract.models import parse_onboarding
 from core.generators import ProgramGenerator
 from core.operations.rollout.plan import estimate, recent_profiles, refuse_past_budget
@@ -116,7 +116,7 @@ def _generate_pending(
             profile, repairs = parse_onboarding(row.onboarding_responses), settings.llm_repair_attempts
             outcome = generate_judged(generator, profile, row.has_paid_access, repairs=repairs)
         except GenerationError as exc:
-            judged = Judged("failed", billed_tokens(exc), error=str(exc))
+            judged = Judged("failed", exc.billed, error=str(exc))
         else:
             generation = outcome.generation
             judged = judge_generation(generation, row.onboarding_responses, row.has_paid_access, valid, generated_at)

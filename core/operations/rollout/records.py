@@ -8,17 +8,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, String, insert, select, update
 
 from core.contract.fit import validate_program
-from core.contract.generation import Generation, billed_tokens
+from core.contract.generation import Generation
 from core.contract.models import ContractError, FieldError, parse_onboarding
 from core.generators import ProgramGenerator
-from core.prices import NOT_BILLED, BilledTokens
+from core.prices import NOT_BILLED, Billed
 from core.store.db import connect_to_write
 from core.store.schema import (
     ai_coach_cache,
@@ -152,7 +152,7 @@ def ask(
 @dataclass(frozen=True)
 class Judged:
     state: ProgramState
-    tokens: BilledTokens = field(default_factory=lambda: BilledTokens(**NOT_BILLED))
+    tokens: Billed = NOT_BILLED
     model: str | None = None
     program_json: str | None = None
     error: str | None = None
@@ -166,7 +166,7 @@ def judge_generation(
     generation: Generation, answers: dict[str, Any], has_paid_access: bool, valid: ProgramState, generated_at: datetime
 ) -> Judged:
     """A generation's program as a miss's is judged: the contract, and whether it fits the client."""
-    tokens = billed_tokens(generation)
+    tokens = generation.billed
     try:
         checked = validate_program(generation.program, parse_onboarding(answers), has_paid_access)
     except ContractError as exc:
@@ -191,18 +191,18 @@ def record_result(connection: Connection, row_id: int, judged: Judged, ttl: time
         "latency_ms": judged.latency_ms,
         "attempts": judged.attempts,
         "rules_broken": judged.rules_broken,
-        **judged.tokens,
+        **judged.tokens.as_columns(),
     }
     done = connection.execute(update(rollout_programs).where(asked.id == row_id, asked.state == was).values(**values))
     return done.rowcount == 1
 
 
-def bill_voided(connection: Connection, row_id: int, tokens: BilledTokens) -> bool:
+def bill_voided(connection: Connection, row_id: int, tokens: Billed) -> bool:
     """The tokens of an answer whose request an invalidation voided while it was out: billed
     all the same. Only while none are recorded, so that two collectors record them once."""
     unbilled = (asked.prompt_tokens.is_(None), asked.completion_tokens.is_(None))
     statement = update(rollout_programs).where(asked.id == row_id, asked.state == "voided", *unbilled)
-    return connection.execute(statement.values(**tokens)).rowcount == 1
+    return connection.execute(statement.values(**tokens.as_columns())).rowcount == 1
 
 
 def pending_programs(connection: Connection, condition: Any, *, limit: int | None = None) -> list[Any]:

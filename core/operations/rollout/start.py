@@ -26,7 +26,7 @@ from core.operations.rollout.records import (
     ask,
     new_rollout,
 )
-from core.serving.single_flight import LEASE_SECONDS, Lease
+from core.serving.single_flight import Lease
 from core.settings import Settings
 from core.store.db import connect_to_write
 from core.store.schema import (
@@ -120,7 +120,7 @@ def start(
     """Pre-warm the keys `plan` names for the candidate: as batches, or live with `live`.
     One start per candidate at a time, across instances (a lease in the database): a second
     one fails at once rather than asking for the same programs twice."""
-    lease = Lease.claim(engine, f"rollout:{generator.identity.version}", LEASE_SECONDS)
+    lease = Lease.claim(engine, f"rollout:{generator.identity.version}", settings.generation_lease_seconds)
     if lease is None:
         raise RolloutFailed(f"a pre-warm for {generator.identity.model} is being started elsewhere; try again after it")
     with lease:
