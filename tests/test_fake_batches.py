@@ -14,7 +14,8 @@ from openai.types.chat import ChatCompletion
 
 from core.contract.fit import program_weeks
 from core.contract.models import parse_onboarding
-from core.generators.openai_chat import SYSTEM_PROMPT, program_response_format
+from core.generators.openai_chat import SYSTEM_PROMPT
+from core.generators.openai_schema import program_response_format
 from tests.fake_openai import BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE
 

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, select
 from core.contract.fit import validate_program
 from core.contract.models import parse_onboarding
 from core.contract.partial_program import ProgramSoFar
-from core.generators import OpenAIChatGenerator, make_generator, openai_chat, startup_warning
+from core.generators import OpenAIChatGenerator, make_generator, openai_schema, startup_warning
 from core.generators.offline import build_program
-from core.generators.openai_chat import numbered, program_response_format
+from core.generators.openai_schema import numbered, program_response_format
 from core.operations import monitoring
 from core.operations.fit_report import FitReport, fit_by_generator
 from core.serving.results import GenerationFailed, GenerationResult
@@ -471,7 +471,7 @@ def test_every_answer_the_full_request_allows_is_a_valid_program_that_fits(days:
 )
 @pytest.mark.parametrize("flavour", ["strict", "full"])
 def test_a_reported_injury_is_asked_for_as_a_note_that_begins_with_its_name(
-    injuries: str, asked: dict[str, str], flavour: openai_chat.SchemaFlavour
+    injuries: str, asked: dict[str, str], flavour: openai_schema.SchemaFlavour
 ) -> None:
     """A small model asked for safety notes in general wrote about warming up and never named
     the knee: the request asks for a note on each thing the injury rule wants named, beginning
@@ -532,7 +532,7 @@ def test_the_generator_identity_changes_with_whatever_the_request_asks(
     base = version()
     assert version() == base  # nothing else moves it
     others = [version(model="gpt-other"), version(temperature=0), version(schema="full")]
-    monkeypatch.setitem(openai_chat.ANSWER_LIMITS, "summary", {"maxLength": 500})
+    monkeypatch.setitem(openai_schema.ANSWER_LIMITS, "summary", {"maxLength": 500})
     others.append(version(schema="full"))
     assert len({base, *others}) == 1 + len(others)
 
