@@ -22,7 +22,7 @@ from core.store.schema import generation_events, generation_leases, rollout_prog
 from tests.conftest import Shared
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, start_cli
-from tests.test_rollout import CANDIDATE, CURRENT, USERS, app_service, serve, settings_for
+from tests.operations.test_rollout import CANDIDATE, CURRENT, USERS, app_service, serve, settings_for
 
 pytestmark = pytest.mark.process
 

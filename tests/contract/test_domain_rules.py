@@ -18,7 +18,7 @@ from core.store.schema import utcnow
 from testkit.pg_server import PostgresServer
 from tests.conftest import CliRun
 from tests.helpers import PROFILE, as_read
-from tests.test_adoption import SUPABASE_TABLES, USER, ProductDatabase
+from tests.store.test_adoption import SUPABASE_TABLES, USER, ProductDatabase
 
 
 def test_whether_a_program_is_coach_caches_is_decided_in_core() -> None:

@@ -29,9 +29,9 @@ from core.store.schema import (
 from testkit.pg_server import PostgresServer
 from tests.conftest import CliRun, Run
 from tests.helpers import PROFILE, as_read, count_rows
-from tests.test_adoption import SUPABASE_TABLES, USER, ProductDatabase, generate, succeeded
-from tests.test_auth import AUTH
-from tests.test_pages import fill, submit
+from tests.pages.test_auth import AUTH
+from tests.pages.test_pages import fill, submit
+from tests.store.test_adoption import SUPABASE_TABLES, USER, ProductDatabase, generate, succeeded
 
 Cli = Callable[..., CliRun]
 OFFLINE = OfflineGenerator.identity.version

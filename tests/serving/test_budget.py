@@ -30,8 +30,8 @@ from core.store.schema import generation_events, rollouts, training_programs
 from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, start_cli
-from tests.test_pages import fill, submit
-from tests.test_rollout import CANDIDATE, USERS, check, settings_for
+from tests.operations.test_rollout import CANDIDATE, USERS, check, settings_for
+from tests.pages.test_pages import fill, submit
 
 # A call of the stand-in bills PROMPT_TOKENS input tokens and costs exactly CALL_USD.
 MODEL = "gpt-test"

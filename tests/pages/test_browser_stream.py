@@ -17,7 +17,17 @@ from core.store.db import make_engine
 from core.store.schema import ai_coach_cache, training_programs
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import count_rows
-from tests.test_browser import browser, context, database, open_fresh, server, server_settings, settle, shot, type_id
+from tests.pages.test_browser import (
+    browser,
+    context,
+    database,
+    open_fresh,
+    server,
+    server_settings,
+    settle,
+    shot,
+    type_id,
+)
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser", "context", "database", "server", "server_settings"]  # fixtures shared with test_browser

@@ -17,10 +17,10 @@ from core.store.history import CSV_COLUMNS, HistoryRecord, insert_program
 from core.store.schema import ai_coach_cache, utcnow
 from testkit.browser import dashboard
 from tests.helpers import app_environment, count_rows, insert_entries
-from tests.test_browser import browser, go_to, grid_cells, settle
+from tests.pages.test_browser import browser, go_to, grid_cells, settle
 
 pytestmark = pytest.mark.browser
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["browser"]  # the fixture, shared with the other browser tests
 
 

@@ -16,8 +16,8 @@ from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.schema import utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.generators.test_openai_generator import openai_service
 from tests.helpers import PROFILE
-from tests.test_openai_generator import openai_service
 
 OTHER_PROFILE = {**PROFILE, "days_per_week": 5}
 

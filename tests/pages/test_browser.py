@@ -21,14 +21,14 @@ from core.store.schema import ai_coach_cache, training_programs
 from testkit.browser import CHROMIUM, CHROMIUM_ARGS, dashboard
 from testkit.pg_server import PostgresServer
 from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.generators.test_openai_generator import openai_service
 from tests.helpers import PROFILE, app_environment, count_rows, expire_entries
+from tests.operations.test_generator_monitoring import bill
 from tests.quiet_http import QuietHTTPServer
 from tests.test_formatting import DOLLARS_SHOWN
-from tests.test_generator_monitoring import bill
-from tests.test_openai_generator import openai_service
 
 pytestmark = pytest.mark.browser
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # For every browser test (they import this module): a busy machine, four workers on two cores
 # and other work besides, may draw a page later than Playwright's default of 5 s. An expectation
 # that holds returns at once, so only a failure waits longer.

@@ -27,7 +27,7 @@ from core.contract.models import (
 from core.generators.offline import build_program
 from tests.helpers import PROFILE, REQUIRED_ANSWERS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "contracts"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "contracts"
 ONBOARDING_SCHEMA = jsonschema.Draft202012Validator(load_contract("onboarding_responses"))
 PROGRAM_SCHEMA = jsonschema.Draft202012Validator(load_contract("training_program"))
 

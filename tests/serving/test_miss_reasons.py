@@ -229,7 +229,7 @@ def test_a_key_whose_write_failed_says_so_after_cleanup_and_other_answers(faults
 
 def _entry_changes() -> list[tuple[str, str]]:
     """Where core/ builds an INSERT, UPDATE or DELETE of `ai_coach_cache` (module, verb)."""
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     found = []
     for path in sorted((root / "core").rglob("*.py")):
         if "migrations" in path.parts:

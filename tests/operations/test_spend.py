@@ -22,9 +22,9 @@ from core.serving.results import GenerationFailed
 from core.settings import Settings
 from core.store.schema import ai_coach_cache, generation_events, generation_stats_hourly, training_programs, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.generators.test_openai_generator import openai_generator, openai_service
 from tests.helpers import PROFILE
-from tests.test_openai_generator import openai_generator, openai_service
-from tests.test_pages import fill, submit
+from tests.pages.test_pages import fill, submit
 
 MILLION = 1_000_000
 

@@ -32,13 +32,13 @@ from pages.common import HANDED_BACK_TEXT
 from testkit.counting import CountingGenerator
 from tests.conftest import CliRun, Run
 from tests.fake_openai import FakeOpenAI
+from tests.generators.test_openai_generator import openai_service
 from tests.helpers import PROFILE, count_rows, expire_entries
-from tests.test_adoption import USER as UUID_USER
-from tests.test_adoption import ProductDatabase, product, succeeded
-from tests.test_adoption import generate as generate_in
-from tests.test_browser import browser, settle
-from tests.test_browser_history_admin import server
-from tests.test_openai_generator import openai_service
+from tests.pages.test_browser import browser, settle
+from tests.pages.test_browser_history_admin import server
+from tests.store.test_adoption import USER as UUID_USER
+from tests.store.test_adoption import ProductDatabase, product, succeeded
+from tests.store.test_adoption import generate as generate_in
 
 __all__ = ["browser", "product", "server"]  # fixtures, shared with the files that define them
 USER = "coach-client-1"

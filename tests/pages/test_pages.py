@@ -23,7 +23,7 @@ from core.store.schema import ai_coach_cache, generation_stats_hourly, training_
 from pages.common import escape_markdown
 from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.helpers import as_read, count_rows, expire_entries, insert_entries
-from tests.test_generator_monitoring import bill
+from tests.operations.test_generator_monitoring import bill
 
 
 @pytest.fixture

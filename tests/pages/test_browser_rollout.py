@@ -15,11 +15,11 @@ from core.settings import Settings
 from testkit.browser import dashboard
 from tests.fake_openai import BatchBehaviour, FakeOpenAI
 from tests.helpers import app_environment
-from tests.test_browser import browser, go_to, grid_cells, settle
-from tests.test_rollout import CANDIDATE, CURRENT, current, staged_rows
+from tests.operations.test_rollout import CANDIDATE, CURRENT, current, staged_rows
+from tests.pages.test_browser import browser, go_to, grid_cells, settle
 
 pytestmark = pytest.mark.browser
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["browser", "current"]  # fixtures shared with the other tests
 
 

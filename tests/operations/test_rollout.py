@@ -33,7 +33,7 @@ from core.store.schema import ai_coach_cache, rollout_programs, training_program
 from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
 from tests.helpers import PROFILE, as_read, count_rows, expire_entries, start_cli
-from tests.test_pages import fill, submit
+from tests.pages.test_pages import fill, submit
 
 CURRENT, CANDIDATE = "gpt-4o-mini", "gpt-4.1-mini"
 USERS = ("u1", "u2", "u3")

@@ -1,5 +1,5 @@
 """A program is right for its client: every fit rule, what breaks it and what it says; the
-exercise catalogue; and how the offline coach fills a session (tests/test_contracts.py checks
+exercise catalogue; and how the offline coach fills a session (tests/contract/test_contracts.py checks
 that its every program fits)."""
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from core.store.schema import generation_events, utcnow
 from testkit.pg_server import free_port
 from tests.conftest import CliRun
 from tests.fake_openai import Behaviour, FakeOpenAI
+from tests.generators.test_openai_generator import openai_service
 from tests.helpers import NEUTRAL_CWD, PROFILE, ROOT, app_environment, insert_entries
-from tests.test_openai_generator import openai_service
 
 RULES = ROOT / "ops" / "prometheus"
 # Labels of a sample, as a sorted tuple of pairs: a sample's key beside its family's name.

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.store.schema import admin_actions
 from tests.helpers import as_read, expire_entries
-from tests.test_pages import fill, submit
+from tests.pages.test_pages import fill, submit
 
 AUTH = {
     "redirect_uri": "http://localhost:8501/oauth2callback",

@@ -29,7 +29,7 @@ from testkit.pgbouncer import PgBouncer
 from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import PROMPT_TOKENS, FakeOpenAI
 from tests.helpers import PROFILE, count_rows, insert_entries, start_cli
-from tests.test_pages import fill, submit
+from tests.pages.test_pages import fill, submit
 
 
 def test_postgres_restarting_under_the_app_costs_no_request(pg: PostgresServer, pg_url: str) -> None:

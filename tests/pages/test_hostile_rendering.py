@@ -20,9 +20,9 @@ from core.formatting import markdown_code
 from core.generators.offline import build_program
 from core.store.schema import admin_actions, ai_coach_cache, training_programs, utcnow
 from tests.helpers import PROFILE
+from tests.pages.test_browser import grid_cells, settle
+from tests.pages.test_browser_history_admin import browser, server
 from tests.quiet_http import QuietHTTPServer
-from tests.test_browser import grid_cells, settle
-from tests.test_browser_history_admin import browser, server
 
 __all__ = ["browser", "server"]  # the fixtures, shared with the other browser tests
 

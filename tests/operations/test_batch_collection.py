@@ -19,9 +19,9 @@ from core.operations.rollout import start as rollout_start
 from core.settings import Settings
 from tests.conftest import CliRun
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
-from tests.test_rollout import CANDIDATE, app_service, check, current, serve, staged_rows
+from tests.operations.test_rollout import CANDIDATE, app_service, check, current, serve, staged_rows
 
-__all__ = ["current"]  # a fixture these tests share with tests/test_rollout.py
+__all__ = ["current"]  # a fixture these tests share with tests/operations/test_rollout.py
 
 
 def by_user(engine: Engine) -> dict[str, Any]:
