@@ -22,7 +22,7 @@ from core.operations import admin, monitoring
 from core.operations.fit_report import FitReport, fit_by_generator
 from core.operations.monitoring.queries import fetch_rows, int_sum
 from core.operations.monitoring.rollup import hours_not_rolled_up, rolled_hours, rolled_up_until
-from core.operations.monitoring.usage import usage_of
+from core.operations.monitoring.usage import USAGE_SUMS, usage_of
 from core.operations.rollout import reports
 from core.settings import Settings
 from core.store.entries import expired_entries
@@ -35,15 +35,7 @@ GENERATOR = ("generator", "model")
 # A group of requests, and what is summed over it: each figure exported of requests and tokens.
 KEY = ("outcome", "miss_reason", "generator_version", "model")
 SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "saved_prompt_tokens",
-    "saved_completion_tokens",
-    "saved_cached_tokens",
-    "hits_without_tokens",
+    *USAGE_SUMS,
     "cache_read_errors",
     "cache_write_errors",
 )

@@ -33,6 +33,20 @@ from core.store.schema import (
     training_programs,
 )
 
+# What a generator's usage adds up from the rollup (and the events of hours not rolled up):
+# requests, the tokens billed, the tokens hits saved, and hits whose entry recorded none.
+USAGE_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "saved_prompt_tokens",
+    "saved_completion_tokens",
+    "saved_cached_tokens",
+    "hits_without_tokens",
+)
+
 
 @dataclass(frozen=True)
 class GeneratorUsage:
@@ -140,21 +154,7 @@ def _usage(engine: Engine, since: datetime | None, granularity: Granularity | No
     keys = [h.generator_version, h.model, h.outcome]
     if granularity is not None:
         keys.insert(0, hourly_bucket(engine, h, granularity))
-    sums = (
-        "requests",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
-        "reasoning_tokens",
-        "saved_prompt_tokens",
-        "saved_completion_tokens",
-        "saved_cached_tokens",
-    )
-    query = (
-        select(*keys, *(int_sum(h[name]).label(name) for name in (*sums, "hits_without_tokens")))
-        .group_by(*keys)
-        .order_by(*keys)
-    )
+    query = select(*keys, *(int_sum(h[name]).label(name) for name in USAGE_SUMS)).group_by(*keys).order_by(*keys)
     return fetch_rows(engine, query)
 
 
