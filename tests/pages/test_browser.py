@@ -350,7 +350,9 @@ def test_the_answers_sent_are_still_in_the_form_after_a_visit_to_another_page(
 def test_a_click_while_a_program_is_generated_is_refused_in_words_and_every_click_is_accounted_for(
     server: str, context: BrowserContext, database: str, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.reset(Behaviour(delay_seconds=3))
+    # Client-1's answer holds once its first session is written, until the refused click is seen:
+    # however long typing takes on a loaded machine, client-1's program is still being generated.
+    fake_openai.reset(Behaviour(delay_seconds=3, hold_after_first_session=True))
     engine = make_engine(database)
     page = open_fresh(context, server)
     generate_button, force = (
@@ -367,6 +369,7 @@ def test_a_click_while_a_program_is_generated_is_refused_in_words_and_every_clic
     refused = "Not requested: the program for client-2, because the one for client-1"
     expect(page.get_by_text(f"{refused} is being generated")).to_be_visible()
     expect(force).to_be_checked()  # the refresh it asked for is still to be had
+    fake_openai.go_on()
     expect(page.get_by_text("Cache miss: first program for this user")).to_be_visible(timeout=20_000)
     expect(page.get_by_text(f"{refused} was being generated")).to_be_visible()
     expect(page.get_by_role("textbox", name="User ID")).to_have_value("client-2")
