@@ -25,6 +25,7 @@ from core.operations.monitoring.rollup import hours_not_rolled_up, rolled_hours,
 from core.operations.monitoring.usage import USAGE_SUMS, usage_of
 from core.operations.rollout import reports
 from core.settings import Settings
+from core.store import alert_states
 from core.store.entries import expired_entries
 
 PREFIX = "coach_cache"
@@ -110,6 +111,7 @@ class Figures:
     oldest_expiry: datetime | None
     actions: list[admin.ActionTotals]
     fit: list[FitReport]
+    alerts: list[alert_states.State]
 
     @property
     def usage(self) -> list[monitoring.GeneratorUsage]:
@@ -130,6 +132,7 @@ def read(engine: Engine, settings: Settings, requests: RequestTotals, storage: S
         "oldest_expiry": lambda: expired_entries(engine).oldest_expired_at,
         "actions": lambda: admin.action_totals(engine),
         "fit": lambda: fit_by_generator(engine),
+        "alerts": lambda: alert_states.read(engine),
     }
     with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="metrics") as pool:
         read = {name: pool.submit(query) for name, query in queries.items()}
@@ -259,9 +262,16 @@ def action_families(figures: Figures) -> Iterator[Metric]:
     yield from (runs, deleted, last)
 
 
+def alert_families(figures: Figures) -> Iterator[Metric]:
+    """Each alert rule as the last `alerts check` recorded it (alert_states): 1 while it fires."""
+    firing = _gauge("alert_firing", "Whether the alert rule fired at the last `alerts check`", ("rule",))
+    for state in figures.alerts:
+        firing.add_metric([state.rule], 1.0 if state.firing else 0.0)
+    yield firing
+
+
 class CacheCollector:
-    """Reads the figures when scraped. Alert states are not exported yet: they join here
-    once the alert rules record them in a table."""
+    """Reads the figures when scraped."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
@@ -277,6 +287,7 @@ class CacheCollector:
         yield from fit_families(figures)
         yield from storage_families(figures)
         yield from action_families(figures)
+        yield from alert_families(figures)
 
 
 def registry(engine: Engine, settings: Settings) -> CollectorRegistry:

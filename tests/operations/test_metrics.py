@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, delete
 
-from core.operations import metrics, monitoring
+from core.operations import alerts, metrics, monitoring
 from core.serving.results import GenerationFailed
 from core.serving.service import ProgramService
 from core.settings import Settings
@@ -147,6 +147,17 @@ def test_a_running_exporter_counts_the_entries_at_most_once_a_minute(
     assert total(scrape(generate_latest(running).decode()), "coach_cache_entries", state="valid") == 0
     fresh = scrape(cli(database_url, "metrics", "--once").stdout)
     assert total(fresh, "coach_cache_entries", state="valid") == 1
+
+
+def test_each_alert_rule_is_exported_as_the_last_check_recorded_it(engine: Engine) -> None:
+    insert_entries(engine, ["program:old"], expired=True)  # expired an hour ago, never cleaned up
+    settings = Settings(alert_cleanup_overdue_hours=0.5)
+    before = scrape(metrics.exposition(engine, settings).decode())
+    assert total(before, "coach_cache_alert_firing") == 0  # no check has run: no state to say
+    alerts.check(engine, settings)
+    samples = scrape(metrics.exposition(engine, settings).decode())
+    assert samples[("coach_cache_alert_firing", (("rule", "cleanup"),))] == 1.0
+    assert samples[("coach_cache_alert_firing", (("rule", "errors"),))] == 0.0
 
 
 def test_a_port_in_use_is_refused_in_one_line(cli: Callable[..., CliRun], tmp_path: Path) -> None:
