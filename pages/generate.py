@@ -24,6 +24,7 @@ from core.contract.models import (
     EQUIPMENT,
     EXPERIENCE_LEVELS,
     GOALS,
+    STARTING_ANSWERS,
     ContractError,
     OnboardingResponses,
     answer_limits,
@@ -64,15 +65,12 @@ FIELD_LABELS = {
     "notes": "Notes",
     "has_paid_access": "Paid access",
 }
+# A new client's form: the contract's starting answers, the optional ones empty, free access.
 DEFAULTS: dict[str, Any] = {
-    "goal": "general_fitness",
-    "experience_level": "beginner",
-    "days_per_week": 3,
-    "session_minutes": 45,
-    "equipment": ["bodyweight"],
-    "age": None,
+    **dict.fromkeys(OnboardingResponses.model_fields),
     "injuries": "",
     "notes": "",
+    **STARTING_ANSWERS.normalized(),
     "has_paid_access": False,
 }
 ANSWERS = list(OnboardingResponses.model_fields)

@@ -98,6 +98,13 @@ class OnboardingResponses(_Contract):
         return self.model_dump(exclude_none=True)
 
 
+# A new client's questionnaire before the coach changes an answer: the commonest beginner's
+# profile. Built as the model, so a starting answer out of the contract's bounds fails at import.
+STARTING_ANSWERS = OnboardingResponses(
+    goal="general_fitness", experience_level="beginner", days_per_week=3, session_minutes=45, equipment=["bodyweight"]
+)
+
+
 def answer_limits(field: str) -> dict[str, int]:
     """An answer's bounds as the model holds them, for a form to draw: `ge` and `le` of a
     number, `max_length` of a text or a list (its most characters or choices)."""

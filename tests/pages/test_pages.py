@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 from streamlit.testing.v1 import AppTest
 
-from core.contract.models import load_contract
+from core.contract.models import STARTING_ANSWERS, load_contract
 from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.generators import OfflineGenerator
 from core.operations import monitoring
@@ -598,7 +598,7 @@ def test_an_unpriced_models_costs_read_as_a_dash_and_its_spend_axis_starts_at_ze
     assert axis["rangemode"] == "tozero"  # every spend is 0 or unknown: the axis runs 0 to 1, not -1 to 1
 
 
-def test_the_questionnaire_s_bounds_are_the_contract_s(app: AppTest) -> None:
+def test_the_questionnaire_s_bounds_and_first_answers_are_the_contract_s(app: AppTest) -> None:
     answer = load_contract("onboarding_responses")["properties"]
     for field in ("days_per_week", "session_minutes", "age"):
         number = app.number_input(key=f"form_{field}").proto
@@ -606,3 +606,5 @@ def test_the_questionnaire_s_bounds_are_the_contract_s(app: AppTest) -> None:
     for field in ("injuries", "notes"):
         assert app.text_area(key=f"form_{field}").proto.max_chars == answer[field]["maxLength"], field
     assert app.multiselect(key="form_equipment").proto.max_selections == answer["equipment"]["maxItems"]
+    drawn = {field: app.session_state[f"form_{field}"] for field in STARTING_ANSWERS.normalized()}
+    assert drawn == STARTING_ANSWERS.normalized()
