@@ -15,6 +15,7 @@ from sqlalchemy import Engine, insert, update
 
 from core.contract.models import parse_onboarding
 from core.generators import OpenAIChatGenerator, ProgramGenerator
+from core.generators.openai_chat import tls_context
 from core.operations.rollout.live import run_live
 from core.operations.rollout.plan import Selection, plan, refuse_past_budget
 from core.operations.rollout.records import (
@@ -56,6 +57,7 @@ def batch_client(settings: Settings) -> openai.OpenAI:
         base_url=settings.openai_base_url,
         timeout=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
+        http_client=openai.DefaultHttpxClient(verify=tls_context()),
     )
 
 
