@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from core.contract.fit import validate_program
+from core.contract.generation import GenerationError
 from core.contract.models import parse_onboarding, parse_program
 from core.contract.partial_program import ProgramSoFar
 from core.generators import OpenAIChatGenerator, startup_warning
@@ -71,20 +72,27 @@ def llama_generator(llama: LlamaServer, **options: Any) -> OpenAIChatGenerator:
     return OpenAIChatGenerator(**(chosen | options))
 
 
-def test_a_real_server_generates_a_valid_program_that_is_cached_saved_and_then_hit(
+def test_a_real_server_streams_a_valid_program_that_is_cached_saved_and_then_hit(
     llama: LlamaServer, sqlite_engine: Engine
 ) -> None:
     service = ProgramService(engine=sqlite_engine, generator=llama_generator(llama), lock_wait_seconds=300)
     predicted_before = llama.tokens_predicted()
+    heard: list[ProgramSoFar] = []
 
-    result = service.generate(user_id="u1", onboarding_responses=SMALL, has_paid_access=False)
+    result = service.generate(user_id="u1", onboarding_responses=SMALL, has_paid_access=False, on_progress=heard.append)
 
     assert result.cache_hit is False and result.training_program_id is not None
     parse_program(result.program, parse_onboarding(SMALL))
     assert len(result.program["weeks"]) == 4 and all(len(w["sessions"]) == 1 for w in result.program["weeks"])
+    # llama.cpp enforces the schema while it streams: what was shown, as it came, is the program's own.
+    assert heard and heard[0].sessions < 4
+    counts = [so_far.sessions for so_far in heard]
+    assert counts == sorted(counts)
+    for week in heard[-1].weeks:
+        assert week["sessions"] == result.program["weeks"][week["week"] - 1]["sessions"][: len(week["sessions"])]
     with sqlite_engine.connect() as connection:
         row = connection.execute(select(training_programs)).one()
-    # The tokens recorded are the ones the server says it produced for this request.
+    # The tokens recorded (from the stream's last chunk) are the ones the server says it produced.
     assert row.completion_tokens == llama.tokens_predicted() - predicted_before
     assert row.prompt_tokens and row.prompt_tokens > 0 and row.model == llama.alias
     assert count_rows(sqlite_engine, ai_coach_cache) == 1
@@ -129,35 +137,18 @@ def test_the_start_up_check_finds_the_served_model_by_its_alias(llama: LlamaServ
     assert warning == f"the LLM server does not list OPENAI_MODEL=gpt-4o-mini; it serves: {llama.alias}"
 
 
-def test_a_real_server_streams_the_program_and_what_is_complete_is_shown_as_it_comes(
-    llama: LlamaServer, sqlite_engine: Engine
-) -> None:
-    service = ProgramService(engine=sqlite_engine, generator=llama_generator(llama), lock_wait_seconds=300)
-    heard: list[ProgramSoFar] = []
-    result = service.generate(
-        user_id="u1",
-        onboarding_responses={**SMALL, "days_per_week": 2},
-        has_paid_access=False,
-        on_progress=heard.append,
-    )
-    # llama.cpp enforces the schema while it streams: what was shown is the program's own.
-    assert heard and heard[0].sessions < 8
-    counts = [so_far.sessions for so_far in heard]
-    assert counts == sorted(counts)
-    for week in heard[-1].weeks:
-        assert week["sessions"] == result.program["weeks"][week["week"] - 1]["sessions"][: len(week["sessions"])]
-    with sqlite_engine.connect() as connection:
-        assert connection.execute(select(training_programs.c.completion_tokens)).scalar_one()  # from the last chunk
-
-
 def test_a_second_generation_with_the_same_prefix_reports_cached_input(llama: LlamaServer) -> None:
     """llama.cpp keeps the last prompt's KV cache and reports what it reused as
     `prompt_tokens_details.cached_tokens`: the system prompt and the schema come before the
-    client's answers, so a second client with the same days and weeks reuses them."""
-    generator = llama_generator(llama)
-    first = generator.generate(parse_onboarding(SMALL), False)
-    second = generator.generate(parse_onboarding({**SMALL, "session_minutes": 20}), False)
-    first_billed, billed = first.billed, second.billed
-    assert first_billed.prompt_tokens and billed.prompt_tokens and billed.cached_tokens is not None
-    assert billed.cached_tokens > 0
-    print(f"cached: {billed.cached_tokens} of {billed.prompt_tokens} input tokens")  # the README's share
+    client's answers, so a second client with the same days and weeks reuses them. Both
+    answers stop at a 40-token cap: the input is what is measured, and a cut-off answer's
+    failure carries what it was billed."""
+    generator = llama_generator(llama, max_completion_tokens=40)
+    billed = []
+    for profile in (SMALL, {**SMALL, "session_minutes": 20}):
+        with pytest.raises(GenerationError) as cut_off:
+            generator.generate(parse_onboarding(profile), False)
+        billed.append(cut_off.value.billed)
+    assert billed[0].prompt_tokens and billed[1].prompt_tokens and billed[1].cached_tokens is not None
+    assert billed[1].cached_tokens > 0
+    print(f"cached: {billed[1].cached_tokens} of {billed[1].prompt_tokens} input tokens")  # docs/llm.md's share
