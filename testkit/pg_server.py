@@ -11,9 +11,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -100,8 +102,11 @@ class PostgresServer:
     def url(self, database: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}"
 
+    def connect(self, database: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname={database}", autocommit=True)
+
     def admin(self, sql: str, database: str = "postgres") -> None:
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname={database}", autocommit=True) as c:
+        with self.connect(database) as c:
             c.execute(sql)
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -114,3 +119,74 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+# What makes two databases the same shape for a test: their tables, columns, indexes,
+# constraints, triggers, functions and privileges, the schemas, the migrations applied, and
+# the database's own settings and access.
+_SHAPE = """
+WITH mine AS (SELECT oid FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema')
+SELECT md5(string_agg(part, E'\\n' ORDER BY part)) FROM (
+    SELECT format('%s.%s %s %s %s %s', table_schema, table_name, column_name, data_type, is_nullable, column_default)
+        AS part
+        FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+    UNION ALL SELECT format('%s %s %s', relname, relkind, relacl) FROM pg_class WHERE relnamespace IN (TABLE mine)
+    UNION ALL SELECT conname || pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace IN (TABLE mine)
+    UNION ALL SELECT tgname FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL SELECT proname FROM pg_proc WHERE pronamespace IN (TABLE mine)
+    UNION ALL SELECT format('%s %s', nspname, nspacl) FROM pg_namespace
+    UNION ALL SELECT coalesce(setconfig::text, '') FROM pg_db_role_setting
+    UNION ALL SELECT format('%s', datacl) FROM pg_database WHERE datname = current_database()
+    UNION ALL SELECT 'migrated to ' || version_num FROM coach_cache_alembic_version
+) AS shape
+"""
+_TABLES = """
+SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND tablename <> 'coach_cache_alembic_version'
+"""
+
+
+class FreshDatabases:
+    """A migrated database with no rows for each test, as a copy of `template` would be.
+    PostgreSQL takes about a quarter of a second to copy one, so the last test's database is
+    emptied instead (milliseconds) when its shape is still the template's; a test that
+    changed it (migrated, adopted, granted, added a table) gets its database dropped, and the
+    next one a new copy. Every connection to a database handed back is closed first, as a
+    DROP ... WITH (FORCE) would."""
+
+    def __init__(self, server: PostgresServer, template: str) -> None:
+        self.server, self.template = server, template
+        with self.server.connect(template) as connection:
+            self.shape = connection.execute(_SHAPE).fetchone()
+            self.tables = ", ".join(row[0] for row in connection.execute(_TABLES))
+        self._kept: str | None = None
+        self._spoilt: set[str] = set()
+
+    def take(self) -> str:
+        name, self._kept = self._kept, None
+        if name is None:
+            name = f"t_{uuid.uuid4().hex[:12]}"
+            self.server.admin(f"CREATE DATABASE {name} TEMPLATE {self.template}")
+        return name
+
+    def spoil(self, name: str) -> None:
+        """Never reuse `name` (a pooler holds connections to it that closing would break)."""
+        self._spoilt.add(name)
+
+    def give_back(self, name: str) -> None:
+        try:
+            if name not in self._spoilt:
+                self.server.admin(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                )
+                with self.server.connect(name) as connection:
+                    if connection.execute(_SHAPE).fetchone() == self.shape:
+                        connection.execute(f"TRUNCATE {self.tables} RESTART IDENTITY CASCADE")
+                        self._kept = name
+                        return
+        except psycopg.Error:
+            pass  # a database a test left unusable: dropped below
+        self._spoilt.discard(name)
+        self.server.admin(f"DROP DATABASE {name} WITH (FORCE)")

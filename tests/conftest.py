@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,13 +19,14 @@ import pytest
 import streamlit as st
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
+from streamlit.components.v2.component_manager import BidiComponentManager
 from streamlit.testing.v1 import AppTest
 
 from core.cli import main as cli_main
 from core.serving.service import ProgramService
 from core.store.db import make_engine, migrate
 from testkit.counting import CountingGenerator
-from testkit.pg_server import PostgresServer
+from testkit.pg_server import FreshDatabases, PostgresServer
 from testkit.pgbouncer import PgBouncer
 from tests.fake_openai import FakeOpenAI
 from tests.helpers import NEUTRAL_CWD, ROOT, app_environment
@@ -94,6 +96,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _BEFORE = pytest.StashKey[set[str]]()
 
 
+class _ProductProcesses:
+    """Python processes (`python -m core`, the dashboard) a test starts, seen through the
+    interpreter's audit events: a test that starts one is a real-process test, and must be
+    marked `process` (or `browser`) for the fast loop to leave it out."""
+
+    def __init__(self) -> None:
+        self.watching = False
+        self.started: list[str] = []
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        if self.watching and event == "subprocess.Popen" and isinstance(args[1], list | tuple):
+            command = [str(part) for part in args[1]]
+            if sys.executable in command:
+                self.started.append(" ".join(command[command.index(sys.executable) :][:4]))
+
+
+_PRODUCT_PROCESSES = _ProductProcesses()
+sys.addaudithook(_PRODUCT_PROCESSES)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    _PRODUCT_PROCESSES.started.clear()
+    _PRODUCT_PROCESSES.watching = True
+    try:
+        return (yield)
+    finally:
+        _PRODUCT_PROCESSES.watching = False
+        marked = {mark.name for mark in item.iter_markers()} & {"process", "browser"}
+        if _PRODUCT_PROCESSES.started and not marked:
+            pytest.fail(f"started {_PRODUCT_PROCESSES.started[0]}: mark the test `process`", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:
     server = PostgresServer().start()
@@ -106,13 +141,17 @@ def pg() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pg_databases(pg: PostgresServer) -> FreshDatabases:
+    return FreshDatabases(pg, TEMPLATE)
+
+
 @pytest.fixture
-def pg_url(pg: PostgresServer) -> Iterator[str]:
-    """A fresh, migrated database per test, copied from the template in milliseconds."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg.admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+def pg_url(pg: PostgresServer, pg_databases: FreshDatabases) -> Iterator[str]:
+    """A migrated database with no rows per test, as a copy of the template is."""
+    name = pg_databases.take()
     yield pg.url(name)
-    pg.admin(f"DROP DATABASE {name} WITH (FORCE)")
+    pg_databases.give_back(name)
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +159,15 @@ def pgbouncer(pg: PostgresServer) -> Iterator[PgBouncer]:
     pooler = PgBouncer(pg).start()
     yield pooler
     pooler.stop()
+
+
+@pytest.fixture
+def pooled_url(pg_url: str, pgbouncer: PgBouncer, pg_databases: FreshDatabases) -> str:
+    """The test's database through PgBouncer in transaction mode. Dropped after the test,
+    never emptied for the next: the pooler keeps connections to it open."""
+    name = make_url(pg_url).database or ""
+    pg_databases.spoil(name)
+    return pgbouncer.url(name)
 
 
 @dataclass(frozen=True)
@@ -134,25 +182,37 @@ class Shared:
         return {"MIGRATIONS_DATABASE_URL": self.migrations_url} if self.migrations_url else {}
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, copied for each test as PostgreSQL's template is: a copy
+    takes a millisecond, Alembic's migrations of a new file about 0.2 s."""
+    path = tmp_path_factory.mktemp("template") / "coach.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()
+    return path
+
+
+def migrated_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database in the test's directory, from the template."""
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "coach.db")
+    return f"sqlite:///{tmp_path}/coach.db"
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
 def shared_database(request: pytest.FixtureRequest, tmp_path: Path) -> Shared:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/coach.db"
-        engine = make_engine(url)
-        migrate(engine)  # as the PostgreSQL ones are, by their template
-        engine.dispose()
-        return Shared(url)
+        return Shared(migrated_sqlite(request, tmp_path))
     direct: str = request.getfixturevalue("pg_url")
     if request.param == "postgresql":
         return Shared(direct)
-    pooler: PgBouncer = request.getfixturevalue("pgbouncer")
-    return Shared(pooler.url(make_url(direct).database or ""), migrations_url=direct)
+    return Shared(request.getfixturevalue("pooled_url"), migrations_url=direct)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/coach.db"
+        return migrated_sqlite(request, tmp_path)
     return request.getfixturevalue("pg_url")
 
 
@@ -167,6 +227,13 @@ def engine(database_url: str) -> Iterator[Engine]:
 APP = str(ROOT / "app.py")
 
 
+@functools.cache
+def _components() -> BidiComponentManager:
+    manager = BidiComponentManager()
+    manager.discover_and_register_components(start_file_watching=False)
+    return manager
+
+
 @pytest.fixture
 def app_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
     """The dashboard's real scripts through AppTest, on `database_url` with the offline
@@ -179,7 +246,12 @@ def app_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         st.cache_resource.clear()
-        return AppTest.from_file(APP, default_timeout=60)
+        app = AppTest.from_file(APP, default_timeout=60)
+        # Each AppTest otherwise scans every installed distribution's metadata for Streamlit
+        # components on its first run (0.2 s of CPU, a fifth of a page test); the dashboard
+        # has none, and what the scan finds cannot change during a run.
+        app._bidi_component_manager = _components()
+        return app
 
     yield make
     st.cache_resource.clear()  # releases (disposes) the app's engine

@@ -142,6 +142,7 @@ def test_a_hit_rate_collapse_is_posted_once_firing_and_once_resolved(
     assert "hit rate 75% in the last hour against 100%" in listener.received[1]["text"]
 
 
+@pytest.mark.process
 def test_two_checkers_at_once_send_it_once(shared_database: Shared, listener: Listener) -> None:
     engine = make_engine(shared_database.url)
     insert_events(engine, [*BASELINE, *[(timedelta(minutes=5), "miss")] * 10])

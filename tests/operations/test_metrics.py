@@ -229,6 +229,7 @@ def query(api: str, promql: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+@pytest.mark.process
 def test_prometheus_scraping_the_exporter_reads_what_stats_says(
     cli: Callable[..., CliRun], tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:

@@ -199,6 +199,7 @@ def test_the_pages_mark_the_offline_program_and_show_spend_against_each_budget(
     assert any("LLM budget spent" in e.value and "offline coach" in e.value for e in app.error)
 
 
+@pytest.mark.process
 def test_two_instances_together_overshoot_the_budget_by_at_most_one_generation_each(
     shared_database: Shared, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:

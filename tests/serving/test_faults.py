@@ -25,7 +25,6 @@ from core.store.entries import delete_expired
 from core.store.schema import ai_coach_cache, training_programs
 from testkit.counting import CountingGenerator
 from testkit.pg_server import PostgresServer, free_port
-from testkit.pgbouncer import PgBouncer
 from tests.conftest import CliRun, Faults, Shared
 from tests.fake_openai import PROMPT_TOKENS, FakeOpenAI
 from tests.helpers import PROFILE, count_rows, insert_entries, start_cli
@@ -154,8 +153,7 @@ def pg_shared(request: pytest.FixtureRequest, pg: PostgresServer, pg_url: str) -
     pg.admin(f"ALTER DATABASE {database} SET client_connection_check_interval = '100ms'")
     if request.param == "postgresql":
         return Shared(pg_url)
-    pooler: PgBouncer = request.getfixturevalue("pgbouncer")
-    return Shared(pooler.url(database), migrations_url=pg_url)
+    return Shared(request.getfixturevalue("pooled_url"), migrations_url=pg_url)
 
 
 def _waiting_on(engine: Engine, table: str) -> int:

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from core.operations import monitoring
 from core.serving.service import ProgramService
@@ -18,7 +17,6 @@ from core.store.db import make_engine
 from core.store.history import HistoryFilter
 from core.store.schema import training_programs
 from testkit.counting import CountingGenerator
-from testkit.pgbouncer import PgBouncer
 from tests.helpers import PROFILE, count_rows
 
 THREADS = 4  # one per kind of page below
@@ -26,8 +24,8 @@ HITS_PER_THREAD = 100
 
 
 @pytest.fixture
-def pooled_engine(pgbouncer: PgBouncer, pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pgbouncer.url(make_url(pg_url).database or ""))
+def pooled_engine(pooled_url: str) -> Iterator[Engine]:
+    engine = make_engine(pooled_url)
     yield engine
     engine.dispose()
 
