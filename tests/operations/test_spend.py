@@ -125,9 +125,13 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
     events = generation_events.c
     with engine.connect() as connection:
         logged = connection.execute(
-            select(events.outcome, events.cached_tokens, events.reasoning_tokens, events.saved_cached_tokens).order_by(
-                events.id
-            )
+            select(
+                events.outcome,
+                events.cached_tokens,
+                events.reasoning_tokens,
+                events.saved_cached_tokens,
+                events.saved_reasoning_tokens,
+            ).order_by(events.id)
         ).all()
         entry = connection.execute(select(ai_coach_cache.c.cached_tokens, ai_coach_cache.c.reasoning_tokens)).one()
         history = connection.execute(
@@ -135,11 +139,11 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
                 training_programs.c.id
             )
         ).all()
-    # The hit saved what its entry's generation was billed, its cached input included.
+    # The hit saved what its entry's generation was billed, every kind: its cached input and reasoning included.
     assert [tuple(r) for r in logged] == [
-        ("miss", 1500, 400, None),
-        ("hit", None, None, 1500),
-        ("error", 1024, None, None),
+        ("miss", 1500, 400, None, None),
+        ("hit", None, None, 1500, 400),
+        ("error", 1024, None, None, None),
     ]
     assert tuple(entry) == (1500, 400)
     assert [tuple(r) for r in history] == [(1500, 400), (None, None)]  # the hit's row bills nothing
@@ -147,6 +151,7 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
     [usage] = monitoring.usage_by_generator(engine)
     assert (usage.billed.prompt_tokens, usage.billed.cached_tokens, usage.billed.reasoning_tokens) == (4000, 2524, 400)
     assert usage.cached_share == pytest.approx(2524 / 4000)
+    assert usage.saved == Billed(prompt_tokens=2000, completion_tokens=1000, cached_tokens=1500, reasoning_tokens=400)
     price = Settings().price_of("gpt-4.1")
     assert price is not None
     spend = usage.spend(Settings())
@@ -166,9 +171,10 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
                 generation_stats_hourly.c.cached_tokens,
                 generation_stats_hourly.c.reasoning_tokens,
                 generation_stats_hourly.c.saved_cached_tokens,
+                generation_stats_hourly.c.saved_reasoning_tokens,
             )
         ).all()
-    assert [sum(column) for column in zip(*rolled, strict=True)] == [2524, 400, 1500]
+    assert [sum(column) for column in zip(*rolled, strict=True)] == [2524, 400, 1500, 400]
     assert monitoring.usage_by_generator(engine) == [usage]
 
 

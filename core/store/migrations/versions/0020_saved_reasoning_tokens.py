@@ -1,9 +1,9 @@
 """What a hit saved, in every kind of token a generation records: the reasoning tokens of the
 generation that made the entry served, beside the input, output and cached input it saved
 already, so that the event and the rollup keep a `saved_` column for each kind of billed
-token (core.prices.Billed) and are built from that one list. Added only where missing;
-nullable on the events (hits recorded before say nothing), 0 in hours rolled up before, as
-events that do not say sum to.
+token (core.prices.Billed) and are built from that one list. Nullable on the events (hits
+recorded before say nothing); 0 in hours rolled up before, as events that do not say sum to.
+Both tables are Coach Cache's own (never adopted), as in 0011.
 
 Revision ID: 0020
 Revises: 0019
@@ -26,9 +26,7 @@ COLUMNS = {
 
 def upgrade() -> None:
     for table, column in COLUMNS.items():
-        existing = {c["name"] for c in sa.inspect(op.get_bind()).get_columns(table)}
-        if column.name not in existing:
-            op.add_column(table, column)
+        op.add_column(table, column)
 
 
 def downgrade() -> None:
