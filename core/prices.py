@@ -89,8 +89,9 @@ class Billed:
     A generator hands it over with its Generation or GenerationError.
 
     Each kind says what it is billed at: a whole kind at its price; a part of one (as OpenAI
-    counts them) at its own price, or, without one, as the rest of its whole is. This is the
-    one place a kind is named: tables, sums, exports and costs are built from these fields."""
+    counts them) at its own price, or, without one, as the rest of its whole is. Beside the
+    generators that read a kind from their server's answer, this is the one place a kind is
+    named: tables, sums, exports and costs are built from these fields."""
 
     prompt_tokens: int | None = _whole("input")
     completion_tokens: int | None = _whole("output")
@@ -129,8 +130,8 @@ class Billed:
         """How many tokens are billed at each price: a part with a price of its own is taken
         out of its whole's. An unknown count is none."""
         counts: dict[PriceKind, int] = dict.fromkeys(PRICE_KINDS, 0)
-        for kind in fields(self):
-            count, price, whole = getattr(self, kind.name) or 0, kind.metadata["price"], kind.metadata.get("part_of")
+        for f in fields(self):
+            count, price, whole = getattr(self, f.name) or 0, f.metadata["price"], f.metadata.get("part_of")
             if price is not None:
                 counts[price] += count
                 if whole is not None:

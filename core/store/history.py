@@ -96,7 +96,7 @@ class HistoryRecord:
     created_at: datetime = field(default_factory=utcnow)
 
 
-# The prefix of the columns each Billed field of a record is written to.
+# A record's Billed fields, each written to a column per kind of token named after its prefix.
 _BILLED_PREFIX = {"billed": "", "saved": SAVED}
 
 
@@ -105,8 +105,17 @@ def _columns(record: Any) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for f in fields(record):
         value = getattr(record, f.name)
-        columns.update(value.as_columns(_BILLED_PREFIX[f.name]) if isinstance(value, Billed) else {f.name: value})
+        columns.update(value.as_columns(_BILLED_PREFIX[f.name]) if f.name in _BILLED_PREFIX else {f.name: value})
     return columns
+
+
+def _column_names(record_type: type) -> list[str]:
+    """The columns `_columns` writes a record of `record_type` to."""
+    names: list[str] = []
+    for f in fields(record_type):
+        prefix = _BILLED_PREFIX.get(f.name)
+        names += [f.name] if prefix is None else [prefix + kind for kind in TOKEN_FIELDS]
+    return names
 
 
 # Statements built once: the hit path runs them for every request, and building a
@@ -119,11 +128,7 @@ _INSERT_PROGRAM = {
 # A hit's history row takes its program and the generator that made it from the entry
 # (history column: entry column), and everything else from its HistoryRecord.
 _FROM_ENTRY = {"program": "data", "model": "model", "generator_version": "generator_version"}
-_COPIED = tuple(
-    name
-    for name in (*(f.name for f in fields(HistoryRecord) if f.name != "billed"), *TOKEN_FIELDS)
-    if name not in ("program_json", *_FROM_ENTRY)
-)
+_COPIED = tuple(name for name in _column_names(HistoryRecord) if name not in ("program_json", *_FROM_ENTRY))
 # A hit's program copied inside the database from the very entry version that was
 # validated: nothing is sent back, and PostgreSQL neither parses nor compresses it again.
 _INSERT_PROGRAM_FROM_CACHE = (
