@@ -182,5 +182,8 @@ class Spend:
     def total(self) -> float:
         return self.input + self.cached_input + self.output
 
+    def by_price(self) -> dict[PriceKind, float]:
+        return {kind: getattr(self, kind) for kind in PRICE_KINDS}
+
     def __add__(self, other: Spend) -> Spend:
         return Spend(self.input + other.input, self.cached_input + other.cached_input, self.output + other.output)

@@ -225,9 +225,7 @@ def _stats(_args: argparse.Namespace, settings: Settings, database: Database) ->
         "cache_errors": totals.cache_read_errors + totals.cache_write_errors,
         "llm_cost_usd": round(costs.spent + rollouts.total, 6),
         "llm_cost_split_usd": {
-            "input": round(costs.spend.input, 6),
-            "cached_input": round(costs.spend.cached_input, 6),
-            "output": round(costs.spend.output, 6),
+            **{kind: round(amount, 6) for kind, amount in costs.spend.by_price().items()},
             "batch": round(rollouts.batch, 6),
             "live_prewarm": round(rollouts.live, 6),
             "trials": round(rollouts.trials, 6),
