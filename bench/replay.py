@@ -250,12 +250,7 @@ def _prewarm(
 
 
 def _one_generation(price: ModelPrice, tier: PriceTier) -> float:
-    return price.cost(
-        TOKENS.prompt_tokens or 0,
-        TOKENS.completion_tokens or 0,
-        cached_tokens=TOKENS.cached_tokens or 0,
-        tier=tier,
-    )
+    return price.cost(TOKENS, tier)
 
 
 def costs(settings: Settings, without: dict[str, Any], prewarmed: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,11 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
+def column_heading(name: str) -> str:
+    """A column's name as a table heading: `cache_read_errors` is "Cache read errors"."""
+    return name.replace("_", " ").capitalize()
+
+
 def format_bytes(size: float | None) -> str:
     if size is None:
         return "–"

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.contract.models import ContractError
-from core.formatting import counted, format_bytes, format_dollars, format_duration, markdown_code
+from core.formatting import column_heading, counted, format_bytes, format_dollars, format_duration, markdown_code
 from core.generators import startup_warning
 from core.operations import admin, recall
 from core.operations.rollout import batches, reports
@@ -20,6 +20,7 @@ from core.operations.rollout import live as rollout_live
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import records as rollout_records
 from core.operations.rollout import start as rollout_start
+from core.prices import WHOLE_FIELDS
 from core.store import entries
 from core.store.history import HistoryFilter
 from core.store.schema import utcnow
@@ -452,8 +453,8 @@ def show_trial(trial: reports.Trial) -> None:
                 "Valid first try": [
                     "–" if s.valid_first_try is None else f"{s.valid_first_try:.0%}" for s in sides.values()
                 ],
-                "Prompt tokens": [s.prompt_tokens for s in sides.values()],
-                "Completion tokens": [s.completion_tokens for s in sides.values()],
+                # Every token billed is in one of the whole kinds (input, output): the parts are in them.
+                **{column_heading(name): [getattr(s.billed, name) for s in sides.values()] for name in WHOLE_FIELDS},
                 "Cost": [dollars(s.cost) for s in sides.values()],
                 "Latency p50": [
                     "–" if s.latency_p50_ms is None else format_duration(s.latency_p50_ms) for s in sides.values()

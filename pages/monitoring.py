@@ -12,9 +12,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.formatting import DOLLAR_PRINTF, format_bytes, format_dollars, format_duration
+from core.formatting import DOLLAR_PRINTF, column_heading, format_bytes, format_dollars, format_duration
 from core.operations import alerts, monitoring, spend
 from core.operations.rollout import reports
+from core.prices import PARTS_BILLED_AS_WHOLE, PRICE_KINDS
 from core.store import alert_states
 from pages.common import escape_markdown, get_engine, get_settings
 from pages.fit_table import fit_failures
@@ -315,7 +316,7 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 "Hits": [u.hits for u in usage],
                 "Generated": [u.generations for u in usage],
                 "LLM calls": [u.llm_calls for u in usage],
-                "Tokens": [u.prompt_tokens + u.completion_tokens for u in usage],
+                "Tokens": [u.billed.total for u in usage],
                 "LLM spend": [u.cost_spent(settings) for u in usage],
                 "Cost saved": [u.cost_saved(settings) for u in usage],
                 # One column, count and share: two made the table scroll sideways at 1280 px.
@@ -344,7 +345,7 @@ def by_generator(figures: monitoring.Overview, granularity: monitoring.Granulari
                 "generator": plotly_text(u.label),
                 "hit rate": u.hit_rate,
                 "LLM calls": u.llm_calls,
-                "tokens": u.prompt_tokens + u.completion_tokens,
+                "tokens": u.billed.total,
                 "cost": u.cost_spent(settings),
                 "rejected share": u.rejected_share,
             }
@@ -388,11 +389,11 @@ def spend_by_kind(usage: list[monitoring.GeneratorUsage]) -> None:
         pd.DataFrame(
             {
                 "Generator": [u.label for u in usage],
-                "Input": [s.input if s else None for s in spends],
-                "Cached input": [s.cached_input if s else None for s in spends],
-                "Output": [s.output if s else None for s in spends],
+                # Input, cached input, output: a column per price.
+                **{column_heading(kind): [s.by_price()[kind] if s else None for s in spends] for kind in PRICE_KINDS},
                 "Input cached": [u.cached_share for u in usage],
-                "Reasoning tokens": [u.reasoning_tokens for u in usage],
+                # Parts billed as their whole is (reasoning tokens: as output), each a column.
+                **{column_heading(name): [getattr(u.billed, name) for u in usage] for name in PARTS_BILLED_AS_WHOLE},
             }
         ),
         hide_index=True,
@@ -400,8 +401,10 @@ def spend_by_kind(usage: list[monitoring.GeneratorUsage]) -> None:
         placeholder=MISSING,
         column_config={
             **{
-                name: st.column_config.NumberColumn(format=DOLLAR_PRINTF, help="–: no price for the model")
-                for name in ("Input", "Cached input", "Output")
+                column_heading(kind): st.column_config.NumberColumn(
+                    format=DOLLAR_PRINTF, help="–: no price for the model"
+                )
+                for kind in PRICE_KINDS
             },
             "Input cached": st.column_config.NumberColumn(
                 format="percent", help="Share of its input tokens read from the prompt cache"

@@ -385,17 +385,32 @@ class _Answer:
         return GenerationError(message, billed=self.tokens)
 
 
+# Where OpenAI's usage reports each kind of token billed (core.prices.Billed). The details
+# are optional: a server that does not report them leaves those kinds unknown.
+USAGE_FIELDS = {
+    "prompt_tokens": "prompt_tokens",
+    "completion_tokens": "completion_tokens",
+    "cached_tokens": "prompt_tokens_details.cached_tokens",
+    "reasoning_tokens": "completion_tokens_details.reasoning_tokens",
+}
+
+
+def reported_usage(usage: CompletionUsage | None) -> dict[str, int | None]:
+    """Each kind's count as `usage` reports it, by where it reports it (None: not reported)."""
+    return {path: _reported(usage, path) for path in USAGE_FIELDS.values()}
+
+
+def _reported(usage: CompletionUsage | None, path: str) -> int | None:
+    found: Any = usage
+    for name in path.split("."):
+        found = None if found is None else getattr(found, name)
+    return found if isinstance(found, int) else None
+
+
 def _billed(usage: CompletionUsage | None) -> Billed:
     if usage is None:
         return NOT_BILLED
-    # The details are optional: a server that does not report them leaves them unknown.
-    prompt_details, completion_details = usage.prompt_tokens_details, usage.completion_tokens_details
-    return Billed(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=prompt_details.cached_tokens if prompt_details else None,
-        reasoning_tokens=completion_details.reasoning_tokens if completion_details else None,
-    )
+    return Billed(**{kind: _reported(usage, path) for kind, path in USAGE_FIELDS.items()})
 
 
 def _serves(served: list[str], model: str) -> bool:

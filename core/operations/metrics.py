@@ -24,6 +24,7 @@ from core.operations.monitoring.queries import fetch_rows, int_sum
 from core.operations.monitoring.rollup import hours_not_rolled_up, rolled_hours, rolled_up_until
 from core.operations.monitoring.usage import USAGE_SUMS, usage_of
 from core.operations.rollout import reports
+from core.prices import PARTS_BILLED_AS_WHOLE
 from core.settings import Settings
 from core.store import alert_states
 from core.store.entries import expired_entries
@@ -177,16 +178,17 @@ def llm_families(figures: Figures, settings: Settings) -> Iterator[Metric]:
         " (reasoning included); failed generations included",
         (*GENERATOR, "kind"),
     )
-    reasoning = _counter("llm_reasoning_tokens", "Of the output tokens, those spent reasoning", GENERATOR)
+    # Parts billed as their whole is (reasoning: as output), each a counter of its own.
+    parts = {name: _counter(f"llm_{name}", about, GENERATOR) for name, about in PARTS_BILLED_AS_WHOLE.items()}
     for usage in figures.usage:
         generator = [usage.generator_version or "", usage.model or ""]
         calls.add_metric(generator, usage.llm_calls)
         avoided.add_metric(generator, usage.llm_calls_avoided)
-        tokens.add_metric([*generator, "input"], usage.prompt_tokens - usage.cached_tokens)
-        tokens.add_metric([*generator, "cached_input"], usage.cached_tokens)
-        tokens.add_metric([*generator, "output"], usage.completion_tokens)
-        reasoning.add_metric(generator, usage.reasoning_tokens)
-    yield from (calls, avoided, tokens, reasoning)
+        for kind, count in usage.billed.by_price().items():
+            tokens.add_metric([*generator, kind], count)
+        for name, part in parts.items():
+            part.add_metric(generator, getattr(usage.billed, name) or 0)
+    yield from (calls, avoided, tokens, *parts.values())
     yield _spend(figures, settings)
 
 

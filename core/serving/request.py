@@ -89,7 +89,7 @@ class Request:
             latency_ms=self.elapsed_ms(),
             model=generation.model if generation else model,
             generator_version=generator_version,
-            **(generation.billed if generation else NOT_BILLED).as_columns(),
+            billed=generation.billed if generation else NOT_BILLED,
             created_at=self.requested_at,
         )
 

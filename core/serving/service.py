@@ -262,13 +262,13 @@ class ProgramService:
                     updated_at=staged.generated_at,
                     generator_version=version,
                     model=staged.model,
-                    **staged.tokens.as_columns(),
+                    billed=staged.billed,
                     valid=True,
                 )
                 # The hand-out (history row and event) commits with the claim: a process
                 # killed in between leaves the program staged, not used by no one.
                 handed = Generated(*hit_on(request, entry, staged.program_json, staged.rollout_id))
-                new = request.new_entry(staged.program_json, staged.model, version, staged.tokens, staged.generated_at)
+                new = request.new_entry(staged.program_json, staged.model, version, staged.billed, staged.generated_at)
                 cached, program_id = hand_out(connection, new, self.ttl, handed)
         except DBAPIError as exc:
             log.warning("Could not take the staged program for %s: %s", request.key, describe_db_error(exc))
@@ -377,7 +377,7 @@ class ProgramService:
             llm_latency_ms=llm_latency_ms,
             generator_version=identity.version,
             model=generation.model,
-            **generation.billed.as_columns(),
+            billed=generation.billed,
             **outcome,
         )
         new = request.new_entry(program_json, generation.model, identity.version, generation.billed)
@@ -479,7 +479,7 @@ class ProgramService:
                 # Whose tokens these are: a failed generation is billed too.
                 generator_version=self.generator.identity.version,
                 model=self.generator.identity.model,
-                **billed.as_columns(),
+                billed=billed,
                 attempts=attempts,
                 rules_broken=rules_broken,
             )

@@ -19,6 +19,7 @@ from alembic import op
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import JSONB
 
+from core.prices import TOKEN_FIELDS
 from core.store.schema import UTCDateTime
 
 TypeCheck = Callable[[Any, str], bool]
@@ -108,8 +109,8 @@ NEEDED: dict[str, tuple[Needed, ...]] = {
         Needed("cache_key", (_text,), _nullable(sa.String(512))),
         Needed("latency_ms", (_number,), _nullable(sa.Float)),
         Needed("model", (_text,), _nullable(sa.String(200))),
-        Needed("prompt_tokens", (_integer,), _nullable(sa.Integer)),
-        Needed("completion_tokens", (_integer,), _nullable(sa.Integer)),
+        # What each program's generation was billed, a column per kind of token (core.prices.Billed).
+        *(Needed(name, (_integer,), _nullable(sa.Integer)) for name in TOKEN_FIELDS),
     ),
 }
 # The indexes Coach Cache's queries use; an adopted table gets those it lacks.

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.contract.cache_key import key_sample
-from core.prices import TOKEN_FIELDS, Billed
+from core.prices import NOT_BILLED, TOKEN_FIELDS, Billed
 from core.store import fates, staged_programs
 from core.store.db import connect_for_one_read, connect_to_write
 from core.store.schema import (
@@ -68,10 +68,7 @@ class CacheEntry:
     # generation was billed (None: not recorded, or the offline generator).
     generator_version: str | None = None
     model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    billed: Billed = NOT_BILLED
     # Whether it had not expired when read, by the database's clock.
     valid: bool = False
 
@@ -83,10 +80,7 @@ ENTRY_COLUMNS = (
     cache.updated_at,
     cache.generator_version,
     cache.model,
-    cache.prompt_tokens,
-    cache.completion_tokens,
-    cache.cached_tokens,
-    cache.reasoning_tokens,
+    *(cache[name] for name in TOKEN_FIELDS),
 )
 
 
@@ -102,7 +96,9 @@ def _read_entry(dialect: str) -> Any:
     # hot entry costs a few bytes per hit, not a serialization of the whole program.
     data = case((version == bindparam("known", type_=Text), null()), else_=cast(cache.data, Text))
     valid = cache.expires_at > database_now(dialect)
-    return select(data, version, *ENTRY_COLUMNS, valid).where(cache.cache_key == bindparam("key"))
+    return select(data.label("data_json"), version.label("row_version"), *ENTRY_COLUMNS, valid.label("valid")).where(
+        cache.cache_key == bindparam("key")
+    )
 
 
 _READ_ENTRY = {dialect: _read_entry(dialect) for dialect in ("postgresql", "sqlite")}
@@ -114,7 +110,10 @@ def read_entry(engine: Engine, key: str, known_row_version: str | None = None) -
     transaction of its own (connect_for_one_read)."""
     with connect_for_one_read(engine) as connection:
         row = connection.execute(_READ_ENTRY[connection.dialect.name], {"key": key, "known": known_row_version}).first()
-    return CacheEntry(*row) if row else None
+    if row is None:
+        return None
+    made = (row.expires_at, row.created_at, row.updated_at, row.generator_version, row.model)
+    return CacheEntry(row.data_json, row.row_version, *made, billed=Billed.of(row), valid=row.valid)
 
 
 def database_time(engine: Engine) -> datetime:

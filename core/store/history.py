@@ -26,9 +26,11 @@ from sqlalchemy.exc import DataError
 from core.contract.cache_key import key_sample
 from core.contract.generation import Rejected
 from core.contract.models import PAID_ACCESS, PROGRAM
+from core.prices import NOT_BILLED, TOKEN_FIELDS, Billed
 from core.store.db import connect_for_one_statement, connect_to_write
 from core.store.entries import CacheEntry
 from core.store.schema import (
+    SAVED,
     ProgramId,
     ai_coach_cache,
     generation_events,
@@ -54,8 +56,8 @@ class GenerationEvent:
     latency_ms: float
     miss_reason: str | None = None
     llm_latency_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    # What the generation was billed (a hit's: nothing) ...
+    billed: Billed = NOT_BILLED
     cache_read_error: bool = False
     cache_write_error: bool = False
     history_error: bool = False
@@ -63,12 +65,8 @@ class GenerationEvent:
     entry_expires_at: datetime | None = None
     generator_version: str | None = None
     model: str | None = None
-    saved_prompt_tokens: int | None = None
-    saved_completion_tokens: int | None = None
-    # Parts of prompt_tokens and completion_tokens, and of saved_prompt_tokens.
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    saved_cached_tokens: int | None = None
+    # ... and, a hit's, what the generation that made its entry was billed: what it saved.
+    saved: Billed = NOT_BILLED
     # A generation's: how many attempts it took (a repair is one more), and the core.fit rules
     # any attempt broke, comma-separated.
     attempts: int | None = None
@@ -77,17 +75,7 @@ class GenerationEvent:
 
     def served_from(self, entry: CacheEntry) -> GenerationEvent:
         """This hit event, naming the generator that made `entry` and what it cost."""
-        return replace(self, **{name: getattr(entry, field) for name, field in _EVENT_FROM_ENTRY.items()})
-
-
-# A hit event's columns taken from the entry it served.
-_EVENT_FROM_ENTRY = {
-    "generator_version": "generator_version",
-    "model": "model",
-    "saved_prompt_tokens": "prompt_tokens",
-    "saved_completion_tokens": "completion_tokens",
-    "saved_cached_tokens": "cached_tokens",
-}
+        return replace(self, generator_version=entry.generator_version, model=entry.model, saved=entry.billed)
 
 
 @dataclass(frozen=True)
@@ -103,17 +91,31 @@ class HistoryRecord:
     cache_key: str
     latency_ms: float
     model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
     generator_version: str | None = None
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    billed: Billed = NOT_BILLED  # a hit's: nothing
     created_at: datetime = field(default_factory=utcnow)
+
+
+# A record's Billed fields, each written to a column per kind of token named after its prefix.
+_BILLED_PREFIX = {"billed": "", "saved": SAVED}
 
 
 def _columns(record: Any) -> dict[str, Any]:
     # Shallow, unlike dataclasses.asdict, which would deep-copy the whole program.
-    return {f.name: getattr(record, f.name) for f in fields(record)}
+    columns: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        columns.update(value.as_columns(_BILLED_PREFIX[f.name]) if f.name in _BILLED_PREFIX else {f.name: value})
+    return columns
+
+
+def _column_names(record_type: type) -> list[str]:
+    """The columns `_columns` writes a record of `record_type` to."""
+    names: list[str] = []
+    for f in fields(record_type):
+        prefix = _BILLED_PREFIX.get(f.name)
+        names += [f.name] if prefix is None else [prefix + kind for kind in TOKEN_FIELDS]
+    return names
 
 
 # Statements built once: the hit path runs them for every request, and building a
@@ -126,7 +128,7 @@ _INSERT_PROGRAM = {
 # A hit's history row takes its program and the generator that made it from the entry
 # (history column: entry column), and everything else from its HistoryRecord.
 _FROM_ENTRY = {"program": "data", "model": "model", "generator_version": "generator_version"}
-_COPIED = tuple(f.name for f in fields(HistoryRecord) if f.name not in ("program_json", *_FROM_ENTRY))
+_COPIED = tuple(name for name in _column_names(HistoryRecord) if name not in ("program_json", *_FROM_ENTRY))
 # A hit's program copied inside the database from the very entry version that was
 # validated: nothing is sent back, and PostgreSQL neither parses nor compresses it again.
 _INSERT_PROGRAM_FROM_CACHE = (
@@ -169,7 +171,7 @@ def insert_program(
 
 def _copy_values(record: HistoryRecord, entry_written_at: datetime) -> dict[str, Any]:
     return {
-        **{name: getattr(record, name) for name in _COPIED},
+        **{name: value for name, value in _columns(record).items() if name in _COPIED},
         "entry_key": record.cache_key,
         "entry_written_at": entry_written_at,
     }

@@ -96,10 +96,21 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 metadata = MetaData()
 
 
-def billed_columns() -> list[Column[Any]]:
+# The prefix of the columns of what a hit saved: its entry's generation's tokens, by kind.
+SAVED = "saved_"
+
+
+def billed_columns(prefix: str = "") -> list[Column[Any]]:
     """The columns of what one generation was billed, one per kind of token (core.prices.Billed),
-    for every table that records a generation's tokens (NULL: not reported)."""
-    return [Column(name, Integer, nullable=True) for name in TOKEN_FIELDS]
+    each named after `prefix`, for every table that records a generation's tokens (NULL: not
+    reported)."""
+    return [Column(prefix + name, Integer, nullable=True) for name in TOKEN_FIELDS]
+
+
+def billed_sums(prefix: str = "") -> list[Column[Any]]:
+    """The rollup's sums of those columns; hours rolled up before a kind was recorded hold 0,
+    as events that do not say sum to."""
+    return [Column(prefix + name, BigInteger, nullable=False, server_default="0") for name in TOKEN_FIELDS]
 
 
 ai_coach_cache = Table(
@@ -172,10 +183,8 @@ generation_events = Table(
     # the entry (hit), whose generation's tokens are what the hit saved.
     Column("generator_version", String(64), nullable=True),
     Column("model", String(200), nullable=True),
-    # What a hit saved: its entry's generation's tokens (the cached input at the cached price).
-    Column("saved_prompt_tokens", Integer, nullable=True),
-    Column("saved_completion_tokens", Integer, nullable=True),
-    Column("saved_cached_tokens", Integer, nullable=True),
+    # What a hit saved: its entry's generation's tokens.
+    *billed_columns(SAVED),
     # A generation's attempts (a repair is one more) and the core.fit rules any broke, comma-separated.
     Column("attempts", SmallInteger, nullable=True),
     Column("rules_broken", String(200), nullable=True),
@@ -203,20 +212,14 @@ generation_stats_hourly = Table(
     Column("model", String(200), primary_key=True),
     Column("requests", Integer, nullable=False),
     Column("latency_ms_sum", Float, nullable=False),
-    Column("prompt_tokens", BigInteger, nullable=False),
-    Column("completion_tokens", BigInteger, nullable=False),
+    *billed_sums(),
     # Hits: the tokens of the generations that made the entries served (what they saved),
     # and how many hits served an entry whose tokens were not recorded.
-    Column("saved_prompt_tokens", BigInteger, nullable=False),
-    Column("saved_completion_tokens", BigInteger, nullable=False),
+    *billed_sums(SAVED),
     Column("hits_without_tokens", Integer, nullable=False),
     Column("cache_read_errors", Integer, nullable=False),
     Column("cache_write_errors", Integer, nullable=False),
     Column("history_errors", Integer, nullable=False),
-    # Hours rolled up before these were recorded hold 0, as events that do not say sum to.
-    Column("cached_tokens", BigInteger, nullable=False, server_default="0"),
-    Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
-    Column("saved_cached_tokens", BigInteger, nullable=False, server_default="0"),
     # Why the requests were misses ('' for hits, and for hours rolled up before it was recorded).
     Column("miss_reason", String(32), primary_key=True, server_default=""),
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Text, and_, bindparam, cast, null, select, update
 
-from core.prices import Billed
+from core.prices import TOKEN_FIELDS, Billed
 from core.store.db import connect_to_write
 from core.store.schema import database_now, rollout_programs
 
@@ -28,14 +28,7 @@ class StagedProgram:
     # When it was generated: it is valid for the TTL from then, like any entry.
     generated_at: datetime
     expires_at: datetime
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cached_tokens: int | None
-    reasoning_tokens: int | None
-
-    @property
-    def tokens(self) -> Billed:
-        return Billed.of(self)
+    billed: Billed
 
 
 def _takeable(dialect: str) -> Any:
@@ -77,17 +70,17 @@ def claim(connection: Connection, key: str, generator_version: str) -> StagedPro
             staged.id,
             staged.rollout_id,
             staged.model,
-            cast(staged.program, Text),
+            cast(staged.program, Text).label("program_json"),
             staged.generated_at,
             staged.expires_at,
-            staged.prompt_tokens,
-            staged.completion_tokens,
-            staged.cached_tokens,
-            staged.reasoning_tokens,
+            *(staged[name] for name in TOKEN_FIELDS),
         )
     )
     row = connection.execute(statement, {"key": key, "version": generator_version}).first()
-    return StagedProgram(*row) if row else None
+    if row is None:
+        return None
+    made = (row.model, row.program_json, row.generated_at, row.expires_at)
+    return StagedProgram(row.id, row.rollout_id, *made, billed=Billed.of(row))
 
 
 def mark_invalid(connection: Connection, staged_id: int, error: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from core.operations import alerts
+from core.prices import Billed
 from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.db import make_engine
@@ -219,8 +220,7 @@ def test_the_spend_alert_fires_before_the_daily_budget_and_the_budget_alert_at_i
     billed = {
         "model": "gpt-test",
         "generator_version": "openai-gpt-test",
-        "prompt_tokens": 1000,
-        "completion_tokens": 0,
+        "billed": Billed(prompt_tokens=1000, completion_tokens=0),
     }
 
     def firing(settings: Settings) -> list[str]:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from core.operations.rollout import batches, reports
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import start as rollout_start
+from core.prices import Billed
 from core.settings import Settings
 from tests.conftest import CliRun
 from tests.fake_openai import COMPLETION_TOKENS, PROMPT_TOKENS, BatchBehaviour, Behaviour, FakeOpenAI
@@ -50,7 +51,7 @@ def test_lines_no_column_can_hold_fail_alone_and_the_rest_is_staged(
     [summary] = reports.summaries(engine, current)
     price = current.price_of(CANDIDATE)
     assert price is not None
-    assert summary.cost == pytest.approx(price.cost(PROMPT_TOKENS, COMPLETION_TOKENS, tier="batch"))
+    assert summary.cost == pytest.approx(price.cost(Billed(PROMPT_TOKENS, COMPLETION_TOKENS), "batch"))
 
 
 @pytest.mark.parametrize(

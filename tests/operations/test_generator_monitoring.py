@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from core.generators import OfflineGenerator
 from core.operations import monitoring
-from core.prices import ModelPrice
+from core.prices import Billed, ModelPrice
 from core.serving.results import GenerationFailed
 from core.serving.service import ProgramService
 from core.settings import Settings
@@ -66,22 +66,24 @@ def test_each_generator_is_counted_apart_and_priced_at_its_models_price(
     assert (old.hits, old.generations, old.errors, old.llm_calls, old.hit_rate) == (3, 2, 0, 2, 3 / 5)
     assert (new.hits, new.generations, new.errors, new.llm_calls, new.hit_rate) == (1, 1, 1, 2, 1 / 2)
     assert (rules.hits, rules.generations, rules.llm_calls, rules.llm_calls_avoided) == (1, 1, 0, 0)
-    assert (old.prompt_tokens, old.completion_tokens) == (900, 4000)
-    assert (new.prompt_tokens, new.completion_tokens) == (900, 18000)
+    assert (old.billed.prompt_tokens, old.billed.completion_tokens) == (900, 4000)
+    assert (new.billed.prompt_tokens, new.billed.completion_tokens) == (900, 18000)
 
     # One model's price overridden; the others keep the listed prices (gpt-4.1-mini: 0.40 / 1.60).
     settings = Settings(model_prices={"gpt-4.1": {"input": 3.0, "output": 12.0}})
     old_price, new_price = ModelPrice(input=3.0, output=12.0), ModelPrice(input=0.40, output=1.60)
-    assert old.cost_spent(settings) == pytest.approx(old_price.cost(900, 4000))
+    assert old.cost_spent(settings) == pytest.approx(old_price.cost(Billed(900, 4000)))
     # What each hit's entry was billed, not an average: 2 x u1's generation + 1 x u2's.
-    assert old.cost_saved(settings) == pytest.approx(2 * old_price.cost(500, 3000) + old_price.cost(400, 1000))
-    assert new.cost_spent(settings) == pytest.approx(new_price.cost(900, 18000))
-    assert new.cost_saved(settings) == pytest.approx(new_price.cost(450, 2000))
+    assert old.cost_saved(settings) == pytest.approx(
+        2 * old_price.cost(Billed(500, 3000)) + old_price.cost(Billed(400, 1000))
+    )
+    assert new.cost_spent(settings) == pytest.approx(new_price.cost(Billed(900, 18000)))
+    assert new.cost_saved(settings) == pytest.approx(new_price.cost(Billed(450, 2000)))
     assert rules.cost_spent(settings) == rules.cost_saved(settings) == 0.0
     assert by_model["local-llama"].cost_spent(settings) is None
 
     costs = monitoring.costs(usage, settings)
-    assert costs.spent == pytest.approx(old_price.cost(900, 4000) + new_price.cost(900, 18000))
+    assert costs.spent == pytest.approx(old_price.cost(Billed(900, 4000)) + new_price.cost(Billed(900, 18000)))
     assert costs.saved == pytest.approx(old.cost_saved(settings) + new.cost_saved(settings))
     assert (costs.llm_calls, costs.llm_calls_avoided) == (5, 4)  # the failed call was a call
     assert costs.unpriced_models == ("local-llama",) and costs.hits_saving_unknown == 0

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from core.contract.cache_key import DIGEST_ALPHABET
 from core.operations import admin, monitoring
+from core.prices import NOT_BILLED, Billed
 from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.db import make_engine, migrate
@@ -53,8 +54,7 @@ def seed(engine: Engine) -> None:
                     cache_key="program:uu:paidfalse:dk",
                     outcome=outcome,
                     latency_ms=latency,
-                    prompt_tokens=400 if llm else None,
-                    completion_tokens=1000 if llm else None,
+                    billed=Billed(prompt_tokens=400, completion_tokens=1000) if llm else NOT_BILLED,
                     cache_read_error=read_error,
                     cache_write_error=write_error,
                     created_at=now - timedelta(hours=hours),
@@ -262,15 +262,13 @@ def test_a_ttls_llm_cost_is_the_windows_generations_at_the_average_generation_co
         "gpt-4o-mini",
         hits=3,
         generations=2,
-        prompt_tokens=1_200,  # a failed generation's 400 too: billed, but it produced nothing
-        completion_tokens=3_000,
-        generation_prompt_tokens=800,
-        generation_completion_tokens=2_000,
+        billed=Billed(prompt_tokens=1_200, completion_tokens=3_000),  # a failed generation's 400 too
+        generation_billed=Billed(prompt_tokens=800, completion_tokens=2_000),
     )
     costs = monitoring.costs([usage], settings)
     price = settings.price_of("gpt-4o-mini")
     assert price is not None
-    per_generation = price.cost(400, 1_000)
+    per_generation = price.cost(Billed(400, 1_000))
     assert costs.per_generation == pytest.approx(per_generation)
     assert monitoring.TtlOutcome(24, requests=5, generations=3).cost(costs) == pytest.approx(3 * per_generation)
     # Replayed on a quarter of the keys: the sample's generations stand for four times as many.

@@ -24,6 +24,7 @@ from core.operations.rollout import live as rollout_live
 from core.operations.rollout import plan as rollout_plan
 from core.operations.rollout import records as rollout_records
 from core.operations.rollout import start as rollout_start
+from core.prices import Billed
 from core.serving.service import ProgramService
 from core.serving.single_flight import Lease
 from core.settings import Settings
@@ -85,7 +86,7 @@ def test_the_plan_names_the_keys_another_generator_made_and_prices_them_live_and
     assert plan.by_generator == {make_generator(current).identity.version: 3}
     price = current.price_of(CANDIDATE)
     assert price is not None
-    assert plan.live_cost == pytest.approx(3 * price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
+    assert plan.live_cost == pytest.approx(3 * price.cost(Billed(PROMPT_TOKENS, COMPLETION_TOKENS)))
     assert plan.batch_cost == pytest.approx(plan.live_cost / 2)
     assert rollout_plan.plan(engine, current, candidate, rollout_plan.Selection(limit=2)).count == 2
     # Entries valid for 24 h: none has 25 h left.
@@ -197,7 +198,7 @@ def test_a_trial_compares_the_candidate_with_the_current_generator_and_caches_no
     assert (count_rows(engine, ai_coach_cache), count_rows(engine, training_programs)) == before
     assert fake_openai.calls == 2 and len(trial.profiles) == 2
     assert trial.candidate.programs == 2 and trial.candidate.valid_first_try == 1.0
-    assert trial.candidate.prompt_tokens == 2 * PROMPT_TOKENS and trial.candidate.latency_p50_ms
+    assert trial.candidate.billed.prompt_tokens == 2 * PROMPT_TOKENS and trial.candidate.latency_p50_ms
     assert trial.current.programs == 2 and trial.current.valid_first_try == 1.0
     assert all(p.candidate_program and p.current_program for p in trial.profiles)
     # A trial's programs are never served.
@@ -321,13 +322,13 @@ def test_a_batch_prewarm_is_submitted_polled_collected_by_custom_id_and_served(
     assert (summary.phase, summary.states, summary.batches) == ("collected", {"staged": 3}, {"completed": 1})
     price = current.price_of(CANDIDATE)
     assert price is not None
-    assert summary.cost == pytest.approx(3 * price.cost(PROMPT_TOKENS, COMPLETION_TOKENS, tier="batch"))
+    assert summary.cost == pytest.approx(3 * price.cost(Billed(PROMPT_TOKENS, COMPLETION_TOKENS), "batch"))
 
     switched = app_service(engine, settings_for(str(engine.url), fake_openai, CANDIDATE))
     result = serve(switched, "u3")
     assert result.prewarmed_by == started.rollout_id and fake_openai.calls == 0
     [summary] = reports.summaries(engine, current)
-    assert summary.used == 1 and summary.saved == pytest.approx(price.cost(PROMPT_TOKENS, COMPLETION_TOKENS))
+    assert summary.used == 1 and summary.saved == pytest.approx(price.cost(Billed(PROMPT_TOKENS, COMPLETION_TOKENS)))
     spent = reports.spend(engine, current)
     assert (spent.batch, spent.saved) == (pytest.approx(summary.cost), pytest.approx(summary.saved))
 
@@ -598,8 +599,8 @@ def test_a_trial_compares_with_the_current_generators_newest_program_per_profile
     candidate = rollout_plan.candidate(current, CANDIDATE)
     tried = rollout_live.trial(engine, current, candidate, actor="cli", sample=2)
     trial = reports.trial_report(engine, current, tried, current_version=make_generator(current).identity.version)
-    assert (trial.current.programs, trial.current.prompt_tokens) == (2, 2 * PROMPT_TOKENS)
-    assert trial.current.prompt_tokens == trial.candidate.prompt_tokens
+    assert (trial.current.programs, trial.current.billed.prompt_tokens) == (2, 2 * PROMPT_TOKENS)
+    assert trial.current.billed.prompt_tokens == trial.candidate.billed.prompt_tokens
 
 
 def test_a_batch_that_could_not_be_recorded_is_cancelled(faults: Faults, fake_openai: FakeOpenAI) -> None:

@@ -33,8 +33,8 @@ def test_cached_input_is_billed_at_the_cached_price_and_reasoning_as_output() ->
     price = Settings().price_of("gpt-4o-mini")
     assert price is not None
     # 1 M input tokens of which 400 k cached, 1 M output tokens (reasoning among them).
-    assert price.cost(MILLION, MILLION, cached_tokens=400_000) == pytest.approx(0.6 * 0.15 + 0.4 * 0.075 + 0.60)
-    assert price.cost(MILLION, MILLION) == pytest.approx(0.15 + 0.60)
+    assert price.cost(Billed(MILLION, MILLION, cached_tokens=400_000)) == pytest.approx(0.6 * 0.15 + 0.4 * 0.075 + 0.60)
+    assert price.cost(Billed(MILLION, MILLION)) == pytest.approx(0.15 + 0.60)
 
 
 def test_the_listed_models_have_openais_cached_input_prices() -> None:
@@ -53,11 +53,11 @@ def test_the_listed_models_have_openais_cached_input_prices() -> None:
 
 def test_the_batch_price_is_half_of_each_live_price_unless_given() -> None:
     price = ModelPrice(input=2.0, cached_input=0.5, output=8.0)
-    live = price.cost(MILLION, MILLION, cached_tokens=MILLION // 2)
+    live = price.cost(Billed(MILLION, MILLION, cached_tokens=MILLION // 2))
     assert live == pytest.approx(0.5 * 2.0 + 0.5 * 0.5 + 8.0)
-    assert price.cost(MILLION, MILLION, cached_tokens=MILLION // 2, tier="batch") == pytest.approx(live / 2)
+    assert price.cost(Billed(MILLION, MILLION, cached_tokens=MILLION // 2), "batch") == pytest.approx(live / 2)
     given = ModelPrice(input=2.0, output=8.0, batch_input=1.5, batch_output=3.0)
-    assert given.cost(MILLION, MILLION, tier="batch") == pytest.approx(1.5 + 3.0)
+    assert given.cost(Billed(MILLION, MILLION), "batch") == pytest.approx(1.5 + 3.0)
 
 
 def test_a_user_price_without_cached_input_bills_cached_input_at_the_input_price() -> None:
@@ -65,9 +65,9 @@ def test_a_user_price_without_cached_input_bills_cached_input_at_the_input_price
     settings = Settings(model_prices=json.dumps(prices))
     mine, overridden = settings.price_of("my-model"), settings.price_of("gpt-4.1")
     assert mine is not None and overridden is not None
-    assert mine.cost(MILLION, 0, cached_tokens=MILLION) == pytest.approx(1.0)
+    assert mine.cost(Billed(MILLION, 0, cached_tokens=MILLION)) == pytest.approx(1.0)
     # An override replaces the listed price whole: its cached input is its input price too.
-    assert overridden.cost(MILLION, 0, cached_tokens=MILLION) == pytest.approx(3.0)
+    assert overridden.cost(Billed(MILLION, 0, cached_tokens=MILLION)) == pytest.approx(3.0)
     assert Settings(model_prices='{"m": {"input": 1, "output": 2, "cached_input": 0.25}}').price_of("m") == ModelPrice(
         input=1, output=2, cached_input=0.25
     )
@@ -125,9 +125,13 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
     events = generation_events.c
     with engine.connect() as connection:
         logged = connection.execute(
-            select(events.outcome, events.cached_tokens, events.reasoning_tokens, events.saved_cached_tokens).order_by(
-                events.id
-            )
+            select(
+                events.outcome,
+                events.cached_tokens,
+                events.reasoning_tokens,
+                events.saved_cached_tokens,
+                events.saved_reasoning_tokens,
+            ).order_by(events.id)
         ).all()
         entry = connection.execute(select(ai_coach_cache.c.cached_tokens, ai_coach_cache.c.reasoning_tokens)).one()
         history = connection.execute(
@@ -135,18 +139,19 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
                 training_programs.c.id
             )
         ).all()
-    # The hit saved what its entry's generation was billed, its cached input included.
+    # The hit saved what its entry's generation was billed, every kind: its cached input and reasoning included.
     assert [tuple(r) for r in logged] == [
-        ("miss", 1500, 400, None),
-        ("hit", None, None, 1500),
-        ("error", 1024, None, None),
+        ("miss", 1500, 400, None, None),
+        ("hit", None, None, 1500, 400),
+        ("error", 1024, None, None, None),
     ]
     assert tuple(entry) == (1500, 400)
     assert [tuple(r) for r in history] == [(1500, 400), (None, None)]  # the hit's row bills nothing
 
     [usage] = monitoring.usage_by_generator(engine)
-    assert (usage.prompt_tokens, usage.cached_tokens, usage.reasoning_tokens) == (4000, 2524, 400)
+    assert (usage.billed.prompt_tokens, usage.billed.cached_tokens, usage.billed.reasoning_tokens) == (4000, 2524, 400)
     assert usage.cached_share == pytest.approx(2524 / 4000)
+    assert usage.saved == Billed(prompt_tokens=2000, completion_tokens=1000, cached_tokens=1500, reasoning_tokens=400)
     price = Settings().price_of("gpt-4.1")
     assert price is not None
     spend = usage.spend(Settings())
@@ -154,7 +159,7 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
     assert spend.input == pytest.approx((4000 - 2524) * 2.00 / MILLION)
     assert spend.cached_input == pytest.approx(2524 * 0.50 / MILLION)
     assert spend.output == pytest.approx(17000 * 8.00 / MILLION)
-    assert usage.cost_saved(Settings()) == pytest.approx(price.cost(2000, 1000, cached_tokens=1500))
+    assert usage.cost_saved(Settings()) == pytest.approx(price.cost(Billed(2000, 1000, cached_tokens=1500)))
     costs = monitoring.costs([usage], Settings())
     assert costs.spend == spend and costs.spent == pytest.approx(spend.total)
 
@@ -166,9 +171,10 @@ def test_cached_and_reasoning_tokens_reach_the_event_the_entry_history_the_rollu
                 generation_stats_hourly.c.cached_tokens,
                 generation_stats_hourly.c.reasoning_tokens,
                 generation_stats_hourly.c.saved_cached_tokens,
+                generation_stats_hourly.c.saved_reasoning_tokens,
             )
         ).all()
-    assert [sum(column) for column in zip(*rolled, strict=True)] == [2524, 400, 1500]
+    assert [sum(column) for column in zip(*rolled, strict=True)] == [2524, 400, 1500, 400]
     assert monitoring.usage_by_generator(engine) == [usage]
 
 
@@ -186,7 +192,10 @@ def test_the_monitoring_page_splits_spend_by_kind_of_token_and_shows_the_cached_
     submit(fill(app, "cached-client"))
     app.switch_page("pages/monitoring.py").run()
     assert not app.exception
-    spend = Spend.of(ModelPrice(input=0.15, cached_input=0.075, output=0.60), 2000, 1500, 1000)
+    spend = Spend.of(
+        ModelPrice(input=0.15, cached_input=0.075, output=0.60),
+        Billed(prompt_tokens=2000, completion_tokens=1000, cached_tokens=1500),
+    )
     assert {m.label: m.value for m in app.metric}["LLM spend"] == format_dollars(spend.total)
     parts = (format_dollars(spend.input), format_dollars(spend.cached_input), format_dollars(spend.output))
     assert any(

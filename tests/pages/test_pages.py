@@ -16,6 +16,7 @@ from core.contract.models import STARTING_ANSWERS, load_contract
 from core.formatting import DOLLAR_PRINTF, format_dollars
 from core.generators import OfflineGenerator
 from core.operations import monitoring
+from core.prices import NOT_BILLED, Billed
 from core.serving.service import ProgramService
 from core.settings import Settings
 from core.store.history import GenerationEvent, insert_event
@@ -504,7 +505,7 @@ def test_costs_read_in_the_tables_as_in_the_headline(
     assert not app.exception
     price = Settings().price_of(model)
     assert price is not None
-    cost = price.cost(420, 1800)
+    cost = price.cost(Billed(420, 1800))
     metrics = {m.label: m.value for m in app.metric}
     # Cents would read $0.00: the figure keeps its four significant digits.
     assert metrics["LLM spend"] == metrics["Cost saved"] == format_dollars(cost) == "$0.001143"
@@ -531,8 +532,7 @@ def log_requests(engine: Engine, *requests: tuple[float, str], model: str = "gpt
                 latency_ms=5.0,
                 generator_version="openai-p1-test",
                 model=model,
-                prompt_tokens=None if outcome == "hit" else 400,
-                completion_tokens=None if outcome == "hit" else 1000,
+                billed=NOT_BILLED if outcome == "hit" else Billed(prompt_tokens=400, completion_tokens=1000),
                 created_at=utcnow() - timedelta(hours=hours),
             )
             insert_event(connection, event)

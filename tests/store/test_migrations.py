@@ -122,6 +122,37 @@ def test_cached_and_reasoning_tokens_are_added_unknown_for_what_came_before(empt
         assert nullable["cached_tokens"] and nullable["reasoning_tokens"], table
 
 
+def test_a_hits_saved_reasoning_tokens_are_added_unknown_for_what_came_before(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0019")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO generation_events (created_at, user_id, cache_key, outcome, latency_ms,"
+                " saved_prompt_tokens, saved_completion_tokens) VALUES (CURRENT_TIMESTAMP, 'u1', 'program:k', 'hit',"
+                " 1, 400, 1000)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO generation_stats_hourly (hour, outcome, latency_bin_ms, generator_version, model,"
+                " requests, latency_ms_sum, prompt_tokens, completion_tokens, saved_prompt_tokens,"
+                " saved_completion_tokens, hits_without_tokens, cache_read_errors, cache_write_errors,"
+                " history_errors) VALUES (CURRENT_TIMESTAMP, 'hit', 10, 'g', 'm', 1, 1.0, 0, 0, 400, 1000, 0, 0, 0, 0)"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        event = connection.execute(text("SELECT saved_prompt_tokens, saved_reasoning_tokens FROM generation_events"))
+        rolled = connection.execute(
+            text("SELECT saved_prompt_tokens, saved_reasoning_tokens FROM generation_stats_hourly")
+        )
+        found = (tuple(event.one()), tuple(rolled.one()))
+    engine.dispose()
+    # Not reported is not zero on an event; a rolled-up hour's sum of them is 0, as such events sum to.
+    assert found == ((400, None), (400, 0))
+
+
 def test_hours_rolled_up_before_miss_reasons_are_kept_with_none_recorded(empty_database_url: str) -> None:
     engine = make_engine(empty_database_url)
     migrate(engine, "0014")

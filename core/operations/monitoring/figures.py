@@ -32,6 +32,7 @@ from core.operations.monitoring.queries import (
     where_since,
 )
 from core.operations.monitoring.rollup import hourly, hourly_from_events
+from core.prices import TOKEN_FIELDS
 from core.store.db import is_postgres
 from core.store.entries import count_entries
 from core.store.schema import (
@@ -115,8 +116,7 @@ def requests_over_time(engine: Engine, since: datetime | None, granularity: Gran
             bucket,
             h.outcome,
             int_sum(h.requests).label("requests"),
-            int_sum(h.prompt_tokens).label("prompt_tokens"),
-            int_sum(h.completion_tokens).label("completion_tokens"),
+            *(int_sum(h[name]).label(name) for name in TOKEN_FIELDS),
         )
         .group_by(bucket, h.outcome)
         .order_by(bucket, h.outcome)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Engine,
     case,
     func,
+    or_,
     select,
     true,
     type_coerce,
@@ -18,8 +19,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.operations.monitoring.queries import LATENCY_BINS_MS, count_if, events, stats, time_bucket, where_since
+from core.prices import TOKEN_FIELDS, WHOLE_FIELDS
 from core.store.db import is_postgres
 from core.store.schema import (
+    SAVED,
     UTCDateTime,
     utcnow,
 )
@@ -34,6 +37,11 @@ def _latency_bin() -> Any:
 SETTLE = timedelta(hours=1)
 
 
+def _not_recorded(prefix: str) -> Any:
+    """The event's tokens (named after `prefix`) were not recorded (Billed.recorded)."""
+    return or_(*(events[prefix + name].is_(None) for name in WHOLE_FIELDS))
+
+
 def hourly_from_events(engine: Engine, since: datetime | None, until: datetime | None = None) -> Any:
     """Events aggregated like the rollup table's rows."""
     hour = time_bucket(engine, events.created_at, "hour")
@@ -41,28 +49,30 @@ def hourly_from_events(engine: Engine, since: datetime | None, until: datetime |
     generator_version = func.coalesce(events.generator_version, "")
     model = func.coalesce(events.model, "")
     miss_reason = func.coalesce(events.miss_reason, "")
+    sums = {
+        prefix + name: func.coalesce(func.sum(events[prefix + name]), 0)
+        for prefix in ("", SAVED)
+        for name in TOKEN_FIELDS
+    }
+    columns = {
+        "hour": hour,
+        "outcome": events.outcome,
+        "latency_bin_ms": latency_bin,
+        "generator_version": generator_version,
+        "model": model,
+        "requests": func.count(),
+        "latency_ms_sum": func.sum(events.latency_ms),
+        **sums,
+        "hits_without_tokens": count_if((events.outcome == "hit") & _not_recorded(SAVED)),
+        "cache_read_errors": count_if(events.cache_read_error),
+        "cache_write_errors": count_if(events.cache_write_error),
+        "history_errors": count_if(events.history_error),
+        "miss_reason": miss_reason,
+    }
     # In the rollup table's column order: the rollup is an INSERT ... SELECT of this.
-    query = select(
-        hour.label("hour"),
-        events.outcome,
-        latency_bin.label("latency_bin_ms"),
-        generator_version.label("generator_version"),
-        model.label("model"),
-        func.count().label("requests"),
-        func.sum(events.latency_ms).label("latency_ms_sum"),
-        func.coalesce(func.sum(events.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(events.completion_tokens), 0).label("completion_tokens"),
-        func.coalesce(func.sum(events.saved_prompt_tokens), 0).label("saved_prompt_tokens"),
-        func.coalesce(func.sum(events.saved_completion_tokens), 0).label("saved_completion_tokens"),
-        count_if((events.outcome == "hit") & events.saved_prompt_tokens.is_(None)).label("hits_without_tokens"),
-        count_if(events.cache_read_error).label("cache_read_errors"),
-        count_if(events.cache_write_error).label("cache_write_errors"),
-        count_if(events.history_error).label("history_errors"),
-        func.coalesce(func.sum(events.cached_tokens), 0).label("cached_tokens"),
-        func.coalesce(func.sum(events.reasoning_tokens), 0).label("reasoning_tokens"),
-        func.coalesce(func.sum(events.saved_cached_tokens), 0).label("saved_cached_tokens"),
-        miss_reason.label("miss_reason"),
-    ).group_by(hour, events.outcome, latency_bin, generator_version, model, miss_reason)
+    query = select(*(columns[column.name].label(column.name) for column in stats.columns)).group_by(
+        hour, events.outcome, latency_bin, generator_version, model, miss_reason
+    )
     if since is not None:
         query = query.where(events.created_at >= since)
     if until is not None:

@@ -26,26 +26,17 @@ from core.operations.monitoring.queries import (
     where_since,
 )
 from core.operations.monitoring.rollup import hourly
-from core.prices import FREE, ModelPrice, Spend
+from core.prices import FREE, NOTHING_BILLED, TOKEN_FIELDS, Billed, ModelPrice, Spend
 from core.settings import Settings
 from core.store.schema import (
+    SAVED,
     program_rejections,
     training_programs,
 )
 
 # What a generator's usage adds up from the rollup (and the events of hours not rolled up):
 # requests, the tokens billed, the tokens hits saved, and hits whose entry recorded none.
-USAGE_SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "saved_prompt_tokens",
-    "saved_completion_tokens",
-    "saved_cached_tokens",
-    "hits_without_tokens",
-)
+USAGE_SUMS = ("requests", *TOKEN_FIELDS, *(SAVED + name for name in TOKEN_FIELDS), "hits_without_tokens")
 
 
 @dataclass(frozen=True)
@@ -58,20 +49,12 @@ class GeneratorUsage:
     hits: int = 0
     generations: int = 0
     errors: int = 0
-    # Every billed token, failed generations (refused, truncated, invalid) included; of the
-    # input, what the server read from its prompt cache, of the output, what went on reasoning ...
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
+    # Every billed token, by kind, failed generations (refused, truncated, invalid) included ...
+    billed: Billed = NOTHING_BILLED
     # ... those of the generations that produced a program ...
-    generation_prompt_tokens: int = 0
-    generation_completion_tokens: int = 0
-    generation_cached_tokens: int = 0
+    generation_billed: Billed = NOTHING_BILLED
     # ... and, for hits, those of the generations that made the entries served: what they saved.
-    saved_prompt_tokens: int = 0
-    saved_completion_tokens: int = 0
-    saved_cached_tokens: int = 0
+    saved: Billed = NOTHING_BILLED
     hits_without_tokens: int = 0  # hits on entries whose generation's tokens were not recorded
     # Of the programs it handed out (hits and generations), how many a coach rejected.
     rejected: int = 0
@@ -101,7 +84,7 @@ class GeneratorUsage:
     def cached_share(self) -> float | None:
         """The share of its billed input tokens the server read from its prompt cache; None
         before any input was billed. A server that does not report it counts as none cached."""
-        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
+        return self.billed.cached_share
 
     @property
     def llm_calls(self) -> int:
@@ -120,7 +103,7 @@ class GeneratorUsage:
     def spend(self, settings: Settings) -> Spend | None:
         """What the LLM billed, failed generations included, by kind of token; None without a price."""
         price = self.price(settings)
-        return Spend.of(price, self.prompt_tokens, self.cached_tokens, self.completion_tokens) if price else None
+        return Spend.of(price, self.billed) if price else None
 
     def cost_spent(self, settings: Settings) -> float | None:
         """What the LLM billed, failed generations included; None without a price."""
@@ -132,20 +115,14 @@ class GeneratorUsage:
         price = self.price(settings)
         if price is None:
             return None
-        return price.cost(
-            self.saved_prompt_tokens, self.saved_completion_tokens, cached_tokens=self.saved_cached_tokens
-        )
+        return price.cost(self.saved)
 
     def generation_cost(self, settings: Settings) -> float | None:
         """What the generations that produced a program were billed; None without a price."""
         price = self.price(settings)
         if price is None:
             return None
-        return price.cost(
-            self.generation_prompt_tokens,
-            self.generation_completion_tokens,
-            cached_tokens=self.generation_cached_tokens,
-        )
+        return price.cost(self.generation_billed)
 
 
 def _usage(engine: Engine, since: datetime | None, granularity: Granularity | None) -> list[dict[str, Any]]:
@@ -161,22 +138,15 @@ def _usage(engine: Engine, since: datetime | None, granularity: Granularity | No
 def _add_outcome(usage: GeneratorUsage, row: dict[str, Any]) -> GeneratorUsage:
     outcome, requests = row["outcome"], row["requests"]
     generated = outcome in GENERATED_OUTCOMES
+    billed = Billed.of(row)
     return replace(
         usage,
         hits=usage.hits + (requests if outcome == "hit" else 0),
         generations=usage.generations + (requests if generated else 0),
         errors=usage.errors + (requests if outcome == "error" else 0),
-        prompt_tokens=usage.prompt_tokens + row["prompt_tokens"],
-        completion_tokens=usage.completion_tokens + row["completion_tokens"],
-        cached_tokens=usage.cached_tokens + row["cached_tokens"],
-        reasoning_tokens=usage.reasoning_tokens + row["reasoning_tokens"],
-        generation_prompt_tokens=usage.generation_prompt_tokens + (row["prompt_tokens"] if generated else 0),
-        generation_completion_tokens=usage.generation_completion_tokens
-        + (row["completion_tokens"] if generated else 0),
-        generation_cached_tokens=usage.generation_cached_tokens + (row["cached_tokens"] if generated else 0),
-        saved_prompt_tokens=usage.saved_prompt_tokens + row["saved_prompt_tokens"],
-        saved_completion_tokens=usage.saved_completion_tokens + row["saved_completion_tokens"],
-        saved_cached_tokens=usage.saved_cached_tokens + row["saved_cached_tokens"],
+        billed=usage.billed + billed,
+        generation_billed=usage.generation_billed + (billed if generated else NOTHING_BILLED),
+        saved=usage.saved + Billed.of(row, SAVED),
         hits_without_tokens=usage.hits_without_tokens + row["hits_without_tokens"],
     )
 
@@ -266,7 +236,7 @@ class Costs:
 
 def costs(usage: Sequence[GeneratorUsage], settings: Settings) -> Costs:
     priced = [u for u in usage if u.price(settings) is not None]
-    unpriced = sorted({u.model or "not recorded" for u in usage if u.price(settings) is None and u.prompt_tokens})
+    unpriced = sorted({u.model or "not recorded" for u in usage if u.price(settings) is None and u.billed.total})
     generations = sum(u.generations for u in priced)
     generation_cost = sum(u.generation_cost(settings) or 0.0 for u in priced)
     spend = sum((u.spend(settings) or Spend() for u in priced), Spend())

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from core.contract.generation import GenerationError
 from core.generators import OpenAIChatGenerator
-from core.generators.openai_chat import one_line
+from core.generators.openai_chat import one_line, reported_usage
 from core.operations.rollout.plan import candidate, require_key
 from core.operations.rollout.records import (
     RECORDS_PER_TRANSACTION,
@@ -76,18 +76,7 @@ COUNT_MAX = 2**31 - 1  # the token columns are INTEGER
 def out_of_bounds(completion: ChatCompletion) -> str | None:
     """Which field of an answer breaks which rule, so that it cannot be recorded as the server
     wrote it (None: it can)."""
-    usage = completion.usage
-    prompt_details = usage.prompt_tokens_details if usage else None
-    completion_details = usage.completion_tokens_details if usage else None
-    counts = {
-        "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": usage.completion_tokens if usage else None,
-        "prompt_tokens_details.cached_tokens": prompt_details.cached_tokens if prompt_details else None,
-        "completion_tokens_details.reasoning_tokens": completion_details.reasoning_tokens
-        if completion_details
-        else None,
-    }
-    for name, count in counts.items():
+    for name, count in reported_usage(completion.usage).items():
         if count is not None and not 0 <= count <= COUNT_MAX:
             return f"usage.{name} is {count}, not a count from 0 to {COUNT_MAX}"
     if len(completion.model) > MODEL_MAX_CHARS:

@@ -16,7 +16,7 @@ from core.contract.models import ContractError, parse_onboarding
 from core.generators import OpenAIChatGenerator, ProgramGenerator, make_generator
 from core.operations.rollout.records import RolloutFailed, RolloutRefused, Target
 from core.operations.spend import against_budgets
-from core.prices import ModelPrice, PriceTier, cost
+from core.prices import TOKEN_FIELDS, Billed, ModelPrice, PriceTier
 from core.settings import MAX_TTL_HOURS, Settings
 from core.store.schema import (
     CACHE_KEY_PREFIX,
@@ -164,9 +164,7 @@ def targets(connection: Connection, version: str, selection: Selection | None = 
             latest.c.onboarding_responses,
             latest.c.has_paid_access,
             cache.generator_version,
-            cache.prompt_tokens,
-            cache.completion_tokens,
-            cache.cached_tokens,
+            *_billed_columns(),
         )
         .outerjoin(ai_coach_cache, valid_entry)
         .where(latest.c.n == 1)
@@ -179,13 +177,16 @@ def targets(connection: Connection, version: str, selection: Selection | None = 
             row.onboarding_responses,
             row.has_paid_access,
             made_by=row.generator_version,
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            cached_tokens=row.cached_tokens,
+            billed=Billed.of(row),
         )
         for row in connection.execute(query)
     )
     return usable(found, selection.limit)
+
+
+def _billed_columns() -> list[Any]:
+    """What the key's entry's generation was billed (NULL: no entry, or not recorded)."""
+    return [cache[name] for name in TOKEN_FIELDS]
 
 
 def newest_answers(*where: Any) -> Any:
@@ -218,7 +219,7 @@ def usable(found: Iterable[Target], limit: int | None) -> list[Target]:
 
 
 def _recorded(found: Sequence[Target]) -> list[Target]:
-    return [t for t in found if t.prompt_tokens is not None and t.completion_tokens is not None]
+    return [t for t in found if t.billed.recorded]
 
 
 def estimate(price: ModelPrice | None, found: Sequence[Target], tier: PriceTier) -> float | None:
@@ -227,7 +228,7 @@ def estimate(price: ModelPrice | None, found: Sequence[Target], tier: PriceTier)
     recorded = _recorded(found)
     if price is None or not recorded:
         return None
-    known = sum(cost(price, t.prompt_tokens, t.completion_tokens, t.cached_tokens, tier) for t in recorded)
+    known = sum(price.cost(t.billed, tier) for t in recorded)
     return known / len(recorded) * len(found)
 
 
@@ -267,13 +268,13 @@ def recent_profiles(connection: Connection, sample: int) -> list[Target]:
     latest = newest_answers(programs.cache_key.is_not(None))
     shown = (latest.c.cache_key, latest.c.user_id, latest.c.onboarding_responses, latest.c.has_paid_access)
     # With the tokens the key's entry recorded, if it has one: what a trial's estimate is made of.
-    billed = (cache.generator_version, cache.prompt_tokens, cache.completion_tokens, cache.cached_tokens)
     query = (
-        select(*shown, *billed)
+        select(*shown, cache.generator_version, *_billed_columns())
         .outerjoin(ai_coach_cache, cache.cache_key == latest.c.cache_key)
         .where(latest.c.n == 1)
         .order_by(latest.c.created_at.desc())
     )
     # Streamed, so that taking the newest few reads no more of a long history than it needs.
     rows = connection.execution_options(yield_per=100).execute(query)
-    return usable((Target(str(row[0]), str(row[1]), row[2], row[3], *row[4:]) for row in rows), sample)
+    found = (Target(str(row[0]), str(row[1]), row[2], row[3], row.generator_version, Billed.of(row)) for row in rows)
+    return usable(found, sample)

@@ -18,7 +18,7 @@ from core.contract.fit import validate_program
 from core.contract.generation import Generation
 from core.contract.models import ContractError, FieldError, parse_onboarding
 from core.generators import ProgramGenerator
-from core.prices import NOT_BILLED, Billed
+from core.prices import NOT_BILLED, WHOLE_FIELDS, Billed
 from core.store.db import connect_to_write
 from core.store.schema import (
     ai_coach_cache,
@@ -75,9 +75,7 @@ class Target:
     answers: dict[str, Any]
     has_paid_access: bool
     made_by: str | None = None  # the current entry's generator identity
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None
+    billed: Billed = NOT_BILLED
 
 
 def max_chars(column: Any) -> int:
@@ -200,7 +198,7 @@ def record_result(connection: Connection, row_id: int, judged: Judged, ttl: time
 def bill_voided(connection: Connection, row_id: int, tokens: Billed) -> bool:
     """The tokens of an answer whose request an invalidation voided while it was out: billed
     all the same. Only while none are recorded, so that two collectors record them once."""
-    unbilled = (asked.prompt_tokens.is_(None), asked.completion_tokens.is_(None))
+    unbilled = (asked[name].is_(None) for name in WHOLE_FIELDS)
     statement = update(rollout_programs).where(asked.id == row_id, asked.state == "voided", *unbilled)
     return connection.execute(statement.values(**tokens.as_columns())).rowcount == 1
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 from core.contract.cache_key import key_sample
 from core.operations.fit_report import FitReport, fit_of_trial
 from core.operations.rollout.records import ProgramState, RolloutKind
-from core.prices import ModelPrice, PriceTier, cost
+from core.prices import NOTHING_BILLED, TOKEN_FIELDS, Billed, ModelPrice, PriceTier
 from core.settings import Settings
 from core.store.schema import generation_events, rollout_batches, rollout_programs, rollouts, training_programs
 
@@ -24,12 +24,15 @@ events = generation_events.c
 runs = rollouts.c
 jobs = rollout_batches.c
 asked = rollout_programs.c
-_TOKENS = (asked.prompt_tokens, asked.completion_tokens, asked.cached_tokens)
-# Sums of what a rollout's programs were billed, then of what its used ones were: what their
-# hits saved, at the live price.
+# Sums of what a rollout's programs were billed, then, named after USED, of what its used ones
+# were: what their hits saved, at the live price.
+USED = "used_"
 BILLED_AND_USED = (
-    *(func.coalesce(func.sum(column), 0) for column in _TOKENS),
-    *(func.coalesce(func.sum(column).filter(asked.used_at.is_not(None)), 0) for column in _TOKENS),
+    *(func.coalesce(func.sum(asked[name]), 0).label(name) for name in TOKEN_FIELDS),
+    *(
+        func.coalesce(func.sum(asked[name]).filter(asked.used_at.is_not(None)), 0).label(USED + name)
+        for name in TOKEN_FIELDS
+    ),
 )
 
 
@@ -44,9 +47,7 @@ class Side:
 
     programs: int  # profiles it has a result for
     valid_first_try: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
+    billed: Billed
     cost: float | None  # at its live price; None without one
     latency_p50_ms: float | None
     latency_p95_ms: float | None
@@ -76,18 +77,14 @@ class Trial:
 def _side(rows: list[Any], valid: int, attempts: int, price: ModelPrice | None) -> Side:
     """One generator's record from one generation per profile (`rows`, each with its
     tokens and latency), `valid` of its `attempts` on those profiles valid."""
-    prompt, completion, cached = (
-        sum(getattr(row, name) or 0 for row in rows) for name in ("prompt_tokens", "completion_tokens", "cached_tokens")
-    )
+    billed = sum((Billed.of(row) for row in rows), NOTHING_BILLED)
     latencies = [row.latency_ms for row in rows if row.latency_ms is not None]
     cuts = quantiles(latencies, n=20) if len(latencies) > 1 else latencies
     return Side(
         programs=len(rows),
         valid_first_try=valid / attempts if attempts else None,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=cached,
-        cost=cost(price, prompt, completion, cached, "live") if price else None,
+        billed=billed,
+        cost=price.cost(billed) if price else None,
         latency_p50_ms=median(latencies) if latencies else None,
         latency_p95_ms=cuts[-1] if cuts else None,
     )
@@ -109,9 +106,7 @@ def trial_report(engine: Engine, settings: Settings, rollout_id: int, *, current
                     programs.program,
                     programs.latency_ms,
                     programs.model,
-                    programs.prompt_tokens,
-                    programs.completion_tokens,
-                    programs.cached_tokens,
+                    *(programs[name] for name in TOKEN_FIELDS),
                 )
                 .where(
                     programs.cache_key.in_(keys),
@@ -229,8 +224,8 @@ def summaries(engine: Engine, settings: Settings, *, limit: int = 50) -> list[Ro
                 used=sum(r[3] for r in rows),
                 batches={r[1]: r[2] for r in per_batch if r[0] == run.id},
                 error=run.error,
-                cost=sum(cost(price, r[4], r[5], r[6], tier(run.kind)) for r in rows) if price else None,
-                saved=sum(cost(price, r[7], r[8], r[9], "live") for r in rows) if price else None,
+                cost=sum(price.cost(Billed.of(r), tier(run.kind)) for r in rows) if price else None,
+                saved=sum(price.cost(Billed.of(r, USED)) for r in rows) if price else None,
             )
         )
     return found
@@ -292,14 +287,12 @@ def spend(engine: Engine, settings: Settings, since: datetime | None = None) -> 
     saved = 0.0
     unpriced = set()
     with engine.connect() as connection:
-        for kind, model, prompt, completion, cached, used_prompt, used_completion, used_cached in connection.execute(
-            query
-        ):
-            price = settings.price_of(model)
+        for row in connection.execute(query):
+            price, billed = settings.price_of(row.model), Billed.of(row)
             if price is None:
-                if prompt:
-                    unpriced.add(model)
+                if billed.total:
+                    unpriced.add(row.model)
                 continue
-            totals[kind] += cost(price, prompt, completion, cached, tier(kind))
-            saved += cost(price, used_prompt, used_completion, used_cached, "live")
+            totals[row.kind] += price.cost(billed, tier(row.kind))
+            saved += price.cost(Billed.of(row, USED))
     return RolloutSpend(totals["trial"], totals["live"], totals["batch"], saved, tuple(sorted(unpriced)))
