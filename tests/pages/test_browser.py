@@ -113,10 +113,16 @@ def browser() -> Iterator[Browser]:
 def settle(page: Page) -> None:
     """Wait for the script run the last action started to finish, and for the request it
     made, if any: while one is in flight the generate page runs again every quarter second,
-    not running for a moment between runs."""
+    not running for a moment between runs. Then for the page to be drawn as a coach sees it:
+    connected, and every widget in place of its placeholder. A fresh browser profile loads
+    each kind of widget's code after the first run, and each one drawn moves what is under
+    it, and a click whose press and release straddle such a move reaches no button: the
+    likeliest cause of the one first click (after a paste, under load) that was not taken."""
     page.wait_for_timeout(300)
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
     expect(page.get_by_role("button", name="Stop waiting")).to_have_count(0, timeout=60_000)
+    expect(page.locator("[data-testid='stApp'][data-test-connection-state='CONNECTED']")).to_have_count(1)
+    expect(page.locator("[data-testid='stSkeleton'], [data-stale='true']")).to_have_count(0, timeout=60_000)
 
 
 def shot(page: Page, name: str) -> None:
