@@ -29,7 +29,7 @@ from testkit.counting import CountingGenerator
 from testkit.pg_server import FreshDatabases, PostgresServer
 from testkit.pgbouncer import PgBouncer
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import NEUTRAL_CWD, ROOT, app_environment
+from tests.helpers import NEUTRAL_CWD, PROFILE, ROOT, app_environment
 
 TEMPLATE = "coach_template"
 # What a run may leave in the checkout: the virtualenv, screenshots and the tools' caches.
@@ -316,6 +316,14 @@ def app_engine(tmp_path: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{tmp_path}/coach.db")
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def profile_file(tmp_path: Path) -> Path:
+    """PROFILE as the file `python -m core generate --profile` reads."""
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(PROFILE))
+    return path
 
 
 @pytest.fixture

@@ -41,13 +41,6 @@ def output(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-@pytest.fixture
-def profile_file(tmp_path: Path) -> Path:
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(PROFILE))
-    return path
-
-
 def test_migrate_is_idempotent(run: Run, database_url: str) -> None:
     assert output(run(database_url, "migrate"))["revision"] == output(run(database_url, "migrate"))["revision"]
 

@@ -21,7 +21,7 @@ from core.store.db import make_engine
 from core.store.schema import generation_events, generation_leases, rollout_programs
 from tests.conftest import Shared
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import PROFILE, start_cli
+from tests.helpers import start_cli
 from tests.operations.test_rollout import CANDIDATE, CURRENT, USERS, app_service, serve, settings_for
 
 pytestmark = pytest.mark.process
@@ -41,12 +41,6 @@ def _generate(shared: Shared, profile: Path, fake_openai: FakeOpenAI, user_id: s
     return start_cli(shared.url, "generate", "--user-id", user_id, "--profile", str(profile), "--paid", **env)
 
 
-def _profile(tmp_path: Path) -> Path:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
-    return profile
-
-
 def _scalars(url: str, query: Any) -> list[Any]:
     engine = make_engine(url)
     try:
@@ -61,12 +55,11 @@ def _count_leases(url: str) -> int:
 
 
 def test_four_processes_generating_the_same_profile_make_one_llm_call(
-    shared_database: Shared, fake_openai: FakeOpenAI, tmp_path: Path
+    shared_database: Shared, fake_openai: FakeOpenAI, profile_file: Path
 ) -> None:
     # Long enough a generation that all four processes, started together, ask during it.
     fake_openai.reset(Behaviour(delay_seconds=4.0))
-    profile = _profile(tmp_path)
-    processes = [_generate(shared_database, profile, fake_openai) for _ in range(4)]
+    processes = [_generate(shared_database, profile_file, fake_openai) for _ in range(4)]
     finished = [p.communicate(timeout=60) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [err.decode() for _, err in finished]
     assert sorted(json.loads(out)["cache_hit"] for out, _ in finished) == [False, True, True, True]
@@ -78,11 +71,10 @@ def test_four_processes_generating_the_same_profile_make_one_llm_call(
 
 
 def test_a_holder_killed_mid_generation_blocks_its_key_no_longer_than_its_lease(
-    shared_database: Shared, fake_openai: FakeOpenAI, tmp_path: Path
+    shared_database: Shared, fake_openai: FakeOpenAI, profile_file: Path
 ) -> None:
     fake_openai.reset(Behaviour(delay_seconds=120.0))
-    profile = _profile(tmp_path)
-    holder = _generate(shared_database, profile, fake_openai)
+    holder = _generate(shared_database, profile_file, fake_openai)
     deadline = time.monotonic() + 30
     while _count_leases(shared_database.url) == 0 or fake_openai.calls == 0:
         assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()[1].decode()
@@ -92,7 +84,7 @@ def test_a_holder_killed_mid_generation_blocks_its_key_no_longer_than_its_lease(
 
     fake_openai.reset(Behaviour())
     killed_at = time.monotonic()
-    successor = _generate(shared_database, profile, fake_openai)
+    successor = _generate(shared_database, profile_file, fake_openai)
     # Started with it: the same imports on a machine as loaded, and no database. What the
     # successor took beyond it is what it waited for the key (and generated, at once).
     baseline = start_cli(shared_database.url, "generate", "--help")
@@ -175,7 +167,7 @@ WAITING_ON_HISTORY = text(
 
 
 def test_a_process_killed_between_claiming_a_staged_program_and_handing_it_out_leaves_it_staged(
-    pg_url: str, fake_openai: FakeOpenAI, tmp_path: Path
+    pg_url: str, fake_openai: FakeOpenAI, profile_file: Path
 ) -> None:
     engine = _with_three_users(pg_url, fake_openai)
     try:
@@ -186,7 +178,7 @@ def test_a_process_killed_between_claiming_a_staged_program_and_handing_it_out_l
         # The hand-out's history row waits on this lock: the process is held right after its claim.
         blocker.execute(text("LOCK TABLE training_programs IN EXCLUSIVE MODE"))
         env = _rollout_env(Shared(pg_url), fake_openai, CANDIDATE)
-        taker = start_cli(pg_url, "generate", "--user-id", "u1", "--profile", str(_profile(tmp_path)), **env)
+        taker = start_cli(pg_url, "generate", "--user-id", "u1", "--profile", str(profile_file), **env)
         deadline = time.monotonic() + 30
         while not _scalars(pg_url, WAITING_ON_HISTORY)[0]:
             assert taker.poll() is None and time.monotonic() < deadline, taker.communicate()[1].decode()

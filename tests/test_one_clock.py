@@ -22,7 +22,7 @@ from core.serving import single_flight
 from core.store.db import make_engine, migrate
 from core.store.schema import ai_coach_cache, generation_leases, utcnow
 from tests.fake_openai import Behaviour, FakeOpenAI
-from tests.helpers import NEUTRAL_CWD, PROFILE, app_environment, count_rows, expire_entries, insert_entries
+from tests.helpers import NEUTRAL_CWD, app_environment, count_rows, expire_entries, insert_entries
 
 FAKETIME = "/usr/bin/faketime"
 
@@ -45,13 +45,6 @@ def finished(process: subprocess.Popen[bytes]) -> dict[str, Any]:
     return json.loads(out)
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(PROFILE))
-    return path
-
-
 @pytest.mark.process
 def test_the_offset_clock_is_real() -> None:
     shown = subprocess.run([FAKETIME, "-f", "+25h", "date", "+%s"], capture_output=True, text=True, check=True)
@@ -69,23 +62,23 @@ def test_a_host_a_day_ahead_deletes_no_valid_entry(pg_url: str) -> None:
 
 
 @pytest.mark.process
-def test_a_host_hours_behind_does_not_serve_an_expired_entry(pg_url: str, profile: Path) -> None:
-    first = finished(cli_with_clock("+0", pg_url, "generate", "--user-id", "u1", "--profile", str(profile)))
+def test_a_host_hours_behind_does_not_serve_an_expired_entry(pg_url: str, profile_file: Path) -> None:
+    first = finished(cli_with_clock("+0", pg_url, "generate", "--user-id", "u1", "--profile", str(profile_file)))
     engine = make_engine(pg_url)
     expire_entries(engine, ago=timedelta(hours=2))
     engine.dispose()
-    again = finished(cli_with_clock("-3h", pg_url, "generate", "--user-id", "u1", "--profile", str(profile)))
+    again = finished(cli_with_clock("-3h", pg_url, "generate", "--user-id", "u1", "--profile", str(profile_file)))
     assert (again["cache_hit"], again["miss_reason"]) == (False, "expired")
     assert again["training_program_id"] != first["training_program_id"]
 
 
 @pytest.mark.process
 def test_hosts_whose_clocks_differ_by_30_seconds_make_one_llm_call(
-    pg_url: str, profile: Path, fake_openai: FakeOpenAI
+    pg_url: str, profile_file: Path, fake_openai: FakeOpenAI
 ) -> None:
     fake_openai.reset(Behaviour(delay_seconds=3.0))
     llm = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "GENERATION_LEASE_SECONDS": "15"}
-    args = ("generate", "--user-id", "u1", "--profile", str(profile))
+    args = ("generate", "--user-id", "u1", "--profile", str(profile_file))
     # The host behind takes the lease; the one ahead finds it, by its own clock, 15 s past due.
     behind = cli_with_clock("-30s", pg_url, *args, **llm)
     while fake_openai.calls == 0:

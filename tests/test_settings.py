@@ -74,12 +74,10 @@ NESTED = "[" * 5_000 + "]" * 5_000
     ],
 )
 def test_a_bad_setting_is_one_short_line_naming_it(
-    cli: Callable[..., CliRun], tmp_path: Path, env: dict[str, str], says: str
+    cli: Callable[..., CliRun], tmp_path: Path, env: dict[str, str], says: str, profile_file: Path
 ) -> None:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
     url = env.pop("DATABASE_URL", f"sqlite:///{tmp_path}/coach.db")
-    for args in (["stats"], ["generate", "--user-id", "u1", "--profile", str(profile)]):
+    for args in (["stats"], ["generate", "--user-id", "u1", "--profile", str(profile_file)]):
         done = cli(url, *args, **env)
         assert (done.code, done.stdout) == (2, "")
         [line] = done.stderr.splitlines()

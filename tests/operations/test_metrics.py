@@ -231,13 +231,11 @@ def query(api: str, promql: str) -> float | None:
 
 @pytest.mark.process
 def test_prometheus_scraping_the_exporter_reads_what_stats_says(
-    cli: Callable[..., CliRun], tmp_path: Path, fake_openai: FakeOpenAI
+    cli: Callable[..., CliRun], tmp_path: Path, fake_openai: FakeOpenAI, profile_file: Path
 ) -> None:
     url = f"sqlite:///{tmp_path}/coach.db"
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
     for _ in range(3):
-        cli(url, "generate", "--user-id", "u1", "--profile", str(profile)).json()
+        cli(url, "generate", "--user-id", "u1", "--profile", str(profile_file)).json()
     stats = cli(url, "stats").json()
     port = free_port()
     exporter = [sys.executable, "-m", "core", "metrics", "--host", "127.0.0.1", "--port", str(port)]
@@ -252,7 +250,7 @@ def test_prometheus_scraping_the_exporter_reads_what_stats_says(
         assert hit_rate == pytest.approx(stats["hit_rate"])
         assert query(api, 'coach_cache_entries{state="valid"}') == stats["entries"]["valid"] == 1
         # A request from another process: the next scrapes read it from the table.
-        cli(url, "generate", "--user-id", "u2", "--profile", str(profile)).json()
+        cli(url, "generate", "--user-id", "u2", "--profile", str(profile_file)).json()
         wait_for(lambda: query(api, "sum(coach_cache_requests_total)"), lambda v: v == 4, "the new request")
 
 

@@ -212,10 +212,10 @@ def supabase(pg: PostgresServer) -> Iterator[ProductDatabase]:
     pg.admin(f"DROP DATABASE {database.name} WITH (FORCE)")
 
 
-def test_a_recall_on_an_adopted_table_with_uuid_ids(run: Run, supabase: ProductDatabase, tmp_path: Path) -> None:
+def test_a_recall_on_an_adopted_table_with_uuid_ids(run: Run, supabase: ProductDatabase, profile_file: Path) -> None:
     succeeded(run(supabase.url, "migrate"))
-    miss = succeeded(generate(run, supabase.url, tmp_path))
-    hit = succeeded(generate(run, supabase.url, tmp_path))
+    miss = succeeded(generate(run, supabase.url, profile_file))
+    hit = succeeded(generate(run, supabase.url, profile_file))
     assert run(supabase.url, "recall", "--program-id", "1").returncode == 2  # not an id of this table
     args = ("recall", "--program-id", miss["training_program_id"], "--invalidate", "--reason", "ignored the knee")
     report = succeeded(run(supabase.url, *args))
@@ -225,7 +225,7 @@ def test_a_recall_on_an_adopted_table_with_uuid_ids(run: Run, supabase: ProductD
         hit["training_program_id"],
     ]
     assert (report["recalled"]["entries_deleted"], report["recalled"]["history_rows_marked"]) == (1, 2)
-    assert succeeded(generate(run, supabase.url, tmp_path))["miss_reason"] == "recalled"
+    assert succeeded(generate(run, supabase.url, profile_file))["miss_reason"] == "recalled"
     # The product's own rows and recommendations are untouched.
     assert supabase.rows() == supabase.rows_before
     assert supabase.run("SELECT count(*) FROM training_programs WHERE recalled_at IS NOT NULL") == [(2,)]

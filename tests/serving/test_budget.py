@@ -97,13 +97,11 @@ def test_the_request_that_crosses_the_budget_is_served_the_next_miss_gets_the_of
 
 
 def test_the_cli_refuses_in_one_line_once_the_budget_is_spent_or_says_the_program_is_the_offline_coachs(
-    database_url: str, cli: Callable[..., CliRun], fake_openai: FakeOpenAI, tmp_path: Path
+    database_url: str, cli: Callable[..., CliRun], fake_openai: FakeOpenAI, profile_file: Path
 ) -> None:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
 
     def generate(user_id: str, **env: str) -> CliRun:
-        args = ("generate", "--user-id", user_id, "--profile", str(profile))
+        args = ("generate", "--user-id", user_id, "--profile", str(profile_file))
         return cli(database_url, *args, **budget_env(fake_openai, LLM_MONTHLY_BUDGET_USD="0.1", **env))
 
     assert generate("u1").json()["budget_reached"] is None  # $0.42 spent: past the budget
@@ -201,19 +199,17 @@ def test_the_pages_mark_the_offline_program_and_show_spend_against_each_budget(
 
 @pytest.mark.process
 def test_two_instances_together_overshoot_the_budget_by_at_most_one_generation_each(
-    shared_database: Shared, fake_openai: FakeOpenAI, tmp_path: Path
+    shared_database: Shared, fake_openai: FakeOpenAI, profile_file: Path
 ) -> None:
     # $1.00 is spent after three calls ($1.26); an instance alone makes exactly those three.
     # Two, each starting a generation while the other's is in flight, may make one more.
     fake_openai.reset(Behaviour(delay_seconds=0.5))
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
     env = {**budget_env(fake_openai, LLM_DAILY_BUDGET_USD="1.0"), **shared_database.env()}
     results: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
 
     def instance(name: str) -> None:
         for n in range(4):
-            args = ("generate", "--user-id", f"{name}{n}", "--profile", str(profile))
+            args = ("generate", "--user-id", f"{name}{n}", "--profile", str(profile_file))
             out, err = start_cli(shared_database.url, *args, **env).communicate(timeout=120)
             results[name].append(json.loads(out) if out else {"error": err.decode()})
 

@@ -174,12 +174,14 @@ def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> Non
 
 @pytest.mark.process
 def test_an_instance_killed_after_writing_its_entry_leaves_no_entry_whose_generation_is_uncounted(
-    pg_shared: Shared, pg_url: str, fake_openai: FakeOpenAI, tmp_path: Path, cli: Callable[..., CliRun]
+    pg_shared: Shared,
+    pg_url: str,
+    fake_openai: FakeOpenAI,
+    cli: Callable[..., CliRun],
+    profile_file: Path,
 ) -> None:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
     llm = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MODEL": "gpt-test"}
-    args = ("generate", "--user-id", "u1", "--profile", str(profile))
+    args = ("generate", "--user-id", "u1", "--profile", str(profile_file))
     observer = make_engine(pg_url)
     # The history table locked against writes: the instance stops at its first write there,
     # after its entry, until it is killed.

@@ -244,11 +244,9 @@ def test_a_rejection_is_checked_before_anything_is_written(service: ProgramServi
 
 
 def test_reject_from_the_command_line_prints_one_json_object(
-    cli: Callable[..., CliRun], database_url: str, tmp_path: Path
+    cli: Callable[..., CliRun], database_url: str, profile_file: Path
 ) -> None:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
-    made = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile)).json()
+    made = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile_file)).json()
     program_id = str(made["training_program_id"])
     done = cli(database_url, "reject", "--program-id", program_id, "--reason", "wrong_equipment", "--note", "-3kg")
     printed = done.json()
@@ -259,7 +257,7 @@ def test_reject_from_the_command_line_prints_one_json_object(
     )
     assert (printed["entry"], printed["cache_key"]) == ("invalidated", made["cache_key"])
     assert done.stdout.count("\n") == 1 and done.stderr == ""
-    again = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile)).json()
+    again = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile_file)).json()
     assert (again["cache_hit"], again["miss_reason"]) == (False, "rejected")
 
     unknown = cli(database_url, "reject", "--program-id", "424242", "--reason", "other")
@@ -275,12 +273,10 @@ def test_reject_from_the_command_line_prints_one_json_object(
 
 @pytest.mark.parametrize("given", ["1.0", "1e0", "+1", " 1", "0x1", "１"])
 def test_a_program_id_is_read_by_one_rule_on_both_databases(
-    cli: Callable[..., CliRun], database_url: str, tmp_path: Path, given: str
+    cli: Callable[..., CliRun], database_url: str, given: str, profile_file: Path
 ) -> None:
     # SQLite took `1.0` for program 1, PostgreSQL refused it: neither takes anything but the id as printed.
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
-    made = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile)).json()
+    made = cli(database_url, "generate", "--user-id", USER, "--profile", str(profile_file)).json()
     assert made["training_program_id"] == 1
     done = cli(database_url, "reject", "--program-id", given, "--reason", "other")
     assert (done.code, done.stdout) == (2, "")
@@ -297,11 +293,11 @@ def test_a_program_id_is_read_by_one_rule_on_both_databases(
 
 
 def test_a_rejection_on_adopted_tables_works_and_changes_no_other_features_rows(
-    run: Run, product: ProductDatabase, tmp_path: Path
+    run: Run, product: ProductDatabase, profile_file: Path
 ) -> None:
     succeeded(run(product.url, "migrate"))
-    succeeded(generate_in(run, product.url, tmp_path))
-    hit = succeeded(generate_in(run, product.url, tmp_path))
+    succeeded(generate_in(run, product.url, profile_file))
+    hit = succeeded(generate_in(run, product.url, profile_file))
     assert hit["cache_hit"]
     rejected = succeeded(
         run(product.url, "reject", "--program-id", str(hit["training_program_id"]), "--reason", "wrong_level")
@@ -316,7 +312,7 @@ def test_a_rejection_on_adopted_tables_works_and_changes_no_other_features_rows(
     number = run(product.url, "reject", "--program-id", "7", "--reason", "other")
     assert number.returncode == 2 and "there is no program 7" in number.stderr.decode()
 
-    again = succeeded(generate_in(run, product.url, tmp_path))
+    again = succeeded(generate_in(run, product.url, profile_file))
     assert (again["cache_hit"], again["miss_reason"]) == (False, "rejected")
     assert product.rows() == product.rows_before
     assert product.run("SELECT count(*) FROM ai_coach_cache WHERE cache_key LIKE 'recommendation:%'") == [(3,)]

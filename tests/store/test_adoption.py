@@ -137,9 +137,7 @@ def succeeded(done: subprocess.CompletedProcess[bytes]) -> Any:
     return json.loads(done.stdout)
 
 
-def generate(run: Run, url: str, tmp_path: Path, user_id: str = USER) -> subprocess.CompletedProcess[bytes]:
-    profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
+def generate(run: Run, url: str, profile: Path, user_id: str = USER) -> subprocess.CompletedProcess[bytes]:
     return run(url, "generate", "--user-id", user_id, "--profile", str(profile), "--paid")
 
 
@@ -167,11 +165,11 @@ def test_migrate_check_prints_the_ddl_and_changes_nothing(run: Run, product: Pro
 
 
 def test_existing_tables_are_adopted_and_every_row_outlives_the_whole_flow(
-    run: Run, product: ProductDatabase, tmp_path: Path
+    run: Run, product: ProductDatabase, profile_file: Path
 ) -> None:
     succeeded(run(product.url, "migrate"))
-    miss = succeeded(generate(run, product.url, tmp_path))
-    hit = succeeded(generate(run, product.url, tmp_path))
+    miss = succeeded(generate(run, product.url, profile_file))
+    hit = succeeded(generate(run, product.url, profile_file))
     assert (miss["cache_hit"], hit["cache_hit"]) == (False, True)
     # The ids are the table's own: uuids (as text) or integers.
     ids = [miss["training_program_id"], hit["training_program_id"]]
@@ -238,18 +236,18 @@ def supabase(pg: PostgresServer) -> Iterator[ProductDatabase]:
 
 
 def test_a_user_id_that_is_not_a_uuid_is_bad_input_when_user_ids_are_uuids(
-    run: Run, supabase: ProductDatabase, tmp_path: Path
+    run: Run, supabase: ProductDatabase, profile_file: Path
 ) -> None:
     succeeded(run(supabase.url, "migrate"))
-    done = generate(run, supabase.url, tmp_path, user_id="coach-client-7")
+    done = generate(run, supabase.url, profile_file, user_id="coach-client-7")
     assert done.returncode == 2 and done.stdout == b""
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "user_id" in lines[0] and "UUID" in lines[0]
     assert supabase.run("SELECT count(*) FROM training_programs") == [(2,)]
     assert supabase.run("SELECT count(*) FROM ai_coach_cache") == [(3,)]
     # The same user written in capitals is the same user, and the same key.
-    first = succeeded(generate(run, supabase.url, tmp_path, user_id=USER.upper()))
-    again = succeeded(generate(run, supabase.url, tmp_path, user_id=USER))
+    first = succeeded(generate(run, supabase.url, profile_file, user_id=USER.upper()))
+    again = succeeded(generate(run, supabase.url, profile_file, user_id=USER))
     assert first["cache_key"] == again["cache_key"] and again["cache_hit"]
 
 

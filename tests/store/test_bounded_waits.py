@@ -89,11 +89,11 @@ class CliRun:
     waited: float  # seconds beyond what a run that touches no database took meanwhile
 
 
-def generate_against_a_stalled_database(url: str, profile: Path) -> CliRun:
+def generate_against_a_stalled_database(url: str, profile_file: Path) -> CliRun:
     """`python -m core generate` as a process, timed against `generate --help` started at
     the same moment (the same imports, on a machine as loaded): what is left is what the
     run waited on the database."""
-    args = ("generate", "--user-id", "u1", "--profile", str(profile))
+    args = ("generate", "--user-id", "u1", "--profile", str(profile_file))
     process = start_cli(url, *args, DATABASE_WAIT_SECONDS=str(WAIT))
     baseline = start_cli(url, "generate", "--help")
     started = time.monotonic()
@@ -107,22 +107,15 @@ def generate_against_a_stalled_database(url: str, profile: Path) -> CliRun:
     return CliRun(process.returncode, out, err.decode().strip().splitlines(), took - without_database)
 
 
-@pytest.fixture
-def profile(tmp_path: Path) -> Path:
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(PROFILE))
-    return path
-
-
 @pytest.mark.process
 def test_generate_through_the_cli_while_postgresql_is_stalled_waits_its_budget_in_all(
-    stallable: PostgresServer, profile: Path
+    stallable: PostgresServer, profile_file: Path
 ) -> None:
     url = stallable.url("coach")
-    first = start_cli(url, "generate", "--user-id", "u1", "--profile", str(profile))
+    first = start_cli(url, "generate", "--user-id", "u1", "--profile", str(profile_file))
     assert first.communicate(timeout=60)[0]
     with stallable.stalled():
-        run = generate_against_a_stalled_database(url, profile)
+        run = generate_against_a_stalled_database(url, profile_file)
     assert run.code == 3, run.stderr
     printed = json.loads(run.stdout)
     assert printed["program"]["weeks"]
@@ -140,16 +133,16 @@ def test_generate_through_the_cli_while_postgresql_is_stalled_waits_its_budget_i
 
 @pytest.mark.process
 def test_generate_through_the_cli_while_another_process_holds_sqlite_s_write_lock_waits_its_budget(
-    tmp_path: Path, profile: Path
+    tmp_path: Path, profile_file: Path
 ) -> None:
     path = tmp_path / "coach.db"
     url = f"sqlite:///{path}"
-    first = start_cli(url, "generate", "--user-id", "u1", "--profile", str(profile))
+    first = start_cli(url, "generate", "--user-id", "u1", "--profile", str(profile_file))
     assert first.communicate(timeout=60)[0]
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's write transaction, for minutes
     try:
-        run = generate_against_a_stalled_database(url, profile)
+        run = generate_against_a_stalled_database(url, profile_file)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
